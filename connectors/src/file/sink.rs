@@ -1,0 +1,242 @@
+//! Writing files atomically: every output is written under a temporary directory beside the
+//! destination (`_ferry_tmp_<job>/`) and renamed into place only when the whole job
+//! succeeded. A killed run leaves only that directory, which the next run of the job removes
+//! before it writes anything.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use bytes::Bytes;
+use ferry_engine::{Committed, Encoder, Error, OutputLayout, OutputWriter, Result, Sink, Staged};
+use futures::TryStreamExt;
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+use crate::format::FormatSpec;
+use crate::format::io::store_error;
+
+/// Bytes buffered per output before they go to the store in one part.
+pub const WRITE_BUFFER_BYTES: usize = 8 << 20;
+
+/// What to do when the output already exists.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// Replace it (a directory's earlier `part-*` files are removed).
+    #[default]
+    Overwrite,
+    /// Fail before writing anything.
+    ErrorIfExists,
+}
+
+/// A sink of files in one format.
+pub struct FileSink {
+    store: Arc<dyn ObjectStore>,
+    /// The destination directory (the file's parent, or the directory itself).
+    dir: Path,
+    /// The local directory, when the store is the local file system.
+    local_dir: Option<PathBuf>,
+    /// The file name, for a single-file destination.
+    file_name: Option<String>,
+    format: FormatSpec,
+    mode: WriteMode,
+    job: String,
+    run: String,
+    shown: String,
+}
+
+impl FileSink {
+    /// A sink writing to `target` (a file, or a directory if `is_dir`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        dir: Path,
+        local_dir: Option<PathBuf>,
+        file_name: Option<String>,
+        format: FormatSpec,
+        mode: WriteMode,
+        job: &str,
+        shown: &str,
+    ) -> Self {
+        let run = format!("{:x}{:04x}", std::process::id(), fastrand_u16());
+        Self { store, dir, local_dir, file_name, format, mode, job: job.to_string(), run, shown: shown.to_string() }
+    }
+
+    fn temp_dir(&self) -> Path {
+        self.dir.clone().join(format!("_ferry_tmp_{}", self.job))
+    }
+
+    fn target_name(&self, output: usize) -> String {
+        match &self.file_name {
+            Some(name) => name.clone(),
+            None => format!("part-{output:05}.{}", self.format.extension()),
+        }
+    }
+
+    async fn remove_temp_dir(&self) -> Result<()> {
+        if let Some(local) = &self.local_dir {
+            let dir = local.join(format!("_ferry_tmp_{}", self.job));
+            return match tokio::fs::remove_dir_all(&dir).await {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(Error::io(format!("remove leftovers in {}", dir.display()), e)),
+            };
+        }
+        let temp = self.temp_dir();
+        let leftovers: Vec<_> = self.store.list(Some(&temp)).try_collect().await.map_err(|e| store_error("list", &temp, e))?;
+        for meta in leftovers {
+            self.store.delete(&meta.location).await.map_err(|e| store_error("delete", &meta.location, e))?;
+        }
+        Ok(())
+    }
+
+    /// Earlier `part-NNNNN.<ext>` files of a directory destination.
+    async fn existing_parts(&self) -> Result<Vec<Path>> {
+        let suffix = format!(".{}", self.format.extension());
+        let listed: Vec<_> = self
+            .store
+            .list_with_delimiter(Some(&self.dir))
+            .await
+            .map(|l| l.objects)
+            .or_else(|e| match e {
+                object_store::Error::NotFound { .. } => Ok(vec![]),
+                e => Err(store_error("list", &self.dir, e)),
+            })?;
+        Ok(listed
+            .into_iter()
+            .map(|m| m.location)
+            .filter(|p| {
+                p.filename().is_some_and(|f| {
+                    f.strip_prefix("part-")
+                        .and_then(|rest| rest.strip_suffix(suffix.as_str()))
+                        .is_some_and(|n| n.len() == 5 && n.bytes().all(|b| b.is_ascii_digit()))
+                })
+            })
+            .collect())
+    }
+}
+
+fn fastrand_u16() -> u16 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now()) as u16
+}
+
+struct FileOutputWriter {
+    writer: BufWriter,
+    output: usize,
+    temporary: Path,
+    target: Path,
+    bytes: u64,
+}
+
+#[async_trait::async_trait]
+impl OutputWriter for FileOutputWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        self.bytes += chunk.len() as u64;
+        self.writer.put(chunk).await.map_err(|e| store_error("write", &self.temporary, e))
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<Staged> {
+        self.writer
+            .shutdown()
+            .await
+            .map_err(|e| Error::io(format!("complete {}", self.temporary), e).with_retryable(true))?;
+        Ok(Staged {
+            output: self.output,
+            temporary: self.temporary.to_string(),
+            target: self.target.to_string(),
+            bytes: self.bytes,
+        })
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        self.writer.abort().await.map_err(|e| store_error("discard", &self.temporary, e))
+    }
+}
+
+#[async_trait::async_trait]
+impl Sink for FileSink {
+    async fn prepare(&self, _schema: &SchemaRef) -> Result<()> {
+        if self.mode == WriteMode::ErrorIfExists {
+            let exists = match &self.file_name {
+                Some(name) => self.store.head(&self.dir.clone().join(name.as_str())).await.is_ok(),
+                None => !self.existing_parts().await?.is_empty(),
+            };
+            if exists {
+                return Err(Error::invalid_input(format!(
+                    "{} already exists and the sink's mode is error_if_exists; remove it or set mode to overwrite",
+                    self.shown
+                )));
+            }
+        }
+        self.remove_temp_dir().await?;
+        if let Some(local) = &self.local_dir {
+            let temp = local.join(format!("_ferry_tmp_{}", self.job));
+            tokio::fs::create_dir_all(&temp).await.map_err(|e| {
+                Error::io(format!("cannot write to {}; check that the directory is writable", local.display()), e)
+            })?;
+            if local.join(self.file_name.as_deref().unwrap_or("")).is_dir() && self.file_name.is_some() {
+                return Err(Error::invalid_input(format!(
+                    "{} is a directory; end the sink path with `/` to write part files into it",
+                    self.shown
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn layout(&self) -> OutputLayout {
+        if self.file_name.is_some() { OutputLayout::Single } else { OutputLayout::PerPartition }
+    }
+
+    fn encoder(&self, schema: &SchemaRef) -> Result<Box<dyn Encoder>> {
+        self.format.encoder(schema)
+    }
+
+    async fn open(&self, output: usize) -> Result<Box<dyn OutputWriter>> {
+        let name = self.target_name(output);
+        let temporary = self.temp_dir().join(format!("{}-{name}", self.run));
+        let writer = BufWriter::with_capacity(self.store.clone(), temporary.clone(), WRITE_BUFFER_BYTES).with_max_concurrency(2);
+        Ok(Box::new(FileOutputWriter { writer, output, temporary, target: self.dir.clone().join(name.as_str()), bytes: 0 }))
+    }
+
+    async fn commit(&self, staged: Vec<Staged>) -> Result<Committed> {
+        let mut committed = Committed::default();
+        let stale: Vec<Path> = if self.file_name.is_none() { self.existing_parts().await? } else { vec![] };
+        for s in &staged {
+            let (from, to) = (Path::from(s.temporary.as_str()), Path::from(s.target.as_str()));
+            self.store.rename(&from, &to).await.map_err(|e| store_error("publish", &to, e))?;
+            committed.outputs.push(format!("/{to}"));
+        }
+        let published: std::collections::HashSet<&str> = staged.iter().map(|s| s.target.as_str()).collect();
+        for old in stale.into_iter().filter(|p| !published.contains(p.as_ref())) {
+            self.store.delete(&old).await.map_err(|e| store_error("remove earlier output", &old, e))?;
+            committed.removed.push(format!("/{old}"));
+        }
+        self.remove_temp_dir().await?;
+        Ok(committed)
+    }
+
+    async fn abort(&self, staged: Vec<Staged>) -> Result<()> {
+        for s in staged {
+            let path = Path::from(s.temporary.as_str());
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_error("remove staged output", &path, e)),
+            }
+        }
+        // Other outputs may still be writing: remove the directory only once it is empty.
+        if let Some(local) = &self.local_dir {
+            let _ = tokio::fs::remove_dir(local.join(format!("_ferry_tmp_{}", self.job))).await;
+        }
+        Ok(())
+    }
+
+    fn connector(&self) -> &'static str {
+        "file"
+    }
+}

@@ -1,0 +1,587 @@
+//! Reading files: one path, a directory, or a glob; each file one or more partitions.
+//!
+//! A large uncompressed CSV or JSONL file is split into byte ranges at record boundaries
+//! (found by one quote-aware scan, so quoted newlines never split a record); Parquet files
+//! split by row groups and Arrow IPC files by record batches. Decoding runs on a blocking
+//! thread per partition and hands batches to the engine through a small channel.
+
+// `ParquetObjectReader` is deprecated in parquet 60 in favour of a hand-written
+// `AsyncFileReader`; it still works, and replacing it is tracked as follow-up work.
+#![allow(deprecated)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use ferry_engine::{BatchStream, Checkpoint, Error, Partition, Result, SkippedRow, Source, SourceBatch};
+use futures::StreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
+use serde::{Deserialize, Serialize};
+use tokio::runtime::Handle;
+use tokio::sync::mpsc;
+
+use crate::format::csv::{CsvDecoder, Origin, find_boundaries};
+use crate::format::io::{StoreReader, store_error};
+use crate::format::jsonl::JsonlDecoder;
+use crate::format::{Compression, FormatSpec, arrow_ipc};
+
+/// Files smaller than this are never split.
+pub const MIN_SPLIT_BYTES: u64 = 16 << 20;
+/// Target size of a byte-range partition of a large file.
+pub const TARGET_PARTITION_BYTES: u64 = 128 << 20;
+
+/// One input file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InputFile {
+    /// Location in the store.
+    pub path: String,
+    /// Name for messages (as the user knows it).
+    pub label: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A partition of a file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum PartSpec {
+    /// A byte range starting at a record boundary (text formats).
+    Range { start: u64, end: u64, line: u64, header: bool },
+    /// The whole file (compressed text).
+    Whole,
+    /// Row groups `first..first+count` (Parquet) or record batches (Arrow IPC).
+    Blocks { first: usize, count: usize },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FilePartition {
+    file: InputFile,
+    part: PartSpec,
+}
+
+/// Reads files of one format.
+pub struct FileSource {
+    store: Arc<dyn ObjectStore>,
+    files: Vec<InputFile>,
+    format: FormatSpec,
+    schema: SchemaRef,
+    /// Column indices read from Parquet files (projection), if not all.
+    projection: Option<Vec<usize>>,
+    batch_rows: usize,
+    skip_bad_rows: bool,
+}
+
+impl FileSource {
+    /// A source over `files`, whose schema is inferred or read now.
+    pub async fn new(
+        store: Arc<dyn ObjectStore>,
+        files: Vec<InputFile>,
+        format: FormatSpec,
+        batch_rows: usize,
+        skip_bad_rows: bool,
+    ) -> Result<Self> {
+        let first = files.first().ok_or_else(|| Error::invalid_input("no input files"))?.clone();
+        let mut projection = None;
+        let schema = match format.explicit_schema()? {
+            Some(schema) => schema,
+            None => match &format {
+                FormatSpec::Csv(_) | FormatSpec::Jsonl(_) => infer(&store, &first, &format).await?,
+                FormatSpec::Parquet(p) => {
+                    let builder = parquet_builder(&store, &first).await?;
+                    let full = builder.schema().clone();
+                    match &p.columns {
+                        None => full,
+                        Some(columns) => {
+                            let indices = columns
+                                .iter()
+                                .map(|c| {
+                                    full.index_of(c).map_err(|_| {
+                                        Error::invalid_input(format!(
+                                            "{}: no column `{c}`; the file has: {}",
+                                            first.label,
+                                            full.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+                                        ))
+                                    })
+                                })
+                                .collect::<Result<Vec<_>>>()?;
+                            let schema = Arc::new(full.project(&indices)?);
+                            projection = Some(indices);
+                            schema
+                        }
+                    }
+                }
+                FormatSpec::ArrowIpc(_) => {
+                    let (footer, _) = ipc_footer(&store, &first).await?;
+                    footer.schema
+                }
+            },
+        };
+        Ok(Self { store, files, format, schema, projection, batch_rows, skip_bad_rows })
+    }
+
+    fn splittable_text(&self, file: &InputFile) -> Option<Option<u8>> {
+        if self.format.compression_of(&file.label) != Compression::None || file.size < 2 * MIN_SPLIT_BYTES {
+            return None;
+        }
+        match &self.format {
+            FormatSpec::Csv(c) if c.dialect().splittable() => Some(Some(c.dialect().quote as u8)),
+            FormatSpec::Jsonl(_) => Some(None),
+            _ => None,
+        }
+    }
+}
+
+/// Reads up to `max` bytes from the start of a file, decompressed.
+async fn sample(store: &Arc<dyn ObjectStore>, file: &InputFile, compression: Compression, max: usize) -> Result<(Vec<u8>, bool)> {
+    let (store, file) = (store.clone(), file.clone());
+    let handle = Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let path = Path::from(file.path.as_str());
+        let raw = StoreReader::new(store, path, 0..file.size, handle);
+        let reader = compression.reader(raw)?;
+        let mut buf = Vec::new();
+        let n = reader
+            .take(max as u64 + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| Error::io(format!("read {}", file.label), e))?;
+        let complete = n <= max;
+        buf.truncate(max);
+        Ok((buf, complete))
+    })
+    .await
+    .map_err(|e| Error::internal(format!("sampling task: {e}")))?
+}
+
+use std::io::Read as _;
+
+async fn infer(store: &Arc<dyn ObjectStore>, file: &InputFile, format: &FormatSpec) -> Result<SchemaRef> {
+    const SAMPLE_BYTES: usize = 4 << 20;
+    let (bytes, complete) = sample(store, file, format.compression_of(&file.label), SAMPLE_BYTES).await?;
+    match format {
+        FormatSpec::Csv(c) => crate::format::csv::infer_schema(&bytes, complete, &c.dialect(), format.infer_rows(), &file.label),
+        FormatSpec::Jsonl(_) => crate::format::jsonl::infer_schema(&bytes, complete, format.infer_rows(), &file.label),
+        _ => Err(Error::internal("inference of a binary format")),
+    }
+}
+
+async fn parquet_builder(
+    store: &Arc<dyn ObjectStore>,
+    file: &InputFile,
+) -> Result<ParquetRecordBatchStreamBuilder<ParquetObjectReader>> {
+    let reader = ParquetObjectReader::new(store.clone(), Path::from(file.path.as_str())).with_file_size(file.size);
+    ParquetRecordBatchStreamBuilder::new(reader)
+        .await
+        .map_err(|e| Error::invalid_input(format!("{}: cannot read parquet metadata: {e}", file.label)))
+}
+
+async fn ipc_footer(store: &Arc<dyn ObjectStore>, file: &InputFile) -> Result<(arrow_ipc::IpcFooter, u64)> {
+    let path = Path::from(file.path.as_str());
+    let mut want = file.size.min(64 << 10);
+    loop {
+        let tail = store
+            .get_range(&path, file.size - want..file.size)
+            .await
+            .map_err(|e| store_error("read", &path, e))?;
+        match arrow_ipc::parse_footer(&tail, &file.label)? {
+            Ok(footer) => return Ok((footer, want)),
+            Err(needed) if (needed as u64) <= file.size && needed as u64 > want => want = needed as u64,
+            Err(_) => return Err(Error::invalid_input(format!("{} is not an Arrow IPC file", file.label))),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Source for FileSource {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    async fn plan(&self, parallelism: usize) -> Result<Vec<Partition>> {
+        let mut parts: Vec<FilePartition> = Vec::new();
+        let per_file = parallelism.div_ceil(self.files.len()).max(1);
+        for file in &self.files {
+            if let Some(quote) = self.splittable_text(file) {
+                let n = (per_file as u64).max(file.size.div_ceil(TARGET_PARTITION_BYTES)).min(file.size / MIN_SPLIT_BYTES * 2).max(1);
+                let targets: Vec<u64> = (1..n).map(|i| file.size * i / n).collect();
+                let (store, f) = (self.store.clone(), file.clone());
+                let handle = Handle::current();
+                let boundaries = tokio::task::spawn_blocking(move || {
+                    let reader = StoreReader::new(store, Path::from(f.path.as_str()), 0..f.size, handle);
+                    // JSON lines never hold a raw newline inside a value: no quote tracking.
+                    find_boundaries(reader, quote.unwrap_or(0), &targets)
+                })
+                .await
+                .map_err(|e| Error::internal(format!("boundary scan: {e}")))?
+                .map_err(|e| e.context(&file.label))?;
+                let mut start = (0u64, 1u64);
+                for b in boundaries.iter().filter(|b| b.offset < file.size) {
+                    if b.offset > start.0 {
+                        parts.push(FilePartition {
+                            file: file.clone(),
+                            part: PartSpec::Range { start: start.0, end: b.offset, line: start.1, header: start.0 == 0 },
+                        });
+                        start = (b.offset, b.line);
+                    }
+                }
+                parts.push(FilePartition {
+                    file: file.clone(),
+                    part: PartSpec::Range { start: start.0, end: file.size, line: start.1, header: start.0 == 0 },
+                });
+                continue;
+            }
+            let blocks = match &self.format {
+                FormatSpec::Parquet(_) => Some(parquet_builder(&self.store, file).await?.metadata().num_row_groups()),
+                FormatSpec::ArrowIpc(_) => Some(ipc_footer(&self.store, file).await?.0.batches.len()),
+                _ => None,
+            };
+            match blocks {
+                Some(total) => {
+                    let n = per_file.min(total).max(1);
+                    for i in 0..n {
+                        let (first, end) = (total * i / n, total * (i + 1) / n);
+                        parts.push(FilePartition { file: file.clone(), part: PartSpec::Blocks { first, count: end - first } });
+                    }
+                }
+                None if self.format.compression_of(&file.label) == Compression::None => parts.push(FilePartition {
+                    file: file.clone(),
+                    part: PartSpec::Range { start: 0, end: file.size, line: 1, header: true },
+                }),
+                None => parts.push(FilePartition { file: file.clone(), part: PartSpec::Whole }),
+            }
+        }
+        parts
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let (description, size) = match &p.part {
+                    PartSpec::Range { start, end, .. } => (format!("{} bytes {start}..{end}", p.file.label), end - start),
+                    PartSpec::Whole => (p.file.label.clone(), p.file.size),
+                    PartSpec::Blocks { first, count } => {
+                        let what = if matches!(self.format, FormatSpec::Parquet(_)) { "row groups" } else { "batches" };
+                        (format!("{} {what} {first}..{}", p.file.label, first + count), p.file.size)
+                    }
+                };
+                Partition::new(i, description, Some(size), &p)
+            })
+            .collect()
+    }
+
+    fn open(&self, partition: &Partition, resume: Option<Checkpoint>) -> Result<BatchStream> {
+        let part: FilePartition = partition.decode()?;
+        let (tx, rx) = mpsc::channel(2);
+        let task = ReadTask {
+            store: self.store.clone(),
+            format: self.format.clone(),
+            schema: self.schema.clone(),
+            projection: self.projection.clone(),
+            batch_rows: self.batch_rows,
+            skip_bad_rows: self.skip_bad_rows,
+            handle: Handle::current(),
+            part,
+            resume,
+            tx: tx.clone(),
+        };
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = task.run() {
+                let _ = tx.blocking_send(Err(e));
+            }
+        });
+        Ok(tokio_stream_from(rx))
+    }
+
+    fn connector(&self) -> &'static str {
+        "file"
+    }
+}
+
+fn tokio_stream_from(mut rx: mpsc::Receiver<Result<SourceBatch>>) -> BatchStream {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed()
+}
+
+/// Counts raw bytes read, for progress.
+struct Counting<R> {
+    inner: R,
+    count: Arc<AtomicU64>,
+}
+
+impl<R: std::io::Read> std::io::Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.fetch_add(n as u64, Relaxed);
+        Ok(n)
+    }
+}
+
+struct ReadTask {
+    store: Arc<dyn ObjectStore>,
+    format: FormatSpec,
+    schema: SchemaRef,
+    projection: Option<Vec<usize>>,
+    batch_rows: usize,
+    skip_bad_rows: bool,
+    handle: Handle,
+    part: FilePartition,
+    resume: Option<Checkpoint>,
+    tx: mpsc::Sender<Result<SourceBatch>>,
+}
+
+/// The end of a read: the consumer went away.
+struct Closed;
+
+impl ReadTask {
+    fn run(self) -> Result<()> {
+        match &self.format {
+            FormatSpec::Csv(_) | FormatSpec::Jsonl(_) => self.read_text(),
+            FormatSpec::Parquet(_) => self.read_parquet(),
+            FormatSpec::ArrowIpc(_) => self.read_ipc(),
+        }
+    }
+
+    fn send(&self, batch: SourceBatch) -> std::result::Result<(), Closed> {
+        self.tx.blocking_send(Ok(batch)).map_err(|_| Closed)
+    }
+
+    fn read_text(&self) -> Result<()> {
+        let file = &self.part.file;
+        let label: Arc<str> = file.label.as_str().into();
+        let path = Path::from(file.path.as_str());
+        let compression = self.format.compression_of(&file.label);
+        // Where to start: the partition's range, or the checkpoint inside it.
+        let (start, end, mut line, header) = match self.part.part {
+            PartSpec::Range { start, end, line, header } => (start, end, line, header),
+            _ => (0, file.size, 1, true),
+        };
+        let seekable = matches!(self.part.part, PartSpec::Range { .. });
+        let (from, skip_records, header) = match self.resume {
+            Some(c) if seekable => {
+                line = c.line.unwrap_or(line);
+                (c.position.unwrap_or(start), 0, header && c.position.is_none_or(|p| p == start))
+            }
+            Some(c) => (start, c.records, header),
+            None => (start, 0, header),
+        };
+        let count = Arc::new(AtomicU64::new(0));
+        let raw = Counting { inner: StoreReader::new(self.store.clone(), path, from..end, self.handle.clone()), count: count.clone() };
+        let mut reader = compression.reader(raw)?;
+        let mut decoder = match &self.format {
+            FormatSpec::Csv(c) => Text::Csv(CsvDecoder::new(
+                self.schema.clone(),
+                c.dialect(),
+                Origin { file: label.clone(), first_line: line, skip_header: header },
+                self.batch_rows,
+                self.skip_bad_rows,
+            )),
+            _ => Text::Jsonl(JsonlDecoder::new(self.schema.clone(), self.batch_rows, self.skip_bad_rows, label.clone(), line)?),
+        };
+        let base_records = self.resume.map_or(0, |c| c.records);
+        let mut state = Emit { sent_records: 0, skip_records, reported_bytes: 0, position: from, base_records };
+        let mut buf = vec![0u8; 1 << 20];
+        let mut filled = 0usize;
+        let mut eof = false;
+        loop {
+            if !eof && filled < buf.len() {
+                let n = reader.read(&mut buf[filled..]).map_err(|e| Error::io(format!("read {label}"), e))?;
+                eof = n == 0;
+                filled += n;
+            }
+            let used = match &mut decoder {
+                Text::Csv(d) => {
+                    let used = d.decode(&buf[..filled])?;
+                    if eof && used == filled {
+                        d.decode(&[])?;
+                    }
+                    used
+                }
+                Text::Jsonl(d) => {
+                    // Feed complete lines only; at the end the last line may lack its newline.
+                    let complete = if eof { filled } else { memchr::memrchr(b'\n', &buf[..filled]).map_or(0, |i| i + 1) };
+                    d.feed_lines(&buf[..complete])
+                }
+            };
+            buf.copy_within(used..filled, 0);
+            filled -= used;
+            let at_end = eof && filled == 0;
+            if decoder.batch_full() || at_end {
+                if let Some((batch, skipped)) = decoder.flush()? {
+                    let consumed = if compression == Compression::None {
+                        Some(from + count.load(Relaxed) - filled as u64)
+                    } else {
+                        None
+                    };
+                    let records = decoder.records();
+                    let line_now = decoder.line();
+                    if state.emit(self, batch, skipped, records, consumed, line_now, count.load(Relaxed)).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            if at_end {
+                return Ok(());
+            }
+            if used == 0 && filled == buf.len() {
+                // A single record larger than the buffer: grow it.
+                buf.resize(buf.len() * 2, 0);
+            }
+        }
+    }
+
+    fn read_parquet(&self) -> Result<()> {
+        let file = &self.part.file;
+        let PartSpec::Blocks { first, count } = self.part.part else {
+            return Err(Error::internal("parquet partition without row groups"));
+        };
+        let offset = self.resume.map_or(0, |c| c.records);
+        let mut stream = self.handle.block_on(async {
+            let builder = parquet_builder(&self.store, file).await?;
+            let mask = match &self.projection {
+                Some(indices) => ProjectionMask::roots(builder.parquet_schema(), indices.iter().copied()),
+                None => ProjectionMask::all(),
+            };
+            builder
+                .with_row_groups((first..first + count).collect())
+                .with_projection(mask)
+                .with_batch_size(self.batch_rows)
+                .with_offset(offset as usize)
+                .build()
+                .map_err(|e| Error::invalid_input(format!("{}: {e}", file.label)))
+        })?;
+        let mut records = offset;
+        let share = file.size / (count.max(1) as u64);
+        let total_rows = self.handle.block_on(async { parquet_rows(&self.store, file, first, count).await })?;
+        while let Some(batch) = self.handle.block_on(stream.next()) {
+            let batch = batch.map_err(|e| Error::data(format!("{}: {e}", file.label)).with_retryable(true))?;
+            records += batch.num_rows() as u64;
+            let input_bytes = if total_rows > 0 { share * count as u64 * batch.num_rows() as u64 / total_rows } else { 0 };
+            let checkpoint = Checkpoint { records, position: None, line: None };
+            if self.send(SourceBatch { batch, checkpoint, skipped: vec![], input_bytes }).is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    fn read_ipc(&self) -> Result<()> {
+        let file = &self.part.file;
+        let path = Path::from(file.path.as_str());
+        let PartSpec::Blocks { first, count } = self.part.part else {
+            return Err(Error::internal("ipc partition without batches"));
+        };
+        let (footer, _) = self.handle.block_on(ipc_footer(&self.store, file))?;
+        let mut decoder = arrow_ipc::decoder(&footer);
+        let get = |range: std::ops::Range<u64>| {
+            self.handle
+                .block_on(self.store.get_range(&path, range))
+                .map_err(|e| store_error("read", &path, e))
+        };
+        for block in &footer.dictionaries {
+            arrow_ipc::read_dictionary(&mut decoder, block, get(arrow_ipc::block_range(block))?)?;
+        }
+        let start = self.resume.and_then(|c| c.position).map_or(first, |p| p as usize);
+        let mut records = self.resume.map_or(0, |c| c.records);
+        for index in start..first + count {
+            let block = &footer.batches[index];
+            let range = arrow_ipc::block_range(block);
+            let input_bytes = range.end - range.start;
+            let Some(batch) = arrow_ipc::read_batch(&decoder, block, get(range)?)? else { continue };
+            records += batch.num_rows() as u64;
+            let checkpoint = Checkpoint { records, position: Some(index as u64 + 1), line: None };
+            if self.send(SourceBatch { batch, checkpoint, skipped: vec![], input_bytes }).is_err() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn parquet_rows(store: &Arc<dyn ObjectStore>, file: &InputFile, first: usize, count: usize) -> Result<u64> {
+    let builder = parquet_builder(store, file).await?;
+    Ok(builder.metadata().row_groups()[first..first + count].iter().map(|g| g.num_rows() as u64).sum())
+}
+
+enum Text {
+    Csv(CsvDecoder),
+    Jsonl(JsonlDecoder),
+}
+
+impl Text {
+    fn batch_full(&self) -> bool {
+        match self {
+            Text::Csv(d) => d.batch_full(),
+            Text::Jsonl(d) => d.batch_full(),
+        }
+    }
+
+    fn flush(&mut self) -> Result<Option<(RecordBatch, Vec<SkippedRow>)>> {
+        match self {
+            Text::Csv(d) => d.flush(),
+            Text::Jsonl(d) => d.flush(),
+        }
+    }
+
+    fn records(&self) -> u64 {
+        match self {
+            Text::Csv(d) => d.records(),
+            Text::Jsonl(d) => d.records(),
+        }
+    }
+
+    fn line(&self) -> Option<u64> {
+        match self {
+            Text::Csv(d) => Some(d.line()),
+            Text::Jsonl(d) => Some(d.line()),
+        }
+    }
+}
+
+/// Bookkeeping of what a text partition has handed on.
+struct Emit {
+    /// Records handed on (or skipped) since this read started.
+    sent_records: u64,
+    /// Records to drop at the start (resume of a compressed file).
+    skip_records: u64,
+    reported_bytes: u64,
+    position: u64,
+    base_records: u64,
+}
+
+impl Emit {
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &mut self,
+        task: &ReadTask,
+        mut batch: RecordBatch,
+        mut skipped: Vec<SkippedRow>,
+        records: u64,
+        position: Option<u64>,
+        line: Option<u64>,
+        raw_bytes: u64,
+    ) -> std::result::Result<(), Closed> {
+        let new_records = records - self.sent_records;
+        self.sent_records = records;
+        if self.skip_records > 0 {
+            // Resuming a compressed file: drop what was delivered before the failure.
+            let drop = self.skip_records.min(new_records);
+            self.skip_records -= drop;
+            let rows_to_drop = (drop as usize).min(batch.num_rows());
+            batch = batch.slice(rows_to_drop, batch.num_rows() - rows_to_drop);
+            skipped.clear();
+            if batch.num_rows() == 0 {
+                return Ok(());
+            }
+        }
+        if let Some(p) = position {
+            self.position = p;
+        }
+        let input_bytes = raw_bytes - self.reported_bytes;
+        self.reported_bytes = raw_bytes;
+        let checkpoint = Checkpoint {
+            records: self.base_records + records,
+            position: position.map(|_| self.position),
+            line,
+        };
+        task.send(SourceBatch { batch, checkpoint, skipped, input_bytes })
+    }
+}

@@ -1,0 +1,1042 @@
+//! CSV: a streaming decoder into Arrow, schema inference, record-boundary splitting, and an
+//! encoder.
+//!
+//! Tokenizing is csv-core's; this module adds what arrow's own CSV reader cannot do:
+//! PostgreSQL's null convention (an unquoted empty field is NULL, a quoted empty field is the
+//! empty string), exact file line numbers for every record (quoted newlines and CRLF
+//! included), and rows that fail to convert either failing the job with file, line, column and
+//! value, or being skipped and reported one by one.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Decimal128Builder, PrimitiveBuilder, StringBuilder,
+};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{
+    DataType, Date32Type, Decimal128Type, Field, Float32Type, Float64Type,
+    Int8Type, Int16Type, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit,
+    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+    TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+};
+use arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use arrow_cast_parse::Parser;
+use bytes::Bytes;
+use csv_core::{ReadFieldResult, Reader, ReaderBuilder};
+use ferry_engine::{Encoder, Error, Result, SkippedRow};
+use serde::{Deserialize, Serialize};
+
+use arrow::array::cast::AsArray;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+
+mod arrow_cast_parse {
+    pub use arrow::compute::kernels::cast_utils::Parser;
+}
+
+/// Default number of records read to infer a schema.
+pub const DEFAULT_INFER_ROWS: usize = 1000;
+
+/// How CSV text is written: the dialect shared by reading and writing.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CsvDialect {
+    /// Whether the first record holds the column names.
+    pub header: bool,
+    /// Field separator, one ASCII character.
+    pub delimiter: char,
+    /// Quote character, one ASCII character.
+    pub quote: char,
+    /// Escape character inside quoted fields (for example `\`); `null` means quotes are
+    /// escaped by doubling them, as in RFC 4180.
+    pub escape: Option<char>,
+    /// The text of a NULL. Only an *unquoted* field equal to it is NULL: by default an
+    /// unquoted empty field is NULL and a quoted empty field (`""`) is the empty string, as in
+    /// PostgreSQL.
+    pub null_value: String,
+}
+
+impl Default for CsvDialect {
+    fn default() -> Self {
+        Self {
+            header: true,
+            delimiter: ',',
+            quote: '"',
+            escape: None,
+            null_value: String::new(),
+        }
+    }
+}
+
+impl CsvDialect {
+    /// Checks the dialect without I/O.
+    pub fn validate(&self) -> Result<()> {
+        for (name, c) in [("delimiter", Some(self.delimiter)), ("quote", Some(self.quote)), ("escape", self.escape)] {
+            if let Some(c) = c
+                && (!c.is_ascii() || c == '\n' || c == '\r')
+            {
+                return Err(Error::config(format!(
+                    "csv `{name}` must be one ASCII character other than a line break, not {c:?}"
+                )));
+            }
+        }
+        if self.delimiter == self.quote {
+            return Err(Error::config("csv `delimiter` and `quote` must differ"));
+        }
+        Ok(())
+    }
+
+    fn reader(&self) -> Reader {
+        ReaderBuilder::new()
+            .delimiter(self.delimiter as u8)
+            .quote(self.quote as u8)
+            .escape(self.escape.map(|c| c as u8))
+            .double_quote(self.escape.is_none())
+            .build()
+    }
+
+    /// Whether a file can be split at record boundaries by counting quotes: true unless an
+    /// escape character makes quote parity meaningless.
+    pub fn splittable(&self) -> bool {
+        self.escape.is_none()
+    }
+}
+
+/// The location of the partition being decoded, for messages.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// File name as the user wrote it.
+    pub file: Arc<str>,
+    /// Line number of the first byte of the partition.
+    pub first_line: u64,
+    /// Whether the partition starts with the header record.
+    pub skip_header: bool,
+}
+
+/// Streams CSV bytes into record batches of a given schema.
+pub struct CsvDecoder {
+    schema: SchemaRef,
+    dialect: CsvDialect,
+    parser: Reader,
+    origin: Origin,
+    batch_rows: usize,
+    skip_bad_rows: bool,
+    started: bool,
+    // Fields of the complete records of the batch, then of the record being read.
+    data: Vec<u8>,
+    ends: Vec<usize>,
+    quoted: Vec<bool>,
+    lines: Vec<u64>,
+    record_first_field: usize,
+    // Parser position.
+    at_record_start: bool,
+    at_field_start: bool,
+    field_quoted: bool,
+    field_newlines: u64,
+    pending_cr: bool,
+    line: u64,
+    record_line: u64,
+    header_pending: bool,
+    // Records consumed, and the rows of the batch rejected before conversion.
+    records: u64,
+    skipped: Vec<SkippedRow>,
+    finished: bool,
+}
+
+impl CsvDecoder {
+    /// A decoder for one partition.
+    pub fn new(schema: SchemaRef, dialect: CsvDialect, origin: Origin, batch_rows: usize, skip_bad_rows: bool) -> Self {
+        let parser = dialect.reader();
+        let line = origin.first_line;
+        let header_pending = origin.skip_header && dialect.header;
+        Self {
+            schema,
+            dialect,
+            parser,
+            origin,
+            batch_rows: batch_rows.max(1),
+            skip_bad_rows,
+            started: false,
+            data: Vec::new(),
+            ends: Vec::new(),
+            quoted: Vec::new(),
+            lines: Vec::new(),
+            record_first_field: 0,
+            at_record_start: true,
+            at_field_start: true,
+            field_quoted: false,
+            field_newlines: 0,
+            pending_cr: false,
+            line,
+            record_line: line,
+            header_pending,
+            records: 0,
+            skipped: Vec::new(),
+            finished: false,
+        }
+    }
+
+    /// Records consumed so far (header excluded), skipped ones included.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// The line number at the end of the last record read.
+    pub fn line(&self) -> u64 {
+        self.line
+    }
+
+    /// Whether a full batch is ready to [`CsvDecoder::flush`].
+    pub fn batch_full(&self) -> bool {
+        self.lines.len() >= self.batch_rows
+    }
+
+    /// Consumes bytes until the input is used up or a batch is full; returns the bytes
+    /// consumed. An empty `input` means the end of the data.
+    pub fn decode(&mut self, input: &[u8]) -> Result<usize> {
+        let mut pos = 0;
+        if !self.started {
+            self.started = true;
+            if input.starts_with(b"\xEF\xBB\xBF") {
+                pos = 3;
+            }
+        }
+        if input.is_empty() {
+            self.finish_input()?;
+            return Ok(0);
+        }
+        let ncols = self.schema.fields().len();
+        // Output never exceeds input: make room once, trim at the end.
+        let mut len = self.data.len();
+        self.data.resize(len + input.len() - pos, 0);
+        while pos < input.len() && !self.batch_full() {
+            if self.at_record_start {
+                while pos < input.len() {
+                    match input[pos] {
+                        b'\n' if self.pending_cr => self.pending_cr = false,
+                        b'\n' => self.line += 1,
+                        b'\r' => {
+                            self.line += 1;
+                            self.pending_cr = true;
+                        }
+                        _ => break,
+                    }
+                    pos += 1;
+                }
+                if pos == input.len() {
+                    break;
+                }
+                self.pending_cr = false;
+                self.at_record_start = false;
+                self.record_line = self.line;
+                self.record_first_field = self.ends.len();
+            }
+            if self.at_field_start {
+                self.field_quoted = input[pos] == self.dialect.quote as u8;
+                self.at_field_start = false;
+            }
+            let rest = &input[pos..];
+            let (result, nin, nout) = self.parser.read_field(rest, &mut self.data[len..]);
+            if self.field_quoted {
+                self.field_newlines += memchr::memchr_iter(b'\n', &self.data[len..len + nout]).count() as u64;
+            }
+            len += nout;
+            pos += nin;
+            match result {
+                ReadFieldResult::InputEmpty => {}
+                ReadFieldResult::OutputFull => {
+                    self.data.truncate(len);
+                    return Err(Error::internal("csv output buffer full"));
+                }
+                ReadFieldResult::Field { record_end } => {
+                    self.end_field(len);
+                    if record_end {
+                        let terminator = if nin > 0 { rest[nin - 1] } else { 0 };
+                        if let Err(e) = self.end_record(ncols) {
+                            self.data.truncate(len);
+                            return Err(e);
+                        }
+                        len = self.data_len_after_rollback(len);
+                        match terminator {
+                            b'\n' => self.line += 1,
+                            b'\r' => {
+                                self.line += 1;
+                                self.pending_cr = true;
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                ReadFieldResult::End => break,
+            }
+        }
+        self.data.truncate(len);
+        Ok(pos)
+    }
+
+    /// The data length once a rejected record was rolled back (ends are the truth).
+    fn data_len_after_rollback(&self, len: usize) -> usize {
+        if self.at_record_start {
+            self.ends.last().copied().unwrap_or(0)
+        } else {
+            len
+        }
+    }
+
+    fn end_field(&mut self, len: usize) {
+        self.ends.push(len);
+        self.quoted.push(self.field_quoted);
+        self.line += self.field_newlines;
+        self.field_newlines = 0;
+        self.field_quoted = false;
+        self.at_field_start = true;
+    }
+
+    fn finish_input(&mut self) -> Result<()> {
+        if self.finished {
+            return Ok(());
+        }
+        let ncols = self.schema.fields().len();
+        loop {
+            let mut out = [0u8; 0];
+            let (result, _, _) = self.parser.read_field(&[], &mut out);
+            match result {
+                ReadFieldResult::Field { record_end } => {
+                    if self.at_record_start {
+                        self.at_record_start = false;
+                        self.record_line = self.line;
+                        self.record_first_field = self.ends.len();
+                    }
+                    let len = self.data.len();
+                    self.end_field(len);
+                    if record_end {
+                        self.end_record(ncols)?;
+                    }
+                }
+                ReadFieldResult::End | ReadFieldResult::InputEmpty => break,
+                ReadFieldResult::OutputFull => return Err(Error::internal("csv output buffer full")),
+            }
+        }
+        self.finished = true;
+        Ok(())
+    }
+
+    fn end_record(&mut self, ncols: usize) -> Result<()> {
+        let nfields = self.ends.len() - self.record_first_field;
+        self.at_record_start = true;
+        if self.header_pending {
+            self.header_pending = false;
+            self.rollback_record();
+            return Ok(());
+        }
+        self.records += 1;
+        if nfields != ncols {
+            let reason = format!("has {nfields} fields, expected {ncols}");
+            self.rollback_record();
+            return self.reject(self.record_line, reason, "check the delimiter and quoting, or the header");
+        }
+        self.lines.push(self.record_line);
+        Ok(())
+    }
+
+    fn rollback_record(&mut self) {
+        let keep = self.record_first_field;
+        self.ends.truncate(keep);
+        self.quoted.truncate(keep);
+    }
+
+    fn reject(&mut self, line: u64, reason: String, hint: &str) -> Result<()> {
+        let location = format!("{}:{line}", self.origin.file);
+        if self.skip_bad_rows {
+            self.skipped.push(SkippedRow { location, reason });
+            Ok(())
+        } else {
+            Err(Error::data(format!(
+                "{location}: record {reason}; {hint}, or set fault_tolerance.skip_incompatible_rows to skip such rows"
+            )))
+        }
+    }
+
+    /// Converts the complete records read so far into a batch, with the rows skipped since
+    /// the last flush. Returns `None` when there is nothing to report.
+    pub fn flush(&mut self) -> Result<Option<(RecordBatch, Vec<SkippedRow>)>> {
+        let rows = self.lines.len();
+        if rows == 0 && self.skipped.is_empty() {
+            return Ok(None);
+        }
+        // Fields of a record in progress stay for the next batch.
+        let in_progress = self.ends.len() - rows * self.schema.fields().len();
+        let complete_fields = self.ends.len() - in_progress;
+        let complete_data = if complete_fields == 0 { 0 } else { self.ends[complete_fields - 1] };
+        let mut bad = vec![false; rows];
+        let mut reasons: Vec<(usize, String)> = Vec::new();
+        let text = std::str::from_utf8(&self.data[..complete_data]);
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
+        for (col, field) in self.schema.fields().iter().enumerate() {
+            let column = Column {
+                data: &self.data,
+                text: text.as_ref().ok().copied(),
+                ends: &self.ends,
+                quoted: &self.quoted,
+                ncols: self.schema.fields().len(),
+                col,
+                rows,
+                null_value: self.dialect.null_value.as_bytes(),
+            };
+            let array = column.build(field, &mut |row, reason| {
+                if !bad[row] {
+                    bad[row] = true;
+                    reasons.push((row, reason));
+                }
+            })?;
+            columns.push(array);
+        }
+        reasons.sort_by_key(|(row, _)| *row);
+        let mut skipped = std::mem::take(&mut self.skipped);
+        for (row, reason) in reasons {
+            let line = self.lines[row];
+            self.reject(line, reason, "fix the value or declare the column's type in format.schema")?;
+        }
+        skipped.append(&mut self.skipped);
+        let mut batch = RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(rows)),
+        )?;
+        if bad.iter().any(|b| *b) {
+            let keep: arrow::array::BooleanArray = bad.iter().map(|b| Some(!b)).collect();
+            batch = filter_record_batch(&batch, &keep)?;
+        }
+        // Move the record in progress to the front.
+        self.data.drain(..complete_data);
+        self.ends.drain(..complete_fields);
+        for end in &mut self.ends {
+            *end -= complete_data;
+        }
+        self.quoted.drain(..complete_fields);
+        self.record_first_field = self.record_first_field.saturating_sub(complete_fields);
+        self.lines.clear();
+        Ok(Some((batch, skipped)))
+    }
+}
+
+/// One column of the buffered records.
+struct Column<'a> {
+    data: &'a [u8],
+    text: Option<&'a str>,
+    ends: &'a [usize],
+    quoted: &'a [bool],
+    ncols: usize,
+    col: usize,
+    rows: usize,
+    null_value: &'a [u8],
+}
+
+impl<'a> Column<'a> {
+    fn span(&self, row: usize) -> (usize, usize, bool) {
+        let i = row * self.ncols + self.col;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        (start, self.ends[i], self.quoted[i])
+    }
+
+    /// The field's text, or `None` for NULL; `Err` with a reason for invalid UTF-8.
+    fn value(&self, row: usize) -> std::result::Result<Option<&'a str>, String> {
+        let (start, end, quoted) = self.span(row);
+        let bytes = &self.data[start..end];
+        if !quoted && bytes == self.null_value {
+            return Ok(None);
+        }
+        match self.text {
+            Some(text) => Ok(Some(&text[start..end])),
+            None => std::str::from_utf8(bytes)
+                .map(Some)
+                .map_err(|e| format!("is not valid UTF-8 at byte {}", e.valid_up_to())),
+        }
+    }
+
+    fn build(&self, field: &Field, bad: &mut dyn FnMut(usize, String)) -> Result<ArrayRef> {
+        let name = field.name();
+        let invalid = |value: &str, what: &str| format!("column `{name}`: `{}` {what}", shorten(value));
+        let not_utf8 = |reason: String| format!("column `{name}` {reason}");
+        macro_rules! primitive {
+            ($t:ty, $what:expr) => {{
+                let mut b = PrimitiveBuilder::<$t>::with_capacity(self.rows);
+                for row in 0..self.rows {
+                    match self.value(row) {
+                        Ok(None) => b.append_null(),
+                        Ok(Some(s)) => match <$t as Parser>::parse(s) {
+                            Some(v) => b.append_value(v),
+                            None => {
+                                bad(row, invalid(s, $what));
+                                b.append_null();
+                            }
+                        },
+                        Err(reason) => {
+                            bad(row, not_utf8(reason));
+                            b.append_null();
+                        }
+                    }
+                }
+                Arc::new(b.finish().with_data_type(field.data_type().clone())) as ArrayRef
+            }};
+        }
+        let array: ArrayRef = match field.data_type() {
+            DataType::Boolean => {
+                let mut b = BooleanBuilder::with_capacity(self.rows);
+                for row in 0..self.rows {
+                    match self.value(row) {
+                        Ok(None) => b.append_null(),
+                        Ok(Some(s)) => match parse_bool(s) {
+                            Some(v) => b.append_value(v),
+                            None => {
+                                bad(row, invalid(s, "is not a boolean (true/false, t/f, yes/no, 1/0)"));
+                                b.append_null();
+                            }
+                        },
+                        Err(reason) => {
+                            bad(row, not_utf8(reason));
+                            b.append_null();
+                        }
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            DataType::Int8 => primitive!(Int8Type, "is not an int8"),
+            DataType::Int16 => primitive!(Int16Type, "is not an int16"),
+            DataType::Int32 => primitive!(Int32Type, "is not an int32"),
+            DataType::Int64 => primitive!(Int64Type, "is not an int64"),
+            DataType::UInt8 => primitive!(UInt8Type, "is not a uint8"),
+            DataType::UInt16 => primitive!(UInt16Type, "is not a uint16"),
+            DataType::UInt32 => primitive!(UInt32Type, "is not a uint32"),
+            DataType::UInt64 => primitive!(UInt64Type, "is not a uint64"),
+            DataType::Float32 => primitive!(Float32Type, "is not a number"),
+            DataType::Float64 => primitive!(Float64Type, "is not a number"),
+            DataType::Date32 => primitive!(Date32Type, "is not a date (YYYY-MM-DD)"),
+            DataType::Timestamp(TimeUnit::Second, _) => primitive!(TimestampSecondType, "is not a timestamp"),
+            DataType::Timestamp(TimeUnit::Millisecond, _) => primitive!(TimestampMillisecondType, "is not a timestamp"),
+            DataType::Timestamp(TimeUnit::Microsecond, _) => primitive!(TimestampMicrosecondType, "is not a timestamp"),
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => primitive!(TimestampNanosecondType, "is not a timestamp"),
+            DataType::Decimal128(p, s) => {
+                let mut b = Decimal128Builder::with_capacity(self.rows);
+                for row in 0..self.rows {
+                    match self.value(row) {
+                        Ok(None) => b.append_null(),
+                        Ok(Some(v)) => match arrow::compute::kernels::cast_utils::parse_decimal::<Decimal128Type>(v, *p, *s) {
+                            Ok(x) => b.append_value(x),
+                            Err(_) => {
+                                bad(row, invalid(v, &format!("is not a decimal({p},{s})")));
+                                b.append_null();
+                            }
+                        },
+                        Err(reason) => {
+                            bad(row, not_utf8(reason));
+                            b.append_null();
+                        }
+                    }
+                }
+                Arc::new(b.finish().with_precision_and_scale(*p, *s)?)
+            }
+            DataType::Utf8 => {
+                let mut b = StringBuilder::with_capacity(self.rows, self.data.len() / self.ncols.max(1));
+                for row in 0..self.rows {
+                    match self.value(row) {
+                        Ok(v) => b.append_option(v),
+                        Err(reason) => {
+                            bad(row, not_utf8(reason));
+                            b.append_null();
+                        }
+                    }
+                }
+                Arc::new(b.finish())
+            }
+            other => {
+                return Err(Error::config(format!(
+                    "csv cannot read column `{name}` as {other}; declare it as one of bool, int, float, utf8, date, timestamp or decimal"
+                )));
+            }
+        };
+        if !field.is_nullable() && array.null_count() > 0 {
+            for row in 0..self.rows {
+                if array.is_null(row) && matches!(self.value(row), Ok(None)) {
+                    bad(row, format!("column `{name}` is NULL but the schema does not allow nulls"));
+                }
+            }
+        }
+        Ok(array)
+    }
+}
+
+fn shorten(s: &str) -> String {
+    const MAX: usize = 80;
+    if s.len() <= MAX {
+        return s.to_string();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// Parses a boolean as PostgreSQL does.
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "t" | "yes" | "y" | "on" | "1" => Some(true),
+        "false" | "f" | "no" | "n" | "off" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// Infers a schema from the first records of `sample` (which may end mid-record).
+pub fn infer_schema(sample: &[u8], complete: bool, dialect: &CsvDialect, max_records: usize, file: &str) -> Result<SchemaRef> {
+    let mut parser = dialect.reader();
+    let mut records: Vec<Vec<(String, bool)>> = Vec::new();
+    let mut record: Vec<(String, bool)> = Vec::new();
+    let mut field = Vec::new();
+    let mut out = vec![0u8; sample.len() + 1];
+    let input = sample.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(sample);
+    let mut pos = 0;
+    let mut at_field_start = true;
+    let mut quoted = false;
+    while records.len() < max_records + usize::from(dialect.header) {
+        let rest = &input[pos..];
+        if at_field_start && !rest.is_empty() {
+            let first = if record.is_empty() {
+                rest.iter().position(|b| *b != b'\n' && *b != b'\r').unwrap_or(0)
+            } else {
+                0
+            };
+            quoted = rest.get(first) == Some(&(dialect.quote as u8));
+            at_field_start = false;
+        }
+        let (result, nin, nout) = parser.read_field(rest, &mut out);
+        field.extend_from_slice(&out[..nout]);
+        pos += nin;
+        match result {
+            ReadFieldResult::Field { record_end } => {
+                record.push((String::from_utf8_lossy(&field).into_owned(), quoted));
+                field.clear();
+                at_field_start = true;
+                if record_end {
+                    records.push(std::mem::take(&mut record));
+                }
+            }
+            // A partial sample ends mid-record: drop the rest; a whole file ends with EOF.
+            ReadFieldResult::InputEmpty if !complete => break,
+            ReadFieldResult::InputEmpty => {}
+            ReadFieldResult::End => break,
+            ReadFieldResult::OutputFull => return Err(Error::internal("csv output buffer full")),
+        }
+    }
+    let Some(first) = records.first() else {
+        return Err(Error::invalid_input(format!(
+            "{file}: no records to infer a schema from; the file is empty, or give format.schema"
+        )));
+    };
+    let names: Vec<String> = if dialect.header {
+        first
+            .iter()
+            .enumerate()
+            .map(|(i, (name, _))| if name.trim().is_empty() { format!("column_{}", i + 1) } else { name.trim().to_string() })
+            .collect()
+    } else {
+        (1..=first.len()).map(|i| format!("column_{i}")).collect()
+    };
+    let rows = if dialect.header { &records[1..] } else { &records[..] };
+    let fields: Vec<Field> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let values = rows
+                .iter()
+                .filter_map(|r| r.get(i))
+                .filter(|(v, quoted)| *quoted || v.as_str() != dialect.null_value)
+                .map(|(v, _)| v.as_str());
+            Field::new(name, infer_type(values), true)
+        })
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for f in &fields {
+        if !seen.insert(f.name().as_str()) {
+            return Err(Error::invalid_input(format!(
+                "{file}: the header names column `{}` twice; give format.schema with distinct names",
+                f.name()
+            )));
+        }
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// The narrowest type that holds every value: int64, float64, bool, date, timestamp or utf8.
+pub fn infer_type<'a>(values: impl Iterator<Item = &'a str>) -> DataType {
+    #[derive(PartialEq, Clone, Copy)]
+    enum Kind {
+        Empty,
+        Int,
+        Float,
+        Bool,
+        Date,
+        Timestamp,
+        Text,
+    }
+    let classify = |v: &str| {
+        if Int64Type::parse(v).is_some() {
+            Kind::Int
+        } else if Float64Type::parse(v).is_some() && v.bytes().any(|b| b.is_ascii_digit()) {
+            Kind::Float
+        } else if parse_bool(v).is_some() {
+            Kind::Bool
+        } else if v.len() == 10 && Date32Type::parse(v).is_some() {
+            Kind::Date
+        } else if v.len() > 10 && v.as_bytes()[4] == b'-' && TimestampMicrosecondType::parse(v).is_some() {
+            Kind::Timestamp
+        } else {
+            Kind::Text
+        }
+    };
+    let mut kind = Kind::Empty;
+    for v in values {
+        let k = classify(v);
+        kind = match (kind, k) {
+            (Kind::Empty, k) => k,
+            (a, b) if a == b => a,
+            (Kind::Int, Kind::Float) | (Kind::Float, Kind::Int) => Kind::Float,
+            (Kind::Date, Kind::Timestamp) | (Kind::Timestamp, Kind::Date) => Kind::Timestamp,
+            _ => Kind::Text,
+        };
+        if kind == Kind::Text {
+            break;
+        }
+    }
+    match kind {
+        Kind::Int => DataType::Int64,
+        Kind::Float => DataType::Float64,
+        Kind::Bool => DataType::Boolean,
+        Kind::Date => DataType::Date32,
+        Kind::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+        Kind::Empty | Kind::Text => DataType::Utf8,
+    }
+}
+
+/// Encodes batches as CSV text in the given dialect.
+pub struct CsvEncoder {
+    dialect: CsvDialect,
+    header: Option<Vec<String>>,
+    buf: Vec<u8>,
+    cell: String,
+}
+
+impl CsvEncoder {
+    /// An encoder that writes the header first if the dialect has one.
+    pub fn new(schema: &SchemaRef, dialect: CsvDialect) -> Self {
+        let header = dialect
+            .header
+            .then(|| schema.fields().iter().map(|f| f.name().clone()).collect());
+        Self {
+            dialect,
+            header,
+            buf: Vec::new(),
+            cell: String::new(),
+        }
+    }
+
+    fn needs_quotes(&self, s: &str, is_text: bool) -> bool {
+        let d = self.dialect.delimiter as u8;
+        let q = self.dialect.quote as u8;
+        (is_text && (s.is_empty() || s == self.dialect.null_value))
+            || s.bytes().any(|b| b == d || b == q || b == b'\n' || b == b'\r' || Some(b as char) == self.dialect.escape)
+    }
+
+    fn push_field(&mut self, s: &str, is_text: bool) {
+        if !self.needs_quotes(s, is_text) {
+            self.buf.extend_from_slice(s.as_bytes());
+            return;
+        }
+        let q = self.dialect.quote as u8;
+        self.buf.push(q);
+        for b in s.bytes() {
+            if b == q || Some(b as char) == self.dialect.escape {
+                self.buf.push(self.dialect.escape.map_or(q, |e| e as u8));
+            }
+            self.buf.push(b);
+        }
+        self.buf.push(q);
+    }
+}
+
+impl CsvEncoder {
+    fn write_header(&mut self) {
+        if let Some(names) = self.header.take() {
+            for (i, name) in names.iter().enumerate() {
+                if i > 0 {
+                    self.buf.push(self.dialect.delimiter as u8);
+                }
+                self.push_field(name, true);
+            }
+            self.buf.push(b'\n');
+        }
+    }
+}
+
+impl Encoder for CsvEncoder {
+    fn encode(&mut self, batch: &RecordBatch) -> Result<Option<Bytes>> {
+        self.write_header();
+        let options = FormatOptions::default().with_display_error(true);
+        let formatters = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let text: Vec<Option<&arrow::array::StringArray>> = batch
+            .columns()
+            .iter()
+            .map(|c| c.as_string_opt::<i32>())
+            .collect();
+        for row in 0..batch.num_rows() {
+            for (col, column) in batch.columns().iter().enumerate() {
+                if col > 0 {
+                    self.buf.push(self.dialect.delimiter as u8);
+                }
+                if column.is_null(row) {
+                    self.buf.extend_from_slice(self.dialect.null_value.as_bytes());
+                    continue;
+                }
+                if let Some(strings) = text[col] {
+                    let value = strings.value(row);
+                    self.push_field(value, true);
+                } else {
+                    let mut cell = std::mem::take(&mut self.cell);
+                    cell.clear();
+                    write!(cell, "{}", formatters[col].value(row))
+                        .map_err(|e| Error::data(format!("cannot format a value: {e}")))?;
+                    self.push_field(&cell, false);
+                    self.cell = cell;
+                }
+            }
+            self.buf.push(b'\n');
+        }
+        Ok(Some(Bytes::from(std::mem::take(&mut self.buf))))
+    }
+
+    fn finish(&mut self) -> Result<Option<Bytes>> {
+        // An output without rows still gets its header.
+        self.write_header();
+        Ok((!self.buf.is_empty()).then(|| Bytes::from(std::mem::take(&mut self.buf))))
+    }
+}
+
+/// Where record `n` of a file starts, for splitting one file into byte ranges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Boundary {
+    /// Byte offset of the first byte of a record.
+    pub offset: u64,
+    /// Line number of that byte.
+    pub line: u64,
+}
+
+/// Finds record boundaries near the `targets` offsets by scanning `reader` once: quote parity
+/// tells whether a newline ends a record or sits inside a quoted value. Returns, for each
+/// target, the first record start at or after it (or none past the end).
+pub fn find_boundaries(mut reader: impl std::io::Read, quote: u8, targets: &[u64]) -> Result<Vec<Boundary>> {
+    let mut boundaries = Vec::with_capacity(targets.len());
+    let mut next_target = targets.iter().copied().peekable();
+    let mut offset = 0u64;
+    let mut line = 1u64;
+    let mut in_quotes = false;
+    let mut seeking: Option<u64> = None;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| Error::io("scan csv for record boundaries", e))?;
+        if n == 0 {
+            break;
+        }
+        let chunk = &buf[..n];
+        let mut i = 0usize;
+        while i < n {
+            if seeking.is_none() {
+                match next_target.peek() {
+                    Some(&t) if t <= offset + i as u64 => {
+                        seeking = Some(t);
+                        next_target.next();
+                    }
+                    Some(&t) if t < offset + n as u64 => {}
+                    _ => {
+                        // No target in this chunk: count quotes and newlines in bulk.
+                        let rest = &chunk[i..];
+                        for j in memchr::memchr2_iter(quote, b'\n', rest) {
+                            if rest[j] == quote {
+                                in_quotes = !in_quotes;
+                            } else {
+                                line += 1;
+                            }
+                        }
+                        i = n;
+                        continue;
+                    }
+                }
+            }
+            let b = chunk[i];
+            if b == quote {
+                in_quotes = !in_quotes;
+            } else if b == b'\n' {
+                line += 1;
+                if !in_quotes && seeking.take().is_some() {
+                    boundaries.push(Boundary { offset: offset + i as u64 + 1, line });
+                    // Targets already passed map to the same boundary.
+                    while next_target.peek().is_some_and(|&t| t <= offset + i as u64 + 1) {
+                        next_target.next();
+                        boundaries.push(Boundary { offset: offset + i as u64 + 1, line });
+                    }
+                }
+            }
+            i += 1;
+        }
+        offset += n as u64;
+    }
+    Ok(boundaries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Array;
+    use arrow::util::pretty::pretty_format_batches;
+
+    fn decode_all(text: &[u8], schema: SchemaRef, dialect: CsvDialect, batch_rows: usize, skip: bool) -> Result<(Vec<RecordBatch>, Vec<SkippedRow>, u64)> {
+        let origin = Origin { file: "t.csv".into(), first_line: 1, skip_header: true };
+        let mut d = CsvDecoder::new(schema, dialect, origin, batch_rows, skip);
+        let mut out = Vec::new();
+        let mut skipped = Vec::new();
+        // Feed in small pieces to cross every boundary.
+        for piece in text.chunks(3) {
+            let mut rest = piece;
+            while !rest.is_empty() {
+                let n = d.decode(rest)?;
+                rest = &rest[n..];
+                if d.batch_full() && let Some((b, s)) = d.flush()? {
+                    out.push(b);
+                    skipped.extend(s);
+                }
+            }
+        }
+        d.decode(&[])?;
+        if let Some((b, s)) = d.flush()? {
+            out.push(b);
+            skipped.extend(s);
+        }
+        Ok((out, skipped, d.records()))
+    }
+
+    fn schema(cols: &[(&str, DataType)]) -> SchemaRef {
+        Arc::new(Schema::new(cols.iter().map(|(n, t)| Field::new(*n, t.clone(), true)).collect::<Vec<_>>()))
+    }
+
+    #[test]
+    fn nulls_follow_postgres_and_quotes_unescape() {
+        let text = b"\xEF\xBB\xBFid,name,note\r\n1,\"\",\r\n2,,\"a \"\"quoted\"\", value\"\r\n3,\"multi\nline\",x\r\n";
+        let s = schema(&[("id", DataType::Int64), ("name", DataType::Utf8), ("note", DataType::Utf8)]);
+        let (batches, skipped, records) = decode_all(text, s, CsvDialect::default(), 2, false).unwrap();
+        assert!(skipped.is_empty());
+        assert_eq!(records, 3);
+        let printed = pretty_format_batches(&batches).unwrap().to_string();
+        let expected = "\
++----+-------+-------------------+
+| id | name  | note              |
++----+-------+-------------------+
+| 1  |       |                   |
+| 2  |       | a \"quoted\", value |
+| 3  | multi | x                 |
+|    | line  |                   |
++----+-------+-------------------+";
+        assert_eq!(printed, expected);
+        let names = batches[0].column(1).as_string::<i32>();
+        assert!(names.is_valid(0) && names.value(0).is_empty(), "quoted empty is the empty string");
+        assert!(names.is_null(1), "unquoted empty is null");
+        assert!(batches[0].column(2).is_null(0));
+    }
+
+    #[test]
+    fn bad_value_names_file_line_column_and_value() {
+        // The bad value sits after a quoted newline, so record and line numbers differ.
+        let text = b"id,price\n1,\"2.5\"\n2,\"3\n\"\n3,abc\n";
+        let s = schema(&[("id", DataType::Int64), ("price", DataType::Float64)]);
+        let err = decode_all(text, s.clone(), CsvDialect::default(), 100, false).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("t.csv:5"), "{msg}");
+        assert!(msg.contains("column `price`: `abc` is not a number"), "{msg}");
+        assert!(msg.contains("skip_incompatible_rows"), "{msg}");
+    }
+
+    #[test]
+    fn bad_rows_are_skipped_and_reported() {
+        let text = b"id,price\n1,2.5\n2,abc\n3\n4,4.5,9\n5,5.5";
+        let s = schema(&[("id", DataType::Int64), ("price", DataType::Float64)]);
+        let (batches, skipped, records) = decode_all(text, s, CsvDialect::default(), 2, true).unwrap();
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert_eq!((rows, skipped.len(), records), (2, 3, 5));
+        assert!(skipped.iter().any(|s| s.location == "t.csv:3" && s.reason.contains("`abc` is not a number")));
+        assert!(skipped.iter().any(|s| s.location == "t.csv:4" && s.reason.contains("has 1 fields, expected 2")));
+        assert!(skipped.iter().any(|s| s.location == "t.csv:5" && s.reason.contains("has 3 fields")));
+    }
+
+    #[test]
+    fn custom_dialect_and_null_text() {
+        let text = b"a;b\n\\N;'x;y'\n'\\N';\\N\n";
+        let dialect = CsvDialect { delimiter: ';', quote: '\'', null_value: "\\N".into(), ..CsvDialect::default() };
+        let s = schema(&[("a", DataType::Utf8), ("b", DataType::Utf8)]);
+        let (batches, _, _) = decode_all(text, s, dialect, 10, false).unwrap();
+        let a = batches[0].column(0).as_string::<i32>();
+        let b = batches[0].column(1).as_string::<i32>();
+        assert!(a.is_null(0));
+        assert_eq!(b.value(0), "x;y");
+        assert_eq!(a.value(1), "\\N");
+        assert!(b.is_null(1));
+    }
+
+    #[test]
+    fn infers_types_from_a_sample() {
+        let text = b"i,f,b,d,t,s,e\n1,1.5,true,2024-01-02,2024-01-02 03:04:05,x,\n2,2,false,2024-02-03,2024-01-02T03:04:05,\"\",\n";
+        let s = infer_schema(text, true, &CsvDialect::default(), 100, "t.csv").unwrap();
+        let types: Vec<DataType> = s.fields().iter().map(|f| f.data_type().clone()).collect();
+        assert_eq!(
+            types,
+            vec![
+                DataType::Int64,
+                DataType::Float64,
+                DataType::Boolean,
+                DataType::Date32,
+                DataType::Timestamp(TimeUnit::Microsecond, None),
+                DataType::Utf8,
+                DataType::Utf8
+            ]
+        );
+    }
+
+    #[test]
+    fn encoder_round_trips_nulls_and_empty_strings() {
+        let s = schema(&[("id", DataType::Int64), ("s", DataType::Utf8)]);
+        let batch = RecordBatch::try_new(
+            s.clone(),
+            vec![
+                Arc::new(arrow::array::Int64Array::from(vec![Some(1), None, Some(3)])),
+                Arc::new(arrow::array::StringArray::from(vec![Some(""), None, Some("a,\"b\"\nc")])),
+            ],
+        )
+        .unwrap();
+        let mut enc = CsvEncoder::new(&s, CsvDialect::default());
+        let bytes = enc.encode(&batch).unwrap().unwrap();
+        assert_eq!(&bytes[..], b"id,s\n1,\"\"\n,\n3,\"a,\"\"b\"\"\nc\"\n");
+        let (back, _, _) = decode_all(&bytes, s, CsvDialect::default(), 10, false).unwrap();
+        assert_eq!(back[0], batch);
+    }
+
+    #[test]
+    fn boundaries_skip_quoted_newlines() {
+        let text = b"h\n\"a\nb\"\nc\nd\n";
+        // Target 3 is inside the quoted value: the next record starts at 8 (line 4).
+        let b = find_boundaries(&text[..], b'"', &[3, 9]).unwrap();
+        assert_eq!(b, vec![Boundary { offset: 8, line: 4 }, Boundary { offset: 10, line: 5 }]);
+    }
+}

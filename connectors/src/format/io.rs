@@ -1,0 +1,113 @@
+//! Byte I/O over `ObjectStore` for the decoders, which run on blocking threads.
+//!
+//! [`StoreReader`] turns ranged GETs into a `std::io::Read`, fetching the next block while the
+//! caller decodes the current one, so the same decoders read local files and blobs alike.
+
+use std::io::Read;
+use std::ops::Range;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry_engine::{Error, Result};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt};
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+/// Bytes fetched per ranged GET.
+pub const DEFAULT_READ_BLOCK: u64 = 2 << 20;
+
+/// Folds an object store error into the engine's error, naming the path.
+pub fn store_error(what: &str, path: &Path, e: object_store::Error) -> Error {
+    match e {
+        object_store::Error::NotFound { .. } => {
+            Error::invalid_input(format!("{what} {path}: not found; check the path"))
+        }
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+            Error::new(ferry_engine::ErrorKind::Auth, format!("{what} {path}: access denied")).with_source(e)
+        }
+        other => Error::store(format!("{what} {path}")).with_retryable(true).with_source(other),
+    }
+}
+
+/// A `Read` over a byte range of an object, with one block of read-ahead.
+pub struct StoreReader {
+    store: Arc<dyn ObjectStore>,
+    path: Path,
+    handle: Handle,
+    next: u64,
+    end: u64,
+    block: u64,
+    current: Bytes,
+    ahead: Option<JoinHandle<object_store::Result<Bytes>>>,
+}
+
+impl StoreReader {
+    /// Reads `range` of `path`. Call from a blocking thread of the runtime `handle`.
+    pub fn new(store: Arc<dyn ObjectStore>, path: Path, range: Range<u64>, handle: Handle) -> Self {
+        let mut reader = Self {
+            store,
+            path,
+            handle,
+            next: range.start,
+            end: range.end,
+            block: DEFAULT_READ_BLOCK,
+            current: Bytes::new(),
+            ahead: None,
+        };
+        reader.fetch_ahead();
+        reader
+    }
+
+    fn fetch_ahead(&mut self) {
+        if self.next >= self.end {
+            self.ahead = None;
+            return;
+        }
+        let range = self.next..(self.next + self.block).min(self.end);
+        self.next = range.end;
+        let (store, path) = (self.store.clone(), self.path.clone());
+        self.ahead = Some(self.handle.spawn(async move { store.get_range(&path, range).await }));
+    }
+
+    /// The next block, or `None` at the end of the range.
+    pub fn next_block(&mut self) -> Result<Option<Bytes>> {
+        if !self.current.is_empty() {
+            return Ok(Some(std::mem::take(&mut self.current)));
+        }
+        let Some(ahead) = self.ahead.take() else {
+            return Ok(None);
+        };
+        let block = self
+            .handle
+            .block_on(ahead)
+            .map_err(|e| Error::internal(format!("read task of {}: {e}", self.path)))?
+            .map_err(|e| store_error("read", &self.path, e))?;
+        self.fetch_ahead();
+        Ok(Some(block))
+    }
+}
+
+impl Read for StoreReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.current.is_empty() {
+            match self.next_block() {
+                Ok(Some(block)) => self.current = block,
+                Ok(None) => return Ok(0),
+                Err(e) => return Err(std::io::Error::other(e)),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
+
+impl Drop for StoreReader {
+    fn drop(&mut self) {
+        if let Some(ahead) = self.ahead.take() {
+            ahead.abort();
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! ferry's connectors: stores (local files, a TPC-H generator), formats (CSV, JSON lines,
+//! Parquet, Arrow IPC) over `ObjectStore`, and the registry that builds them from a job.
+
+pub mod file;
+pub mod format;
+pub mod registry;
+pub mod tpch;
+
+pub use registry::{JobFile, SinkSpec, SourceSpec, build_job, parse_job};

@@ -1,0 +1,99 @@
+//! The one place where a `type` tag in a job becomes a connector: parse, validate, build.
+
+use std::sync::Arc;
+
+use ferry_engine::config::{Connections, JobSettings, JobSpec};
+use ferry_engine::{Error, Job, Result, Sink, Source};
+use serde::{Deserialize, Serialize};
+
+use crate::file::{self, FileSink, FileSinkSpec, FileSource, FileSourceSpec};
+use crate::tpch::{TpchSource, TpchSourceSpec};
+
+/// Every source a job can name, by `type`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SourceSpec {
+    /// Local files.
+    File(FileSourceSpec),
+    /// Generated TPC-H data.
+    Tpch(TpchSourceSpec),
+}
+
+/// Every sink a job can name, by `type`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SinkSpec {
+    /// Local files.
+    File(FileSinkSpec),
+}
+
+/// A job file.
+pub type JobFile = JobSpec<SourceSpec, SinkSpec>;
+
+/// Parses and validates a job file without I/O.
+pub fn parse_job(text: &str) -> Result<(JobFile, JobSettings)> {
+    let spec = JobFile::from_json(text)?;
+    let settings = spec.validate()?;
+    let in_job = |e: Error| e.context(format!("job {}", settings.name));
+    match &spec.source {
+        SourceSpec::File(s) => s.validate(),
+        SourceSpec::Tpch(s) => s.validate(),
+    }
+    .map_err(in_job)?;
+    match &spec.sink {
+        SinkSpec::File(s) => s.validate(),
+    }
+    .map_err(in_job)?;
+    Ok((spec, settings))
+}
+
+/// Builds the source and sink of a validated job (reads metadata, infers schemas).
+pub async fn build_job(spec: &JobFile, settings: JobSettings, connections: &Connections) -> Result<Job> {
+    let in_job = |e: Error| e.context(format!("job {}", settings.name));
+    let source: Arc<dyn Source> = match &spec.source {
+        SourceSpec::File(s) => {
+            let path = file::resolve(&s.path, s.connection.as_deref(), connections).map_err(in_job)?;
+            let store = file::local_store();
+            let files = file::list_inputs(&store, &path, &s.path).await.map_err(in_job)?;
+            Arc::new(
+                FileSource::new(
+                    store,
+                    files,
+                    s.format.clone(),
+                    settings.batch_rows.get(),
+                    settings.fault_tolerance.skip_incompatible_rows,
+                )
+                .await
+                .map_err(in_job)?,
+            )
+        }
+        SourceSpec::Tpch(s) => Arc::new(TpchSource::new(s.clone(), settings.batch_rows.get())),
+    };
+    let sink: Arc<dyn Sink> = match &spec.sink {
+        SinkSpec::File(s) => {
+            let is_dir = s.path.ends_with('/');
+            let path = file::resolve(&s.path, s.connection.as_deref(), connections).map_err(in_job)?;
+            let (dir, name) = if is_dir {
+                (path.clone(), None)
+            } else {
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| in_job(Error::config(format!("sink path `{}` has no file name", s.path))))?
+                    .to_string();
+                (path.parent().map(|p| p.to_path_buf()).unwrap_or_default(), Some(name))
+            };
+            Arc::new(FileSink::new(
+                file::local_store(),
+                file::object_path(&dir).map_err(in_job)?,
+                Some(dir),
+                name,
+                s.format.clone(),
+                s.mode,
+                &settings.name,
+                &s.path,
+            ))
+        }
+    };
+    Ok(Job { settings, source, sink })
+}

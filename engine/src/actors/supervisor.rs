@@ -1,0 +1,412 @@
+//! JobSupervisor: plans a job, runs its outputs with at most `parallel_copies` partitions
+//! reading at once, retries what can be retried, and publishes all outputs or none.
+//!
+//! An *output* (a file, a blob) is fed by one encoder and one writer, and by one partition
+//! (layout [`OutputLayout::PerPartition`]) or by all of them ([`OutputLayout::Single`]). A
+//! source failure is retried inside its reader from the last checkpoint; an encoder or sink
+//! failure restarts the output from scratch, with fresh actors built from the same factories.
+//! One kill switch per job: the first failure that cannot be retried stops every stage.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use actix::{Actor, Addr, Context, Handler, ResponseActFuture, SyncArbiter, WrapFuture};
+use futures::StreamExt;
+use futures::future::join_all;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use super::encoder::ChunkEncoder;
+use super::messages::{CancelJob, EncodeOutput, Observe, RunJob, StageExit};
+use super::reader::{ReaderCounts, SourceReader};
+use super::writer::{SinkWriter, WriterResult};
+use crate::channel::ByteBudget;
+use crate::error::{Error, ErrorKind, Result};
+use crate::job::{FaultLog, Job, JobContext};
+use crate::report::{JobFailure, JobReport, JobStatus};
+use crate::retry::backoff;
+use crate::sink::{Committed, OutputLayout, Staged};
+use crate::source::Partition;
+use crate::stats::JobProgress;
+
+/// Batches queued between a reader and its encoder (bounded; the byte budget bounds memory).
+pub const BATCH_CHANNEL_CAPACITY: usize = 4;
+/// Chunks queued between an encoder and its writer.
+pub const CHUNK_CHANNEL_CAPACITY: usize = 4;
+
+/// Supervises one job.
+pub struct JobSupervisor {
+    job: Option<Job>,
+    progress: Arc<JobProgress>,
+    cancel: CancellationToken,
+}
+
+impl JobSupervisor {
+    /// A supervisor for `job`; send it [`RunJob`] to run it.
+    pub fn new(job: Job) -> Self {
+        Self {
+            job: Some(job),
+            progress: JobProgress::new(),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    /// The job's live counters (for progress displays).
+    pub fn progress(&self) -> Arc<JobProgress> {
+        self.progress.clone()
+    }
+
+    /// The job's kill switch.
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+}
+
+impl Actor for JobSupervisor {
+    type Context = Context<Self>;
+}
+
+impl Handler<RunJob> for JobSupervisor {
+    type Result = ResponseActFuture<Self, JobReport>;
+
+    fn handle(&mut self, _: RunJob, _: &mut Self::Context) -> Self::Result {
+        let job = self.job.take();
+        let progress = self.progress.clone();
+        let cancel = self.cancel.clone();
+        Box::pin(
+            async move {
+                match job {
+                    Some(job) => run_job(job, progress, cancel).await,
+                    None => unreachable_report(),
+                }
+            }
+            .into_actor(self),
+        )
+    }
+}
+
+impl Handler<CancelJob> for JobSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: CancelJob, _: &mut Self::Context) {
+        self.cancel.cancel();
+    }
+}
+
+impl Handler<Observe> for JobSupervisor {
+    type Result = actix::MessageResult<Observe>;
+
+    fn handle(&mut self, _: Observe, _: &mut Self::Context) -> Self::Result {
+        actix::MessageResult(self.progress.snapshot())
+    }
+}
+
+fn unreachable_report() -> JobReport {
+    JobReport::failed("?", Error::internal("the job was already run by this supervisor"))
+}
+
+/// The totals of a finished output.
+#[derive(Default)]
+struct OutputTotals {
+    records: u64,
+    skipped: u64,
+    rows_written: u64,
+}
+
+/// Runs a job to its end and reports; never panics, never publishes partial output.
+async fn run_job(job: Job, progress: Arc<JobProgress>, cancel: CancellationToken) -> JobReport {
+    let started = Instant::now();
+    let name = job.settings.name.clone();
+    let (source_name, sink_name) = (job.source.connector(), job.sink.connector());
+    let schema = job.source.schema();
+    let ctx = Arc::new(JobContext {
+        budget: ByteBudget::new(job.settings.max_buffer_bytes),
+        faults: FaultLog::new(&name, job.settings.fault_tolerance.log_path.clone()),
+        settings: job.settings,
+        source: job.source,
+        sink: job.sink,
+        schema,
+        progress: progress.clone(),
+    });
+    tracing::info!(job = %name, source = source_name, sink = sink_name, "job started");
+    let outcome = copy(&ctx, &cancel).await;
+    let secs = started.elapsed().as_secs_f64();
+    let snapshot = progress.snapshot();
+    let stages = progress.stage_times();
+    let sample = ctx.faults.finish().unwrap_or_default();
+    let (status, committed, error) = match outcome {
+        Ok(committed) => (JobStatus::Succeeded, committed, None),
+        Err(e) => {
+            let status = if e.kind() == ErrorKind::Cancelled { JobStatus::Cancelled } else { JobStatus::Failed };
+            (status, Committed::default(), Some(e))
+        }
+    };
+    let label = [("job", name.clone())];
+    metrics::counter!(crate::metrics::JOBS_TOTAL, "status" => format!("{status:?}").to_lowercase()).increment(1);
+    metrics::histogram!(crate::metrics::JOB_DURATION_SECONDS, &label).record(secs);
+    metrics::counter!(crate::metrics::ROWS_READ_TOTAL, &label).increment(snapshot.records_read);
+    metrics::counter!(crate::metrics::ROWS_WRITTEN_TOTAL, &label).increment(snapshot.rows_written);
+    metrics::counter!(crate::metrics::ROWS_SKIPPED_TOTAL, &label).increment(snapshot.rows_skipped);
+    metrics::counter!(crate::metrics::BYTES_WRITTEN_TOTAL, &label).increment(snapshot.bytes_written);
+    for s in &stages {
+        let labels = [("job", name.clone()), ("stage", s.stage.name().to_string())];
+        metrics::counter!(crate::metrics::STAGE_BUSY_SECONDS, &labels).increment(s.busy_secs as u64);
+        metrics::counter!(crate::metrics::STAGE_WAIT_SECONDS, &labels)
+            .increment((s.wait_input_secs + s.wait_output_secs) as u64);
+    }
+    let report = JobReport {
+        job: name.clone(),
+        source: source_name.to_string(),
+        sink: sink_name.to_string(),
+        status,
+        partitions: snapshot.partitions_total,
+        retries: progress.retries.load(Relaxed),
+        rows_read: snapshot.records_read,
+        rows_written: snapshot.rows_written,
+        rows_skipped: snapshot.rows_skipped,
+        skipped_sample: sample,
+        bytes_read: snapshot.input_bytes_read,
+        bytes_written: snapshot.bytes_written,
+        duration_secs: secs,
+        rows_per_sec: if secs > 0.0 { snapshot.rows_written as f64 / secs } else { 0.0 },
+        read_mib_per_sec: if secs > 0.0 { snapshot.input_bytes_read as f64 / secs / (1 << 20) as f64 } else { 0.0 },
+        bottleneck: JobReport::find_bottleneck(&stages),
+        stages,
+        outputs: committed.outputs,
+        removed: committed.removed,
+        error: error.map(|e| JobFailure {
+            kind: e.kind(),
+            exit_code: e.exit_code(),
+            message: e.to_string(),
+        }),
+    };
+    match &report.error {
+        None => tracing::info!(job = %name, rows = report.rows_written, secs, "job succeeded"),
+        Some(e) => tracing::error!(job = %name, error = %e.message, "job failed"),
+    }
+    report
+}
+
+/// Prepares, copies every output, checks the row accounting and commits; on any failure,
+/// aborts everything that was staged.
+async fn copy(ctx: &Arc<JobContext>, cancel: &CancellationToken) -> Result<Committed> {
+    let job = ctx.settings.name.as_str();
+    let in_job = |e: Error| e.context(format!("job {job}"));
+    ctx.sink.prepare(&ctx.schema).await.map_err(in_job)?;
+    let partitions = ctx
+        .source
+        .plan(ctx.settings.parallel_copies.get())
+        .await
+        .map_err(in_job)?;
+    ctx.progress.partitions_total.store(partitions.len() as u64, Relaxed);
+    ctx.progress
+        .input_bytes_total
+        .store(partitions.iter().filter_map(|p| p.size_hint).sum(), Relaxed);
+    tracing::info!(job, partitions = partitions.len(), "planned");
+    let outputs: Vec<Vec<Partition>> = match ctx.sink.layout() {
+        OutputLayout::PerPartition => partitions.into_iter().map(|p| vec![p]).collect(),
+        OutputLayout::Single => vec![partitions],
+    };
+    let parallel = ctx.settings.parallel_copies.get();
+    let slots = Arc::new(Semaphore::new(parallel));
+    let encoders_wanted = parallel.min(outputs.len().max(1));
+    let encoders = SyncArbiter::start(encoders_wanted, ChunkEncoder::default);
+    // Each encoder may keep this much buffered (a row group) before it must flush: half the
+    // budget shared among the outputs that can run at once, so readers always find room.
+    let max_buffered = (ctx.settings.max_buffer_bytes / 2 / encoders_wanted as u64) as usize;
+
+    let mut results = futures::stream::iter(outputs.into_iter().enumerate())
+        .map(|(index, parts)| {
+            run_output_with_retry(ctx, &encoders, &slots, cancel, index, parts, max_buffered)
+        })
+        .buffer_unordered(parallel);
+    let mut staged = Vec::new();
+    let mut totals = OutputTotals::default();
+    let mut failure: Option<Error> = None;
+    while let Some(result) = results.next().await {
+        match result {
+            Ok((s, t)) => {
+                staged.push(s);
+                totals.records += t.records;
+                totals.skipped += t.skipped;
+                totals.rows_written += t.rows_written;
+            }
+            Err(e) => {
+                cancel.cancel();
+                // Keep the first root cause; later errors are mostly consequences.
+                if failure.as_ref().is_none_or(|f| f.kind() == ErrorKind::Cancelled && e.kind() != ErrorKind::Cancelled) {
+                    failure = Some(e);
+                }
+            }
+        }
+    }
+    drop(results);
+    if failure.is_none() && cancel.is_cancelled() {
+        failure = Some(Error::cancelled("the job was cancelled"));
+    }
+    if failure.is_none() && totals.records != totals.rows_written + totals.skipped {
+        failure = Some(Error::internal(format!(
+            "row accounting does not add up: read {}, written {}, skipped {}; nothing was published",
+            totals.records, totals.rows_written, totals.skipped
+        )));
+    }
+    if let Some(e) = failure {
+        if let Err(abort) = ctx.sink.abort(staged).await {
+            tracing::warn!(job, error = %abort, "could not remove staged output");
+        }
+        return Err(in_job(e));
+    }
+    staged.sort_by_key(|s| s.output);
+    match ctx.sink.commit(staged.clone()).await {
+        Ok(committed) => Ok(committed),
+        Err(e) => {
+            let _ = ctx.sink.abort(staged).await;
+            Err(in_job(e))
+        }
+    }
+}
+
+/// Runs one output, restarting it from scratch on retryable encoder or sink failures.
+async fn run_output_with_retry(
+    ctx: &Arc<JobContext>,
+    encoders: &Addr<ChunkEncoder>,
+    slots: &Arc<Semaphore>,
+    cancel: &CancellationToken,
+    index: usize,
+    partitions: Vec<Partition>,
+    max_buffered: usize,
+) -> Result<(Staged, OutputTotals)> {
+    let mut attempt = 1u32;
+    loop {
+        if cancel.is_cancelled() {
+            return Err(Error::cancelled("the job was cancelled"));
+        }
+        let token = cancel.child_token();
+        let result = run_output(ctx, encoders, slots, &token, index, &partitions, max_buffered).await;
+        match result {
+            Ok(done) => return Ok(done),
+            Err((e, counts)) => {
+                // Take back what the failed attempt counted: the retry counts it again.
+                ctx.progress.records_read.fetch_sub(counts.records.min(ctx.progress.records_read.load(Relaxed)), Relaxed);
+                ctx.progress.rows_skipped.fetch_sub(counts.skipped.min(ctx.progress.rows_skipped.load(Relaxed)), Relaxed);
+                ctx.progress.rows_written.fetch_sub(counts.rows_written.min(ctx.progress.rows_written.load(Relaxed)), Relaxed);
+                if !e.is_retryable() || attempt >= ctx.settings.max_attempts.get() || cancel.is_cancelled() {
+                    return Err(e);
+                }
+                attempt += 1;
+                ctx.progress.retries.fetch_add(1, Relaxed);
+                let wait = backoff(attempt, ctx.settings.initial_backoff, ctx.settings.max_backoff);
+                tracing::warn!(job = %ctx.settings.name, output = index, attempt, error = %e, ?wait, "retrying output from the start");
+                tokio::select! {
+                    _ = cancel.cancelled() => return Err(Error::cancelled("the job was cancelled")),
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
+/// One attempt at one output: a writer, an encoder and the readers of its partitions.
+async fn run_output(
+    ctx: &Arc<JobContext>,
+    encoders: &Addr<ChunkEncoder>,
+    slots: &Arc<Semaphore>,
+    token: &CancellationToken,
+    index: usize,
+    partitions: &[Partition],
+    max_buffered: usize,
+) -> std::result::Result<(Staged, OutputTotals), (Error, OutputTotals)> {
+    let fail = |e: Error| (e, OutputTotals::default());
+    let writer = ctx.sink.open(index).await.map_err(fail)?;
+    let encoder = ctx.sink.encoder(&ctx.schema).map_err(fail)?;
+    let (batch_tx, batch_rx) = mpsc::channel(BATCH_CHANNEL_CAPACITY);
+    let (chunk_tx, chunk_rx) = mpsc::channel(CHUNK_CHANNEL_CAPACITY);
+
+    let (writer_done, writer_exit) = oneshot::channel();
+    SinkWriter {
+        ctx: ctx.clone(),
+        input: Some(chunk_rx),
+        writer: Some(writer),
+        cancel: token.clone(),
+        done: Some(writer_done),
+    }
+    .start();
+    let encoded = encoders.send(EncodeOutput {
+        input: batch_rx,
+        output: chunk_tx,
+        encoder,
+        max_buffered,
+        progress: ctx.progress.clone(),
+        cancel: token.clone(),
+    });
+    let readers = join_all(partitions.iter().map(|partition| {
+        let output = batch_tx.clone();
+        async move {
+            let Ok(_slot) = slots.acquire().await else {
+                return (StageExit::Killed, ReaderCounts::default());
+            };
+            if token.is_cancelled() {
+                return (StageExit::Killed, ReaderCounts::default());
+            }
+            let (done, exit) = oneshot::channel();
+            SourceReader {
+                ctx: ctx.clone(),
+                partition: partition.clone(),
+                output: Some(output),
+                cancel: token.clone(),
+                done: Some(done),
+            }
+            .start();
+            let result = exit.await.unwrap_or((
+                StageExit::Panicked("the reader stopped without reporting".into()),
+                ReaderCounts::default(),
+            ));
+            if result.0.is_success() {
+                ctx.progress.partitions_done.fetch_add(1, Relaxed);
+            } else {
+                // The first stage to fail stops its siblings.
+                token.cancel();
+            }
+            result
+        }
+    }));
+    drop(batch_tx);
+    let (readers, encoded) = futures::join!(readers, encoded);
+    let encoded = encoded.unwrap_or_else(|e| StageExit::Panicked(format!("encoder pool: {e}")));
+    if !encoded.is_success() {
+        token.cancel();
+    }
+    let (written, result): (StageExit, WriterResult) = writer_exit.await.unwrap_or((
+        StageExit::Panicked("the writer stopped without reporting".into()),
+        WriterResult::default(),
+    ));
+
+    let mut totals = OutputTotals {
+        rows_written: result.rows,
+        ..OutputTotals::default()
+    };
+    let mut exits = Vec::new();
+    for (exit, counts) in readers {
+        totals.records += counts.records;
+        totals.skipped += counts.skipped;
+        exits.push(exit);
+    }
+    exits.push(encoded);
+    exits.push(written);
+    if exits.iter().all(StageExit::is_success) {
+        if let Some(staged) = result.staged {
+            return Ok((staged, totals));
+        }
+        return Err((Error::internal("the writer reported success without output"), totals));
+    }
+    let staged: Vec<Staged> = result.staged.into_iter().collect();
+    if !staged.is_empty() {
+        let _ = ctx.sink.abort(staged).await;
+    }
+    let cause = exits
+        .into_iter()
+        .find_map(StageExit::root_cause)
+        .unwrap_or_else(|| Error::cancelled("the job was cancelled"));
+    Err((cause, totals))
+}

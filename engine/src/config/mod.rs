@@ -1,0 +1,13 @@
+//! Configuration: jobs, connections, and the units they are written in.
+//!
+//! Each file follows the same path: raw serde types that reject unknown fields, a pure
+//! `validate()` that returns types that cannot be wrong, and, separately, the I/O that a
+//! connector performs when it builds a store from them.
+
+pub mod connection;
+pub mod job;
+pub mod units;
+
+pub use connection::{Connections, Secret};
+pub use job::{FaultTolerance, JobSettings, JobSpec, RetryPolicy};
+pub use units::{ByteSize, HumanDuration};

@@ -1,0 +1,85 @@
+//! ferry's engine: the job model and the actor pipeline that copies data between any source
+//! and any sink, with bounded memory.
+//!
+//! ```text
+//! JobSupervisor ── plan(partitions) ──> for each output, <= parallel_copies partitions at once:
+//!
+//!   SourceReader ──RecordBatch──> ChunkEncoder ──Bytes──> SinkWriter ──finish──> Staged
+//!    (async I/O)   bounded chan    (CPU thread)  bounded   (async I/O)
+//!        └── reserves byte budget ─────────── travels with the data ──── released when written
+//!
+//! all outputs staged ──> row accounting checked ──> Sink::commit (the only publish step)
+//! any failure        ──> kill switch stops every stage ──> Sink::abort (nothing published)
+//! ```
+//!
+//! The engine names no concrete store: connectors implement [`Source`], [`Sink`] and
+//! [`Encoder`], and the binary wires them together from configuration.
+
+pub mod actors;
+pub mod channel;
+pub mod config;
+pub mod encode;
+pub mod error;
+pub mod job;
+pub mod metrics;
+pub mod report;
+pub mod retry;
+pub mod sink;
+pub mod source;
+pub mod stats;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::sync::Arc;
+
+use actix::Actor;
+
+pub use actors::{CancelJob, JobSupervisor, Observe, RunJob};
+pub use encode::Encoder;
+pub use error::{Error, ErrorKind, Result};
+pub use job::Job;
+pub use report::{JobReport, JobStatus};
+pub use sink::{Committed, OutputLayout, OutputWriter, Sink, Staged};
+pub use source::{BatchStream, Checkpoint, Partition, SkippedRow, Source, SourceBatch};
+pub use stats::{JobProgress, ProgressSnapshot, Stage};
+
+/// A started job: its supervisor's address, live counters and kill switch.
+pub struct RunningJob {
+    /// The supervisor.
+    pub supervisor: actix::Addr<JobSupervisor>,
+    /// Live counters.
+    pub progress: Arc<JobProgress>,
+    /// Cancels the job when triggered.
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
+impl RunningJob {
+    /// Waits for the job's report.
+    pub async fn report(&self) -> JobReport {
+        match self.supervisor.send(RunJob).await {
+            Ok(report) => report,
+            Err(e) => {
+                let mut report = JobReport::failed("?", Error::internal(format!("the job supervisor stopped: {e}")));
+                report.status = JobStatus::Failed;
+                report
+            }
+        }
+    }
+}
+
+/// Starts a supervisor for `job`. Must be called inside an actix `System`.
+pub fn start(job: Job) -> RunningJob {
+    let supervisor = JobSupervisor::new(job);
+    let progress = supervisor.progress();
+    let cancel = supervisor.cancel_token();
+    RunningJob {
+        supervisor: supervisor.start(),
+        progress,
+        cancel,
+    }
+}
+
+/// Runs `job` to its end. Must be called inside an actix `System`.
+pub async fn run(job: Job) -> JobReport {
+    start(job).report().await
+}

@@ -1,0 +1,206 @@
+//! The job report: what was moved, how fast, and which stage held the job back.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::error::ErrorKind;
+use crate::source::SkippedRow;
+use crate::stats::{Stage, StageTimes};
+
+/// How a job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// All data written and published.
+    Succeeded,
+    /// Nothing published; see the error.
+    Failed,
+    /// Cancelled; nothing published.
+    Cancelled,
+}
+
+/// The failure of a failed job.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobFailure {
+    /// The kind of failure.
+    pub kind: ErrorKind,
+    /// The message.
+    pub message: String,
+    /// The process exit code it maps to.
+    pub exit_code: i32,
+}
+
+/// The report of one job run.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobReport {
+    /// The job's name.
+    pub job: String,
+    /// The source connector.
+    pub source: String,
+    /// The sink connector.
+    pub sink: String,
+    /// How it ended.
+    pub status: JobStatus,
+    /// Partitions planned.
+    pub partitions: u64,
+    /// Retries of partitions and outputs.
+    pub retries: u64,
+    /// Records read from the source (skipped ones included).
+    pub rows_read: u64,
+    /// Rows written to the sink.
+    pub rows_written: u64,
+    /// Rows skipped as incompatible.
+    pub rows_skipped: u64,
+    /// The first skipped rows with their reasons (all of them are in the fault log).
+    pub skipped_sample: Vec<SkippedRow>,
+    /// Input bytes read, where the source knows them.
+    pub bytes_read: u64,
+    /// Bytes written.
+    pub bytes_written: u64,
+    /// Wall-clock seconds.
+    pub duration_secs: f64,
+    /// Rows written per second.
+    pub rows_per_sec: f64,
+    /// Input megabytes (MiB) per second.
+    pub read_mib_per_sec: f64,
+    /// Time each stage was busy and waiting.
+    pub stages: Vec<StageTimes>,
+    /// The stage that held the job back: the busiest one.
+    pub bottleneck: Option<Stage>,
+    /// What was published.
+    pub outputs: Vec<String>,
+    /// Earlier outputs that this run replaced.
+    pub removed: Vec<String>,
+    /// Why the job failed.
+    pub error: Option<JobFailure>,
+}
+
+impl JobReport {
+    /// The report of a job that failed before it started copying.
+    pub fn failed(job: &str, e: crate::Error) -> Self {
+        Self {
+            job: job.to_string(),
+            source: String::new(),
+            sink: String::new(),
+            status: if e.kind() == ErrorKind::Cancelled { JobStatus::Cancelled } else { JobStatus::Failed },
+            partitions: 0,
+            retries: 0,
+            rows_read: 0,
+            rows_written: 0,
+            rows_skipped: 0,
+            skipped_sample: vec![],
+            bytes_read: 0,
+            bytes_written: 0,
+            duration_secs: 0.0,
+            rows_per_sec: 0.0,
+            read_mib_per_sec: 0.0,
+            stages: vec![],
+            bottleneck: None,
+            outputs: vec![],
+            removed: vec![],
+            error: Some(JobFailure {
+                kind: e.kind(),
+                exit_code: e.exit_code(),
+                message: e.to_string(),
+            }),
+        }
+    }
+
+    /// The stage with the highest share of busy time, if any stage did work.
+    pub fn find_bottleneck(stages: &[StageTimes]) -> Option<Stage> {
+        stages
+            .iter()
+            .filter(|s| s.busy_secs > 0.0)
+            .max_by(|a, b| a.utilization().total_cmp(&b.utilization()))
+            .map(|s| s.stage)
+    }
+
+    /// The exit code of the command that ran this job.
+    pub fn exit_code(&self) -> i32 {
+        self.error.as_ref().map_or(0, |e| e.exit_code)
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    crate::config::ByteSize(n).to_string()
+}
+
+impl fmt::Display for JobReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = match self.status {
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "FAILED",
+            JobStatus::Cancelled => "cancelled",
+        };
+        writeln!(f, "job {} {status} in {:.2}s ({} -> {})", self.job, self.duration_secs, self.source, self.sink)?;
+        writeln!(
+            f,
+            "  rows      read {}  written {}  skipped {}",
+            self.rows_read, self.rows_written, self.rows_skipped
+        )?;
+        writeln!(
+            f,
+            "  bytes     read {}  written {}",
+            human_bytes(self.bytes_read),
+            human_bytes(self.bytes_written)
+        )?;
+        writeln!(
+            f,
+            "  speed     {:.0} rows/s  {:.1} MiB/s read",
+            self.rows_per_sec, self.read_mib_per_sec
+        )?;
+        writeln!(f, "  partitions {}  retries {}", self.partitions, self.retries)?;
+        for s in &self.stages {
+            writeln!(
+                f,
+                "  stage {:<6} busy {:>8.2}s  waiting for input {:>8.2}s  blocked downstream {:>8.2}s  ({:.0}% busy)",
+                s.stage.name(),
+                s.busy_secs,
+                s.wait_input_secs,
+                s.wait_output_secs,
+                s.utilization() * 100.0
+            )?;
+        }
+        if let Some(b) = self.bottleneck {
+            let hint = match b {
+                Stage::Source => "the source: raise parallel_copies if the source can serve more readers",
+                Stage::Encode => "encoding: raise parallel_copies to encode on more threads",
+                Stage::Sink => "the sink: the destination accepts data slower than it is produced",
+            };
+            writeln!(f, "  bottleneck {hint}")?;
+        }
+        for o in &self.outputs {
+            writeln!(f, "  output    {o}")?;
+        }
+        for s in &self.skipped_sample {
+            writeln!(f, "  skipped   {}: {}", s.location, s.reason)?;
+        }
+        if let Some(e) = &self.error {
+            writeln!(f, "  error     {}", e.message)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bottleneck_is_the_busiest_stage() {
+        let times = |stage, busy, wait| StageTimes {
+            stage,
+            busy_secs: busy,
+            wait_input_secs: wait,
+            wait_output_secs: 0.0,
+        };
+        let stages = vec![
+            times(Stage::Source, 2.0, 8.0),
+            times(Stage::Encode, 9.0, 1.0),
+            times(Stage::Sink, 1.0, 9.0),
+        ];
+        assert_eq!(JobReport::find_bottleneck(&stages), Some(Stage::Encode));
+        assert_eq!(JobReport::find_bottleneck(&[]), None);
+    }
+}
