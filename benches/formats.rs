@@ -1,1 +1,106 @@
-fn main() {}
+//! Micro-benchmarks of the CPU stages: CSV decoding and Parquet encoding of TPC-H lineitem.
+//!
+//! `cargo bench --bench formats`; throughput is reported in input bytes per second.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ferry_connectors::format::csv::{CsvDecoder, CsvDialect, CsvEncoder, Origin, infer_schema};
+use ferry_connectors::format::parquet::{ParquetCodec, ParquetEncoder, writer_properties};
+use ferry_engine::Encoder;
+
+/// Lineitem at scale 0.01 (60k rows) as Arrow batches and as CSV text.
+fn lineitem() -> (Vec<RecordBatch>, Vec<u8>) {
+    let batches: Vec<RecordBatch> = tpchgen_arrow_batches();
+    let mut encoder = CsvEncoder::new(&batches[0].schema(), CsvDialect::default());
+    let mut csv = Vec::new();
+    for b in &batches {
+        csv.extend_from_slice(&encoder.encode(b).unwrap().unwrap());
+    }
+    (batches, csv)
+}
+
+fn tpchgen_arrow_batches() -> Vec<RecordBatch> {
+    let source = ferry_connectors::tpch::TpchSource::new(
+        serde_json::from_str(r#"{"table":"lineitem","scale_factor":0.01,"partitions":1}"#).unwrap(),
+        8192,
+    );
+    let system = actix::System::new();
+    system.block_on(async move {
+        use ferry_engine::Source;
+        use futures::StreamExt;
+        let partition = source.plan(1).await.unwrap().remove(0);
+        source
+            .open(&partition, None)
+            .unwrap()
+            .map(|b| b.unwrap().batch)
+            .collect()
+            .await
+    })
+}
+
+fn decode_csv(c: &mut Criterion) {
+    let (_, csv) = lineitem();
+    let schema = infer_schema(&csv, true, &CsvDialect::default(), 1000, "lineitem.csv").unwrap();
+    let mut group = c.benchmark_group("csv");
+    group.throughput(Throughput::Bytes(csv.len() as u64));
+    group.sample_size(10);
+    group.bench_function("decode lineitem", |b| {
+        b.iter(|| {
+            let origin = Origin {
+                file: Arc::from("lineitem.csv"),
+                first_line: 1,
+                skip_header: true,
+            };
+            let mut d = CsvDecoder::new(schema.clone(), CsvDialect::default(), origin, 8192, false);
+            let mut rest = &csv[..];
+            let mut rows = 0;
+            loop {
+                let n = d.decode(rest).unwrap();
+                rest = &rest[n..];
+                if rest.is_empty() {
+                    d.decode(&[]).unwrap();
+                }
+                if (d.batch_full() || rest.is_empty())
+                    && let Some((batch, _)) = d.flush().unwrap()
+                {
+                    rows += batch.num_rows();
+                }
+                if rest.is_empty() {
+                    break;
+                }
+            }
+            assert_eq!(rows, 60_175);
+        })
+    });
+    group.finish();
+}
+
+fn encode_parquet(c: &mut Criterion) {
+    let (batches, csv) = lineitem();
+    let mut group = c.benchmark_group("parquet");
+    // Throughput in CSV bytes, to compare with the decode side.
+    group.throughput(Throughput::Bytes(csv.len() as u64));
+    group.sample_size(10);
+    for codec in [ParquetCodec::Snappy, ParquetCodec::Zstd] {
+        group.bench_function(format!("encode lineitem {codec:?}"), |b| {
+            b.iter(|| {
+                let props = writer_properties(codec, 1 << 20).unwrap();
+                let mut e = ParquetEncoder::new(&batches[0].schema(), props).unwrap();
+                let mut bytes = 0;
+                for batch in &batches {
+                    bytes += e.encode(batch).unwrap().map_or(0, |b| b.len());
+                }
+                bytes += e.finish().unwrap().map_or(0, |b| b.len());
+                assert!(bytes > 0);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, decode_csv, encode_parquet);
+criterion_main!(benches);

@@ -48,13 +48,20 @@ pub fn parse_job(text: &str) -> Result<(JobFile, JobSettings)> {
 }
 
 /// Builds the source and sink of a validated job (reads metadata, infers schemas).
-pub async fn build_job(spec: &JobFile, settings: JobSettings, connections: &Connections) -> Result<Job> {
+pub async fn build_job(
+    spec: &JobFile,
+    settings: JobSettings,
+    connections: &Connections,
+) -> Result<Job> {
     let in_job = |e: Error| e.context(format!("job {}", settings.name));
     let source: Arc<dyn Source> = match &spec.source {
         SourceSpec::File(s) => {
-            let path = file::resolve(&s.path, s.connection.as_deref(), connections).map_err(in_job)?;
+            let path =
+                file::resolve(&s.path, s.connection.as_deref(), connections).map_err(in_job)?;
             let store = file::local_store();
-            let files = file::list_inputs(&store, &path, &s.path).await.map_err(in_job)?;
+            let files = file::list_inputs(&store, &path, &s.path)
+                .await
+                .map_err(in_job)?;
             Arc::new(
                 FileSource::new(
                     store,
@@ -72,16 +79,25 @@ pub async fn build_job(spec: &JobFile, settings: JobSettings, connections: &Conn
     let sink: Arc<dyn Sink> = match &spec.sink {
         SinkSpec::File(s) => {
             let is_dir = s.path.ends_with('/');
-            let path = file::resolve(&s.path, s.connection.as_deref(), connections).map_err(in_job)?;
+            let path =
+                file::resolve(&s.path, s.connection.as_deref(), connections).map_err(in_job)?;
             let (dir, name) = if is_dir {
                 (path.clone(), None)
             } else {
                 let name = path
                     .file_name()
                     .and_then(|n| n.to_str())
-                    .ok_or_else(|| in_job(Error::config(format!("sink path `{}` has no file name", s.path))))?
+                    .ok_or_else(|| {
+                        in_job(Error::config(format!(
+                            "sink path `{}` has no file name",
+                            s.path
+                        )))
+                    })?
                     .to_string();
-                (path.parent().map(|p| p.to_path_buf()).unwrap_or_default(), Some(name))
+                (
+                    path.parent().map(|p| p.to_path_buf()).unwrap_or_default(),
+                    Some(name),
+                )
             };
             Arc::new(FileSink::new(
                 file::local_store(),
@@ -95,5 +111,9 @@ pub async fn build_job(spec: &JobFile, settings: JobSettings, connections: &Conn
             ))
         }
     };
-    Ok(Job { settings, source, sink })
+    Ok(Job {
+        settings,
+        source,
+        sink,
+    })
 }

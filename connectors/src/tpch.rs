@@ -50,7 +50,9 @@ impl TpchSourceSpec {
     /// Checks the spec without I/O.
     pub fn validate(&self) -> Result<()> {
         if !(self.scale_factor > 0.0 && self.scale_factor <= 1000.0) {
-            return Err(Error::config("tpch `scale_factor` must be above 0 and at most 1000"));
+            return Err(Error::config(
+                "tpch `scale_factor` must be above 0 and at most 1000",
+            ));
         }
         if self.partitions == Some(0) {
             return Err(Error::config("tpch `partitions` must be at least 1"));
@@ -59,9 +61,16 @@ impl TpchSourceSpec {
     }
 }
 
-type Batches = Box<dyn Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>> + Send>;
+type Batches =
+    Box<dyn Iterator<Item = std::result::Result<RecordBatch, arrow::error::ArrowError>> + Send>;
 
-fn generate(table: TpchTable, sf: f64, part: i32, parts: i32, batch_rows: usize) -> (SchemaRef, Batches) {
+fn generate(
+    table: TpchTable,
+    sf: f64,
+    part: i32,
+    parts: i32,
+    batch_rows: usize,
+) -> (SchemaRef, Batches) {
     macro_rules! gen_table {
         ($gen:ty, $arrow:ty) => {{
             let it = <$arrow>::new(<$gen>::new(sf, part, parts)).with_batch_size(batch_rows);
@@ -91,7 +100,11 @@ impl TpchSource {
     /// A generator for `spec`.
     pub fn new(spec: TpchSourceSpec, batch_rows: usize) -> Self {
         let (schema, _) = generate(spec.table, spec.scale_factor, 1, 1, batch_rows);
-        Self { spec, schema, batch_rows }
+        Self {
+            spec,
+            schema,
+            batch_rows,
+        }
     }
 }
 
@@ -109,7 +122,14 @@ impl Source for TpchSource {
             None => parallelism.max((self.spec.scale_factor * 6.0).ceil() as usize),
         };
         (0..n)
-            .map(|i| Partition::new(i, format!("tpch {:?} part {} of {n}", self.spec.table, i + 1), None, &(i + 1, n)))
+            .map(|i| {
+                Partition::new(
+                    i,
+                    format!("tpch {:?} part {} of {n}", self.spec.table, i + 1),
+                    None,
+                    &(i + 1, n),
+                )
+            })
             .collect()
     }
 
@@ -125,7 +145,8 @@ impl Source for TpchSource {
                 let batch = match batch {
                     Ok(batch) => batch,
                     Err(e) => {
-                        let _ = tx.blocking_send(Err(Error::internal(format!("tpch generator: {e}"))));
+                        let _ =
+                            tx.blocking_send(Err(Error::internal(format!("tpch generator: {e}"))));
                         return;
                     }
                 };
@@ -140,8 +161,17 @@ impl Source for TpchSource {
                     batch
                 };
                 records += rows;
-                let checkpoint = Checkpoint { records, position: None, line: None };
-                let item = SourceBatch { batch, checkpoint, skipped: vec![], input_bytes: 0 };
+                let checkpoint = Checkpoint {
+                    records,
+                    position: None,
+                    line: None,
+                };
+                let item = SourceBatch {
+                    batch,
+                    checkpoint,
+                    skipped: vec![],
+                    input_bytes: 0,
+                };
                 if tx.blocking_send(Ok(item)).is_err() {
                     return;
                 }

@@ -70,7 +70,9 @@ impl ByteBudget {
     }
 
     fn units_for(&self, bytes: usize) -> u32 {
-        (bytes as u64).div_ceil(UNIT).clamp(1, u64::from(self.units)) as u32
+        (bytes as u64)
+            .div_ceil(UNIT)
+            .clamp(1, u64::from(self.units)) as u32
     }
 }
 
@@ -88,7 +90,9 @@ impl Reservation {
 
     /// Bytes held.
     pub fn bytes(&self) -> u64 {
-        self.permit.as_ref().map_or(0, |p| p.num_permits() as u64 * UNIT)
+        self.permit
+            .as_ref()
+            .map_or(0, |p| p.num_permits() as u64 * UNIT)
     }
 
     /// Adds `other`'s bytes to this reservation.

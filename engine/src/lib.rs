@@ -59,7 +59,10 @@ impl RunningJob {
         match self.supervisor.send(RunJob).await {
             Ok(report) => report,
             Err(e) => {
-                let mut report = JobReport::failed("?", Error::internal(format!("the job supervisor stopped: {e}")));
+                let mut report = JobReport::failed(
+                    "?",
+                    Error::internal(format!("the job supervisor stopped: {e}")),
+                );
                 report.status = JobStatus::Failed;
                 report
             }

@@ -24,10 +24,22 @@ pub fn describe() {
     use metrics::{Unit, describe_counter, describe_histogram};
     describe_counter!(ROWS_READ_TOTAL, Unit::Count, "rows read from sources");
     describe_counter!(ROWS_WRITTEN_TOTAL, Unit::Count, "rows written to sinks");
-    describe_counter!(ROWS_SKIPPED_TOTAL, Unit::Count, "rows skipped as incompatible");
+    describe_counter!(
+        ROWS_SKIPPED_TOTAL,
+        Unit::Count,
+        "rows skipped as incompatible"
+    );
     describe_counter!(BYTES_WRITTEN_TOTAL, Unit::Bytes, "bytes written to sinks");
-    describe_counter!(STAGE_BUSY_SECONDS, Unit::Seconds, "time a stage spent working");
-    describe_counter!(STAGE_WAIT_SECONDS, Unit::Seconds, "time a stage spent waiting");
+    describe_counter!(
+        STAGE_BUSY_SECONDS,
+        Unit::Seconds,
+        "time a stage spent working"
+    );
+    describe_counter!(
+        STAGE_WAIT_SECONDS,
+        Unit::Seconds,
+        "time a stage spent waiting"
+    );
     describe_counter!(RETRIES_TOTAL, Unit::Count, "retried partitions and outputs");
     describe_counter!(JOBS_TOTAL, Unit::Count, "jobs finished, by status");
     describe_histogram!(JOB_DURATION_SECONDS, Unit::Seconds, "duration of jobs");

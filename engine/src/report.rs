@@ -83,7 +83,11 @@ impl JobReport {
             job: job.to_string(),
             source: String::new(),
             sink: String::new(),
-            status: if e.kind() == ErrorKind::Cancelled { JobStatus::Cancelled } else { JobStatus::Failed },
+            status: if e.kind() == ErrorKind::Cancelled {
+                JobStatus::Cancelled
+            } else {
+                JobStatus::Failed
+            },
             partitions: 0,
             retries: 0,
             rows_read: 0,
@@ -133,7 +137,11 @@ impl fmt::Display for JobReport {
             JobStatus::Failed => "FAILED",
             JobStatus::Cancelled => "cancelled",
         };
-        writeln!(f, "job {} {status} in {:.2}s ({} -> {})", self.job, self.duration_secs, self.source, self.sink)?;
+        writeln!(
+            f,
+            "job {} {status} in {:.2}s ({} -> {})",
+            self.job, self.duration_secs, self.source, self.sink
+        )?;
         writeln!(
             f,
             "  rows      read {}  written {}  skipped {}",
@@ -150,7 +158,11 @@ impl fmt::Display for JobReport {
             "  speed     {:.0} rows/s  {:.1} MiB/s read",
             self.rows_per_sec, self.read_mib_per_sec
         )?;
-        writeln!(f, "  partitions {}  retries {}", self.partitions, self.retries)?;
+        writeln!(
+            f,
+            "  partitions {}  retries {}",
+            self.partitions, self.retries
+        )?;
         for s in &self.stages {
             writeln!(
                 f,
@@ -164,7 +176,9 @@ impl fmt::Display for JobReport {
         }
         if let Some(b) = self.bottleneck {
             let hint = match b {
-                Stage::Source => "the source: raise parallel_copies if the source can serve more readers",
+                Stage::Source => {
+                    "the source: raise parallel_copies if the source can serve more readers"
+                }
                 Stage::Encode => "encoding: raise parallel_copies to encode on more threads",
                 Stage::Sink => "the sink: the destination accepts data slower than it is produced",
             };

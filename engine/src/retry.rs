@@ -21,7 +21,10 @@ mod tests {
         let max = Duration::from_secs(10);
         for _ in 0..100 {
             let first = backoff(2, initial, max);
-            assert!(first >= Duration::from_millis(500) && first <= initial, "{first:?}");
+            assert!(
+                first >= Duration::from_millis(500) && first <= initial,
+                "{first:?}"
+            );
             let third = backoff(4, initial, max);
             assert!(third >= Duration::from_secs(2) && third <= Duration::from_secs(4));
             let late = backoff(40, initial, max);

@@ -48,7 +48,10 @@ impl Partition {
     /// The source's private description.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T> {
         serde_json::from_value(self.spec.clone()).map_err(|e| {
-            Error::internal(format!("partition {}: bad description: {e}", self.description))
+            Error::internal(format!(
+                "partition {}: bad description: {e}",
+                self.description
+            ))
         })
     }
 }

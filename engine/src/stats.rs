@@ -88,7 +88,11 @@ impl StageTimes {
     /// Share of the stage's time spent working, 0..=1.
     pub fn utilization(&self) -> f64 {
         let total = self.busy_secs + self.wait_input_secs + self.wait_output_secs;
-        if total > 0.0 { self.busy_secs / total } else { 0.0 }
+        if total > 0.0 {
+            self.busy_secs / total
+        } else {
+            0.0
+        }
     }
 }
 
@@ -149,7 +153,10 @@ impl JobProgress {
 
     /// Times of every stage.
     pub fn stage_times(&self) -> Vec<StageTimes> {
-        Stage::ALL.iter().map(|&s| self.clock(s).snapshot(s)).collect()
+        Stage::ALL
+            .iter()
+            .map(|&s| self.clock(s).snapshot(s))
+            .collect()
     }
 }
 
@@ -185,6 +192,9 @@ mod tests {
         clock.wait_input(Duration::from_secs(1));
         let t = clock.snapshot(Stage::Encode);
         assert!((t.utilization() - 0.75).abs() < 1e-9);
-        assert_eq!(StageClock::default().snapshot(Stage::Sink).utilization(), 0.0);
+        assert_eq!(
+            StageClock::default().snapshot(Stage::Sink).utilization(),
+            0.0
+        );
     }
 }

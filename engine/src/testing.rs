@@ -17,8 +17,8 @@ use crate::error::{Error, Result};
 use crate::sink::{Committed, OutputLayout, OutputWriter, Sink, Staged};
 use crate::source::{BatchStream, Checkpoint, Partition, Source, SourceBatch};
 
-/// Counts bytes produced by [`MemorySource`] and written by [`MemorySink`], and the largest
-/// difference seen: the data in flight inside the pipeline.
+/// Counts batches produced by [`MemorySource`] and chunks written by [`MemorySink`] (one per
+/// batch with the IPC encoder), and the largest difference seen: the batches in flight.
 #[derive(Debug, Default)]
 pub struct FlightProbe {
     produced: AtomicU64,
@@ -27,17 +27,17 @@ pub struct FlightProbe {
 }
 
 impl FlightProbe {
-    fn produce(&self, bytes: u64) {
-        let produced = self.produced.fetch_add(bytes, SeqCst) + bytes;
+    fn produce(&self) {
+        let produced = self.produced.fetch_add(1, SeqCst) + 1;
         let in_flight = produced.saturating_sub(self.written.load(SeqCst));
         self.peak.fetch_max(in_flight, SeqCst);
     }
 
-    fn write(&self, bytes: u64) {
-        self.written.fetch_add(bytes, SeqCst);
+    fn write(&self) {
+        self.written.fetch_add(1, SeqCst);
     }
 
-    /// The most bytes that were produced and not yet written at one time.
+    /// The most batches that were produced and not yet written at one time.
     pub fn peak_in_flight(&self) -> u64 {
         self.peak.load(SeqCst)
     }
@@ -119,23 +119,32 @@ impl Source for MemorySource {
         let failure = self.failure.filter(|f| f.partition == index);
         let failures_left = self.failures_left.clone();
         let probe = self.probe.clone();
-        let items: Vec<Result<SourceBatch>> = batches
+        let mut failed = false;
+        // Lazy: each batch is produced (and counted by the probe) only when pulled.
+        let items = batches
             .into_iter()
             .enumerate()
             .skip(start)
-            .map(move |(i, batch)| {
+            .map_while(move |(i, batch)| {
+                if failed {
+                    return None;
+                }
                 if let Some(f) = failure.filter(|f| f.before_batch == i)
                     && failures_left.load(SeqCst) > 0
                 {
                     failures_left.fetch_sub(1, SeqCst);
-                    return Err(Error::new(crate::ErrorKind::Connect, "injected failure")
-                        .with_retryable(f.retryable));
+                    failed = true;
+                    return Some(Err(Error::new(
+                        crate::ErrorKind::Connect,
+                        "injected failure",
+                    )
+                    .with_retryable(f.retryable)));
                 }
                 if let Some(p) = &probe {
-                    p.produce(batch.get_array_memory_size() as u64);
+                    p.produce();
                 }
                 records += batch.num_rows() as u64;
-                Ok(SourceBatch {
+                Some(Ok(SourceBatch {
                     checkpoint: Checkpoint {
                         records,
                         position: Some(i as u64 + 1),
@@ -144,19 +153,8 @@ impl Source for MemorySource {
                     skipped: vec![],
                     input_bytes: 0,
                     batch,
-                })
-            })
-            .collect();
-        // Stop after the first error, as a real stream would.
-        let mut failed = false;
-        let items: Vec<_> = items
-            .into_iter()
-            .take_while(move |r| {
-                let keep = !failed;
-                failed |= r.is_err();
-                keep
-            })
-            .collect();
+                }))
+            });
         Ok(Box::pin(futures::stream::iter(items)))
     }
 
@@ -265,12 +263,24 @@ impl MemorySink {
 
     /// Names of published outputs.
     pub fn published_names(&self) -> Vec<String> {
-        self.state.lock().expect("memory sink lock").published.keys().cloned().collect()
+        self.state
+            .lock()
+            .expect("memory sink lock")
+            .published
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Names of outputs written and neither published nor aborted.
     pub fn leftovers(&self) -> Vec<String> {
-        self.state.lock().expect("memory sink lock").temporary.keys().cloned().collect()
+        self.state
+            .lock()
+            .expect("memory sink lock")
+            .temporary
+            .keys()
+            .cloned()
+            .collect()
     }
 }
 
@@ -296,7 +306,7 @@ impl OutputWriter for MemoryWriter {
             return Err(Error::store("injected write failure").with_retryable(true));
         }
         if let Some(p) = &self.sink.probe {
-            p.write(chunk.len() as u64);
+            p.write();
         }
         self.bytes.extend_from_slice(&chunk);
         self.sink
@@ -309,8 +319,14 @@ impl OutputWriter for MemoryWriter {
     }
 
     async fn finish(self: Box<Self>) -> Result<Staged> {
-        let mut state = self.sink.state.lock().map_err(|_| Error::internal("lock"))?;
-        state.temporary.insert(self.name.clone(), self.bytes.clone());
+        let mut state = self
+            .sink
+            .state
+            .lock()
+            .map_err(|_| Error::internal("lock"))?;
+        state
+            .temporary
+            .insert(self.name.clone(), self.bytes.clone());
         Ok(Staged {
             output: self.output,
             temporary: self.name.clone(),

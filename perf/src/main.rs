@@ -1,1 +1,273 @@
-fn main() {}
+//! ferry's end-to-end performance harness.
+//!
+//! `cargo run -p ferry-perf --release -- csv-to-parquet --scale 1` generates TPC-H lineitem as
+//! CSV (with ferry's own generator), then times ferry, DuckDB and pyarrow converting the same
+//! file to Parquet (snappy) in the same run, each several times, and writes a Markdown table to
+//! perf/results/. Peers are installed into a private Python venv (perf/.venv) on first use.
+//! Wall time and peak RSS come from the OS (wait4) for each whole process.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Local CSV -> Parquet: ferry vs DuckDB vs pyarrow, and ferry's memory bound.
+    CsvToParquet {
+        /// TPC-H scale factor of the lineitem input (1 = 6M rows, ~760 MB).
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Runs of each tool; the table shows min, median and max.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// The ferry binary to measure.
+        #[arg(long, default_value = "target/release/ferry")]
+        ferry: PathBuf,
+    },
+}
+
+/// One measured process run.
+struct Run {
+    secs: f64,
+    max_rss_mib: f64,
+}
+
+/// Runs a command to completion and measures it; fails if it fails.
+fn measure(cmd: &mut Command) -> Result<Run> {
+    let start = Instant::now();
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("start {cmd:?}"))?;
+    let mut status = 0;
+    // SAFETY-free: wait4 through libc returns the child's own resource usage.
+    let mut usage: libc::rusage = unsafe_free_rusage();
+    let pid = child.id() as libc::pid_t;
+    let ret = wait4(pid, &mut status, &mut usage);
+    let secs = start.elapsed().as_secs_f64();
+    if ret < 0 {
+        bail!("wait4 failed for {cmd:?}");
+    }
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        bail!("{cmd:?} failed with status {status}");
+    }
+    Ok(Run {
+        secs,
+        max_rss_mib: usage.ru_maxrss as f64 / 1024.0,
+    })
+}
+
+fn unsafe_free_rusage() -> libc::rusage {
+    // rusage is plain data; zeroed through a safe constructor of its fields.
+    libc::rusage {
+        ru_utime: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        ru_stime: libc::timeval {
+            tv_sec: 0,
+            tv_usec: 0,
+        },
+        ru_maxrss: 0,
+        ru_ixrss: 0,
+        ru_idrss: 0,
+        ru_isrss: 0,
+        ru_minflt: 0,
+        ru_majflt: 0,
+        ru_nswap: 0,
+        ru_inblock: 0,
+        ru_oublock: 0,
+        ru_msgsnd: 0,
+        ru_msgrcv: 0,
+        ru_nsignals: 0,
+        ru_nvcsw: 0,
+        ru_nivcsw: 0,
+    }
+}
+
+#[allow(unsafe_code)]
+fn wait4(pid: libc::pid_t, status: &mut i32, usage: &mut libc::rusage) -> i32 {
+    // SAFETY: pointers are to live, exclusively borrowed locals of the right types.
+    unsafe { libc::wait4(pid, status, 0, usage) }
+}
+
+fn python(venv: &Path) -> PathBuf {
+    venv.join("bin/python")
+}
+
+fn ensure_venv(venv: &Path) -> Result<()> {
+    if python(venv).exists() {
+        return Ok(());
+    }
+    eprintln!("installing peers (duckdb, pyarrow) into {}", venv.display());
+    let ok = Command::new("python3")
+        .args(["-m", "venv"])
+        .arg(venv)
+        .status()?
+        .success()
+        && Command::new(python(venv))
+            .args(["-m", "pip", "install", "-q", "duckdb", "pyarrow"])
+            .status()?
+            .success();
+    if !ok {
+        bail!("could not install the peers into {}", venv.display());
+    }
+    Ok(())
+}
+
+fn stats(runs: &[Run], f: impl Fn(&Run) -> f64) -> (f64, f64, f64) {
+    let mut v: Vec<f64> = runs.iter().map(f).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+fn write_job(path: &Path, body: &str) -> Result<()> {
+    std::fs::write(path, body).with_context(|| format!("write {}", path.display()))
+}
+
+fn csv_to_parquet(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
+    let work = PathBuf::from("perf/work").canonicalize().or_else(|_| {
+        std::fs::create_dir_all("perf/work")?;
+        PathBuf::from("perf/work").canonicalize()
+    })?;
+    let venv = PathBuf::from("perf/.venv");
+    ensure_venv(&venv)?;
+    let csv = work.join(format!("lineitem-sf{scale}.csv"));
+    if !csv.exists() {
+        let job = work.join("generate.json");
+        write_job(
+            &job,
+            &format!(
+                r#"{{"name":"perf-generate","source":{{"type":"tpch","table":"lineitem","scale_factor":{scale}}},"sink":{{"type":"file","path":"{}","format":{{"type":"csv"}}}},"parallel_copies":2}}"#,
+                csv.display()
+            ),
+        )?;
+        measure(Command::new(ferry).arg("copy").arg(&job))?;
+    }
+    let csv_bytes = std::fs::metadata(&csv)?.len();
+    let out = |name: &str| work.join(format!("out-{name}.parquet"));
+    let ferry_job = work.join("ferry.json");
+    write_job(
+        &ferry_job,
+        &format!(
+            r#"{{"name":"perf-csv-to-parquet","source":{{"type":"file","path":"{}","format":{{"type":"csv"}}}},"sink":{{"type":"file","path":"{}/","format":{{"type":"parquet","compression":"snappy"}}}},"parallel_copies":2,"max_buffer_bytes":"256MiB"}}"#,
+            csv.display(),
+            out("ferry").display()
+        ),
+    )?;
+    let small_job = work.join("ferry-64.json");
+    write_job(
+        &small_job,
+        &format!(
+            r#"{{"name":"perf-csv-to-parquet-64","source":{{"type":"file","path":"{}","format":{{"type":"csv"}}}},"sink":{{"type":"file","path":"{}/","format":{{"type":"parquet","compression":"snappy"}}}},"parallel_copies":2,"max_buffer_bytes":"64MiB"}}"#,
+            csv.display(),
+            out("ferry-64").display()
+        ),
+    )?;
+    let duck = format!(
+        "import duckdb; duckdb.sql(\"COPY (SELECT * FROM read_csv('{}')) TO '{}' (FORMAT parquet, COMPRESSION snappy)\")",
+        csv.display(),
+        out("duckdb").display()
+    );
+    let pyarrow = format!(
+        "import pyarrow.csv as c, pyarrow.parquet as pq\nr = c.open_csv('{}')\nw = pq.ParquetWriter('{}', r.schema, compression='snappy')\nfor b in r: w.write_batch(b)\nw.close()",
+        csv.display(),
+        out("pyarrow").display()
+    );
+    type Tool = (&'static str, Box<dyn Fn() -> Command>);
+    let tools: Vec<Tool> = vec![
+        (
+            "ferry (parallel_copies 2, 256MiB)",
+            Box::new({
+                let (f, j) = (ferry.to_path_buf(), ferry_job.clone());
+                move || {
+                    let mut c = Command::new(&f);
+                    c.arg("copy").arg(&j);
+                    c
+                }
+            }),
+        ),
+        (
+            "ferry (parallel_copies 2, 64MiB budget)",
+            Box::new({
+                let (f, j) = (ferry.to_path_buf(), small_job.clone());
+                move || {
+                    let mut c = Command::new(&f);
+                    c.arg("copy").arg(&j);
+                    c
+                }
+            }),
+        ),
+        (
+            "DuckDB",
+            Box::new({
+                let (p, s) = (python(&venv), duck.clone());
+                move || {
+                    let mut c = Command::new(&p);
+                    c.args(["-c", &s]);
+                    c
+                }
+            }),
+        ),
+        (
+            "pyarrow (streaming)",
+            Box::new({
+                let (p, s) = (python(&venv), pyarrow.clone());
+                move || {
+                    let mut c = Command::new(&p);
+                    c.args(["-c", &s]);
+                    c
+                }
+            }),
+        ),
+    ];
+    let mut results: Vec<(&str, Vec<Run>)> = tools.iter().map(|(n, _)| (*n, Vec::new())).collect();
+    // Interleave the tools so that machine noise hits them alike.
+    for round in 0..runs {
+        for (i, (name, make)) in tools.iter().enumerate() {
+            let run = measure(&mut make())?;
+            eprintln!(
+                "round {round} {name}: {:.2}s, {:.0} MiB",
+                run.secs, run.max_rss_mib
+            );
+            results[i].1.push(run);
+        }
+    }
+    let mut table = format!(
+        "# CSV -> Parquet (snappy), TPC-H lineitem SF {scale}\n\nInput: {:.0} MB CSV. {runs} runs each, interleaved; wall time and peak RSS of the whole process.\n\n| tool | time min / median / max (s) | MB/s (median) | peak RSS median (MiB) | vs DuckDB |\n| --- | --- | --- | --- | --- |\n",
+        csv_bytes as f64 / 1e6
+    );
+    let duck_median = stats(&results[2].1, |r| r.secs).1;
+    for (name, runs) in &results {
+        let (lo, med, hi) = stats(runs, |r| r.secs);
+        let rss = stats(runs, |r| r.max_rss_mib).1;
+        table.push_str(&format!(
+            "| {name} | {lo:.2} / {med:.2} / {hi:.2} | {:.0} | {rss:.0} | {:.2}x |\n",
+            csv_bytes as f64 / 1e6 / med,
+            duck_median / med
+        ));
+    }
+    table.push_str(&format!(
+        "\nMachine: {} cores. Command: `cargo run -p ferry-perf --release -- csv-to-parquet --scale {scale} --runs {runs}`.\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    ));
+    println!("{table}");
+    std::fs::create_dir_all("perf/results")?;
+    std::fs::write(format!("perf/results/csv-to-parquet-sf{scale}.md"), table)?;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().scenario {
+        Scenario::CsvToParquet { scale, runs, ferry } => csv_to_parquet(scale, runs, &ferry),
+    }
+}

@@ -95,7 +95,11 @@ fn spawn_progress(progress: Arc<JobProgress>) -> (ProgressBar, tokio::task::Join
             }
             shown.set_message(format!(
                 "{} rows read, {} written, {} skipped, partitions {}/{}",
-                s.records_read, s.rows_written, s.rows_skipped, s.partitions_done, s.partitions_total
+                s.records_read,
+                s.rows_written,
+                s.rows_skipped,
+                s.partitions_done,
+                s.partitions_total
             ));
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

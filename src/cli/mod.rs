@@ -16,8 +16,12 @@ pub fn load(job: &Path, connections: Option<&Path>) -> Result<(JobFile, JobSetti
     let (spec, settings) = parse_job(&text).map_err(|e| e.context(job.display()))?;
     let connections = match connections {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| Error::io(format!("cannot read connections file {}", path.display()), e))?;
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::io(
+                    format!("cannot read connections file {}", path.display()),
+                    e,
+                )
+            })?;
             Connections::from_json(&text).map_err(|e| e.context(path.display()))?
         }
         None => Connections::default(),

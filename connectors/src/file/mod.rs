@@ -74,8 +74,9 @@ impl FileSourceSpec {
         if !self.path.contains(['*', '?', '[']) {
             // A plain path.
         } else {
-            glob::Pattern::new(&self.path)
-                .map_err(|e| Error::config(format!("file source: `path` is not a valid glob: {e}")))?;
+            glob::Pattern::new(&self.path).map_err(|e| {
+                Error::config(format!("file source: `path` is not a valid glob: {e}"))
+            })?;
         }
         self.format.validate()
     }
@@ -85,7 +86,9 @@ impl FileSinkSpec {
     /// Checks the spec without I/O.
     pub fn validate(&self) -> Result<()> {
         if self.path.trim().is_empty() || self.path.trim() == "/" {
-            return Err(Error::config("file sink: `path` must name a file or a directory ending with `/`"));
+            return Err(Error::config(
+                "file sink: `path` must name a file or a directory ending with `/`",
+            ));
         }
         if self.path.contains(['*', '?', '[']) {
             return Err(Error::config("file sink: `path` cannot be a glob"));
@@ -100,7 +103,9 @@ pub fn resolve(path: &str, connection: Option<&str>, connections: &Connections) 
         Some(name) => {
             let (kind, value) = connections.get(name)?;
             if kind != "file" {
-                return Err(Error::config(format!("connection `{name}` is a `{kind}` connection, not `file`")));
+                return Err(Error::config(format!(
+                    "connection `{name}` is a `{kind}` connection, not `file`"
+                )));
             }
             let conn: FileConnection = serde_json::from_value(value.clone())
                 .map_err(|e| Error::config(format!("connection `{name}`: {e}")))?;
@@ -119,7 +124,9 @@ pub fn local_store() -> Arc<dyn ObjectStore> {
 
 /// The object path of an absolute local path.
 pub fn object_path(path: &std::path::Path) -> Result<Path> {
-    let text = path.to_str().ok_or_else(|| Error::config(format!("path {} is not UTF-8", path.display())))?;
+    let text = path
+        .to_str()
+        .ok_or_else(|| Error::config(format!("path {} is not UTF-8", path.display())))?;
     Path::parse(text.trim_start_matches('/').trim_end_matches('/'))
         .map_err(|e| Error::config(format!("path {}: {e}", path.display())))
 }
@@ -130,8 +137,14 @@ fn is_hidden(name: &str) -> bool {
 
 /// Lists the files a source path names: the file itself, every file under a directory, or
 /// every file matching a glob. Sorted by path; an empty match is an error.
-pub async fn list_inputs(store: &Arc<dyn ObjectStore>, path: &std::path::Path, shown: &str) -> Result<Vec<InputFile>> {
-    let text = path.to_str().ok_or_else(|| Error::config(format!("path {} is not UTF-8", path.display())))?;
+pub async fn list_inputs(
+    store: &Arc<dyn ObjectStore>,
+    path: &std::path::Path,
+    shown: &str,
+) -> Result<Vec<InputFile>> {
+    let text = path
+        .to_str()
+        .ok_or_else(|| Error::config(format!("path {} is not UTF-8", path.display())))?;
     let glob_at = text.find(['*', '?', '[']);
     let (prefix_dir, pattern) = match glob_at {
         Some(i) => {
@@ -146,7 +159,11 @@ pub async fn list_inputs(store: &Arc<dyn ObjectStore>, path: &std::path::Path, s
     if pattern.is_none() {
         match store.head(&location).await {
             Ok(meta) => {
-                return Ok(vec![InputFile { path: meta.location.to_string(), label: shown.to_string(), size: meta.size }]);
+                return Ok(vec![InputFile {
+                    path: meta.location.to_string(),
+                    label: shown.to_string(),
+                    size: meta.size,
+                }]);
             }
             Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(store_error("read", &location, e)),
@@ -157,18 +174,32 @@ pub async fn list_inputs(store: &Arc<dyn ObjectStore>, path: &std::path::Path, s
         .try_collect()
         .await
         .map_err(|e| store_error("list", &location, e))?;
-    let options = glob::MatchOptions { require_literal_separator: true, ..Default::default() };
+    let options = glob::MatchOptions {
+        require_literal_separator: true,
+        ..Default::default()
+    };
     let mut files: Vec<InputFile> = listed
         .into_iter()
         .filter(|meta| {
-            let rel = meta.location.prefix_match(&location).map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>());
-            let hidden = rel.as_ref().is_some_and(|parts| parts.iter().any(|p| is_hidden(p)));
-            let matches = pattern.as_ref().is_none_or(|p| p.matches_with(meta.location.as_ref(), options));
+            let rel = meta
+                .location
+                .prefix_match(&location)
+                .map(|parts| parts.map(|p| p.as_ref().to_string()).collect::<Vec<_>>());
+            let hidden = rel
+                .as_ref()
+                .is_some_and(|parts| parts.iter().any(|p| is_hidden(p)));
+            let matches = pattern
+                .as_ref()
+                .is_none_or(|p| p.matches_with(meta.location.as_ref(), options));
             !hidden && matches
         })
         .map(|meta| {
             let full = format!("/{}", meta.location);
-            InputFile { path: meta.location.to_string(), label: full, size: meta.size }
+            InputFile {
+                path: meta.location.to_string(),
+                label: full,
+                size: meta.size,
+            }
         })
         .collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));

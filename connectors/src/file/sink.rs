@@ -63,7 +63,17 @@ impl FileSink {
         shown: &str,
     ) -> Self {
         let run = format!("{:x}{:04x}", std::process::id(), fastrand_u16());
-        Self { store, dir, local_dir, file_name, format, mode, job: job.to_string(), run, shown: shown.to_string() }
+        Self {
+            store,
+            dir,
+            local_dir,
+            file_name,
+            format,
+            mode,
+            job: job.to_string(),
+            run,
+            shown: shown.to_string(),
+        }
     }
 
     fn temp_dir(&self) -> Path {
@@ -83,13 +93,24 @@ impl FileSink {
             return match tokio::fs::remove_dir_all(&dir).await {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(Error::io(format!("remove leftovers in {}", dir.display()), e)),
+                Err(e) => Err(Error::io(
+                    format!("remove leftovers in {}", dir.display()),
+                    e,
+                )),
             };
         }
         let temp = self.temp_dir();
-        let leftovers: Vec<_> = self.store.list(Some(&temp)).try_collect().await.map_err(|e| store_error("list", &temp, e))?;
+        let leftovers: Vec<_> = self
+            .store
+            .list(Some(&temp))
+            .try_collect()
+            .await
+            .map_err(|e| store_error("list", &temp, e))?;
         for meta in leftovers {
-            self.store.delete(&meta.location).await.map_err(|e| store_error("delete", &meta.location, e))?;
+            self.store
+                .delete(&meta.location)
+                .await
+                .map_err(|e| store_error("delete", &meta.location, e))?;
         }
         Ok(())
     }
@@ -137,14 +158,16 @@ struct FileOutputWriter {
 impl OutputWriter for FileOutputWriter {
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
         self.bytes += chunk.len() as u64;
-        self.writer.put(chunk).await.map_err(|e| store_error("write", &self.temporary, e))
+        self.writer
+            .put(chunk)
+            .await
+            .map_err(|e| store_error("write", &self.temporary, e))
     }
 
     async fn finish(mut self: Box<Self>) -> Result<Staged> {
-        self.writer
-            .shutdown()
-            .await
-            .map_err(|e| Error::io(format!("complete {}", self.temporary), e).with_retryable(true))?;
+        self.writer.shutdown().await.map_err(|e| {
+            Error::io(format!("complete {}", self.temporary), e).with_retryable(true)
+        })?;
         Ok(Staged {
             output: self.output,
             temporary: self.temporary.to_string(),
@@ -154,7 +177,10 @@ impl OutputWriter for FileOutputWriter {
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
-        self.writer.abort().await.map_err(|e| store_error("discard", &self.temporary, e))
+        self.writer
+            .abort()
+            .await
+            .map_err(|e| store_error("discard", &self.temporary, e))
     }
 }
 
@@ -163,7 +189,11 @@ impl Sink for FileSink {
     async fn prepare(&self, _schema: &SchemaRef) -> Result<()> {
         if self.mode == WriteMode::ErrorIfExists {
             let exists = match &self.file_name {
-                Some(name) => self.store.head(&self.dir.clone().join(name.as_str())).await.is_ok(),
+                Some(name) => self
+                    .store
+                    .head(&self.dir.clone().join(name.as_str()))
+                    .await
+                    .is_ok(),
                 None => !self.existing_parts().await?.is_empty(),
             };
             if exists {
@@ -177,9 +207,17 @@ impl Sink for FileSink {
         if let Some(local) = &self.local_dir {
             let temp = local.join(format!("_ferry_tmp_{}", self.job));
             tokio::fs::create_dir_all(&temp).await.map_err(|e| {
-                Error::io(format!("cannot write to {}; check that the directory is writable", local.display()), e)
+                Error::io(
+                    format!(
+                        "cannot write to {}; check that the directory is writable",
+                        local.display()
+                    ),
+                    e,
+                )
             })?;
-            if local.join(self.file_name.as_deref().unwrap_or("")).is_dir() && self.file_name.is_some() {
+            if local.join(self.file_name.as_deref().unwrap_or("")).is_dir()
+                && self.file_name.is_some()
+            {
                 return Err(Error::invalid_input(format!(
                     "{} is a directory; end the sink path with `/` to write part files into it",
                     self.shown
@@ -190,7 +228,11 @@ impl Sink for FileSink {
     }
 
     fn layout(&self) -> OutputLayout {
-        if self.file_name.is_some() { OutputLayout::Single } else { OutputLayout::PerPartition }
+        if self.file_name.is_some() {
+            OutputLayout::Single
+        } else {
+            OutputLayout::PerPartition
+        }
     }
 
     fn encoder(&self, schema: &SchemaRef) -> Result<Box<dyn Encoder>> {
@@ -200,21 +242,46 @@ impl Sink for FileSink {
     async fn open(&self, output: usize) -> Result<Box<dyn OutputWriter>> {
         let name = self.target_name(output);
         let temporary = self.temp_dir().join(format!("{}-{name}", self.run));
-        let writer = BufWriter::with_capacity(self.store.clone(), temporary.clone(), WRITE_BUFFER_BYTES).with_max_concurrency(2);
-        Ok(Box::new(FileOutputWriter { writer, output, temporary, target: self.dir.clone().join(name.as_str()), bytes: 0 }))
+        let writer =
+            BufWriter::with_capacity(self.store.clone(), temporary.clone(), WRITE_BUFFER_BYTES)
+                .with_max_concurrency(2);
+        Ok(Box::new(FileOutputWriter {
+            writer,
+            output,
+            temporary,
+            target: self.dir.clone().join(name.as_str()),
+            bytes: 0,
+        }))
     }
 
     async fn commit(&self, staged: Vec<Staged>) -> Result<Committed> {
         let mut committed = Committed::default();
-        let stale: Vec<Path> = if self.file_name.is_none() { self.existing_parts().await? } else { vec![] };
+        let stale: Vec<Path> = if self.file_name.is_none() {
+            self.existing_parts().await?
+        } else {
+            vec![]
+        };
         for s in &staged {
-            let (from, to) = (Path::from(s.temporary.as_str()), Path::from(s.target.as_str()));
-            self.store.rename(&from, &to).await.map_err(|e| store_error("publish", &to, e))?;
+            let (from, to) = (
+                Path::from(s.temporary.as_str()),
+                Path::from(s.target.as_str()),
+            );
+            self.store
+                .rename(&from, &to)
+                .await
+                .map_err(|e| store_error("publish", &to, e))?;
             committed.outputs.push(format!("/{to}"));
         }
-        let published: std::collections::HashSet<&str> = staged.iter().map(|s| s.target.as_str()).collect();
-        for old in stale.into_iter().filter(|p| !published.contains(p.as_ref())) {
-            self.store.delete(&old).await.map_err(|e| store_error("remove earlier output", &old, e))?;
+        let published: std::collections::HashSet<&str> =
+            staged.iter().map(|s| s.target.as_str()).collect();
+        for old in stale
+            .into_iter()
+            .filter(|p| !published.contains(p.as_ref()))
+        {
+            self.store
+                .delete(&old)
+                .await
+                .map_err(|e| store_error("remove earlier output", &old, e))?;
             committed.removed.push(format!("/{old}"));
         }
         self.remove_temp_dir().await?;

@@ -14,7 +14,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
-use ferry_engine::{BatchStream, Checkpoint, Error, Partition, Result, SkippedRow, Source, SourceBatch};
+use ferry_engine::{
+    BatchStream, Checkpoint, Error, Partition, Result, SkippedRow, Source, SourceBatch,
+};
 use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -49,7 +51,12 @@ pub struct InputFile {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 enum PartSpec {
     /// A byte range starting at a record boundary (text formats).
-    Range { start: u64, end: u64, line: u64, header: bool },
+    Range {
+        start: u64,
+        end: u64,
+        line: u64,
+        header: bool,
+    },
     /// The whole file (compressed text).
     Whole,
     /// Row groups `first..first+count` (Parquet) or record batches (Arrow IPC).
@@ -83,7 +90,10 @@ impl FileSource {
         batch_rows: usize,
         skip_bad_rows: bool,
     ) -> Result<Self> {
-        let first = files.first().ok_or_else(|| Error::invalid_input("no input files"))?.clone();
+        let first = files
+            .first()
+            .ok_or_else(|| Error::invalid_input("no input files"))?
+            .clone();
         let mut projection = None;
         let schema = match format.explicit_schema()? {
             Some(schema) => schema,
@@ -102,7 +112,11 @@ impl FileSource {
                                         Error::invalid_input(format!(
                                             "{}: no column `{c}`; the file has: {}",
                                             first.label,
-                                            full.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>().join(", ")
+                                            full.fields()
+                                                .iter()
+                                                .map(|f| f.name().as_str())
+                                                .collect::<Vec<_>>()
+                                                .join(", ")
                                         ))
                                     })
                                 })
@@ -119,11 +133,21 @@ impl FileSource {
                 }
             },
         };
-        Ok(Self { store, files, format, schema, projection, batch_rows, skip_bad_rows })
+        Ok(Self {
+            store,
+            files,
+            format,
+            schema,
+            projection,
+            batch_rows,
+            skip_bad_rows,
+        })
     }
 
     fn splittable_text(&self, file: &InputFile) -> Option<Option<u8>> {
-        if self.format.compression_of(&file.label) != Compression::None || file.size < 2 * MIN_SPLIT_BYTES {
+        if self.format.compression_of(&file.label) != Compression::None
+            || file.size < 2 * MIN_SPLIT_BYTES
+        {
             return None;
         }
         match &self.format {
@@ -135,7 +159,12 @@ impl FileSource {
 }
 
 /// Reads up to `max` bytes from the start of a file, decompressed.
-async fn sample(store: &Arc<dyn ObjectStore>, file: &InputFile, compression: Compression, max: usize) -> Result<(Vec<u8>, bool)> {
+async fn sample(
+    store: &Arc<dyn ObjectStore>,
+    file: &InputFile,
+    compression: Compression,
+    max: usize,
+) -> Result<(Vec<u8>, bool)> {
     let (store, file) = (store.clone(), file.clone());
     let handle = Handle::current();
     tokio::task::spawn_blocking(move || {
@@ -157,12 +186,30 @@ async fn sample(store: &Arc<dyn ObjectStore>, file: &InputFile, compression: Com
 
 use std::io::Read as _;
 
-async fn infer(store: &Arc<dyn ObjectStore>, file: &InputFile, format: &FormatSpec) -> Result<SchemaRef> {
+async fn infer(
+    store: &Arc<dyn ObjectStore>,
+    file: &InputFile,
+    format: &FormatSpec,
+) -> Result<SchemaRef> {
     const SAMPLE_BYTES: usize = 4 << 20;
-    let (bytes, complete) = sample(store, file, format.compression_of(&file.label), SAMPLE_BYTES).await?;
+    let (bytes, complete) = sample(
+        store,
+        file,
+        format.compression_of(&file.label),
+        SAMPLE_BYTES,
+    )
+    .await?;
     match format {
-        FormatSpec::Csv(c) => crate::format::csv::infer_schema(&bytes, complete, &c.dialect(), format.infer_rows(), &file.label),
-        FormatSpec::Jsonl(_) => crate::format::jsonl::infer_schema(&bytes, complete, format.infer_rows(), &file.label),
+        FormatSpec::Csv(c) => crate::format::csv::infer_schema(
+            &bytes,
+            complete,
+            &c.dialect(),
+            format.infer_rows(),
+            &file.label,
+        ),
+        FormatSpec::Jsonl(_) => {
+            crate::format::jsonl::infer_schema(&bytes, complete, format.infer_rows(), &file.label)
+        }
         _ => Err(Error::internal("inference of a binary format")),
     }
 }
@@ -171,13 +218,19 @@ async fn parquet_builder(
     store: &Arc<dyn ObjectStore>,
     file: &InputFile,
 ) -> Result<ParquetRecordBatchStreamBuilder<ParquetObjectReader>> {
-    let reader = ParquetObjectReader::new(store.clone(), Path::from(file.path.as_str())).with_file_size(file.size);
+    let reader = ParquetObjectReader::new(store.clone(), Path::from(file.path.as_str()))
+        .with_file_size(file.size);
     ParquetRecordBatchStreamBuilder::new(reader)
         .await
-        .map_err(|e| Error::invalid_input(format!("{}: cannot read parquet metadata: {e}", file.label)))
+        .map_err(|e| {
+            Error::invalid_input(format!("{}: cannot read parquet metadata: {e}", file.label))
+        })
 }
 
-async fn ipc_footer(store: &Arc<dyn ObjectStore>, file: &InputFile) -> Result<(arrow_ipc::IpcFooter, u64)> {
+async fn ipc_footer(
+    store: &Arc<dyn ObjectStore>,
+    file: &InputFile,
+) -> Result<(arrow_ipc::IpcFooter, u64)> {
     let path = Path::from(file.path.as_str());
     let mut want = file.size.min(64 << 10);
     loop {
@@ -187,8 +240,15 @@ async fn ipc_footer(store: &Arc<dyn ObjectStore>, file: &InputFile) -> Result<(a
             .map_err(|e| store_error("read", &path, e))?;
         match arrow_ipc::parse_footer(&tail, &file.label)? {
             Ok(footer) => return Ok((footer, want)),
-            Err(needed) if (needed as u64) <= file.size && needed as u64 > want => want = needed as u64,
-            Err(_) => return Err(Error::invalid_input(format!("{} is not an Arrow IPC file", file.label))),
+            Err(needed) if (needed as u64) <= file.size && needed as u64 > want => {
+                want = needed as u64
+            }
+            Err(_) => {
+                return Err(Error::invalid_input(format!(
+                    "{} is not an Arrow IPC file",
+                    file.label
+                )));
+            }
         }
     }
 }
@@ -204,12 +264,16 @@ impl Source for FileSource {
         let per_file = parallelism.div_ceil(self.files.len()).max(1);
         for file in &self.files {
             if let Some(quote) = self.splittable_text(file) {
-                let n = (per_file as u64).max(file.size.div_ceil(TARGET_PARTITION_BYTES)).min(file.size / MIN_SPLIT_BYTES * 2).max(1);
+                let n = (per_file as u64)
+                    .max(file.size.div_ceil(TARGET_PARTITION_BYTES))
+                    .min(file.size / MIN_SPLIT_BYTES * 2)
+                    .max(1);
                 let targets: Vec<u64> = (1..n).map(|i| file.size * i / n).collect();
                 let (store, f) = (self.store.clone(), file.clone());
                 let handle = Handle::current();
                 let boundaries = tokio::task::spawn_blocking(move || {
-                    let reader = StoreReader::new(store, Path::from(f.path.as_str()), 0..f.size, handle);
+                    let reader =
+                        StoreReader::new(store, Path::from(f.path.as_str()), 0..f.size, handle);
                     // JSON lines never hold a raw newline inside a value: no quote tracking.
                     find_boundaries(reader, quote.unwrap_or(0), &targets)
                 })
@@ -221,20 +285,37 @@ impl Source for FileSource {
                     if b.offset > start.0 {
                         parts.push(FilePartition {
                             file: file.clone(),
-                            part: PartSpec::Range { start: start.0, end: b.offset, line: start.1, header: start.0 == 0 },
+                            part: PartSpec::Range {
+                                start: start.0,
+                                end: b.offset,
+                                line: start.1,
+                                header: start.0 == 0,
+                            },
                         });
                         start = (b.offset, b.line);
                     }
                 }
                 parts.push(FilePartition {
                     file: file.clone(),
-                    part: PartSpec::Range { start: start.0, end: file.size, line: start.1, header: start.0 == 0 },
+                    part: PartSpec::Range {
+                        start: start.0,
+                        end: file.size,
+                        line: start.1,
+                        header: start.0 == 0,
+                    },
                 });
                 continue;
             }
             let blocks = match &self.format {
-                FormatSpec::Parquet(_) => Some(parquet_builder(&self.store, file).await?.metadata().num_row_groups()),
-                FormatSpec::ArrowIpc(_) => Some(ipc_footer(&self.store, file).await?.0.batches.len()),
+                FormatSpec::Parquet(_) => Some(
+                    parquet_builder(&self.store, file)
+                        .await?
+                        .metadata()
+                        .num_row_groups(),
+                ),
+                FormatSpec::ArrowIpc(_) => {
+                    Some(ipc_footer(&self.store, file).await?.0.batches.len())
+                }
                 _ => None,
             };
             match blocks {
@@ -242,14 +323,30 @@ impl Source for FileSource {
                     let n = per_file.min(total).max(1);
                     for i in 0..n {
                         let (first, end) = (total * i / n, total * (i + 1) / n);
-                        parts.push(FilePartition { file: file.clone(), part: PartSpec::Blocks { first, count: end - first } });
+                        parts.push(FilePartition {
+                            file: file.clone(),
+                            part: PartSpec::Blocks {
+                                first,
+                                count: end - first,
+                            },
+                        });
                     }
                 }
-                None if self.format.compression_of(&file.label) == Compression::None => parts.push(FilePartition {
+                None if self.format.compression_of(&file.label) == Compression::None => {
+                    parts.push(FilePartition {
+                        file: file.clone(),
+                        part: PartSpec::Range {
+                            start: 0,
+                            end: file.size,
+                            line: 1,
+                            header: true,
+                        },
+                    })
+                }
+                None => parts.push(FilePartition {
                     file: file.clone(),
-                    part: PartSpec::Range { start: 0, end: file.size, line: 1, header: true },
+                    part: PartSpec::Whole,
                 }),
-                None => parts.push(FilePartition { file: file.clone(), part: PartSpec::Whole }),
             }
         }
         parts
@@ -257,11 +354,21 @@ impl Source for FileSource {
             .enumerate()
             .map(|(i, p)| {
                 let (description, size) = match &p.part {
-                    PartSpec::Range { start, end, .. } => (format!("{} bytes {start}..{end}", p.file.label), end - start),
+                    PartSpec::Range { start, end, .. } => (
+                        format!("{} bytes {start}..{end}", p.file.label),
+                        end - start,
+                    ),
                     PartSpec::Whole => (p.file.label.clone(), p.file.size),
                     PartSpec::Blocks { first, count } => {
-                        let what = if matches!(self.format, FormatSpec::Parquet(_)) { "row groups" } else { "batches" };
-                        (format!("{} {what} {first}..{}", p.file.label, first + count), p.file.size)
+                        let what = if matches!(self.format, FormatSpec::Parquet(_)) {
+                            "row groups"
+                        } else {
+                            "batches"
+                        };
+                        (
+                            format!("{} {what} {first}..{}", p.file.label, first + count),
+                            p.file.size,
+                        )
                     }
                 };
                 Partition::new(i, description, Some(size), &p)
@@ -351,39 +458,69 @@ impl ReadTask {
         let compression = self.format.compression_of(&file.label);
         // Where to start: the partition's range, or the checkpoint inside it.
         let (start, end, mut line, header) = match self.part.part {
-            PartSpec::Range { start, end, line, header } => (start, end, line, header),
+            PartSpec::Range {
+                start,
+                end,
+                line,
+                header,
+            } => (start, end, line, header),
             _ => (0, file.size, 1, true),
         };
         let seekable = matches!(self.part.part, PartSpec::Range { .. });
         let (from, skip_records, header) = match self.resume {
             Some(c) if seekable => {
                 line = c.line.unwrap_or(line);
-                (c.position.unwrap_or(start), 0, header && c.position.is_none_or(|p| p == start))
+                (
+                    c.position.unwrap_or(start),
+                    0,
+                    header && c.position.is_none_or(|p| p == start),
+                )
             }
             Some(c) => (start, c.records, header),
             None => (start, 0, header),
         };
         let count = Arc::new(AtomicU64::new(0));
-        let raw = Counting { inner: StoreReader::new(self.store.clone(), path, from..end, self.handle.clone()), count: count.clone() };
+        let raw = Counting {
+            inner: StoreReader::new(self.store.clone(), path, from..end, self.handle.clone()),
+            count: count.clone(),
+        };
         let mut reader = compression.reader(raw)?;
         let mut decoder = match &self.format {
-            FormatSpec::Csv(c) => Text::Csv(CsvDecoder::new(
+            FormatSpec::Csv(c) => Text::Csv(Box::new(CsvDecoder::new(
                 self.schema.clone(),
                 c.dialect(),
-                Origin { file: label.clone(), first_line: line, skip_header: header },
+                Origin {
+                    file: label.clone(),
+                    first_line: line,
+                    skip_header: header,
+                },
                 self.batch_rows,
                 self.skip_bad_rows,
-            )),
-            _ => Text::Jsonl(JsonlDecoder::new(self.schema.clone(), self.batch_rows, self.skip_bad_rows, label.clone(), line)?),
+            ))),
+            _ => Text::Jsonl(Box::new(JsonlDecoder::new(
+                self.schema.clone(),
+                self.batch_rows,
+                self.skip_bad_rows,
+                label.clone(),
+                line,
+            )?)),
         };
         let base_records = self.resume.map_or(0, |c| c.records);
-        let mut state = Emit { sent_records: 0, skip_records, reported_bytes: 0, position: from, base_records };
+        let mut state = Emit {
+            sent_records: 0,
+            skip_records,
+            reported_bytes: 0,
+            position: from,
+            base_records,
+        };
         let mut buf = vec![0u8; 1 << 20];
         let mut filled = 0usize;
         let mut eof = false;
         loop {
             if !eof && filled < buf.len() {
-                let n = reader.read(&mut buf[filled..]).map_err(|e| Error::io(format!("read {label}"), e))?;
+                let n = reader
+                    .read(&mut buf[filled..])
+                    .map_err(|e| Error::io(format!("read {label}"), e))?;
                 eof = n == 0;
                 filled += n;
             }
@@ -397,15 +534,21 @@ impl ReadTask {
                 }
                 Text::Jsonl(d) => {
                     // Feed complete lines only; at the end the last line may lack its newline.
-                    let complete = if eof { filled } else { memchr::memrchr(b'\n', &buf[..filled]).map_or(0, |i| i + 1) };
+                    let complete = if eof {
+                        filled
+                    } else {
+                        memchr::memrchr(b'\n', &buf[..filled]).map_or(0, |i| i + 1)
+                    };
                     d.feed_lines(&buf[..complete])
                 }
             };
             buf.copy_within(used..filled, 0);
             filled -= used;
             let at_end = eof && filled == 0;
-            if decoder.batch_full() || at_end {
-                if let Some((batch, skipped)) = decoder.flush()? {
+            if (decoder.batch_full() || at_end)
+                && let Some((batch, skipped)) = decoder.flush()?
+            {
+                {
                     let consumed = if compression == Compression::None {
                         Some(from + count.load(Relaxed) - filled as u64)
                     } else {
@@ -413,7 +556,18 @@ impl ReadTask {
                     };
                     let records = decoder.records();
                     let line_now = decoder.line();
-                    if state.emit(self, batch, skipped, records, consumed, line_now, count.load(Relaxed)).is_err() {
+                    if state
+                        .emit(
+                            self,
+                            batch,
+                            skipped,
+                            records,
+                            consumed,
+                            line_now,
+                            count.load(Relaxed),
+                        )
+                        .is_err()
+                    {
                         return Ok(());
                     }
                 }
@@ -437,7 +591,9 @@ impl ReadTask {
         let mut stream = self.handle.block_on(async {
             let builder = parquet_builder(&self.store, file).await?;
             let mask = match &self.projection {
-                Some(indices) => ProjectionMask::roots(builder.parquet_schema(), indices.iter().copied()),
+                Some(indices) => {
+                    ProjectionMask::roots(builder.parquet_schema(), indices.iter().copied())
+                }
                 None => ProjectionMask::all(),
             };
             builder
@@ -450,13 +606,30 @@ impl ReadTask {
         })?;
         let mut records = offset;
         let share = file.size / (count.max(1) as u64);
-        let total_rows = self.handle.block_on(async { parquet_rows(&self.store, file, first, count).await })?;
+        let total_rows = self
+            .handle
+            .block_on(async { parquet_rows(&self.store, file, first, count).await })?;
         while let Some(batch) = self.handle.block_on(stream.next()) {
-            let batch = batch.map_err(|e| Error::data(format!("{}: {e}", file.label)).with_retryable(true))?;
+            let batch = batch
+                .map_err(|e| Error::data(format!("{}: {e}", file.label)).with_retryable(true))?;
             records += batch.num_rows() as u64;
-            let input_bytes = if total_rows > 0 { share * count as u64 * batch.num_rows() as u64 / total_rows } else { 0 };
-            let checkpoint = Checkpoint { records, position: None, line: None };
-            if self.send(SourceBatch { batch, checkpoint, skipped: vec![], input_bytes }).is_err() {
+            let input_bytes = (share * count as u64 * batch.num_rows() as u64)
+                .checked_div(total_rows)
+                .unwrap_or(0);
+            let checkpoint = Checkpoint {
+                records,
+                position: None,
+                line: None,
+            };
+            if self
+                .send(SourceBatch {
+                    batch,
+                    checkpoint,
+                    skipped: vec![],
+                    input_bytes,
+                })
+                .is_err()
+            {
                 return Ok(());
             }
         }
@@ -479,16 +652,33 @@ impl ReadTask {
         for block in &footer.dictionaries {
             arrow_ipc::read_dictionary(&mut decoder, block, get(arrow_ipc::block_range(block))?)?;
         }
-        let start = self.resume.and_then(|c| c.position).map_or(first, |p| p as usize);
+        let start = self
+            .resume
+            .and_then(|c| c.position)
+            .map_or(first, |p| p as usize);
         let mut records = self.resume.map_or(0, |c| c.records);
         for index in start..first + count {
             let block = &footer.batches[index];
             let range = arrow_ipc::block_range(block);
             let input_bytes = range.end - range.start;
-            let Some(batch) = arrow_ipc::read_batch(&decoder, block, get(range)?)? else { continue };
+            let Some(batch) = arrow_ipc::read_batch(&decoder, block, get(range)?)? else {
+                continue;
+            };
             records += batch.num_rows() as u64;
-            let checkpoint = Checkpoint { records, position: Some(index as u64 + 1), line: None };
-            if self.send(SourceBatch { batch, checkpoint, skipped: vec![], input_bytes }).is_err() {
+            let checkpoint = Checkpoint {
+                records,
+                position: Some(index as u64 + 1),
+                line: None,
+            };
+            if self
+                .send(SourceBatch {
+                    batch,
+                    checkpoint,
+                    skipped: vec![],
+                    input_bytes,
+                })
+                .is_err()
+            {
                 return Ok(());
             }
         }
@@ -496,14 +686,22 @@ impl ReadTask {
     }
 }
 
-async fn parquet_rows(store: &Arc<dyn ObjectStore>, file: &InputFile, first: usize, count: usize) -> Result<u64> {
+async fn parquet_rows(
+    store: &Arc<dyn ObjectStore>,
+    file: &InputFile,
+    first: usize,
+    count: usize,
+) -> Result<u64> {
     let builder = parquet_builder(store, file).await?;
-    Ok(builder.metadata().row_groups()[first..first + count].iter().map(|g| g.num_rows() as u64).sum())
+    Ok(builder.metadata().row_groups()[first..first + count]
+        .iter()
+        .map(|g| g.num_rows() as u64)
+        .sum())
 }
 
 enum Text {
-    Csv(CsvDecoder),
-    Jsonl(JsonlDecoder),
+    Csv(Box<CsvDecoder>),
+    Jsonl(Box<JsonlDecoder>),
 }
 
 impl Text {
@@ -582,6 +780,11 @@ impl Emit {
             position: position.map(|_| self.position),
             line,
         };
-        task.send(SourceBatch { batch, checkpoint, skipped, input_bytes })
+        task.send(SourceBatch {
+            batch,
+            checkpoint,
+            skipped,
+            input_bytes,
+        })
     }
 }

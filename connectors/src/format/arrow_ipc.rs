@@ -27,11 +27,14 @@ pub struct IpcFooter {
 /// Parses the footer from the file's tail; `tail_offset` is where `tail` starts in the file.
 /// Returns `Err(needed)` with the number of tail bytes needed when `tail` is too short.
 pub fn parse_footer(tail: &[u8], file: &str) -> Result<std::result::Result<IpcFooter, usize>> {
-    let bad = |what: &str| Error::invalid_input(format!("{file} is not an Arrow IPC file ({what})"));
+    let bad =
+        |what: &str| Error::invalid_input(format!("{file} is not an Arrow IPC file ({what})"));
     if tail.len() < 10 {
         return Err(bad("too short"));
     }
-    let trailer: [u8; 10] = tail[tail.len() - 10..].try_into().map_err(|_| bad("no trailer"))?;
+    let trailer: [u8; 10] = tail[tail.len() - 10..]
+        .try_into()
+        .map_err(|_| bad("no trailer"))?;
     let footer_len = read_footer_length(trailer).map_err(|e| bad(&e.to_string()))?;
     if tail.len() < footer_len + 10 {
         return Ok(Err(footer_len + 10));
@@ -42,8 +45,14 @@ pub fn parse_footer(tail: &[u8], file: &str) -> Result<std::result::Result<IpcFo
     Ok(Ok(IpcFooter {
         schema: Arc::new(try_fb_to_schema(schema).map_err(|e| bad(&e.to_string()))?),
         version: footer.version(),
-        dictionaries: footer.dictionaries().map(|d| d.iter().copied().collect()).unwrap_or_default(),
-        batches: footer.recordBatches().map(|b| b.iter().copied().collect()).unwrap_or_default(),
+        dictionaries: footer
+            .dictionaries()
+            .map(|d| d.iter().copied().collect())
+            .unwrap_or_default(),
+        batches: footer
+            .recordBatches()
+            .map(|b| b.iter().copied().collect())
+            .unwrap_or_default(),
     }))
 }
 
@@ -64,7 +73,11 @@ pub fn read_dictionary(decoder: &mut FileDecoder, block: &Block, bytes: Bytes) -
 }
 
 /// Reads a record batch block.
-pub fn read_batch(decoder: &FileDecoder, block: &Block, bytes: Bytes) -> Result<Option<RecordBatch>> {
+pub fn read_batch(
+    decoder: &FileDecoder,
+    block: &Block,
+    bytes: Bytes,
+) -> Result<Option<RecordBatch>> {
     Ok(decoder.read_record_batch(block, &Buffer::from(bytes))?)
 }
 

@@ -10,15 +10,13 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use arrow::array::{
-    ArrayRef, BooleanBuilder, Decimal128Builder, PrimitiveBuilder, StringBuilder,
-};
+use arrow::array::{ArrayRef, BooleanBuilder, Decimal128Builder, PrimitiveBuilder, StringBuilder};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{
-    DataType, Date32Type, Decimal128Type, Field, Float32Type, Float64Type,
-    Int8Type, Int16Type, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit,
-    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
-    TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+    DataType, Date32Type, Decimal128Type, Field, Float32Type, Float64Type, Int8Type, Int16Type,
+    Int32Type, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
+    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type,
+    UInt32Type, UInt64Type,
 };
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use arrow_cast_parse::Parser;
@@ -71,7 +69,11 @@ impl Default for CsvDialect {
 impl CsvDialect {
     /// Checks the dialect without I/O.
     pub fn validate(&self) -> Result<()> {
-        for (name, c) in [("delimiter", Some(self.delimiter)), ("quote", Some(self.quote)), ("escape", self.escape)] {
+        for (name, c) in [
+            ("delimiter", Some(self.delimiter)),
+            ("quote", Some(self.quote)),
+            ("escape", self.escape),
+        ] {
             if let Some(c) = c
                 && (!c.is_ascii() || c == '\n' || c == '\r')
             {
@@ -145,7 +147,13 @@ pub struct CsvDecoder {
 
 impl CsvDecoder {
     /// A decoder for one partition.
-    pub fn new(schema: SchemaRef, dialect: CsvDialect, origin: Origin, batch_rows: usize, skip_bad_rows: bool) -> Self {
+    pub fn new(
+        schema: SchemaRef,
+        dialect: CsvDialect,
+        origin: Origin,
+        batch_rows: usize,
+        skip_bad_rows: bool,
+    ) -> Self {
         let parser = dialect.reader();
         let line = origin.first_line;
         let header_pending = origin.skip_header && dialect.header;
@@ -238,7 +246,8 @@ impl CsvDecoder {
             let rest = &input[pos..];
             let (result, nin, nout) = self.parser.read_field(rest, &mut self.data[len..]);
             if self.field_quoted {
-                self.field_newlines += memchr::memchr_iter(b'\n', &self.data[len..len + nout]).count() as u64;
+                self.field_newlines +=
+                    memchr::memchr_iter(b'\n', &self.data[len..len + nout]).count() as u64;
             }
             len += nout;
             pos += nin;
@@ -314,7 +323,9 @@ impl CsvDecoder {
                     }
                 }
                 ReadFieldResult::End | ReadFieldResult::InputEmpty => break,
-                ReadFieldResult::OutputFull => return Err(Error::internal("csv output buffer full")),
+                ReadFieldResult::OutputFull => {
+                    return Err(Error::internal("csv output buffer full"));
+                }
             }
         }
         self.finished = true;
@@ -333,7 +344,11 @@ impl CsvDecoder {
         if nfields != ncols {
             let reason = format!("has {nfields} fields, expected {ncols}");
             self.rollback_record();
-            return self.reject(self.record_line, reason, "check the delimiter and quoting, or the header");
+            return self.reject(
+                self.record_line,
+                reason,
+                "check the delimiter and quoting, or the header",
+            );
         }
         self.lines.push(self.record_line);
         Ok(())
@@ -367,7 +382,11 @@ impl CsvDecoder {
         // Fields of a record in progress stay for the next batch.
         let in_progress = self.ends.len() - rows * self.schema.fields().len();
         let complete_fields = self.ends.len() - in_progress;
-        let complete_data = if complete_fields == 0 { 0 } else { self.ends[complete_fields - 1] };
+        let complete_data = if complete_fields == 0 {
+            0
+        } else {
+            self.ends[complete_fields - 1]
+        };
         let mut bad = vec![false; rows];
         let mut reasons: Vec<(usize, String)> = Vec::new();
         let text = std::str::from_utf8(&self.data[..complete_data]);
@@ -395,7 +414,11 @@ impl CsvDecoder {
         let mut skipped = std::mem::take(&mut self.skipped);
         for (row, reason) in reasons {
             let line = self.lines[row];
-            self.reject(line, reason, "fix the value or declare the column's type in format.schema")?;
+            self.reject(
+                line,
+                reason,
+                "fix the value or declare the column's type in format.schema",
+            )?;
         }
         skipped.append(&mut self.skipped);
         let mut batch = RecordBatch::try_new_with_options(
@@ -456,7 +479,8 @@ impl<'a> Column<'a> {
 
     fn build(&self, field: &Field, bad: &mut dyn FnMut(usize, String)) -> Result<ArrayRef> {
         let name = field.name();
-        let invalid = |value: &str, what: &str| format!("column `{name}`: `{}` {what}", shorten(value));
+        let invalid =
+            |value: &str, what: &str| format!("column `{name}`: `{}` {what}", shorten(value));
         let not_utf8 = |reason: String| format!("column `{name}` {reason}");
         macro_rules! primitive {
             ($t:ty, $what:expr) => {{
@@ -489,7 +513,10 @@ impl<'a> Column<'a> {
                         Ok(Some(s)) => match parse_bool(s) {
                             Some(v) => b.append_value(v),
                             None => {
-                                bad(row, invalid(s, "is not a boolean (true/false, t/f, yes/no, 1/0)"));
+                                bad(
+                                    row,
+                                    invalid(s, "is not a boolean (true/false, t/f, yes/no, 1/0)"),
+                                );
                                 b.append_null();
                             }
                         },
@@ -512,16 +539,27 @@ impl<'a> Column<'a> {
             DataType::Float32 => primitive!(Float32Type, "is not a number"),
             DataType::Float64 => primitive!(Float64Type, "is not a number"),
             DataType::Date32 => primitive!(Date32Type, "is not a date (YYYY-MM-DD)"),
-            DataType::Timestamp(TimeUnit::Second, _) => primitive!(TimestampSecondType, "is not a timestamp"),
-            DataType::Timestamp(TimeUnit::Millisecond, _) => primitive!(TimestampMillisecondType, "is not a timestamp"),
-            DataType::Timestamp(TimeUnit::Microsecond, _) => primitive!(TimestampMicrosecondType, "is not a timestamp"),
-            DataType::Timestamp(TimeUnit::Nanosecond, _) => primitive!(TimestampNanosecondType, "is not a timestamp"),
+            DataType::Timestamp(TimeUnit::Second, _) => {
+                primitive!(TimestampSecondType, "is not a timestamp")
+            }
+            DataType::Timestamp(TimeUnit::Millisecond, _) => {
+                primitive!(TimestampMillisecondType, "is not a timestamp")
+            }
+            DataType::Timestamp(TimeUnit::Microsecond, _) => {
+                primitive!(TimestampMicrosecondType, "is not a timestamp")
+            }
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+                primitive!(TimestampNanosecondType, "is not a timestamp")
+            }
             DataType::Decimal128(p, s) => {
                 let mut b = Decimal128Builder::with_capacity(self.rows);
                 for row in 0..self.rows {
                     match self.value(row) {
                         Ok(None) => b.append_null(),
-                        Ok(Some(v)) => match arrow::compute::kernels::cast_utils::parse_decimal::<Decimal128Type>(v, *p, *s) {
+                        Ok(Some(v)) => match arrow::compute::kernels::cast_utils::parse_decimal::<
+                            Decimal128Type,
+                        >(v, *p, *s)
+                        {
                             Ok(x) => b.append_value(x),
                             Err(_) => {
                                 bad(row, invalid(v, &format!("is not a decimal({p},{s})")));
@@ -537,7 +575,8 @@ impl<'a> Column<'a> {
                 Arc::new(b.finish().with_precision_and_scale(*p, *s)?)
             }
             DataType::Utf8 => {
-                let mut b = StringBuilder::with_capacity(self.rows, self.data.len() / self.ncols.max(1));
+                let mut b =
+                    StringBuilder::with_capacity(self.rows, self.data.len() / self.ncols.max(1));
                 for row in 0..self.rows {
                     match self.value(row) {
                         Ok(v) => b.append_option(v),
@@ -558,7 +597,10 @@ impl<'a> Column<'a> {
         if !field.is_nullable() && array.null_count() > 0 {
             for row in 0..self.rows {
                 if array.is_null(row) && matches!(self.value(row), Ok(None)) {
-                    bad(row, format!("column `{name}` is NULL but the schema does not allow nulls"));
+                    bad(
+                        row,
+                        format!("column `{name}` is NULL but the schema does not allow nulls"),
+                    );
                 }
             }
         }
@@ -588,7 +630,13 @@ pub fn parse_bool(s: &str) -> Option<bool> {
 }
 
 /// Infers a schema from the first records of `sample` (which may end mid-record).
-pub fn infer_schema(sample: &[u8], complete: bool, dialect: &CsvDialect, max_records: usize, file: &str) -> Result<SchemaRef> {
+pub fn infer_schema(
+    sample: &[u8],
+    complete: bool,
+    dialect: &CsvDialect,
+    max_records: usize,
+    file: &str,
+) -> Result<SchemaRef> {
     let mut parser = dialect.reader();
     let mut records: Vec<Vec<(String, bool)>> = Vec::new();
     let mut record: Vec<(String, bool)> = Vec::new();
@@ -602,7 +650,9 @@ pub fn infer_schema(sample: &[u8], complete: bool, dialect: &CsvDialect, max_rec
         let rest = &input[pos..];
         if at_field_start && !rest.is_empty() {
             let first = if record.is_empty() {
-                rest.iter().position(|b| *b != b'\n' && *b != b'\r').unwrap_or(0)
+                rest.iter()
+                    .position(|b| *b != b'\n' && *b != b'\r')
+                    .unwrap_or(0)
             } else {
                 0
             };
@@ -637,12 +687,22 @@ pub fn infer_schema(sample: &[u8], complete: bool, dialect: &CsvDialect, max_rec
         first
             .iter()
             .enumerate()
-            .map(|(i, (name, _))| if name.trim().is_empty() { format!("column_{}", i + 1) } else { name.trim().to_string() })
+            .map(|(i, (name, _))| {
+                if name.trim().is_empty() {
+                    format!("column_{}", i + 1)
+                } else {
+                    name.trim().to_string()
+                }
+            })
             .collect()
     } else {
         (1..=first.len()).map(|i| format!("column_{i}")).collect()
     };
-    let rows = if dialect.header { &records[1..] } else { &records[..] };
+    let rows = if dialect.header {
+        &records[1..]
+    } else {
+        &records[..]
+    };
     let fields: Vec<Field> = names
         .iter()
         .enumerate()
@@ -688,7 +748,10 @@ pub fn infer_type<'a>(values: impl Iterator<Item = &'a str>) -> DataType {
             Kind::Bool
         } else if v.len() == 10 && Date32Type::parse(v).is_some() {
             Kind::Date
-        } else if v.len() > 10 && v.as_bytes()[4] == b'-' && TimestampMicrosecondType::parse(v).is_some() {
+        } else if v.len() > 10
+            && v.as_bytes()[4] == b'-'
+            && TimestampMicrosecondType::parse(v).is_some()
+        {
             Kind::Timestamp
         } else {
             Kind::Text
@@ -744,7 +807,13 @@ impl CsvEncoder {
         let d = self.dialect.delimiter as u8;
         let q = self.dialect.quote as u8;
         (is_text && (s.is_empty() || s == self.dialect.null_value))
-            || s.bytes().any(|b| b == d || b == q || b == b'\n' || b == b'\r' || Some(b as char) == self.dialect.escape)
+            || s.bytes().any(|b| {
+                b == d
+                    || b == q
+                    || b == b'\n'
+                    || b == b'\r'
+                    || Some(b as char) == self.dialect.escape
+            })
     }
 
     fn push_field(&mut self, s: &str, is_text: bool) {
@@ -798,7 +867,8 @@ impl Encoder for CsvEncoder {
                     self.buf.push(self.dialect.delimiter as u8);
                 }
                 if column.is_null(row) {
-                    self.buf.extend_from_slice(self.dialect.null_value.as_bytes());
+                    self.buf
+                        .extend_from_slice(self.dialect.null_value.as_bytes());
                     continue;
                 }
                 if let Some(strings) = text[col] {
@@ -837,7 +907,11 @@ pub struct Boundary {
 /// Finds record boundaries near the `targets` offsets by scanning `reader` once: quote parity
 /// tells whether a newline ends a record or sits inside a quoted value. Returns, for each
 /// target, the first record start at or after it (or none past the end).
-pub fn find_boundaries(mut reader: impl std::io::Read, quote: u8, targets: &[u64]) -> Result<Vec<Boundary>> {
+pub fn find_boundaries(
+    mut reader: impl std::io::Read,
+    quote: u8,
+    targets: &[u64],
+) -> Result<Vec<Boundary>> {
     let mut boundaries = Vec::with_capacity(targets.len());
     let mut next_target = targets.iter().copied().peekable();
     let mut offset = 0u64;
@@ -883,11 +957,20 @@ pub fn find_boundaries(mut reader: impl std::io::Read, quote: u8, targets: &[u64
             } else if b == b'\n' {
                 line += 1;
                 if !in_quotes && seeking.take().is_some() {
-                    boundaries.push(Boundary { offset: offset + i as u64 + 1, line });
+                    boundaries.push(Boundary {
+                        offset: offset + i as u64 + 1,
+                        line,
+                    });
                     // Targets already passed map to the same boundary.
-                    while next_target.peek().is_some_and(|&t| t <= offset + i as u64 + 1) {
+                    while next_target
+                        .peek()
+                        .is_some_and(|&t| t <= offset + i as u64 + 1)
+                    {
                         next_target.next();
-                        boundaries.push(Boundary { offset: offset + i as u64 + 1, line });
+                        boundaries.push(Boundary {
+                            offset: offset + i as u64 + 1,
+                            line,
+                        });
                     }
                 }
             }
@@ -904,8 +987,18 @@ mod tests {
     use arrow::array::Array;
     use arrow::util::pretty::pretty_format_batches;
 
-    fn decode_all(text: &[u8], schema: SchemaRef, dialect: CsvDialect, batch_rows: usize, skip: bool) -> Result<(Vec<RecordBatch>, Vec<SkippedRow>, u64)> {
-        let origin = Origin { file: "t.csv".into(), first_line: 1, skip_header: true };
+    fn decode_all(
+        text: &[u8],
+        schema: SchemaRef,
+        dialect: CsvDialect,
+        batch_rows: usize,
+        skip: bool,
+    ) -> Result<(Vec<RecordBatch>, Vec<SkippedRow>, u64)> {
+        let origin = Origin {
+            file: "t.csv".into(),
+            first_line: 1,
+            skip_header: true,
+        };
         let mut d = CsvDecoder::new(schema, dialect, origin, batch_rows, skip);
         let mut out = Vec::new();
         let mut skipped = Vec::new();
@@ -915,7 +1008,9 @@ mod tests {
             while !rest.is_empty() {
                 let n = d.decode(rest)?;
                 rest = &rest[n..];
-                if d.batch_full() && let Some((b, s)) = d.flush()? {
+                if d.batch_full()
+                    && let Some((b, s)) = d.flush()?
+                {
                     out.push(b);
                     skipped.extend(s);
                 }
@@ -930,14 +1025,23 @@ mod tests {
     }
 
     fn schema(cols: &[(&str, DataType)]) -> SchemaRef {
-        Arc::new(Schema::new(cols.iter().map(|(n, t)| Field::new(*n, t.clone(), true)).collect::<Vec<_>>()))
+        Arc::new(Schema::new(
+            cols.iter()
+                .map(|(n, t)| Field::new(*n, t.clone(), true))
+                .collect::<Vec<_>>(),
+        ))
     }
 
     #[test]
     fn nulls_follow_postgres_and_quotes_unescape() {
         let text = b"\xEF\xBB\xBFid,name,note\r\n1,\"\",\r\n2,,\"a \"\"quoted\"\", value\"\r\n3,\"multi\nline\",x\r\n";
-        let s = schema(&[("id", DataType::Int64), ("name", DataType::Utf8), ("note", DataType::Utf8)]);
-        let (batches, skipped, records) = decode_all(text, s, CsvDialect::default(), 2, false).unwrap();
+        let s = schema(&[
+            ("id", DataType::Int64),
+            ("name", DataType::Utf8),
+            ("note", DataType::Utf8),
+        ]);
+        let (batches, skipped, records) =
+            decode_all(text, s, CsvDialect::default(), 2, false).unwrap();
         assert!(skipped.is_empty());
         assert_eq!(records, 3);
         let printed = pretty_format_batches(&batches).unwrap().to_string();
@@ -952,7 +1056,10 @@ mod tests {
 +----+-------+-------------------+";
         assert_eq!(printed, expected);
         let names = batches[0].column(1).as_string::<i32>();
-        assert!(names.is_valid(0) && names.value(0).is_empty(), "quoted empty is the empty string");
+        assert!(
+            names.is_valid(0) && names.value(0).is_empty(),
+            "quoted empty is the empty string"
+        );
         assert!(names.is_null(1), "unquoted empty is null");
         assert!(batches[0].column(2).is_null(0));
     }
@@ -965,7 +1072,10 @@ mod tests {
         let err = decode_all(text, s.clone(), CsvDialect::default(), 100, false).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("t.csv:5"), "{msg}");
-        assert!(msg.contains("column `price`: `abc` is not a number"), "{msg}");
+        assert!(
+            msg.contains("column `price`: `abc` is not a number"),
+            "{msg}"
+        );
         assert!(msg.contains("skip_incompatible_rows"), "{msg}");
     }
 
@@ -973,18 +1083,36 @@ mod tests {
     fn bad_rows_are_skipped_and_reported() {
         let text = b"id,price\n1,2.5\n2,abc\n3\n4,4.5,9\n5,5.5";
         let s = schema(&[("id", DataType::Int64), ("price", DataType::Float64)]);
-        let (batches, skipped, records) = decode_all(text, s, CsvDialect::default(), 2, true).unwrap();
+        let (batches, skipped, records) =
+            decode_all(text, s, CsvDialect::default(), 2, true).unwrap();
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         assert_eq!((rows, skipped.len(), records), (2, 3, 5));
-        assert!(skipped.iter().any(|s| s.location == "t.csv:3" && s.reason.contains("`abc` is not a number")));
-        assert!(skipped.iter().any(|s| s.location == "t.csv:4" && s.reason.contains("has 1 fields, expected 2")));
-        assert!(skipped.iter().any(|s| s.location == "t.csv:5" && s.reason.contains("has 3 fields")));
+        assert!(
+            skipped
+                .iter()
+                .any(|s| s.location == "t.csv:3" && s.reason.contains("`abc` is not a number"))
+        );
+        assert!(
+            skipped
+                .iter()
+                .any(|s| s.location == "t.csv:4" && s.reason.contains("has 1 fields, expected 2"))
+        );
+        assert!(
+            skipped
+                .iter()
+                .any(|s| s.location == "t.csv:5" && s.reason.contains("has 3 fields"))
+        );
     }
 
     #[test]
     fn custom_dialect_and_null_text() {
         let text = b"a;b\n\\N;'x;y'\n'\\N';\\N\n";
-        let dialect = CsvDialect { delimiter: ';', quote: '\'', null_value: "\\N".into(), ..CsvDialect::default() };
+        let dialect = CsvDialect {
+            delimiter: ';',
+            quote: '\'',
+            null_value: "\\N".into(),
+            ..CsvDialect::default()
+        };
         let s = schema(&[("a", DataType::Utf8), ("b", DataType::Utf8)]);
         let (batches, _, _) = decode_all(text, s, dialect, 10, false).unwrap();
         let a = batches[0].column(0).as_string::<i32>();
@@ -1021,7 +1149,11 @@ mod tests {
             s.clone(),
             vec![
                 Arc::new(arrow::array::Int64Array::from(vec![Some(1), None, Some(3)])),
-                Arc::new(arrow::array::StringArray::from(vec![Some(""), None, Some("a,\"b\"\nc")])),
+                Arc::new(arrow::array::StringArray::from(vec![
+                    Some(""),
+                    None,
+                    Some("a,\"b\"\nc"),
+                ])),
             ],
         )
         .unwrap();
@@ -1037,6 +1169,15 @@ mod tests {
         let text = b"h\n\"a\nb\"\nc\nd\n";
         // Target 3 is inside the quoted value: the next record starts at 8 (line 4).
         let b = find_boundaries(&text[..], b'"', &[3, 9]).unwrap();
-        assert_eq!(b, vec![Boundary { offset: 8, line: 4 }, Boundary { offset: 10, line: 5 }]);
+        assert_eq!(
+            b,
+            vec![
+                Boundary { offset: 8, line: 4 },
+                Boundary {
+                    offset: 10,
+                    line: 5
+                }
+            ]
+        );
     }
 }

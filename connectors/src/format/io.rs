@@ -23,10 +23,15 @@ pub fn store_error(what: &str, path: &Path, e: object_store::Error) -> Error {
         object_store::Error::NotFound { .. } => {
             Error::invalid_input(format!("{what} {path}: not found; check the path"))
         }
-        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
-            Error::new(ferry_engine::ErrorKind::Auth, format!("{what} {path}: access denied")).with_source(e)
-        }
-        other => Error::store(format!("{what} {path}")).with_retryable(true).with_source(other),
+        object_store::Error::PermissionDenied { .. }
+        | object_store::Error::Unauthenticated { .. } => Error::new(
+            ferry_engine::ErrorKind::Auth,
+            format!("{what} {path}: access denied"),
+        )
+        .with_source(e),
+        other => Error::store(format!("{what} {path}"))
+            .with_retryable(true)
+            .with_source(other),
     }
 }
 
@@ -67,7 +72,10 @@ impl StoreReader {
         let range = self.next..(self.next + self.block).min(self.end);
         self.next = range.end;
         let (store, path) = (self.store.clone(), self.path.clone());
-        self.ahead = Some(self.handle.spawn(async move { store.get_range(&path, range).await }));
+        self.ahead = Some(
+            self.handle
+                .spawn(async move { store.get_range(&path, range).await }),
+        );
     }
 
     /// The next block, or `None` at the end of the range.

@@ -32,7 +32,13 @@ pub struct JsonlDecoder {
 
 impl JsonlDecoder {
     /// A decoder whose first line is `first_line` of `file`.
-    pub fn new(schema: SchemaRef, batch_rows: usize, skip_bad_rows: bool, file: Arc<str>, first_line: u64) -> Result<Self> {
+    pub fn new(
+        schema: SchemaRef,
+        batch_rows: usize,
+        skip_bad_rows: bool,
+        file: Arc<str>,
+        first_line: u64,
+    ) -> Result<Self> {
         Ok(Self {
             decoder: Self::decoder(&schema, batch_rows)?,
             schema,
@@ -122,7 +128,11 @@ impl JsonlDecoder {
         Ok(self.decoder.flush()?)
     }
 
-    fn decode_line_by_line(&mut self, bytes: &[u8], first_line: u64) -> Result<(RecordBatch, Vec<SkippedRow>)> {
+    fn decode_line_by_line(
+        &mut self,
+        bytes: &[u8],
+        first_line: u64,
+    ) -> Result<(RecordBatch, Vec<SkippedRow>)> {
         let mut good = Vec::new();
         let mut skipped = Vec::new();
         for (i, line) in bytes.split_inclusive(|b| *b == b'\n').enumerate() {
@@ -130,7 +140,10 @@ impl JsonlDecoder {
                 continue;
             }
             let mut one = Self::decoder(&self.schema, 1)?;
-            let result = one.decode(line).map_err(Error::from).and_then(|_| one.flush().map_err(Error::from));
+            let result = one
+                .decode(line)
+                .map_err(Error::from)
+                .and_then(|_| one.flush().map_err(Error::from));
             match result {
                 Ok(Some(batch)) => good.push(batch),
                 Ok(None) => {}
@@ -141,7 +154,10 @@ impl JsonlDecoder {
                             "{location}: {e}; fix the line, declare the schema in format.schema, or set fault_tolerance.skip_incompatible_rows to skip such rows"
                         )));
                     }
-                    skipped.push(SkippedRow { location, reason: e.to_string() });
+                    skipped.push(SkippedRow {
+                        location,
+                        reason: e.to_string(),
+                    });
                 }
             }
         }
@@ -151,13 +167,27 @@ impl JsonlDecoder {
 }
 
 /// Infers a schema from the first lines of a sample.
-pub fn infer_schema(sample: &[u8], complete: bool, max_records: usize, file: &str) -> Result<SchemaRef> {
-    let end = if complete { sample.len() } else { memchr::memrchr(b'\n', sample).map_or(0, |i| i + 1) };
-    let lines = sample[..end].split(|b| *b == b'\n').filter(|l| !l.trim_ascii().is_empty());
+pub fn infer_schema(
+    sample: &[u8],
+    complete: bool,
+    max_records: usize,
+    file: &str,
+) -> Result<SchemaRef> {
+    let end = if complete {
+        sample.len()
+    } else {
+        memchr::memrchr(b'\n', sample).map_or(0, |i| i + 1)
+    };
+    let lines = sample[..end]
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.trim_ascii().is_empty());
     let mut values = Vec::new();
     for (i, line) in lines.take(max_records).enumerate() {
         let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| {
-            Error::invalid_input(format!("{file}: line {} is not JSON ({e}); give format.schema or fix the file", i + 1))
+            Error::invalid_input(format!(
+                "{file}: line {} is not JSON ({e}); give format.schema or fix the file",
+                i + 1
+            ))
         })?;
         values.push(Ok(value));
     }
@@ -194,7 +224,10 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Int64Type, Schema};
 
     fn schema() -> SchemaRef {
-        Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true), Field::new("b", DataType::Utf8, true)]))
+        Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Utf8, true),
+        ]))
     }
 
     #[test]
@@ -209,7 +242,10 @@ mod tests {
         d.feed_lines(text);
         let (batch, skipped) = d.flush().unwrap().unwrap();
         assert_eq!(batch.num_rows(), 2);
-        assert_eq!(batch.column(0).as_primitive::<Int64Type>().values(), &[1, 3]);
+        assert_eq!(
+            batch.column(0).as_primitive::<Int64Type>().values(),
+            &[1, 3]
+        );
         assert_eq!(skipped.len(), 1);
         assert_eq!(skipped[0].location, "t.jsonl:3");
         assert_eq!(d.records(), 3);
@@ -217,8 +253,17 @@ mod tests {
 
     #[test]
     fn infers_from_lines() {
-        let s = infer_schema(b"{\"a\":1,\"b\":\"x\"}\n{\"a\":2.5}\n{\"a\":", false, 10, "t").unwrap();
-        assert_eq!(s.field_with_name("a").unwrap().data_type(), &DataType::Float64);
+        let s = infer_schema(
+            b"{\"a\":1,\"b\":\"x\"}\n{\"a\":2.5}\n{\"a\":",
+            false,
+            10,
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            s.field_with_name("a").unwrap().data_type(),
+            &DataType::Float64
+        );
         assert_eq!(s.field_with_name("b").unwrap().data_type(), &DataType::Utf8);
     }
 }

@@ -72,7 +72,8 @@ impl Compression {
             Compression::None => Box::new(inner),
             Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(inner)),
             Compression::Zstd => Box::new(
-                zstd::stream::read::Decoder::new(inner).map_err(|e| Error::io("start zstd decoder", e))?,
+                zstd::stream::read::Decoder::new(inner)
+                    .map_err(|e| Error::io("start zstd decoder", e))?,
             ),
         })
     }
@@ -197,8 +198,13 @@ impl FormatSpec {
     /// The file extension of outputs, compression suffix included.
     pub fn extension(&self) -> String {
         match self {
-            FormatSpec::Csv(c) => format!("csv{}", c.compression.unwrap_or(Compression::None).suffix()),
-            FormatSpec::Jsonl(j) => format!("jsonl{}", j.compression.unwrap_or(Compression::None).suffix()),
+            FormatSpec::Csv(c) => {
+                format!("csv{}", c.compression.unwrap_or(Compression::None).suffix())
+            }
+            FormatSpec::Jsonl(j) => format!(
+                "jsonl{}",
+                j.compression.unwrap_or(Compression::None).suffix()
+            ),
             FormatSpec::Parquet(_) => "parquet".into(),
             FormatSpec::ArrowIpc(_) => "arrow".into(),
         }
@@ -207,8 +213,12 @@ impl FormatSpec {
     /// The explicit schema, if given.
     pub fn explicit_schema(&self) -> Result<Option<SchemaRef>> {
         match self {
-            FormatSpec::Csv(CsvFormat { schema: Some(cols), .. })
-            | FormatSpec::Jsonl(JsonlFormat { schema: Some(cols), .. }) => Ok(Some(schema::to_schema(cols)?)),
+            FormatSpec::Csv(CsvFormat {
+                schema: Some(cols), ..
+            })
+            | FormatSpec::Jsonl(JsonlFormat {
+                schema: Some(cols), ..
+            }) => Ok(Some(schema::to_schema(cols)?)),
             _ => Ok(None),
         }
     }
@@ -241,15 +251,24 @@ impl FormatSpec {
                 Box::new(CsvEncoder::new(schema, c.dialect())),
                 c.compression.unwrap_or(Compression::None),
             ),
-            FormatSpec::Jsonl(j) => (Box::new(jsonl::JsonlEncoder), j.compression.unwrap_or(Compression::None)),
+            FormatSpec::Jsonl(j) => (
+                Box::new(jsonl::JsonlEncoder),
+                j.compression.unwrap_or(Compression::None),
+            ),
             FormatSpec::Parquet(p) => (
                 Box::new(ParquetEncoder::new(
                     schema,
-                    writer_properties(p.compression, p.row_group_rows.unwrap_or(DEFAULT_ROW_GROUP_ROWS))?,
+                    writer_properties(
+                        p.compression,
+                        p.row_group_rows.unwrap_or(DEFAULT_ROW_GROUP_ROWS),
+                    )?,
                 )?),
                 Compression::None,
             ),
-            FormatSpec::ArrowIpc(_) => (Box::new(arrow_ipc::ArrowIpcEncoder::new(schema)?), Compression::None),
+            FormatSpec::ArrowIpc(_) => (
+                Box::new(arrow_ipc::ArrowIpcEncoder::new(schema)?),
+                Compression::None,
+            ),
         };
         Ok(match compression {
             Compression::None => inner,
@@ -272,13 +291,22 @@ pub struct CompressingEncoder {
 impl CompressingEncoder {
     fn new(inner: Box<dyn Encoder>, compression: Compression) -> Result<Self> {
         let compressor = match compression {
-            Compression::Gzip => Compressor::Gzip(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default())),
+            Compression::Gzip => Compressor::Gzip(flate2::write::GzEncoder::new(
+                Vec::new(),
+                flate2::Compression::default(),
+            )),
             Compression::Zstd => Compressor::Zstd(
-                zstd::stream::write::Encoder::new(Vec::new(), 3).map_err(|e| Error::io("start zstd encoder", e))?,
+                zstd::stream::write::Encoder::new(Vec::new(), 3)
+                    .map_err(|e| Error::io("start zstd encoder", e))?,
             ),
-            Compression::None => return Err(Error::internal("compressing encoder without compression")),
+            Compression::None => {
+                return Err(Error::internal("compressing encoder without compression"));
+            }
         };
-        Ok(Self { inner, compressor: Some(compressor) })
+        Ok(Self {
+            inner,
+            compressor: Some(compressor),
+        })
     }
 
     fn push(&mut self, bytes: Option<Bytes>) -> Result<Option<Bytes>> {
@@ -336,14 +364,20 @@ mod tests {
 
     #[test]
     fn formats_parse_strictly() {
-        let f: FormatSpec = serde_json::from_str(r#"{"type":"csv","delimiter":";","header":false}"#).unwrap();
+        let f: FormatSpec =
+            serde_json::from_str(r#"{"type":"csv","delimiter":";","header":false}"#).unwrap();
         assert_eq!(f.extension(), "csv");
         assert!(!matches!(&f, FormatSpec::Csv(c) if c.dialect().header));
-        let err = serde_json::from_str::<FormatSpec>(r#"{"type":"csv","delimeter":";"}"#).unwrap_err();
-        assert!(err.to_string().contains("unknown field `delimeter`"), "{err}");
+        let err =
+            serde_json::from_str::<FormatSpec>(r#"{"type":"csv","delimeter":";"}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `delimeter`"),
+            "{err}"
+        );
         let err = serde_json::from_str::<FormatSpec>(r#"{"type":"xlsx"}"#).unwrap_err();
         assert!(err.to_string().contains("unknown variant `xlsx`"), "{err}");
-        let p: FormatSpec = serde_json::from_str(r#"{"type":"parquet","compression":"zstd"}"#).unwrap();
+        let p: FormatSpec =
+            serde_json::from_str(r#"{"type":"parquet","compression":"zstd"}"#).unwrap();
         assert_eq!(p.extension(), "parquet");
         assert_eq!(Compression::from_name("a.csv.gz"), Compression::Gzip);
     }

@@ -31,7 +31,9 @@ pub enum ParquetCodec {
 pub fn writer_properties(codec: ParquetCodec, row_group_rows: usize) -> Result<WriterProperties> {
     let compression = match codec {
         ParquetCodec::Snappy => ParquetCompression::SNAPPY,
-        ParquetCodec::Zstd => ParquetCompression::ZSTD(ZstdLevel::try_new(3).map_err(|e| Error::internal(e.to_string()))?),
+        ParquetCodec::Zstd => ParquetCompression::ZSTD(
+            ZstdLevel::try_new(3).map_err(|e| Error::internal(e.to_string()))?,
+        ),
         ParquetCodec::Gzip => ParquetCompression::GZIP(GzipLevel::default()),
         ParquetCodec::None => ParquetCompression::UNCOMPRESSED,
     };
@@ -50,9 +52,13 @@ pub struct ParquetEncoder {
 impl ParquetEncoder {
     /// An encoder for `schema`.
     pub fn new(schema: &SchemaRef, props: WriterProperties) -> Result<Self> {
-        let writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props))
-            .map_err(|e| Error::invalid_input(format!("cannot write this schema as parquet: {e}")))?;
-        Ok(Self { writer: Some(writer) })
+        let writer =
+            ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props)).map_err(|e| {
+                Error::invalid_input(format!("cannot write this schema as parquet: {e}"))
+            })?;
+        Ok(Self {
+            writer: Some(writer),
+        })
     }
 
     fn take(&mut self) -> Option<Bytes> {
@@ -61,7 +67,9 @@ impl ParquetEncoder {
     }
 
     fn writer(&mut self) -> Result<&mut ArrowWriter<Vec<u8>>> {
-        self.writer.as_mut().ok_or_else(|| Error::internal("parquet encoder used after finish"))
+        self.writer
+            .as_mut()
+            .ok_or_else(|| Error::internal("parquet encoder used after finish"))
     }
 }
 
@@ -92,6 +100,8 @@ impl Encoder for ParquetEncoder {
     }
 
     fn buffered_rows(&self) -> u64 {
-        self.writer.as_ref().map_or(0, |w| w.in_progress_rows() as u64)
+        self.writer
+            .as_ref()
+            .map_or(0, |w| w.in_progress_rows() as u64)
     }
 }

@@ -80,7 +80,10 @@ pub fn to_schema(columns: &[ColumnSpec]) -> Result<SchemaRef> {
         .iter()
         .map(|c| {
             if !seen.insert(c.name.as_str()) {
-                return Err(Error::config(format!("`schema` names column `{}` twice", c.name)));
+                return Err(Error::config(format!(
+                    "`schema` names column `{}` twice",
+                    c.name
+                )));
             }
             Ok(Field::new(&c.name, parse_type(&c.data_type)?, c.nullable))
         })
@@ -95,19 +98,41 @@ mod tests {
     #[test]
     fn parses_type_names() {
         assert_eq!(parse_type("BIGINT").unwrap(), DataType::Int64);
-        assert_eq!(parse_type("decimal(15, 2)").unwrap(), DataType::Decimal128(15, 2));
+        assert_eq!(
+            parse_type("decimal(15, 2)").unwrap(),
+            DataType::Decimal128(15, 2)
+        );
         assert_eq!(
             parse_type("timestamptz").unwrap(),
             DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
         );
-        assert!(parse_type("decimal(40,2)").unwrap_err().to_string().contains("precision"));
-        assert!(parse_type("money").unwrap_err().to_string().contains("unknown column type `money`"));
+        assert!(
+            parse_type("decimal(40,2)")
+                .unwrap_err()
+                .to_string()
+                .contains("precision")
+        );
+        assert!(
+            parse_type("money")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown column type `money`")
+        );
     }
 
     #[test]
     fn duplicate_columns_are_rejected() {
-        let col = |n: &str| ColumnSpec { name: n.into(), data_type: "int64".into(), nullable: true };
-        assert!(to_schema(&[col("a"), col("a")]).unwrap_err().to_string().contains("twice"));
+        let col = |n: &str| ColumnSpec {
+            name: n.into(),
+            data_type: "int64".into(),
+            nullable: true,
+        };
+        assert!(
+            to_schema(&[col("a"), col("a")])
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
         assert_eq!(to_schema(&[col("a"), col("b")]).unwrap().fields().len(), 2);
     }
 }

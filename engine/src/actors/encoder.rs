@@ -25,10 +25,12 @@ impl Handler<EncodeOutput> for ChunkEncoder {
     type Result = actix::MessageResult<EncodeOutput>;
 
     fn handle(&mut self, msg: EncodeOutput, _: &mut Self::Context) -> Self::Result {
-        actix::MessageResult(match catch_unwind(AssertUnwindSafe(|| encode_output(msg))) {
-            Ok(exit) => exit,
-            Err(payload) => StageExit::Panicked(panic_message(payload.as_ref())),
-        })
+        actix::MessageResult(
+            match catch_unwind(AssertUnwindSafe(|| encode_output(msg))) {
+                Ok(exit) => exit,
+                Err(payload) => StageExit::Panicked(panic_message(payload.as_ref())),
+            },
+        )
     }
 }
 

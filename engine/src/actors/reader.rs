@@ -54,7 +54,12 @@ impl Actor for SourceReader {
             self.cancel.clone(),
         );
         let guarded = std::panic::AssertUnwindSafe(pump).catch_unwind().map(|r| {
-            r.unwrap_or_else(|p| (StageExit::Panicked(panic_message(p.as_ref())), ReaderCounts::default()))
+            r.unwrap_or_else(|p| {
+                (
+                    StageExit::Panicked(panic_message(p.as_ref())),
+                    ReaderCounts::default(),
+                )
+            })
         });
         ctx.spawn(guarded.into_actor(self).map(move |result, _, ctx| {
             let _ = done.send(result);
@@ -93,7 +98,11 @@ async fn read_partition(
                     counts.retries += 1;
                     ctx.progress.retries.fetch_add(1, Relaxed);
                     metrics::counter!(crate::metrics::RETRIES_TOTAL, "job" => ctx.settings.name.clone(), "stage" => "source").increment(1);
-                    let wait = backoff(attempt, ctx.settings.initial_backoff, ctx.settings.max_backoff);
+                    let wait = backoff(
+                        attempt,
+                        ctx.settings.initial_backoff,
+                        ctx.settings.max_backoff,
+                    );
                     tracing::warn!(job = %ctx.settings.name, %partition, attempt, error = %e, ?wait, "retrying partition from its checkpoint");
                     drop(stream);
                     tokio::select! {
@@ -140,7 +149,9 @@ async fn read_partition(
             counts.input_bytes += input_bytes;
             ctx.progress.records_read.fetch_add(records, Relaxed);
             ctx.progress.rows_skipped.fetch_add(skipped, Relaxed);
-            ctx.progress.input_bytes_read.fetch_add(input_bytes, Relaxed);
+            ctx.progress
+                .input_bytes_read
+                .fetch_add(input_bytes, Relaxed);
         }
     }
 }

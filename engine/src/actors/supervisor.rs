@@ -103,7 +103,10 @@ impl Handler<Observe> for JobSupervisor {
 }
 
 fn unreachable_report() -> JobReport {
-    JobReport::failed("?", Error::internal("the job was already run by this supervisor"))
+    JobReport::failed(
+        "?",
+        Error::internal("the job was already run by this supervisor"),
+    )
 }
 
 /// The totals of a finished output.
@@ -138,20 +141,27 @@ async fn run_job(job: Job, progress: Arc<JobProgress>, cancel: CancellationToken
     let (status, committed, error) = match outcome {
         Ok(committed) => (JobStatus::Succeeded, committed, None),
         Err(e) => {
-            let status = if e.kind() == ErrorKind::Cancelled { JobStatus::Cancelled } else { JobStatus::Failed };
+            let status = if e.kind() == ErrorKind::Cancelled {
+                JobStatus::Cancelled
+            } else {
+                JobStatus::Failed
+            };
             (status, Committed::default(), Some(e))
         }
     };
     let label = [("job", name.clone())];
-    metrics::counter!(crate::metrics::JOBS_TOTAL, "status" => format!("{status:?}").to_lowercase()).increment(1);
+    metrics::counter!(crate::metrics::JOBS_TOTAL, "status" => format!("{status:?}").to_lowercase())
+        .increment(1);
     metrics::histogram!(crate::metrics::JOB_DURATION_SECONDS, &label).record(secs);
     metrics::counter!(crate::metrics::ROWS_READ_TOTAL, &label).increment(snapshot.records_read);
     metrics::counter!(crate::metrics::ROWS_WRITTEN_TOTAL, &label).increment(snapshot.rows_written);
     metrics::counter!(crate::metrics::ROWS_SKIPPED_TOTAL, &label).increment(snapshot.rows_skipped);
-    metrics::counter!(crate::metrics::BYTES_WRITTEN_TOTAL, &label).increment(snapshot.bytes_written);
+    metrics::counter!(crate::metrics::BYTES_WRITTEN_TOTAL, &label)
+        .increment(snapshot.bytes_written);
     for s in &stages {
         let labels = [("job", name.clone()), ("stage", s.stage.name().to_string())];
-        metrics::counter!(crate::metrics::STAGE_BUSY_SECONDS, &labels).increment(s.busy_secs as u64);
+        metrics::counter!(crate::metrics::STAGE_BUSY_SECONDS, &labels)
+            .increment(s.busy_secs as u64);
         metrics::counter!(crate::metrics::STAGE_WAIT_SECONDS, &labels)
             .increment((s.wait_input_secs + s.wait_output_secs) as u64);
     }
@@ -169,8 +179,16 @@ async fn run_job(job: Job, progress: Arc<JobProgress>, cancel: CancellationToken
         bytes_read: snapshot.input_bytes_read,
         bytes_written: snapshot.bytes_written,
         duration_secs: secs,
-        rows_per_sec: if secs > 0.0 { snapshot.rows_written as f64 / secs } else { 0.0 },
-        read_mib_per_sec: if secs > 0.0 { snapshot.input_bytes_read as f64 / secs / (1 << 20) as f64 } else { 0.0 },
+        rows_per_sec: if secs > 0.0 {
+            snapshot.rows_written as f64 / secs
+        } else {
+            0.0
+        },
+        read_mib_per_sec: if secs > 0.0 {
+            snapshot.input_bytes_read as f64 / secs / (1 << 20) as f64
+        } else {
+            0.0
+        },
         bottleneck: JobReport::find_bottleneck(&stages),
         stages,
         outputs: committed.outputs,
@@ -199,7 +217,9 @@ async fn copy(ctx: &Arc<JobContext>, cancel: &CancellationToken) -> Result<Commi
         .plan(ctx.settings.parallel_copies.get())
         .await
         .map_err(in_job)?;
-    ctx.progress.partitions_total.store(partitions.len() as u64, Relaxed);
+    ctx.progress
+        .partitions_total
+        .store(partitions.len() as u64, Relaxed);
     ctx.progress
         .input_bytes_total
         .store(partitions.iter().filter_map(|p| p.size_hint).sum(), Relaxed);
@@ -235,7 +255,9 @@ async fn copy(ctx: &Arc<JobContext>, cancel: &CancellationToken) -> Result<Commi
             Err(e) => {
                 cancel.cancel();
                 // Keep the first root cause; later errors are mostly consequences.
-                if failure.as_ref().is_none_or(|f| f.kind() == ErrorKind::Cancelled && e.kind() != ErrorKind::Cancelled) {
+                if failure.as_ref().is_none_or(|f| {
+                    f.kind() == ErrorKind::Cancelled && e.kind() != ErrorKind::Cancelled
+                }) {
                     failure = Some(e);
                 }
             }
@@ -283,20 +305,47 @@ async fn run_output_with_retry(
             return Err(Error::cancelled("the job was cancelled"));
         }
         let token = cancel.child_token();
-        let result = run_output(ctx, encoders, slots, &token, index, &partitions, max_buffered).await;
+        let result = run_output(
+            ctx,
+            encoders,
+            slots,
+            &token,
+            index,
+            &partitions,
+            max_buffered,
+        )
+        .await;
         match result {
             Ok(done) => return Ok(done),
             Err((e, counts)) => {
                 // Take back what the failed attempt counted: the retry counts it again.
-                ctx.progress.records_read.fetch_sub(counts.records.min(ctx.progress.records_read.load(Relaxed)), Relaxed);
-                ctx.progress.rows_skipped.fetch_sub(counts.skipped.min(ctx.progress.rows_skipped.load(Relaxed)), Relaxed);
-                ctx.progress.rows_written.fetch_sub(counts.rows_written.min(ctx.progress.rows_written.load(Relaxed)), Relaxed);
-                if !e.is_retryable() || attempt >= ctx.settings.max_attempts.get() || cancel.is_cancelled() {
+                ctx.progress.records_read.fetch_sub(
+                    counts.records.min(ctx.progress.records_read.load(Relaxed)),
+                    Relaxed,
+                );
+                ctx.progress.rows_skipped.fetch_sub(
+                    counts.skipped.min(ctx.progress.rows_skipped.load(Relaxed)),
+                    Relaxed,
+                );
+                ctx.progress.rows_written.fetch_sub(
+                    counts
+                        .rows_written
+                        .min(ctx.progress.rows_written.load(Relaxed)),
+                    Relaxed,
+                );
+                if !e.is_retryable()
+                    || attempt >= ctx.settings.max_attempts.get()
+                    || cancel.is_cancelled()
+                {
                     return Err(e);
                 }
                 attempt += 1;
                 ctx.progress.retries.fetch_add(1, Relaxed);
-                let wait = backoff(attempt, ctx.settings.initial_backoff, ctx.settings.max_backoff);
+                let wait = backoff(
+                    attempt,
+                    ctx.settings.initial_backoff,
+                    ctx.settings.max_backoff,
+                );
                 tracing::warn!(job = %ctx.settings.name, output = index, attempt, error = %e, ?wait, "retrying output from the start");
                 tokio::select! {
                     _ = cancel.cancelled() => return Err(Error::cancelled("the job was cancelled")),
@@ -398,7 +447,10 @@ async fn run_output(
         if let Some(staged) = result.staged {
             return Ok((staged, totals));
         }
-        return Err((Error::internal("the writer reported success without output"), totals));
+        return Err((
+            Error::internal("the writer reported success without output"),
+            totals,
+        ));
     }
     let staged: Vec<Staged> = result.staged.into_iter().collect();
     if !staged.is_empty() {

@@ -47,7 +47,12 @@ impl Actor for SinkWriter {
         };
         let pump = write_output(self.ctx.clone(), input, writer, self.cancel.clone());
         let guarded = std::panic::AssertUnwindSafe(pump).catch_unwind().map(|r| {
-            r.unwrap_or_else(|p| (StageExit::Panicked(panic_message(p.as_ref())), WriterResult::default()))
+            r.unwrap_or_else(|p| {
+                (
+                    StageExit::Panicked(panic_message(p.as_ref())),
+                    WriterResult::default(),
+                )
+            })
         });
         ctx.spawn(guarded.into_actor(self).map(move |result, _, ctx| {
             let _ = done.send(result);
@@ -71,7 +76,12 @@ async fn write_output(
             item = input.recv() => item,
         };
         clock.wait_input(waiting.elapsed());
-        let Some(ChunkItem { bytes, rows, reservation }) = item else {
+        let Some(ChunkItem {
+            bytes,
+            rows,
+            reservation,
+        }) = item
+        else {
             if cancel.is_cancelled() {
                 break StageExit::Killed;
             }
@@ -88,7 +98,11 @@ async fn write_output(
         };
         let len = bytes.len() as u64;
         let writing = Instant::now();
-        let written = if len > 0 { writer.write(bytes).await } else { Ok(()) };
+        let written = if len > 0 {
+            writer.write(bytes).await
+        } else {
+            Ok(())
+        };
         clock.busy(writing.elapsed());
         drop(reservation);
         if let Err(e) = written {

@@ -40,10 +40,17 @@ impl Connections {
             let known: Vec<&str> = self.0.keys().map(String::as_str).collect();
             Error::config(format!(
                 "unknown connection `{name}`; the connections file defines: {}",
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
             ))
         })?;
-        let kind = value.get("type").and_then(|t| t.as_str()).unwrap_or_default();
+        let kind = value
+            .get("type")
+            .and_then(|t| t.as_str())
+            .unwrap_or_default();
         Ok((kind, value))
     }
 

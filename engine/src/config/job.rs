@@ -145,7 +145,8 @@ impl JobSettings {
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
-            parallel_copies: NonZeroUsize::new(DEFAULT_PARALLEL_COPIES).unwrap_or(NonZeroUsize::MIN),
+            parallel_copies: NonZeroUsize::new(DEFAULT_PARALLEL_COPIES)
+                .unwrap_or(NonZeroUsize::MIN),
             max_buffer_bytes: DEFAULT_MAX_BUFFER_BYTES.bytes(),
             batch_rows: NonZeroUsize::new(DEFAULT_BATCH_ROWS).unwrap_or(NonZeroUsize::MIN),
             fault_tolerance: FaultTolerance::default(),
@@ -170,7 +171,9 @@ impl<Src, Snk> JobSpec<Src, Snk> {
     pub fn validate(&self) -> Result<JobSettings> {
         let name = self.name.trim();
         if name.is_empty() {
-            return Err(Error::config("invalid job: `name` is empty; give the job a name"));
+            return Err(Error::config(
+                "invalid job: `name` is empty; give the job a name",
+            ));
         }
         if !name
             .chars()
@@ -202,7 +205,9 @@ impl<Src, Snk> JobSpec<Src, Snk> {
             )));
         }
         let max_attempts = NonZeroU32::new(self.retry.max_attempts).ok_or_else(|| {
-            Error::config(format!("job {name}: `retry.max_attempts` must be at least 1"))
+            Error::config(format!(
+                "job {name}: `retry.max_attempts` must be at least 1"
+            ))
         })?;
         if self.retry.initial_backoff > self.retry.max_backoff {
             return Err(Error::config(format!(
@@ -242,7 +247,10 @@ mod tests {
     fn unknown_fields_are_rejected_by_name() {
         let err = Spec::from_json(r#"{"name":"j","source":{},"sink":{},"paralel_copies":2}"#)
             .unwrap_err();
-        assert!(err.to_string().contains("unknown field `paralel_copies`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown field `paralel_copies`"),
+            "{err}"
+        );
         assert_eq!(err.exit_code(), 2);
     }
 
@@ -250,14 +258,34 @@ mod tests {
     fn bad_values_are_rejected() {
         for (json, needle) in [
             (r#"{"name":"","source":{},"sink":{}}"#, "`name` is empty"),
-            (r#"{"name":"a b","source":{},"sink":{}}"#, "may contain only"),
-            (r#"{"name":"j","source":{},"sink":{},"parallel_copies":0}"#, "parallel_copies"),
-            (r#"{"name":"j","source":{},"sink":{},"max_buffer_bytes":"10KiB"}"#, "below the minimum"),
-            (r#"{"name":"j","source":{},"sink":{},"verify":true}"#, "`verify` is not available"),
-            (r#"{"name":"j","source":{},"sink":{},"staging":{"path":"x"}}"#, "`staging` is not available"),
-            (r#"{"name":"j","source":{},"sink":{},"retry":{"max_attempts":0}}"#, "max_attempts"),
+            (
+                r#"{"name":"a b","source":{},"sink":{}}"#,
+                "may contain only",
+            ),
+            (
+                r#"{"name":"j","source":{},"sink":{},"parallel_copies":0}"#,
+                "parallel_copies",
+            ),
+            (
+                r#"{"name":"j","source":{},"sink":{},"max_buffer_bytes":"10KiB"}"#,
+                "below the minimum",
+            ),
+            (
+                r#"{"name":"j","source":{},"sink":{},"verify":true}"#,
+                "`verify` is not available",
+            ),
+            (
+                r#"{"name":"j","source":{},"sink":{},"staging":{"path":"x"}}"#,
+                "`staging` is not available",
+            ),
+            (
+                r#"{"name":"j","source":{},"sink":{},"retry":{"max_attempts":0}}"#,
+                "max_attempts",
+            ),
         ] {
-            let err = Spec::from_json(json).and_then(|s| s.validate()).unwrap_err();
+            let err = Spec::from_json(json)
+                .and_then(|s| s.validate())
+                .unwrap_err();
             assert!(err.to_string().contains(needle), "{json}: {err}");
         }
     }

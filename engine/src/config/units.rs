@@ -63,9 +63,14 @@ impl FromStr for ByteSize {
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+        const UNITS: [(&str, u64); 4] = [
+            ("TiB", 1 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ];
         for (unit, size) in UNITS {
-            if self.0 >= size && self.0 % size == 0 {
+            if self.0 >= size && self.0.is_multiple_of(size) {
                 return write!(f, "{}{unit}", self.0 / size);
             }
         }
@@ -119,9 +124,11 @@ impl Serialize for HumanDuration {
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map(Self)
-            .map_err(|e| serde::de::Error::custom(format!("`{s}` is not a duration ({e}): write it like 1s, 500ms or 2m")))
+        humantime::parse_duration(&s).map(Self).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{s}` is not a duration ({e}): write it like 1s, 500ms or 2m"
+            ))
+        })
     }
 }
 
@@ -135,7 +142,12 @@ mod tests {
         assert_eq!("1 GB".parse::<ByteSize>(), Ok(ByteSize(1_000_000_000)));
         assert_eq!("1.5KiB".parse::<ByteSize>(), Ok(ByteSize(1536)));
         assert_eq!("4096".parse::<ByteSize>(), Ok(ByteSize(4096)));
-        assert!("12 parsecs".parse::<ByteSize>().unwrap_err().contains("unknown size unit"));
+        assert!(
+            "12 parsecs"
+                .parse::<ByteSize>()
+                .unwrap_err()
+                .contains("unknown size unit")
+        );
         assert!("MiB".parse::<ByteSize>().is_err());
     }
 

@@ -1,0 +1,159 @@
+//! The `ferry` executable: exit codes, messages, reports, and kill -9 safety.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+use crate::support::{js, tree};
+
+fn ferry() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ferry"))
+}
+
+fn write_job(dir: &TempDir, name: &str, body: &str) -> std::path::PathBuf {
+    let path = dir.path().join(format!("{name}.json"));
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+#[test]
+fn copy_prints_a_json_report_and_exits_zero() {
+    let tmp = TempDir::new().unwrap();
+    let out = tmp.path().join("region.csv");
+    let job = write_job(
+        &tmp,
+        "ok",
+        &format!(
+            r#"{{"name":"ok","source":{{"type":"tpch","table":"region","scale_factor":1}},"sink":{{"type":"file","path":{},"format":{{"type":"csv"}}}}}}"#,
+            js(&out)
+        ),
+    );
+    let output = ferry()
+        .args(["copy", "--report", "json"])
+        .arg(&job)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["status"], "succeeded");
+    assert_eq!(report["rows_written"], 5);
+    assert_eq!(report["stages"].as_array().unwrap().len(), 3);
+    assert_eq!(std::fs::read_to_string(&out).unwrap().lines().count(), 6);
+}
+
+#[test]
+fn invalid_jobs_exit_two_with_the_reason() {
+    let tmp = TempDir::new().unwrap();
+    let cases = [
+        (
+            r#"{"name":"x","source":{"type":"tpch","table":"region","scale_factor":1},"sink":{"type":"file","path":"o.csv","format":{"type":"csv"}},"parallel_copy":2}"#,
+            "unknown field `parallel_copy`",
+        ),
+        (
+            r#"{"name":"x","source":{"type":"ftp"},"sink":{}}"#,
+            "unknown variant `ftp`",
+        ),
+        (
+            r#"{"name":"x","source":{"type":"tpch","table":"region","scale_factor":0},"sink":{"type":"file","path":"o.csv","format":{"type":"csv"}}}"#,
+            "scale_factor",
+        ),
+        ("not json", "invalid job"),
+    ];
+    for (i, (body, needle)) in cases.iter().enumerate() {
+        let job = write_job(&tmp, &format!("bad{i}"), body);
+        for command in ["validate", "copy"] {
+            let output = ferry().arg(command).arg(&job).output().unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "{command} {body}: {stderr}");
+            assert!(stderr.contains(needle), "{command} {body}: {stderr}");
+        }
+    }
+    let output = ferry()
+        .args(["copy", "/nonexistent/job.json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains("cannot read job file /nonexistent/job.json")
+    );
+    let good = write_job(
+        &tmp,
+        "good",
+        r#"{"name":"g","source":{"type":"tpch","table":"region","scale_factor":1},"sink":{"type":"file","path":"o.csv","format":{"type":"csv"}}}"#,
+    );
+    let output = ferry().arg("validate").arg(&good).output().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("job g is valid"));
+}
+
+#[test]
+fn kill_9_leaves_no_partial_output_and_the_next_run_cleans_up() {
+    let tmp = TempDir::new().unwrap();
+    let out_dir = tmp.path().join("out");
+    let out = out_dir.join("lineitem.csv");
+    let job = write_job(
+        &tmp,
+        "big",
+        &format!(
+            r#"{{"name":"big","source":{{"type":"tpch","table":"lineitem","scale_factor":0.05}},"sink":{{"type":"file","path":{},"format":{{"type":"csv"}}}},"parallel_copies":2}}"#,
+            js(&out)
+        ),
+    );
+    let mut child = ferry()
+        .arg("copy")
+        .arg(&job)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the job is writing its temporary output, then kill it hard.
+    let started = Instant::now();
+    let temp = out_dir.join("_ferry_tmp_big");
+    while !(temp.exists()
+        && std::fs::read_dir(&temp)
+            .map(|d| d.count() > 0)
+            .unwrap_or(false))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the job never started writing"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the job ended before it could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(!out.exists(), "no partial file at the destination");
+    assert!(
+        temp.exists(),
+        "the temporary directory is what a killed run leaves"
+    );
+
+    let status = ferry()
+        .arg("copy")
+        .arg(&job)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        tree(&out_dir),
+        ["lineitem.csv"],
+        "the re-run removed the leftovers"
+    );
+    // lineitem at scale 0.05 has 299,814 rows and the header (tpchgen is deterministic).
+    assert_eq!(
+        std::fs::read_to_string(&out).unwrap().lines().count(),
+        299_814 + 1
+    );
+}

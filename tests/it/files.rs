@@ -1,0 +1,436 @@
+//! Copies between real files: formats, round trips, hard CSV, splitting, atomic output.
+
+use std::io::Write;
+use std::path::Path;
+
+use arrow::array::AsArray;
+use arrow::datatypes::DataType;
+use tempfile::TempDir;
+
+use crate::support::{js, read_parquet, run_job, run_ok, sorted_rows, tree};
+
+fn job(name: &str, source: String, sink: String, extra: &str) -> String {
+    format!(r#"{{"name":"{name}","source":{source},"sink":{sink}{extra}}}"#)
+}
+
+fn file(path: &Path, format: &str) -> String {
+    format!(r#"{{"type":"file","path":{},"format":{format}}}"#, js(path))
+}
+
+fn dir(path: &Path, format: &str) -> String {
+    let mut p = js(path);
+    p.insert(p.len() - 1, '/');
+    format!(r#"{{"type":"file","path":{p},"format":{format}}}"#)
+}
+
+const CSV: &str = r#"{"type":"csv"}"#;
+const PARQUET: &str = r#"{"type":"parquet"}"#;
+
+/// A CSV with every hard case: BOM, CRLF, quoted delimiters, quotes and newlines, empty
+/// string vs NULL, unicode, and a very long field.
+fn hard_csv() -> Vec<u8> {
+    let long = "x".repeat(3 << 20);
+    let mut text = Vec::new();
+    text.extend_from_slice(b"\xEF\xBB\xBF");
+    text.extend_from_slice(b"id,name,amount,day\r\n");
+    text.extend_from_slice(b"1,\"Smith, \"\"J\"\"\",1.5,2024-01-31\r\n");
+    text.extend_from_slice(b"2,\"\",,2024-02-29\r\n");
+    text.extend_from_slice(b"3,,2.25,\r\n");
+    text.extend_from_slice("4,\"multi\r\nline ünïcødé 你好 🚀\",-3,2023-12-01\r\n".as_bytes());
+    text.extend_from_slice(format!("5,{long},0,2000-01-01\r\n").as_bytes());
+    text.extend_from_slice(b"6,last,7.75,1999-12-31");
+    text
+}
+
+#[test]
+fn hard_csv_round_trips_through_parquet() {
+    let tmp = TempDir::new().unwrap();
+    let input = tmp.path().join("hard.csv");
+    std::fs::write(&input, hard_csv()).unwrap();
+    let parquet = tmp.path().join("hard.parquet");
+    let report = run_ok(&job(
+        "hard-in",
+        file(&input, CSV),
+        file(&parquet, PARQUET),
+        "",
+    ));
+    assert_eq!(
+        (report.rows_read, report.rows_written, report.rows_skipped),
+        (6, 6, 0)
+    );
+
+    let batches = read_parquet(&parquet);
+    let schema = batches[0].schema();
+    let types: Vec<&DataType> = schema.fields().iter().map(|f| f.data_type()).collect();
+    assert_eq!(
+        types,
+        [
+            &DataType::Int64,
+            &DataType::Utf8,
+            &DataType::Float64,
+            &DataType::Date32
+        ]
+    );
+    let names = batches[0].column(1).as_string::<i32>();
+    assert_eq!(names.value(0), "Smith, \"J\"");
+    assert!(
+        !arrow::array::Array::is_null(names, 1) && names.value(1).is_empty(),
+        "quoted empty stays an empty string"
+    );
+    assert!(
+        arrow::array::Array::is_null(names, 2),
+        "unquoted empty is NULL"
+    );
+    assert_eq!(names.value(3), "multi\r\nline ünïcødé 你好 🚀");
+    assert_eq!(names.value(4).len(), 3 << 20);
+
+    // Back to CSV and once more to Parquet: the same content.
+    let csv_again = tmp.path().join("again.csv");
+    run_ok(&job(
+        "hard-out",
+        file(&parquet, PARQUET),
+        file(&csv_again, CSV),
+        "",
+    ));
+    let parquet_again = tmp.path().join("again.parquet");
+    run_ok(&job(
+        "hard-in2",
+        file(&csv_again, CSV),
+        file(&parquet_again, PARQUET),
+        "",
+    ));
+    assert_eq!(read_parquet(&parquet_again), batches);
+}
+
+#[test]
+fn jsonl_round_trips_through_arrow_ipc() {
+    let tmp = TempDir::new().unwrap();
+    let input = tmp.path().join("in.jsonl");
+    let mut f = std::fs::File::create(&input).unwrap();
+    for i in 0..5000 {
+        let note = if i % 3 == 0 {
+            "null".to_string()
+        } else {
+            format!("\"note {i}\"")
+        };
+        writeln!(
+            f,
+            r#"{{"id":{i},"name":"n{i} \"q\"","score":{}.5,"flag":{},"note":{note}}}"#,
+            i % 7,
+            i % 2 == 0
+        )
+        .unwrap();
+    }
+    drop(f);
+    let ipc = tmp.path().join("out.arrow");
+    run_ok(&job(
+        "j2i",
+        file(&input, r#"{"type":"jsonl"}"#),
+        file(&ipc, r#"{"type":"arrow_ipc"}"#),
+        r#","batch_rows":700"#,
+    ));
+    let back = tmp.path().join("back.jsonl");
+    let report = run_ok(&job(
+        "i2j",
+        file(&ipc, r#"{"type":"arrow_ipc"}"#),
+        file(&back, r#"{"type":"jsonl"}"#),
+        "",
+    ));
+    assert_eq!(report.rows_written, 5000);
+    let again = tmp.path().join("again.arrow");
+    run_ok(&job(
+        "j2i2",
+        file(&back, r#"{"type":"jsonl"}"#),
+        file(&again, r#"{"type":"arrow_ipc"}"#),
+        "",
+    ));
+    let read = |p: &Path| {
+        let reader =
+            arrow::ipc::reader::FileReader::try_new(std::fs::File::open(p).unwrap(), None).unwrap();
+        reader.map(|b| b.unwrap()).collect::<Vec<_>>()
+    };
+    // JSON leaves out null fields, so inference may order the columns differently: compare
+    // by name.
+    let by_name = |batches: Vec<arrow::record_batch::RecordBatch>,
+                   order: &arrow::datatypes::Schema| {
+        batches
+            .iter()
+            .map(|b| {
+                b.project(
+                    &order
+                        .fields()
+                        .iter()
+                        .map(|f| b.schema().index_of(f.name()).unwrap())
+                        .collect::<Vec<_>>(),
+                )
+                .unwrap()
+            })
+            .collect::<Vec<_>>()
+    };
+    let original = read(&ipc);
+    let order = original[0].schema();
+    let (first, second) = (
+        sorted_rows(&original),
+        sorted_rows(&by_name(read(&again), &order)),
+    );
+    assert_eq!(first.len(), second.len());
+    for (a, b) in first.iter().zip(&second) {
+        assert_eq!(a, b);
+    }
+    assert_eq!(
+        std::fs::read_to_string(&input).unwrap().lines().count(),
+        std::fs::read_to_string(&back).unwrap().lines().count()
+    );
+}
+
+#[test]
+fn gzip_and_zstd_text_round_trip() {
+    let tmp = TempDir::new().unwrap();
+    let input = tmp.path().join("in.csv");
+    let rows: String = (0..20_000)
+        .map(|i| format!("{i},name {i},{}\n", i as f64 / 4.0))
+        .collect();
+    std::fs::write(&input, format!("id,name,v\n{rows}")).unwrap();
+    for (ext, codec) in [("gz", "gzip"), ("zst", "zstd")] {
+        let packed = tmp.path().join(format!("packed.csv.{ext}"));
+        let fmt = format!(r#"{{"type":"csv","compression":"{codec}"}}"#);
+        run_ok(&job("pack", file(&input, CSV), file(&packed, &fmt), ""));
+        let raw = std::fs::read(&packed).unwrap();
+        assert!(
+            raw.len() < 400_000,
+            "{codec} output is compressed: {} bytes",
+            raw.len()
+        );
+        // Compression is detected from the name when reading.
+        let out = tmp.path().join(format!("from-{ext}.parquet"));
+        let report = run_ok(&job("unpack", file(&packed, CSV), file(&out, PARQUET), ""));
+        assert_eq!(report.rows_written, 20_000);
+    }
+    assert_eq!(
+        read_parquet(&tmp.path().join("from-gz.parquet")),
+        read_parquet(&tmp.path().join("from-zst.parquet"))
+    );
+}
+
+#[test]
+fn parallel_reads_of_one_big_csv_equal_a_serial_read() {
+    let tmp = TempDir::new().unwrap();
+    let input = tmp.path().join("big.csv");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+    writeln!(f, "id,note,value").unwrap();
+    let mut i = 0u64;
+    // ~42 MiB, with quoted newlines everywhere so that naive splitting would break records.
+    while i < 700_000 {
+        writeln!(
+            f,
+            "{i},\"line one of a longer note\nline, two {i}\",{}",
+            i * 3
+        )
+        .unwrap();
+        i += 1;
+    }
+    drop(f);
+    assert!(std::fs::metadata(&input).unwrap().len() > 32 << 20);
+    let serial = tmp.path().join("serial/");
+    let parallel = tmp.path().join("parallel/");
+    let s = run_ok(&job(
+        "serial",
+        file(&input, CSV),
+        dir(&serial, PARQUET),
+        r#","parallel_copies":1"#,
+    ));
+    let p = run_ok(&job(
+        "parallel",
+        file(&input, CSV),
+        dir(&parallel, PARQUET),
+        r#","parallel_copies":4"#,
+    ));
+    assert_eq!(s.partitions, 1, "one reader reads the file whole: {s}");
+    assert!(p.partitions >= 4, "{p}");
+    // Partition outputs in order are exactly the serial read, row for row.
+    let concat = |b: Vec<arrow::record_batch::RecordBatch>| {
+        arrow::compute::concat_batches(&b[0].schema(), &b).unwrap()
+    };
+    assert_eq!(
+        concat(read_parquet(&serial)),
+        concat(read_parquet(&parallel))
+    );
+    assert_eq!(p.rows_written, 700_000);
+}
+
+#[test]
+fn a_bad_row_fails_with_its_location_and_leaves_no_output() {
+    let tmp = TempDir::new().unwrap();
+    let input = tmp.path().join("bad.csv");
+    let mut text = String::from("id,amount\n");
+    for i in 0..50_000 {
+        text.push_str(&format!("{i},{i}.5\n"));
+    }
+    text.push_str("50000,twelve\n");
+    std::fs::write(&input, &text).unwrap();
+    let out = tmp.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("keep.txt"), "user file").unwrap();
+    let target = out.join("bad.parquet");
+    let report = run_job(&job(
+        "bad",
+        file(&input, CSV),
+        file(&target, PARQUET),
+        r#","batch_rows":1000"#,
+    ));
+    let error = report.error.expect("the job fails");
+    assert_eq!(error.exit_code, 1);
+    assert!(error.message.contains("bad.csv:50002"), "{}", error.message);
+    assert!(
+        error
+            .message
+            .contains("column `amount`: `twelve` is not a number"),
+        "{}",
+        error.message
+    );
+    assert_eq!(
+        tree(&out),
+        ["keep.txt"],
+        "no partial output, no temporary files"
+    );
+
+    // With skipping, the row goes to the fault log and the report.
+    let log = tmp.path().join("faults.jsonl");
+    let extra = format!(
+        r#","fault_tolerance":{{"skip_incompatible_rows":true,"log_path":{}}}"#,
+        js(&log)
+    );
+    let report = run_ok(&job(
+        "bad",
+        file(&input, CSV),
+        file(&target, PARQUET),
+        &extra,
+    ));
+    assert_eq!(
+        (report.rows_read, report.rows_written, report.rows_skipped),
+        (50_001, 50_000, 1)
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("bad.csv:50002") && logged.contains("twelve"),
+        "{logged}"
+    );
+    assert_eq!(tree(&out), ["bad.parquet", "keep.txt"]);
+}
+
+#[test]
+fn directories_globs_and_reruns() {
+    let tmp = TempDir::new().unwrap();
+    let input = tmp.path().join("in");
+    std::fs::create_dir_all(input.join("sub")).unwrap();
+    for (name, rows) in [
+        ("a.csv", 10),
+        ("b.csv", 20),
+        ("sub/c.csv", 30),
+        ("_ignored.csv", 5),
+        (".hidden.csv", 5),
+    ] {
+        let body: String = (0..rows).map(|i| format!("{i},{name}\n")).collect();
+        std::fs::write(input.join(name), format!("n,file\n{body}")).unwrap();
+    }
+    let out = tmp.path().join("out/");
+    let report = run_ok(&job("dir", file(&input, CSV), dir(&out, PARQUET), ""));
+    assert_eq!(
+        report.rows_written, 60,
+        "hidden and _ files are skipped: {report}"
+    );
+    assert_eq!(
+        tree(&out),
+        [
+            "part-00000.parquet",
+            "part-00001.parquet",
+            "part-00002.parquet"
+        ]
+    );
+
+    let pattern = input.join("*.csv");
+    let report = run_ok(&job("dir", file(&pattern, CSV), dir(&out, PARQUET), ""));
+    assert_eq!(
+        report.rows_written, 30,
+        "the glob does not descend into sub/"
+    );
+    assert_eq!(
+        tree(&out),
+        ["part-00000.parquet", "part-00001.parquet"],
+        "the re-run replaced the earlier parts"
+    );
+    assert_eq!(report.removed.len(), 1);
+
+    let missing = input.join("nothing-*.csv");
+    let report = run_job(&job("dir", file(&missing, CSV), dir(&out, PARQUET), ""));
+    let error = report.error.expect("no input is an error");
+    assert_eq!(error.exit_code, 2);
+    assert!(
+        error.message.contains("no input files match"),
+        "{}",
+        error.message
+    );
+    assert_eq!(tree(&out).len(), 2, "the failed job touched nothing");
+
+    let report = run_job(&job(
+        "dir",
+        file(&input, CSV),
+        r#"{"type":"file","path":"/proc/ferry-cannot-write/","format":{"type":"parquet"}}"#.into(),
+        "",
+    ));
+    let error = report.error.expect("unwritable destination");
+    assert!(
+        error
+            .message
+            .contains("cannot write to /proc/ferry-cannot-write"),
+        "{}",
+        error.message
+    );
+
+    let strict = format!(
+        r#"{{"type":"file","path":{},"format":{{"type":"parquet"}},"mode":"error_if_exists"}}"#,
+        js(&tmp.path().join("out/part-00000.parquet"))
+    );
+    let report = run_job(&job("strict", file(&input, CSV), strict, ""));
+    assert!(
+        report
+            .error
+            .expect("exists")
+            .message
+            .contains("already exists")
+    );
+}
+
+#[test]
+fn tpch_generator_to_csv_and_parquet_agree() {
+    let tmp = TempDir::new().unwrap();
+    let csv = tmp.path().join("orders.csv");
+    let tpch = r#"{"type":"tpch","table":"orders","scale_factor":0.01}"#.to_string();
+    let a = run_ok(&job("gen-csv", tpch.clone(), file(&csv, CSV), ""));
+    let parquet = tmp.path().join("orders.parquet");
+    let b = run_ok(&job("gen-pq", tpch, file(&parquet, PARQUET), ""));
+    assert_eq!(a.rows_written, 15_000);
+    assert_eq!(b.rows_written, 15_000);
+    let from_csv = tmp.path().join("from-csv.parquet");
+    run_ok(&job(
+        "csv-pq",
+        file(&csv, CSV),
+        file(&from_csv, PARQUET),
+        "",
+    ));
+    // Same rows; CSV inference reads the decimals as float64, so compare the keys.
+    let keys = |p: &Path| {
+        let mut k: Vec<i64> = read_parquet(p)
+            .iter()
+            .flat_map(|b| {
+                b.column(0)
+                    .as_primitive::<arrow::datatypes::Int64Type>()
+                    .values()
+                    .to_vec()
+            })
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&parquet), keys(&from_csv));
+}

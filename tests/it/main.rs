@@ -1,0 +1,10 @@
+//! ferry's integration tests: one binary, real files in temporary directories, the real
+//! `ferry` executable where the command line is what is tested.
+
+// Helpers outside #[test] functions panic on purpose: a failed setup is a failed test.
+#![allow(clippy::unwrap_used)]
+
+mod cli;
+mod files;
+mod pipeline;
+mod support;
