@@ -451,6 +451,27 @@ impl ReadTask {
         self.tx.blocking_send(Ok(batch)).map_err(|_| Closed)
     }
 
+    /// Sends a batch of a binary format (no skipped rows, no line numbers).
+    fn send_block(
+        &self,
+        batch: RecordBatch,
+        records: u64,
+        position: Option<u64>,
+        input_bytes: u64,
+    ) -> std::result::Result<(), Closed> {
+        let checkpoint = Checkpoint {
+            records,
+            position,
+            line: None,
+        };
+        self.send(SourceBatch {
+            batch,
+            checkpoint,
+            skipped: vec![],
+            input_bytes,
+        })
+    }
+
     fn read_text(&self) -> Result<()> {
         let file = &self.part.file;
         let label: Arc<str> = file.label.as_str().into();
@@ -588,8 +609,12 @@ impl ReadTask {
             return Err(Error::internal("parquet partition without row groups"));
         };
         let offset = self.resume.map_or(0, |c| c.records);
-        let mut stream = self.handle.block_on(async {
+        let (mut stream, total_rows) = self.handle.block_on(async {
             let builder = parquet_builder(&self.store, file).await?;
+            let total_rows: u64 = builder.metadata().row_groups()[first..first + count]
+                .iter()
+                .map(|g| g.num_rows() as u64)
+                .sum();
             let mask = match &self.projection {
                 Some(indices) => {
                     ProjectionMask::roots(builder.parquet_schema(), indices.iter().copied())
@@ -602,13 +627,11 @@ impl ReadTask {
                 .with_batch_size(self.batch_rows)
                 .with_offset(offset as usize)
                 .build()
+                .map(|stream| (stream, total_rows))
                 .map_err(|e| Error::invalid_input(format!("{}: {e}", file.label)))
         })?;
         let mut records = offset;
         let share = file.size / (count.max(1) as u64);
-        let total_rows = self
-            .handle
-            .block_on(async { parquet_rows(&self.store, file, first, count).await })?;
         while let Some(batch) = self.handle.block_on(stream.next()) {
             let batch = batch
                 .map_err(|e| Error::data(format!("{}: {e}", file.label)).with_retryable(true))?;
@@ -616,20 +639,7 @@ impl ReadTask {
             let input_bytes = (share * count as u64 * batch.num_rows() as u64)
                 .checked_div(total_rows)
                 .unwrap_or(0);
-            let checkpoint = Checkpoint {
-                records,
-                position: None,
-                line: None,
-            };
-            if self
-                .send(SourceBatch {
-                    batch,
-                    checkpoint,
-                    skipped: vec![],
-                    input_bytes,
-                })
-                .is_err()
-            {
+            if self.send_block(batch, records, None, input_bytes).is_err() {
                 return Ok(());
             }
         }
@@ -665,18 +675,8 @@ impl ReadTask {
                 continue;
             };
             records += batch.num_rows() as u64;
-            let checkpoint = Checkpoint {
-                records,
-                position: Some(index as u64 + 1),
-                line: None,
-            };
             if self
-                .send(SourceBatch {
-                    batch,
-                    checkpoint,
-                    skipped: vec![],
-                    input_bytes,
-                })
+                .send_block(batch, records, Some(index as u64 + 1), input_bytes)
                 .is_err()
             {
                 return Ok(());
@@ -684,19 +684,6 @@ impl ReadTask {
         }
         Ok(())
     }
-}
-
-async fn parquet_rows(
-    store: &Arc<dyn ObjectStore>,
-    file: &InputFile,
-    first: usize,
-    count: usize,
-) -> Result<u64> {
-    let builder = parquet_builder(store, file).await?;
-    Ok(builder.metadata().row_groups()[first..first + count]
-        .iter()
-        .map(|g| g.num_rows() as u64)
-        .sum())
 }
 
 enum Text {
