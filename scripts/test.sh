@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs ferry's whole test suite on a fresh machine: formatting, lints, and every test.
-# Servers that tests need are installed and started by the tests' own support code.
+# Servers that tests need are installed here if missing, and started by the tests' own
+# support code (a private PostgreSQL cluster on a free loopback port).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+./scripts/pg-server.sh install
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --all-targets

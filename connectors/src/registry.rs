@@ -7,6 +7,9 @@ use ferry_engine::{Error, Job, Result, Sink, Source};
 use serde::{Deserialize, Serialize};
 
 use crate::file::{self, FileSink, FileSinkSpec, FileSource, FileSourceSpec};
+use crate::postgres::{
+    PostgresConnection, PostgresSink, PostgresSinkSpec, PostgresSource, PostgresSourceSpec,
+};
 use crate::tpch::{TpchSource, TpchSourceSpec};
 
 /// Every source a job can name, by `type`.
@@ -17,6 +20,8 @@ pub enum SourceSpec {
     File(FileSourceSpec),
     /// Generated TPC-H data.
     Tpch(TpchSourceSpec),
+    /// A PostgreSQL table or query.
+    Postgres(PostgresSourceSpec),
 }
 
 /// Every sink a job can name, by `type`.
@@ -25,6 +30,8 @@ pub enum SourceSpec {
 pub enum SinkSpec {
     /// Local files.
     File(FileSinkSpec),
+    /// A PostgreSQL table.
+    Postgres(PostgresSinkSpec),
 }
 
 /// A job file.
@@ -38,10 +45,12 @@ pub fn parse_job(text: &str) -> Result<(JobFile, JobSettings)> {
     match &spec.source {
         SourceSpec::File(s) => s.validate(),
         SourceSpec::Tpch(s) => s.validate(),
+        SourceSpec::Postgres(s) => s.validate(),
     }
     .map_err(in_job)?;
     match &spec.sink {
         SinkSpec::File(s) => s.validate(),
+        SinkSpec::Postgres(s) => s.validate(),
     }
     .map_err(in_job)?;
     Ok((spec, settings))
@@ -75,6 +84,16 @@ pub async fn build_job(
             )
         }
         SourceSpec::Tpch(s) => Arc::new(TpchSource::new(s.clone(), settings.batch_rows.get())),
+        SourceSpec::Postgres(s) => {
+            let connector = PostgresConnection::from_connections(connections, &s.connection)
+                .and_then(|c| c.connector(&s.connection))
+                .map_err(in_job)?;
+            Arc::new(
+                PostgresSource::new(s, connector, settings.batch_rows.get())
+                    .await
+                    .map_err(in_job)?,
+            )
+        }
     };
     let sink: Arc<dyn Sink> = match &spec.sink {
         SinkSpec::File(s) => {
@@ -109,6 +128,12 @@ pub async fn build_job(
                 &settings.name,
                 &s.path,
             ))
+        }
+        SinkSpec::Postgres(s) => {
+            let connector = PostgresConnection::from_connections(connections, &s.connection)
+                .and_then(|c| c.connector(&s.connection))
+                .map_err(in_job)?;
+            Arc::new(PostgresSink::new(s.clone(), connector).map_err(in_job)?)
         }
     };
     Ok(Job {

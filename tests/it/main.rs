@@ -7,4 +7,5 @@
 mod cli;
 mod files;
 mod pipeline;
+mod postgres;
 mod support;

@@ -3,6 +3,7 @@
 
 pub mod arrow_ipc;
 pub mod csv;
+pub mod interval;
 pub mod io;
 pub mod jsonl;
 pub mod parquet;

@@ -1,6 +1,9 @@
 //! Parquet: an encoder that streams row groups out as they fill, and the writer settings.
 
-use arrow::datatypes::SchemaRef;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, StringArray};
+use arrow::datatypes::{DataType, Field, IntervalUnit, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use ferry_engine::{Encoder, Error, Result};
@@ -45,20 +48,70 @@ pub fn writer_properties(codec: ParquetCodec, row_group_rows: usize) -> Result<W
 }
 
 /// Encodes batches into one Parquet file; bytes leave the encoder as row groups complete.
+///
+/// Parquet cannot hold Arrow's `Interval(MonthDayNano)` losslessly, so such columns are
+/// written as ISO 8601 text marked with [`INTERVAL_TEXT_KEY`](super::interval::INTERVAL_TEXT_KEY).
 pub struct ParquetEncoder {
     writer: Option<ArrowWriter<Vec<u8>>>,
+    /// Columns written as interval text, and the schema the file gets.
+    intervals: Vec<usize>,
+    file_schema: SchemaRef,
 }
 
 impl ParquetEncoder {
     /// An encoder for `schema`.
     pub fn new(schema: &SchemaRef, props: WriterProperties) -> Result<Self> {
+        let is_interval =
+            |f: &Field| f.data_type() == &DataType::Interval(IntervalUnit::MonthDayNano);
+        let intervals: Vec<usize> = (0..schema.fields().len())
+            .filter(|&i| is_interval(schema.field(i)))
+            .collect();
+        let file_schema = if intervals.is_empty() {
+            schema.clone()
+        } else {
+            let fields: Vec<Field> = schema
+                .fields()
+                .iter()
+                .map(|f| {
+                    if is_interval(f) {
+                        let mut metadata = f.metadata().clone();
+                        metadata.insert(
+                            super::interval::INTERVAL_TEXT_KEY.to_string(),
+                            "iso8601".to_string(),
+                        );
+                        Field::new(f.name(), DataType::Utf8, f.is_nullable())
+                            .with_metadata(metadata)
+                    } else {
+                        f.as_ref().clone()
+                    }
+                })
+                .collect();
+            Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+        };
         let writer =
-            ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props)).map_err(|e| {
+            ArrowWriter::try_new(Vec::new(), file_schema.clone(), Some(props)).map_err(|e| {
                 Error::invalid_input(format!("cannot write this schema as parquet: {e}"))
             })?;
         Ok(Self {
             writer: Some(writer),
+            intervals,
+            file_schema,
         })
+    }
+
+    /// The batch as the file holds it (intervals as text).
+    fn conform(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+        let mut columns = batch.columns().to_vec();
+        for &i in &self.intervals {
+            let values = columns[i].as_primitive::<arrow::datatypes::IntervalMonthDayNanoType>();
+            let text: StringArray = values
+                .iter()
+                .map(|v| v.map(super::interval::to_iso8601))
+                .collect();
+            columns[i] = Arc::new(text) as ArrayRef;
+        }
+        RecordBatch::try_new(self.file_schema.clone(), columns)
+            .map_err(|e| Error::internal(format!("parquet encoder: {e}")))
     }
 
     fn take(&mut self) -> Option<Bytes> {
@@ -79,6 +132,11 @@ fn parquet_error(e: parquet::errors::ParquetError) -> Error {
 
 impl Encoder for ParquetEncoder {
     fn encode(&mut self, batch: &RecordBatch) -> Result<Option<Bytes>> {
+        if !self.intervals.is_empty() {
+            let batch = self.conform(batch)?;
+            self.writer()?.write(&batch).map_err(parquet_error)?;
+            return Ok(self.take());
+        }
         self.writer()?.write(batch).map_err(parquet_error)?;
         Ok(self.take())
     }

@@ -50,6 +50,25 @@ pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
         .collect()
 }
 
+/// Reads every Arrow IPC file under `dir`, in name order.
+pub fn read_ipc_dir(dir: &Path) -> Vec<RecordBatch> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "arrow"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .flat_map(|f| {
+            arrow::ipc::reader::FileReader::try_new(std::fs::File::open(&f).unwrap(), None)
+                .unwrap()
+                .map(|b| b.unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// The rows of `batches` pretty-printed and sorted, to compare content regardless of order.
 pub fn sorted_rows(batches: &[RecordBatch]) -> Vec<String> {
     let text = arrow::util::pretty::pretty_format_batches(batches)
@@ -89,4 +108,33 @@ pub fn tree(dir: &Path) -> Vec<String> {
 /// A JSON string literal of a path.
 pub fn js(p: &Path) -> String {
     serde_json::to_string(p.to_str().unwrap()).unwrap()
+}
+
+pub mod postgres;
+
+/// Runs a job given as JSON in-process with a connections file given as JSON.
+pub fn run_job_with(json: &str, connections: &str) -> JobReport {
+    let connections = ferry_engine::config::Connections::from_json(connections).unwrap();
+    let (spec, settings) = ferry_connectors::parse_job(json).expect("job parses");
+    let name = settings.name.clone();
+    actix::System::new().block_on(async move {
+        match ferry_connectors::build_job(&spec, settings, &connections).await {
+            Ok(job) => ferry_engine::run(job).await,
+            Err(e) => JobReport::failed(&name, e),
+        }
+    })
+}
+
+/// A free TCP port on the loopback interface.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The repository root.
+pub fn repo_root() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }

@@ -1,0 +1,529 @@
+//! Connecting to PostgreSQL: the `postgres` connection, TLS through rustls with libpq's
+//! `sslmode` values, and PostgreSQL errors folded into ferry's error kinds.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_engine::config::units::HumanDuration;
+use ferry_engine::config::{Connections, Secret};
+use ferry_engine::{Error, ErrorKind, Result};
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// Default time allowed to open a connection.
+pub const DEFAULT_CONNECT_TIMEOUT: HumanDuration = HumanDuration::secs(15);
+
+/// TLS policy, as libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Never TLS.
+    Disable,
+    /// TLS when the server offers it, without checking its certificate (libpq's default).
+    #[default]
+    Prefer,
+    /// TLS always; the certificate is checked against `ssl_root_cert` only if one is given.
+    Require,
+    /// TLS always; the certificate must chain to a trusted root (host name not checked).
+    VerifyCa,
+    /// TLS always; the certificate must chain to a trusted root and name the host. Recommended.
+    VerifyFull,
+}
+
+/// A `postgres` connection of the connections file.
+///
+/// Give a `url` (`postgres://user@host:5432/db` or libpq's `host=... dbname=...` form) or the
+/// separate fields; separate fields override the URL. The password is a secret reference
+/// (`{"env": "PGPASSWORD_ERP"}`), never a literal in the file.
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConnection {
+    /// Always `postgres`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A connection string: URL or key=value form, without the password.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Host name or IP address.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Port (default 5432).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Database name.
+    #[serde(default)]
+    pub database: Option<String>,
+    /// User name.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The password, as a secret reference.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// TLS policy: `disable`, `prefer` (default), `require`, `verify-ca`, `verify-full`.
+    #[serde(default)]
+    pub sslmode: Option<SslMode>,
+    /// PEM file of the CA certificates to trust; default: the system's roots.
+    #[serde(default)]
+    pub ssl_root_cert: Option<PathBuf>,
+    /// Time allowed to open a connection (default 15s).
+    #[serde(default)]
+    pub connect_timeout: Option<HumanDuration>,
+}
+
+impl fmt::Debug for PostgresConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresConnection")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("user", &self.user)
+            .field("password", &self.password)
+            .field("sslmode", &self.sslmode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A ready-to-use connection recipe: tokio-postgres settings plus the TLS connector.
+#[derive(Clone)]
+pub struct Connector {
+    name: String,
+    config: tokio_postgres::Config,
+    tls: Option<MakeRustlsConnect>,
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Connector({})", self.name)
+    }
+}
+
+impl PostgresConnection {
+    /// Looks up connection `name` in `connections` and checks that it is a `postgres` one.
+    pub fn from_connections(connections: &Connections, name: &str) -> Result<Self> {
+        let (kind, value) = connections.get(name)?;
+        if kind != "postgres" {
+            return Err(Error::config(format!(
+                "connection `{name}` is a `{kind}` connection, a `postgres` one is needed"
+            )));
+        }
+        serde_json::from_value(value.clone())
+            .map_err(|e| Error::config(format!("connection `{name}`: {e}")))
+    }
+
+    /// Builds the connector (reads the password and the CA file; no network I/O).
+    pub fn connector(&self, name: &str) -> Result<Connector> {
+        let in_conn = |e: Error| e.context(format!("connection `{name}`"));
+        let mut sslmode = self.sslmode;
+        let mut config = match &self.url {
+            Some(url) => {
+                // tokio-postgres knows only disable/prefer/require; take the verify modes
+                // out of the string and apply them here.
+                let (url, from_url) = take_verify_sslmode(url);
+                sslmode = sslmode.or(from_url);
+                url.parse::<tokio_postgres::Config>().map_err(|e| {
+                    in_conn(Error::config(format!(
+                        "`url` is not a PostgreSQL connection string: {e}"
+                    )))
+                })?
+            }
+            None => tokio_postgres::Config::new(),
+        };
+        if config.get_password().is_some() {
+            return Err(in_conn(Error::config(
+                "the `url` holds a password; move it to `password` as {\"env\": \"VAR\"} so that it is not stored in plain text",
+            )));
+        }
+        if let Some(host) = &self.host {
+            config.host(host);
+        }
+        if config.get_hosts().is_empty() {
+            config.host("localhost");
+        }
+        if let Some(port) = self.port {
+            config.port(port);
+        }
+        if let Some(db) = &self.database {
+            config.dbname(db);
+        }
+        if let Some(user) = &self.user {
+            config.user(user);
+        }
+        if config.get_user().is_none() {
+            return Err(in_conn(Error::config(
+                "no user: set `user` or put it in the `url`",
+            )));
+        }
+        if let Some(secret) = &self.password {
+            config.password(secret.expose().map_err(in_conn)?);
+        }
+        config.application_name("ferry");
+        config.connect_timeout(self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT).0);
+        config.keepalives(true);
+        config.keepalives_idle(Duration::from_secs(30));
+        let sslmode = sslmode.unwrap_or_default();
+        let tls = match sslmode {
+            SslMode::Disable => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                None
+            }
+            mode => {
+                config.ssl_mode(if mode == SslMode::Prefer {
+                    tokio_postgres::config::SslMode::Prefer
+                } else {
+                    tokio_postgres::config::SslMode::Require
+                });
+                Some(MakeRustlsConnect::new(
+                    tls_config(mode, self.ssl_root_cert.as_ref()).map_err(in_conn)?,
+                ))
+            }
+        };
+        Ok(Connector {
+            name: name.to_string(),
+            config,
+            tls,
+        })
+    }
+}
+
+/// Removes `sslmode=verify-ca|verify-full` from a connection string and returns the mode.
+fn take_verify_sslmode(url: &str) -> (String, Option<SslMode>) {
+    for (text, mode) in [
+        ("sslmode=verify-full", SslMode::VerifyFull),
+        ("sslmode=verify-ca", SslMode::VerifyCa),
+    ] {
+        if url.contains(text) {
+            return (url.replace(text, "sslmode=require"), Some(mode));
+        }
+    }
+    (url.to_string(), None)
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The rustls client configuration for `mode`.
+fn tls_config(mode: SslMode, root_cert: Option<&PathBuf>) -> Result<rustls::ClientConfig> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::internal(format!("TLS set-up: {e}")))?;
+    let verify = match mode {
+        SslMode::Disable => return Err(Error::internal("TLS set-up asked for sslmode disable")),
+        SslMode::Prefer => Verify::Nothing,
+        SslMode::Require if root_cert.is_none() => Verify::Nothing,
+        SslMode::Require | SslMode::VerifyCa => Verify::Chain,
+        SslMode::VerifyFull => Verify::Full,
+    };
+    let config = match verify {
+        Verify::Nothing => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(EncryptOnly(
+                provider.signature_verification_algorithms,
+            )))
+            .with_no_client_auth(),
+        Verify::Chain | Verify::Full => {
+            let roots = Arc::new(load_roots(root_cert)?);
+            let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider)
+                .build()
+                .map_err(|e| {
+                    Error::config(format!("TLS: cannot use the root certificates: {e}"))
+                })?;
+            if verify == Verify::Full {
+                builder.with_webpki_verifier(webpki).with_no_client_auth()
+            } else {
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
+                    .with_no_client_auth()
+            }
+        }
+    };
+    Ok(config)
+}
+
+#[derive(PartialEq)]
+enum Verify {
+    Nothing,
+    Chain,
+    Full,
+}
+
+fn load_roots(path: Option<&PathBuf>) -> Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    match path {
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| {
+                    Error::config(format!(
+                        "cannot read `ssl_root_cert` {}: {e}",
+                        path.display()
+                    ))
+                })?
+                .collect::<std::result::Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    Error::config(format!(
+                        "`ssl_root_cert` {} is not a PEM certificate file: {e}",
+                        path.display()
+                    ))
+                })?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(Error::config(format!(
+                    "`ssl_root_cert` {} holds no usable certificate",
+                    path.display()
+                )));
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err(Error::config(
+                    "TLS verification needs root certificates: none found on this system; set `ssl_root_cert`",
+                ));
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// `sslmode=prefer|require` without a root certificate: encrypt, but accept any server
+/// certificate (libpq's behaviour); the handshake signature is still checked.
+#[derive(Debug)]
+struct EncryptOnly(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+/// `sslmode=verify-ca`: the chain must be trusted; the name in the certificate is not checked.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+impl Connector {
+    /// The connection's name, for messages.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Opens a session; its driver task runs on the current runtime until the client drops.
+    pub async fn connect(&self) -> Result<Client> {
+        let what = format!("cannot connect to PostgreSQL (connection `{}`)", self.name);
+        let client = match &self.tls {
+            None => {
+                let (client, connection) = self
+                    .config
+                    .connect(tokio_postgres::NoTls)
+                    .await
+                    .map_err(|e| pg_error(&what, e))?;
+                tokio::spawn(drive(connection));
+                client
+            }
+            Some(tls) => {
+                let (client, connection) = self
+                    .config
+                    .connect(tls.clone())
+                    .await
+                    .map_err(|e| pg_error(&what, e))?;
+                tokio::spawn(drive(connection));
+                client
+            }
+        };
+        Ok(client)
+    }
+}
+
+async fn drive<F>(connection: F)
+where
+    F: std::future::Future<Output = std::result::Result<(), tokio_postgres::Error>>,
+{
+    if let Err(e) = connection.await {
+        tracing::debug!(error = %e, "postgres connection ended");
+    }
+}
+
+/// Folds a tokio-postgres error into ferry's error, saying what was being done.
+///
+/// Connection loss, server shutdown, serialization failures and resource shortages are
+/// retryable; authentication, missing objects, bad SQL and bad data are not.
+pub fn pg_error(what: &str, e: tokio_postgres::Error) -> Error {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        let mut message = format!("{what}: {} (SQLSTATE {code})", db.message());
+        if let Some(detail) = db.detail() {
+            message.push_str(&format!("; detail: {detail}"));
+        }
+        if let Some(hint) = db.hint() {
+            message.push_str(&format!("; hint: {hint}"));
+        }
+        let (kind, retryable) = match &code[..2] {
+            "28" => (ErrorKind::Auth, false),
+            "08" => (ErrorKind::Connect, true),
+            "57" if code != "57014" => (ErrorKind::Connect, true),
+            "57" => (ErrorKind::Cancelled, false),
+            "40" | "53" | "58" => (ErrorKind::Store, true),
+            "3D" => (ErrorKind::Config, false),
+            "42" | "0A" | "25" => (ErrorKind::InvalidInput, false),
+            "22" | "23" => (ErrorKind::Data, false),
+            _ => (ErrorKind::Store, false),
+        };
+        if kind == ErrorKind::Auth {
+            message.push_str(
+                "; check the connection's user, password and sslmode (the server's pg_hba.conf decides what it accepts)",
+            );
+        }
+        return Error::new(kind, message).with_retryable(retryable);
+    }
+    let text = e.to_string();
+    let mut full = text.clone();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        full.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    if text.contains("TLS") || text.contains("tls") {
+        return Error::new(
+            ErrorKind::Connect,
+            format!(
+                "{what}: {full}; check `sslmode` and `ssl_root_cert` (the server must present a certificate for the host name under verify-full)"
+            ),
+        )
+        .with_retryable(false);
+    }
+    if text.contains("password") || text.contains("authentication") {
+        return Error::new(ErrorKind::Auth, format!("{what}: {full}")).with_retryable(false);
+    }
+    Error::new(ErrorKind::Connect, format!("{what}: {full}")).with_retryable(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(json: &str) -> PostgresConnection {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn verify_modes_come_out_of_the_url() {
+        let (url, mode) = take_verify_sslmode("postgres://u@h/db?sslmode=verify-full");
+        assert_eq!(url, "postgres://u@h/db?sslmode=require");
+        assert_eq!(mode, Some(SslMode::VerifyFull));
+        let (url, mode) = take_verify_sslmode("host=h user=u sslmode=verify-ca");
+        assert_eq!(url, "host=h user=u sslmode=require");
+        assert_eq!(mode, Some(SslMode::VerifyCa));
+        let (url, mode) = take_verify_sslmode("host=h sslmode=disable");
+        assert_eq!((url.as_str(), mode), ("host=h sslmode=disable", None));
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_refused() {
+        let c = conn(r#"{"type":"postgres","url":"postgres://u:hunter2@h/db"}"#);
+        let err = c.connector("erp").unwrap_err().to_string();
+        assert!(err.contains("holds a password"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_user_is_required_and_the_password_is_redacted() {
+        let c = conn(r#"{"type":"postgres","host":"h","sslmode":"disable"}"#);
+        assert!(
+            c.connector("erp")
+                .unwrap_err()
+                .to_string()
+                .contains("no user")
+        );
+        let c = conn(
+            r#"{"type":"postgres","host":"h","user":"u","password":{"env":"FERRY_PG_TEST_PW"}}"#,
+        );
+        assert!(
+            !format!("{c:?}").contains("FERRY_PG_TEST_PW=")
+                && format!("{c:?}").contains("redacted")
+        );
+    }
+}

@@ -1,0 +1,602 @@
+//! Arrow batches into PostgreSQL's binary COPY format, for the target table's column types.
+//!
+//! Each incoming column is first cast (checked, never silently lossy) to the Arrow type that
+//! the target column's type reads as (see [`super::types`]); then one writer per target type
+//! emits the binary send format. The cast is free when the types already agree.
+
+use std::net::IpAddr;
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::compute::{CastOptions, can_cast_types, cast_with_options};
+use arrow::datatypes::{
+    DataType, Date32Type, Decimal128Type, Decimal256Type, Float32Type, Float64Type, Int16Type,
+    Int32Type, Int64Type, IntervalMonthDayNanoType, Time64MicrosecondType,
+    TimestampMicrosecondType,
+};
+use arrow::record_batch::RecordBatch;
+use bytes::Bytes;
+use ferry_engine::{Encoder, Error, Result};
+
+use super::decode::{EPOCH_DAYS, EPOCH_MICROS, SIGNATURE};
+use super::types::{PgType, arrow_type};
+
+/// A target column: its name and PostgreSQL type.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Column name.
+    pub name: String,
+    /// Its type.
+    pub kind: PgType,
+}
+
+/// Checks that every source field can be written to its target column, before data moves.
+pub fn check_compatible(fields: &[(String, DataType)], targets: &[Target]) -> Result<()> {
+    for ((name, from), target) in fields.iter().zip(targets) {
+        let to = arrow_type(&target.kind);
+        let ok = from == &to
+            || can_cast_types(from, &to)
+            || (target.kind == PgType::Uuid && is_string(from));
+        if !ok {
+            return Err(Error::invalid_input(format!(
+                "column `{name}` ({from}) cannot be written to a PostgreSQL {} column; cast it in the source or change the target column",
+                describe(&target.kind)
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn is_string(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+fn describe(t: &PgType) -> String {
+    match t {
+        PgType::Array(e, _) => format!("{}[]", describe(e)),
+        PgType::Numeric(Some((p, s))) => format!("numeric({p},{s})"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// Encodes batches as one binary COPY stream.
+pub struct CopyEncoder {
+    targets: Vec<Target>,
+    header_sent: bool,
+    row_bytes_hint: usize,
+}
+
+impl CopyEncoder {
+    /// An encoder writing columns in `targets`' order (the batch's column order).
+    pub fn new(targets: Vec<Target>) -> Self {
+        Self {
+            targets,
+            header_sent: false,
+            row_bytes_hint: 64,
+        }
+    }
+
+    fn header(&mut self, out: &mut Vec<u8>) {
+        if !self.header_sent {
+            out.extend_from_slice(SIGNATURE);
+            out.extend_from_slice(&0i32.to_be_bytes());
+            out.extend_from_slice(&0i32.to_be_bytes());
+            self.header_sent = true;
+        }
+    }
+}
+
+fn cast_error(column: &str, e: impl std::fmt::Display) -> Error {
+    Error::data(format!("column `{column}`: {e}"))
+}
+
+/// Casts `array` to what the target type reads as.
+fn conform(array: &ArrayRef, target: &Target) -> Result<ArrayRef> {
+    let to = arrow_type(&target.kind);
+    if array.data_type() == &to {
+        return Ok(array.clone());
+    }
+    if target.kind == PgType::Interval && is_string(array.data_type()) {
+        return interval_from_text(array, &target.name);
+    }
+    if target.kind == PgType::Uuid && is_string(array.data_type()) {
+        return cast_with_options(array, &DataType::Utf8, &strict())
+            .map_err(|e| cast_error(&target.name, e));
+    }
+    cast_with_options(array, &to, &strict()).map_err(|e| cast_error(&target.name, e))
+}
+
+/// Text intervals: ISO 8601 (as ferry writes them to Parquet) or Arrow's interval syntax.
+fn interval_from_text(array: &ArrayRef, column: &str) -> Result<ArrayRef> {
+    let text =
+        cast_with_options(array, &DataType::Utf8, &strict()).map_err(|e| cast_error(column, e))?;
+    let text = text.as_string::<i32>();
+    let mut out = arrow::array::IntervalMonthDayNanoBuilder::with_capacity(text.len());
+    for v in text.iter() {
+        match v {
+            None => out.append_null(),
+            Some(s) => match crate::format::interval::parse_iso8601(s) {
+                Some(i) => out.append_value(i),
+                None => {
+                    let one = arrow::array::StringArray::from(vec![s]);
+                    let parsed = cast_with_options(
+                        &one,
+                        &DataType::Interval(arrow::datatypes::IntervalUnit::MonthDayNano),
+                        &strict(),
+                    )
+                    .map_err(|_| cast_error(column, format!("`{s}` is not an interval")))?;
+                    out.append_value(parsed.as_primitive::<IntervalMonthDayNanoType>().value(0));
+                }
+            },
+        }
+    }
+    Ok(std::sync::Arc::new(out.finish()))
+}
+
+fn strict() -> CastOptions<'static> {
+    CastOptions {
+        safe: false,
+        ..Default::default()
+    }
+}
+
+impl Encoder for CopyEncoder {
+    fn encode(&mut self, batch: &RecordBatch) -> Result<Option<Bytes>> {
+        let arrays: Vec<ArrayRef> = batch
+            .columns()
+            .iter()
+            .zip(&self.targets)
+            .map(|(a, t)| conform(a, t))
+            .collect::<Result<_>>()?;
+        let mut out = Vec::with_capacity(batch.num_rows() * self.row_bytes_hint + 32);
+        self.header(&mut out);
+        let ncols = self.targets.len() as i16;
+        for row in 0..batch.num_rows() {
+            out.extend_from_slice(&ncols.to_be_bytes());
+            for (array, target) in arrays.iter().zip(&self.targets) {
+                write_field(&mut out, array.as_ref(), row, &target.kind).map_err(|message| {
+                    Error::data(format!(
+                        "row {} of the batch, column `{}`: {message}",
+                        row + 1,
+                        target.name
+                    ))
+                })?;
+            }
+        }
+        if batch.num_rows() > 0 {
+            self.row_bytes_hint = out.len() / batch.num_rows() + 1;
+        }
+        Ok(Some(Bytes::from(out)))
+    }
+
+    fn finish(&mut self) -> Result<Option<Bytes>> {
+        let mut out = Vec::with_capacity(32);
+        self.header(&mut out);
+        out.extend_from_slice(&(-1i16).to_be_bytes());
+        Ok(Some(Bytes::from(out)))
+    }
+}
+
+/// Writes one field (length word and value) of `array[row]`.
+fn write_field(
+    out: &mut Vec<u8>,
+    array: &dyn Array,
+    row: usize,
+    kind: &PgType,
+) -> Result<(), String> {
+    if array.is_null(row) {
+        out.extend_from_slice(&(-1i32).to_be_bytes());
+        return Ok(());
+    }
+    let start = out.len();
+    out.extend_from_slice(&0i32.to_be_bytes());
+    write_value(out, array, row, kind)?;
+    let len = i32::try_from(out.len() - start - 4).map_err(|_| "value larger than 2 GiB")?;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}
+
+fn write_value(
+    out: &mut Vec<u8>,
+    array: &dyn Array,
+    row: usize,
+    kind: &PgType,
+) -> Result<(), String> {
+    match kind {
+        PgType::Bool => out.push(array.as_boolean().value(row) as u8),
+        PgType::Int2 => out.extend(array.as_primitive::<Int16Type>().value(row).to_be_bytes()),
+        PgType::Int4 => out.extend(array.as_primitive::<Int32Type>().value(row).to_be_bytes()),
+        PgType::Int8 => out.extend(array.as_primitive::<Int64Type>().value(row).to_be_bytes()),
+        PgType::Float4 => out.extend(array.as_primitive::<Float32Type>().value(row).to_be_bytes()),
+        PgType::Float8 => out.extend(array.as_primitive::<Float64Type>().value(row).to_be_bytes()),
+        PgType::Numeric(_) => match array.data_type() {
+            DataType::Decimal128(_, s) => {
+                let v = array.as_primitive::<Decimal128Type>().value(row);
+                numeric_from_unscaled(out, v < 0, &v.unsigned_abs().to_string(), *s)?
+            }
+            DataType::Decimal256(_, s) => {
+                let v = array.as_primitive::<Decimal256Type>().value(row);
+                let text = v.to_string();
+                let (neg, digits) = match text.strip_prefix('-') {
+                    Some(d) => (true, d),
+                    None => (false, text.as_str()),
+                };
+                numeric_from_unscaled(out, neg, digits, *s)?
+            }
+            _ => numeric_from_text(out, array.as_string::<i32>().value(row))?,
+        },
+        PgType::Text | PgType::Json => {
+            out.extend_from_slice(array.as_string::<i32>().value(row).as_bytes())
+        }
+        PgType::Jsonb => {
+            out.push(1);
+            out.extend_from_slice(array.as_string::<i32>().value(row).as_bytes());
+        }
+        PgType::Inet | PgType::Cidr => inet_from_text(
+            out,
+            array.as_string::<i32>().value(row),
+            *kind == PgType::Cidr,
+        )?,
+        PgType::Bytea => out.extend_from_slice(array.as_binary::<i32>().value(row)),
+        PgType::Date => {
+            let days = array.as_primitive::<Date32Type>().value(row);
+            out.extend((days - EPOCH_DAYS).to_be_bytes())
+        }
+        PgType::Time => out.extend(
+            array
+                .as_primitive::<Time64MicrosecondType>()
+                .value(row)
+                .to_be_bytes(),
+        ),
+        PgType::Timestamp | PgType::Timestamptz => {
+            let micros = array.as_primitive::<TimestampMicrosecondType>().value(row);
+            let pg = micros
+                .checked_sub(EPOCH_MICROS)
+                .ok_or("timestamp out of range")?;
+            out.extend(pg.to_be_bytes())
+        }
+        PgType::Interval => {
+            let v = array.as_primitive::<IntervalMonthDayNanoType>().value(row);
+            if v.nanoseconds % 1000 != 0 {
+                return Err(
+                    "interval has sub-microsecond precision, which PostgreSQL cannot hold".into(),
+                );
+            }
+            out.extend((v.nanoseconds / 1000).to_be_bytes());
+            out.extend(v.days.to_be_bytes());
+            out.extend(v.months.to_be_bytes());
+        }
+        PgType::Uuid => match array.data_type() {
+            DataType::FixedSizeBinary(16) => {
+                out.extend_from_slice(array.as_fixed_size_binary().value(row))
+            }
+            _ => out.extend(uuid_from_text(array.as_string::<i32>().value(row))?),
+        },
+        PgType::Array(elem, elem_oid) => {
+            let list = array.as_list::<i32>();
+            let values = list.value(row);
+            let n = i32::try_from(values.len()).map_err(|_| "array too long")?;
+            if n == 0 {
+                out.extend(0i32.to_be_bytes());
+                out.extend(0i32.to_be_bytes());
+                out.extend(elem_oid.to_be_bytes());
+                return Ok(());
+            }
+            out.extend(1i32.to_be_bytes());
+            out.extend(if values.null_count() > 0 { 1i32 } else { 0 }.to_be_bytes());
+            out.extend(elem_oid.to_be_bytes());
+            out.extend(n.to_be_bytes());
+            out.extend(1i32.to_be_bytes());
+            for i in 0..values.len() {
+                write_field(out, values.as_ref(), i, elem)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// numeric's binary form from an unscaled decimal `digits` (no sign) at `scale`.
+fn numeric_from_unscaled(
+    out: &mut Vec<u8>,
+    negative: bool,
+    digits: &str,
+    scale: i8,
+) -> Result<(), String> {
+    if scale < 0 {
+        let zeros = "0".repeat(scale.unsigned_abs() as usize);
+        return numeric_from_parts(out, negative, &format!("{digits}{zeros}"), "", 0);
+    }
+    let scale = scale as usize;
+    let (int, frac) = if digits.len() > scale {
+        digits.split_at(digits.len() - scale)
+    } else {
+        ("", digits)
+    };
+    let frac = format!("{}{frac}", "0".repeat(scale - frac.len()));
+    numeric_from_parts(out, negative, int, &frac, scale as u16)
+}
+
+/// numeric's binary form from decimal text (`-12.50`, `1e3`, `NaN`, `Infinity`).
+fn numeric_from_text(out: &mut Vec<u8>, text: &str) -> Result<(), String> {
+    let t = text.trim();
+    let special = match t.to_ascii_lowercase().as_str() {
+        "nan" => Some(0xC000u16),
+        "infinity" | "+infinity" | "inf" | "+inf" => Some(0xD000),
+        "-infinity" | "-inf" => Some(0xF000),
+        _ => None,
+    };
+    if let Some(sign) = special {
+        out.extend(0i16.to_be_bytes());
+        out.extend(0i16.to_be_bytes());
+        out.extend(sign.to_be_bytes());
+        out.extend(0u16.to_be_bytes());
+        return Ok(());
+    }
+    let bad = || format!("`{text}` is not a number");
+    let (negative, t) = match t.as_bytes().first() {
+        Some(b'-') => (true, &t[1..]),
+        Some(b'+') => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let (mantissa, exp) = match t.find(['e', 'E']) {
+        Some(i) => (&t[..i], t[i + 1..].parse::<i32>().map_err(|_| bad())?),
+        None => (t, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if (int.is_empty() && frac.is_empty())
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    if exp.unsigned_abs() > 1000 {
+        return Err(bad());
+    }
+    // Move the decimal point by the exponent.
+    let all = format!("{int}{frac}");
+    let point = int.len() as i32 + exp;
+    let (int, frac) = if point <= 0 {
+        (
+            String::new(),
+            format!("{}{all}", "0".repeat((-point) as usize)),
+        )
+    } else if point as usize >= all.len() {
+        (
+            format!("{all}{}", "0".repeat(point as usize - all.len())),
+            String::new(),
+        )
+    } else {
+        (
+            all[..point as usize].to_string(),
+            all[point as usize..].to_string(),
+        )
+    };
+    let dscale = frac.len() as u16;
+    numeric_from_parts(out, negative, &int, &frac, dscale)
+}
+
+/// numeric's binary form from integer and fraction digit strings.
+fn numeric_from_parts(
+    out: &mut Vec<u8>,
+    negative: bool,
+    int: &str,
+    frac: &str,
+    dscale: u16,
+) -> Result<(), String> {
+    let int = int.trim_start_matches('0');
+    // Base-10000 groups aligned on the decimal point.
+    let int_pad = (4 - int.len() % 4) % 4;
+    let int_digits = format!("{}{int}", "0".repeat(int_pad));
+    let frac_pad = (4 - frac.len() % 4) % 4;
+    let frac_digits = format!("{frac}{}", "0".repeat(frac_pad));
+    let group = |s: &str| -> i16 { s.bytes().fold(0i16, |a, b| a * 10 + (b - b'0') as i16) };
+    let mut groups: Vec<i16> = int_digits
+        .as_bytes()
+        .chunks(4)
+        .chain(frac_digits.as_bytes().chunks(4))
+        .map(|c| group(std::str::from_utf8(c).unwrap_or("0")))
+        .collect();
+    let mut weight = (int_digits.len() / 4) as i32 - 1;
+    // Strip leading and trailing zero groups.
+    let lead = groups.iter().take_while(|g| **g == 0).count();
+    groups.drain(..lead);
+    weight -= lead as i32;
+    while groups.last() == Some(&0) {
+        groups.pop();
+    }
+    if groups.is_empty() {
+        weight = 0;
+    }
+    let weight = i16::try_from(weight).map_err(|_| "number out of range")?;
+    let ndigits = i16::try_from(groups.len()).map_err(|_| "number out of range")?;
+    out.extend(ndigits.to_be_bytes());
+    out.extend(weight.to_be_bytes());
+    out.extend(
+        (if negative && !groups.is_empty() {
+            0x4000u16
+        } else {
+            0
+        })
+        .to_be_bytes(),
+    );
+    out.extend(dscale.to_be_bytes());
+    for g in groups {
+        out.extend(g.to_be_bytes());
+    }
+    Ok(())
+}
+
+fn inet_from_text(out: &mut Vec<u8>, text: &str, cidr: bool) -> Result<(), String> {
+    let bad = || format!("`{text}` is not an IP address or network");
+    let (addr, bits) = match text.trim().split_once('/') {
+        Some((a, b)) => (a, Some(b.parse::<u8>().map_err(|_| bad())?)),
+        None => (text.trim(), None),
+    };
+    let addr: IpAddr = addr.parse().map_err(|_| bad())?;
+    let (family, max, bytes): (u8, u8, Vec<u8>) = match addr {
+        IpAddr::V4(a) => (2, 32, a.octets().to_vec()),
+        IpAddr::V6(a) => (3, 128, a.octets().to_vec()),
+    };
+    let bits = bits.unwrap_or(max);
+    if bits > max {
+        return Err(bad());
+    }
+    out.extend([family, bits, cidr as u8, bytes.len() as u8]);
+    out.extend(bytes);
+    Ok(())
+}
+
+fn uuid_from_text(text: &str) -> Result<[u8; 16], String> {
+    let hex: Vec<u8> = text
+        .bytes()
+        .filter(|b| !matches!(b, b'-' | b'{' | b'}'))
+        .collect();
+    let bad = || format!("`{text}` is not a UUID");
+    if hex.len() != 32 {
+        return Err(bad());
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let s = std::str::from_utf8(pair).map_err(|_| bad())?;
+        out[i] = u8::from_str_radix(s, 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+/// The target columns for `batch`'s schema, in order; used by tests and the sink.
+pub fn targets_for(names: &[String], kinds: &[PgType]) -> Vec<Target> {
+    names
+        .iter()
+        .zip(kinds)
+        .map(|(n, k)| Target {
+            name: n.clone(),
+            kind: k.clone(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postgres::decode::CopyDecoder;
+    use arrow::array::{
+        Date32Array, Decimal128Array, Int64Array, ListArray, StringArray, TimestampMicrosecondArray,
+    };
+    use arrow::datatypes::{Field, Int32Type, Schema};
+    use arrow::util::pretty::pretty_format_batches;
+    use std::sync::Arc;
+
+    fn numeric_bytes(f: impl FnOnce(&mut Vec<u8>) -> Result<(), String>) -> Vec<u8> {
+        let mut v = Vec::new();
+        f(&mut v).unwrap();
+        v
+    }
+
+    #[test]
+    fn numeric_text_and_decimals_agree() {
+        let a = numeric_bytes(|o| numeric_from_text(o, "12345.678"));
+        let b = numeric_bytes(|o| numeric_from_unscaled(o, false, "12345678", 3));
+        assert_eq!(a, b);
+        // digits [1, 2345, 6780], weight 1, dscale 3
+        assert_eq!(a, [0, 3, 0, 1, 0, 0, 0, 3, 0, 1, 0x09, 0x29, 0x1A, 0x7C]);
+        let c = numeric_bytes(|o| numeric_from_text(o, "1.2345678e4"));
+        assert_eq!(&c[..6], &a[..6]);
+        let z = numeric_bytes(|o| numeric_from_text(o, "-0.00"));
+        assert_eq!(z, [0, 0, 0, 0, 0, 0, 0, 2], "zero has no sign");
+        assert!(numeric_from_text(&mut Vec::new(), "12a").is_err());
+        assert!(uuid_from_text("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11").is_ok());
+        assert!(uuid_from_text("nope").is_err());
+        assert!(inet_from_text(&mut Vec::new(), "10.0.0.0/33", true).is_err());
+    }
+
+    /// Encoding then decoding gives the batch back.
+    #[test]
+    fn binary_copy_round_trips() {
+        let list = ListArray::from_iter_primitive::<Int32Type, _, _>(vec![
+            Some(vec![Some(1), None]),
+            Some(vec![]),
+            None,
+        ]);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("amount", DataType::Decimal128(12, 3), true),
+            Field::new("name", DataType::Utf8, true),
+            Field::new("day", DataType::Date32, true),
+            Field::new(
+                "at",
+                DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, None),
+                true,
+            ),
+            Field::new("l", list.data_type().clone(), true),
+            Field::new("big", DataType::Utf8, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(vec![1, -2, 3])),
+                Arc::new(
+                    Decimal128Array::from(vec![Some(1_500), None, Some(-123_456_789)])
+                        .with_precision_and_scale(12, 3)
+                        .unwrap(),
+                ),
+                Arc::new(StringArray::from(vec![Some("ünï"), Some(""), None])),
+                Arc::new(Date32Array::from(vec![Some(0), Some(10_957), Some(-1)])),
+                Arc::new(TimestampMicrosecondArray::from(vec![
+                    Some(0),
+                    None,
+                    Some(1_700_000_000_123_456),
+                ])),
+                Arc::new(list),
+                Arc::new(StringArray::from(vec![
+                    Some("NaN"),
+                    Some("0.0001"),
+                    Some("-123456789012345678901234567890.5"),
+                ])),
+            ],
+        )
+        .unwrap();
+        let kinds = vec![
+            PgType::Int8,
+            PgType::Numeric(Some((12, 3))),
+            PgType::Text,
+            PgType::Date,
+            PgType::Timestamp,
+            PgType::Array(Box::new(PgType::Int4), 23),
+            PgType::Numeric(None),
+        ];
+        let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+        let mut encoder = CopyEncoder::new(targets_for(&names, &kinds));
+        let mut stream = encoder.encode(&batch).unwrap().unwrap().to_vec();
+        stream.extend_from_slice(&encoder.finish().unwrap().unwrap());
+        let mut decoder = CopyDecoder::new(schema, kinds, 100, 0);
+        let d = decoder.decode(&stream).unwrap();
+        assert_eq!(d.consumed, stream.len());
+        assert!(decoder.finished());
+        let back = decoder.flush().unwrap().unwrap();
+        assert_eq!(
+            pretty_format_batches(&[back]).unwrap().to_string(),
+            pretty_format_batches(&[batch]).unwrap().to_string()
+        );
+    }
+
+    #[test]
+    fn incompatible_columns_fail_before_data_moves() {
+        let fields = vec![("flag".to_string(), DataType::Boolean)];
+        let targets = targets_for(&["flag".into()], &[PgType::Interval]);
+        let err = check_compatible(&fields, &targets).unwrap_err().to_string();
+        assert!(err.contains("`flag`") && err.contains("interval"), "{err}");
+        let fields = vec![("id".to_string(), DataType::Utf8)];
+        let targets = targets_for(&["id".into()], &[PgType::Uuid]);
+        check_compatible(&fields, &targets).unwrap();
+    }
+
+    #[test]
+    fn values_that_do_not_fit_fail_with_the_column() {
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int64, true)]));
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 1 << 40]))])
+                .unwrap();
+        let mut encoder = CopyEncoder::new(targets_for(&["n".into()], &[PgType::Int4]));
+        let err = encoder.encode(&batch).unwrap_err().to_string();
+        assert!(err.contains("column `n`"), "{err}");
+    }
+}
