@@ -13,6 +13,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod postgres;
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -33,10 +35,22 @@ enum Scenario {
         #[arg(long, default_value = "target/release/ferry")]
         ferry: PathBuf,
     },
+    /// PostgreSQL -> Parquet and PostgreSQL -> PostgreSQL: ferry vs ADBC, ConnectorX, psql.
+    Postgres {
+        /// TPC-H scale factor of lineitem loaded into the server.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Runs of each tool.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// The ferry binary to measure.
+        #[arg(long, default_value = "target/release/ferry")]
+        ferry: PathBuf,
+    },
 }
 
 /// One measured process run.
-struct Run {
+pub struct Run {
     secs: f64,
     max_rss_mib: f64,
 }
@@ -104,24 +118,72 @@ fn python(venv: &Path) -> PathBuf {
     venv.join("bin/python")
 }
 
-fn ensure_venv(venv: &Path) -> Result<()> {
-    if python(venv).exists() {
+/// Makes the private venv and installs the Python `packages` that it lacks.
+fn ensure_venv(venv: &Path, packages: &[&str]) -> Result<()> {
+    if !python(venv).exists()
+        && !Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(venv)
+            .status()?
+            .success()
+    {
+        bail!("could not create the venv {}", venv.display());
+    }
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new(python(venv))
+                .args(["-m", "pip", "show", "-q", p])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    eprintln!("installing peers (duckdb, pyarrow) into {}", venv.display());
-    let ok = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(venv)
+    eprintln!(
+        "installing peers ({}) into {}",
+        missing.join(", "),
+        venv.display()
+    );
+    if !Command::new(python(venv))
+        .args(["-m", "pip", "install", "-q"])
+        .args(&missing)
         .status()?
         .success()
-        && Command::new(python(venv))
-            .args(["-m", "pip", "install", "-q", "duckdb", "pyarrow"])
-            .status()?
-            .success();
-    if !ok {
+    {
         bail!("could not install the peers into {}", venv.display());
     }
     Ok(())
+}
+
+/// A named tool: a factory of the command to time.
+type Tool = (String, Box<dyn Fn() -> Command>);
+
+/// Runs every tool `runs` times, interleaved so that machine noise hits them alike.
+fn run_interleaved(tools: &[Tool], runs: usize) -> Result<Vec<(String, Vec<Run>)>> {
+    let mut results: Vec<(String, Vec<Run>)> =
+        tools.iter().map(|(n, _)| (n.clone(), Vec::new())).collect();
+    for round in 0..runs {
+        for (i, (name, make)) in tools.iter().enumerate() {
+            let run = measure(&mut make())?;
+            eprintln!(
+                "round {round} {name}: {:.2}s, {:.0} MiB",
+                run.secs, run.max_rss_mib
+            );
+            results[i].1.push(run);
+        }
+    }
+    Ok(results)
+}
+
+/// perf/work, created on first use.
+fn work_dir() -> Result<PathBuf> {
+    std::fs::create_dir_all("perf/work")?;
+    Ok(PathBuf::from("perf/work").canonicalize()?)
 }
 
 fn stats(runs: &[Run], f: impl Fn(&Run) -> f64) -> (f64, f64, f64) {
@@ -135,12 +197,9 @@ fn write_job(path: &Path, body: &str) -> Result<()> {
 }
 
 fn csv_to_parquet(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
-    let work = PathBuf::from("perf/work").canonicalize().or_else(|_| {
-        std::fs::create_dir_all("perf/work")?;
-        PathBuf::from("perf/work").canonicalize()
-    })?;
+    let work = work_dir()?;
     let venv = PathBuf::from("perf/.venv");
-    ensure_venv(&venv)?;
+    ensure_venv(&venv, &["duckdb", "pyarrow"])?;
     let csv = work.join(format!("lineitem-sf{scale}.csv"));
     if !csv.exists() {
         let job = work.join("generate.json");
@@ -183,10 +242,9 @@ fn csv_to_parquet(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
         csv.display(),
         out("pyarrow").display()
     );
-    type Tool = (&'static str, Box<dyn Fn() -> Command>);
     let tools: Vec<Tool> = vec![
         (
-            "ferry (parallel_copies 2, 256MiB)",
+            "ferry (parallel_copies 2, 256MiB)".into(),
             Box::new({
                 let (f, j) = (ferry.to_path_buf(), ferry_job.clone());
                 move || {
@@ -197,7 +255,7 @@ fn csv_to_parquet(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
             }),
         ),
         (
-            "ferry (parallel_copies 2, 64MiB budget)",
+            "ferry (parallel_copies 2, 64MiB budget)".into(),
             Box::new({
                 let (f, j) = (ferry.to_path_buf(), small_job.clone());
                 move || {
@@ -208,7 +266,7 @@ fn csv_to_parquet(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
             }),
         ),
         (
-            "DuckDB",
+            "DuckDB".into(),
             Box::new({
                 let (p, s) = (python(&venv), duck.clone());
                 move || {
@@ -219,7 +277,7 @@ fn csv_to_parquet(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
             }),
         ),
         (
-            "pyarrow (streaming)",
+            "pyarrow (streaming)".into(),
             Box::new({
                 let (p, s) = (python(&venv), pyarrow.clone());
                 move || {
@@ -230,18 +288,7 @@ fn csv_to_parquet(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
             }),
         ),
     ];
-    let mut results: Vec<(&str, Vec<Run>)> = tools.iter().map(|(n, _)| (*n, Vec::new())).collect();
-    // Interleave the tools so that machine noise hits them alike.
-    for round in 0..runs {
-        for (i, (name, make)) in tools.iter().enumerate() {
-            let run = measure(&mut make())?;
-            eprintln!(
-                "round {round} {name}: {:.2}s, {:.0} MiB",
-                run.secs, run.max_rss_mib
-            );
-            results[i].1.push(run);
-        }
-    }
+    let results = run_interleaved(&tools, runs)?;
     let mut table = format!(
         "# CSV -> Parquet (snappy), TPC-H lineitem SF {scale}\n\nInput: {:.0} MB CSV. {runs} runs each, interleaved; wall time and peak RSS of the whole process.\n\n| tool | time min / median / max (s) | MB/s (median) | peak RSS median (MiB) | vs DuckDB |\n| --- | --- | --- | --- | --- |\n",
         csv_bytes as f64 / 1e6
@@ -269,5 +316,6 @@ fn csv_to_parquet(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
 fn main() -> Result<()> {
     match Cli::parse().scenario {
         Scenario::CsvToParquet { scale, runs, ferry } => csv_to_parquet(scale, runs, &ferry),
+        Scenario::Postgres { scale, runs, ferry } => postgres::run(scale, runs, &ferry),
     }
 }
