@@ -1,4 +1,5 @@
-//! Micro-benchmarks of the CPU stages: CSV decoding and Parquet encoding of TPC-H lineitem.
+//! Micro-benchmarks of the CPU stages on TPC-H lineitem: CSV decoding, Parquet encoding, and
+//! PostgreSQL binary COPY encoding and decoding.
 //!
 //! `cargo bench --bench formats`; throughput is reported in input bytes per second.
 
@@ -10,6 +11,9 @@ use arrow::record_batch::RecordBatch;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ferry_connectors::format::csv::{CsvDecoder, CsvDialect, CsvEncoder, Origin, infer_schema};
 use ferry_connectors::format::parquet::{ParquetCodec, ParquetEncoder, writer_properties};
+use ferry_connectors::postgres::decode::CopyDecoder;
+use ferry_connectors::postgres::encode::{CopyEncoder, targets_for};
+use ferry_connectors::postgres::types::{PgType, arrow_type};
 use ferry_engine::Encoder;
 
 /// Lineitem at scale 0.01 (60k rows) as Arrow batches and as CSV text.
@@ -102,5 +106,72 @@ fn encode_parquet(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, decode_csv, encode_parquet);
+/// The PostgreSQL types lineitem's Arrow columns load into.
+fn lineitem_pg_types(batch: &RecordBatch) -> Vec<PgType> {
+    use arrow::datatypes::DataType;
+    batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Int64 => PgType::Int8,
+            DataType::Int32 => PgType::Int4,
+            DataType::Decimal128(p, s) => PgType::Numeric(Some((*p, *s))),
+            DataType::Date32 => PgType::Date,
+            DataType::Utf8 | DataType::Utf8View => PgType::Text,
+            other => panic!("lineitem has no {other} column"),
+        })
+        .collect()
+}
+
+fn postgres_copy(c: &mut Criterion) {
+    let (batches, _) = lineitem();
+    let schema = batches[0].schema();
+    let kinds = lineitem_pg_types(&batches[0]);
+    let names: Vec<String> = schema.fields().iter().map(|f| f.name().clone()).collect();
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let mut group = c.benchmark_group("postgres");
+    group.throughput(Throughput::Elements(rows as u64));
+    group.sample_size(10);
+    let encode = || {
+        let mut e = CopyEncoder::new(targets_for(&names, &kinds));
+        let mut stream = Vec::new();
+        for batch in &batches {
+            stream.extend_from_slice(&e.encode(batch).unwrap().unwrap());
+        }
+        stream.extend_from_slice(&e.finish().unwrap().unwrap());
+        stream
+    };
+    group.bench_function("binary COPY encode lineitem", |b| b.iter(encode));
+    let stream = encode();
+    // Decode the same stream back into lineitem's Arrow types (text as Utf8).
+    let decoded_schema = Arc::new(arrow::datatypes::Schema::new(
+        names
+            .iter()
+            .zip(&kinds)
+            .map(|(n, k)| arrow::datatypes::Field::new(n, arrow_type(k), true))
+            .collect::<Vec<_>>(),
+    ));
+    group.bench_function("binary COPY decode lineitem", |b| {
+        b.iter(|| {
+            let mut d = CopyDecoder::new(decoded_schema.clone(), kinds.clone(), 8192, 0);
+            let mut rest = &stream[..];
+            let mut decoded = 0;
+            loop {
+                let step = d.decode(rest).unwrap();
+                rest = &rest[step.consumed..];
+                if let Some(batch) = d.flush().unwrap() {
+                    decoded += batch.num_rows();
+                }
+                if d.finished() {
+                    break;
+                }
+            }
+            assert_eq!(decoded, rows);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, decode_csv, encode_parquet, postgres_copy);
 criterion_main!(benches);

@@ -54,7 +54,23 @@ fn init_logging(verbose: u8, format: LogFormat) {
     }
 }
 
+/// Caps glibc's malloc arenas at two. By default glibc gives each thread that allocates its
+/// own arena (up to 8 per core) and keeps freed memory in them; ferry's stages hand buffers
+/// from thread to thread, so that memory is rarely reused. Measured on PostgreSQL -> Parquet
+/// (lineitem SF1): peak RSS 295 -> 251 MiB, same speed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn limit_malloc_arenas() {
+    // SAFETY: mallopt only changes allocator settings; called first thing in main, before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
 fn main() -> ExitCode {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    limit_malloc_arenas();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -7,4 +7,4 @@ pub mod postgres;
 pub mod registry;
 pub mod tpch;
 
-pub use registry::{JobFile, SinkSpec, SourceSpec, build_job, parse_job};
+pub use registry::{JobFile, SinkSpec, SourceSpec, build_job, check_connections, parse_job};

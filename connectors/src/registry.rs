@@ -56,6 +56,19 @@ pub fn parse_job(text: &str) -> Result<(JobFile, JobSettings)> {
     Ok((spec, settings))
 }
 
+/// Checks that the connections a job names exist, have the right type and parse; reads no
+/// secret and does no I/O.
+pub fn check_connections(spec: &JobFile, connections: &Connections) -> Result<()> {
+    let in_job = |e: Error| e.context(format!("job {}", spec.name));
+    if let SourceSpec::Postgres(s) = &spec.source {
+        PostgresConnection::from_connections(connections, &s.connection).map_err(in_job)?;
+    }
+    if let SinkSpec::Postgres(s) = &spec.sink {
+        PostgresConnection::from_connections(connections, &s.connection).map_err(in_job)?;
+    }
+    Ok(())
+}
+
 /// Builds the source and sink of a validated job (reads metadata, infers schemas).
 pub async fn build_job(
     spec: &JobFile,

@@ -1,4 +1,5 @@
-//! `ferry validate JOB.json`: parse and check a job without running it.
+//! `ferry validate JOB.json`: parse and check a job (and the connections it names) without
+//! running it or connecting to anything.
 
 use std::path::PathBuf;
 
@@ -16,8 +17,14 @@ pub struct ValidateArgs {
 
 /// Runs the command.
 pub fn run(args: ValidateArgs) -> u8 {
-    match super::load(&args.job, args.connections.as_deref()) {
-        Ok((_, settings, _)) => {
+    let loaded = super::load(&args.job, args.connections.as_deref()).and_then(
+        |(spec, settings, connections)| {
+            ferry_connectors::check_connections(&spec, &connections)?;
+            Ok(settings)
+        },
+    );
+    match loaded {
+        Ok(settings) => {
             println!(
                 "job {} is valid (parallel_copies {}, max_buffer_bytes {})",
                 settings.name,

@@ -157,3 +157,47 @@ fn kill_9_leaves_no_partial_output_and_the_next_run_cleans_up() {
         299_814 + 1
     );
 }
+
+#[test]
+fn every_example_job_validates() {
+    let examples = crate::support::repo_root().join("examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() == "connections.json" {
+            continue;
+        }
+        let out = ferry()
+            .arg("validate")
+            .arg(&path)
+            .arg("--connections")
+            .arg(examples.join("connections.json"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+    }
+    assert!(checked >= 4, "only {checked} examples found");
+    // A job naming a connection the file lacks is invalid.
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.json");
+    std::fs::write(
+        &job,
+        r#"{"name":"j","source":{"type":"postgres","connection":"nope","table":"t"},"sink":{"type":"file","path":"x.csv","format":{"type":"csv"}}}"#,
+    )
+    .unwrap();
+    let out = ferry()
+        .arg("validate")
+        .arg(&job)
+        .arg("--connections")
+        .arg(examples.join("connections.json"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown connection `nope`"));
+}

@@ -384,6 +384,19 @@ fn bad_types_and_values_fail_before_or_without_output() {
     assert_eq!(rows, ["| 1  | 2.50  | [1,3) |"]);
     std::fs::remove_file(&out).unwrap();
 
+    // A query is one statement: a second one is refused, not run.
+    let report = run_job_with(
+        &pg_job(
+            "two-statements",
+            r#"{"type": "postgres", "connection": "pg", "query": "select ';' as s; drop table nums"}"#,
+            &sink,
+            "",
+        ),
+        &conns,
+    );
+    assert_eq!(report.status, JobStatus::Failed);
+    assert_eq!(pg.count(&db, "SELECT count(*) FROM nums"), 2);
+
     // NaN has no decimal value: the row and column are named, nothing is written.
     let report = run_job_with(
         &pg_job(

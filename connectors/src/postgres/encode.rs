@@ -6,13 +6,14 @@
 
 use std::net::IpAddr;
 
-use arrow::array::{Array, ArrayRef, AsArray};
-use arrow::compute::{CastOptions, can_cast_types, cast_with_options};
-use arrow::datatypes::{
-    DataType, Date32Type, Decimal128Type, Decimal256Type, Float32Type, Float64Type, Int16Type,
-    Int32Type, Int64Type, IntervalMonthDayNanoType, Time64MicrosecondType,
-    TimestampMicrosecondType,
+use arrow::array::{
+    Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Date32Array, Decimal128Array,
+    Decimal256Array, FixedSizeBinaryArray, Float32Array, Float64Array, Int16Array, Int32Array,
+    Int64Array, IntervalMonthDayNanoArray, ListArray, StringArray, Time64MicrosecondArray,
+    TimestampMicrosecondArray,
 };
+use arrow::compute::{CastOptions, can_cast_types, cast_with_options};
+use arrow::datatypes::{DataType, IntervalMonthDayNanoType};
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 use ferry_engine::{Encoder, Error, Result};
@@ -147,13 +148,19 @@ impl Encoder for CopyEncoder {
             .zip(&self.targets)
             .map(|(a, t)| conform(a, t))
             .collect::<Result<_>>()?;
+        // Downcast every column once per batch, not once per value.
+        let writers: Vec<Writer<'_>> = arrays
+            .iter()
+            .zip(&self.targets)
+            .map(|(a, t)| Writer::new(a.as_ref(), &t.kind))
+            .collect();
         let mut out = Vec::with_capacity(batch.num_rows() * self.row_bytes_hint + 32);
         self.header(&mut out);
         let ncols = self.targets.len() as i16;
         for row in 0..batch.num_rows() {
             out.extend_from_slice(&ncols.to_be_bytes());
-            for (array, target) in arrays.iter().zip(&self.targets) {
-                write_field(&mut out, array.as_ref(), row, &target.kind).map_err(|message| {
+            for (writer, target) in writers.iter().zip(&self.targets) {
+                writer.field(&mut out, row).map_err(|message| {
                     Error::data(format!(
                         "row {} of the batch, column `{}`: {message}",
                         row + 1,
@@ -176,120 +183,264 @@ impl Encoder for CopyEncoder {
     }
 }
 
-/// Writes one field (length word and value) of `array[row]`.
-fn write_field(
-    out: &mut Vec<u8>,
-    array: &dyn Array,
-    row: usize,
-    kind: &PgType,
-) -> Result<(), String> {
-    if array.is_null(row) {
-        out.extend_from_slice(&(-1i32).to_be_bytes());
-        return Ok(());
-    }
-    let start = out.len();
-    out.extend_from_slice(&0i32.to_be_bytes());
-    write_value(out, array, row, kind)?;
-    let len = i32::try_from(out.len() - start - 4).map_err(|_| "value larger than 2 GiB")?;
-    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
-    Ok(())
+/// One column, downcast to the array type its target type is written from.
+enum Writer<'a> {
+    Bool(&'a BooleanArray),
+    Int2(&'a Int16Array),
+    Int4(&'a Int32Array),
+    Int8(&'a Int64Array),
+    Float4(&'a Float32Array),
+    Float8(&'a Float64Array),
+    Decimal128(&'a Decimal128Array, i8),
+    Decimal256(&'a Decimal256Array, i8),
+    NumericText(&'a StringArray),
+    Text(&'a StringArray),
+    Jsonb(&'a StringArray),
+    Inet(&'a StringArray, bool),
+    Bytea(&'a BinaryArray),
+    Date(&'a Date32Array),
+    Time(&'a Time64MicrosecondArray),
+    Timestamp(&'a TimestampMicrosecondArray),
+    Interval(&'a IntervalMonthDayNanoArray),
+    Uuid(&'a FixedSizeBinaryArray),
+    UuidText(&'a StringArray),
+    List(&'a ListArray, Box<Writer<'a>>, u32),
 }
 
-fn write_value(
-    out: &mut Vec<u8>,
-    array: &dyn Array,
-    row: usize,
-    kind: &PgType,
-) -> Result<(), String> {
-    match kind {
-        PgType::Bool => out.push(array.as_boolean().value(row) as u8),
-        PgType::Int2 => out.extend(array.as_primitive::<Int16Type>().value(row).to_be_bytes()),
-        PgType::Int4 => out.extend(array.as_primitive::<Int32Type>().value(row).to_be_bytes()),
-        PgType::Int8 => out.extend(array.as_primitive::<Int64Type>().value(row).to_be_bytes()),
-        PgType::Float4 => out.extend(array.as_primitive::<Float32Type>().value(row).to_be_bytes()),
-        PgType::Float8 => out.extend(array.as_primitive::<Float64Type>().value(row).to_be_bytes()),
-        PgType::Numeric(_) => match array.data_type() {
-            DataType::Decimal128(_, s) => {
-                let v = array.as_primitive::<Decimal128Type>().value(row);
-                numeric_from_unscaled(out, v < 0, &v.unsigned_abs().to_string(), *s)?
+impl<'a> Writer<'a> {
+    /// `array` has already been conformed to what `kind` is written from.
+    fn new(array: &'a dyn Array, kind: &PgType) -> Writer<'a> {
+        match kind {
+            PgType::Bool => Writer::Bool(array.as_boolean()),
+            PgType::Int2 => Writer::Int2(array.as_primitive()),
+            PgType::Int4 => Writer::Int4(array.as_primitive()),
+            PgType::Int8 => Writer::Int8(array.as_primitive()),
+            PgType::Float4 => Writer::Float4(array.as_primitive()),
+            PgType::Float8 => Writer::Float8(array.as_primitive()),
+            PgType::Numeric(_) => match array.data_type() {
+                DataType::Decimal128(_, s) => Writer::Decimal128(array.as_primitive(), *s),
+                DataType::Decimal256(_, s) => Writer::Decimal256(array.as_primitive(), *s),
+                _ => Writer::NumericText(array.as_string()),
+            },
+            PgType::Text | PgType::Json => Writer::Text(array.as_string()),
+            PgType::Jsonb => Writer::Jsonb(array.as_string()),
+            PgType::Inet => Writer::Inet(array.as_string(), false),
+            PgType::Cidr => Writer::Inet(array.as_string(), true),
+            PgType::Bytea => Writer::Bytea(array.as_binary()),
+            PgType::Date => Writer::Date(array.as_primitive()),
+            PgType::Time => Writer::Time(array.as_primitive()),
+            PgType::Timestamp | PgType::Timestamptz => Writer::Timestamp(array.as_primitive()),
+            PgType::Interval => Writer::Interval(array.as_primitive()),
+            PgType::Uuid => match array.data_type() {
+                DataType::FixedSizeBinary(16) => Writer::Uuid(array.as_fixed_size_binary()),
+                _ => Writer::UuidText(array.as_string()),
+            },
+            PgType::Array(elem, oid) => {
+                let list = array.as_list::<i32>();
+                Writer::List(
+                    list,
+                    Box::new(Writer::new(list.values().as_ref(), elem)),
+                    *oid,
+                )
             }
-            DataType::Decimal256(_, s) => {
-                let v = array.as_primitive::<Decimal256Type>().value(row);
-                let text = v.to_string();
+        }
+    }
+
+    fn is_null(&self, i: usize) -> bool {
+        match self {
+            Writer::Bool(a) => a.is_null(i),
+            Writer::Int2(a) => a.is_null(i),
+            Writer::Int4(a) => a.is_null(i),
+            Writer::Int8(a) => a.is_null(i),
+            Writer::Float4(a) => a.is_null(i),
+            Writer::Float8(a) => a.is_null(i),
+            Writer::Decimal128(a, _) => a.is_null(i),
+            Writer::Decimal256(a, _) => a.is_null(i),
+            Writer::NumericText(a)
+            | Writer::Text(a)
+            | Writer::Jsonb(a)
+            | Writer::Inet(a, _)
+            | Writer::UuidText(a) => a.is_null(i),
+            Writer::Bytea(a) => a.is_null(i),
+            Writer::Date(a) => a.is_null(i),
+            Writer::Time(a) => a.is_null(i),
+            Writer::Timestamp(a) => a.is_null(i),
+            Writer::Interval(a) => a.is_null(i),
+            Writer::Uuid(a) => a.is_null(i),
+            Writer::List(a, ..) => a.is_null(i),
+        }
+    }
+
+    /// Writes one field: its length word, then its value (or -1 for NULL).
+    fn field(&self, out: &mut Vec<u8>, i: usize) -> Result<(), String> {
+        if self.is_null(i) {
+            out.extend_from_slice(&(-1i32).to_be_bytes());
+            return Ok(());
+        }
+        // Fixed-size values: length and value at once.
+        macro_rules! fixed {
+            ($bytes:expr) => {{
+                let b = $bytes;
+                out.extend_from_slice(&(b.len() as i32).to_be_bytes());
+                out.extend_from_slice(&b);
+                return Ok(());
+            }};
+        }
+        match self {
+            Writer::Bool(a) => fixed!([a.value(i) as u8]),
+            Writer::Int2(a) => fixed!(a.value(i).to_be_bytes()),
+            Writer::Int4(a) => fixed!(a.value(i).to_be_bytes()),
+            Writer::Int8(a) => fixed!(a.value(i).to_be_bytes()),
+            Writer::Float4(a) => fixed!(a.value(i).to_be_bytes()),
+            Writer::Float8(a) => fixed!(a.value(i).to_be_bytes()),
+            Writer::Date(a) => fixed!((a.value(i) - EPOCH_DAYS).to_be_bytes()),
+            Writer::Time(a) => fixed!(a.value(i).to_be_bytes()),
+            Writer::Timestamp(a) => fixed!(
+                a.value(i)
+                    .checked_sub(EPOCH_MICROS)
+                    .ok_or("timestamp out of range")?
+                    .to_be_bytes()
+            ),
+            Writer::Text(a) => {
+                let v = a.value(i).as_bytes();
+                out.extend_from_slice(&len_word(v.len())?);
+                out.extend_from_slice(v);
+                return Ok(());
+            }
+            Writer::Bytea(a) => {
+                let v = a.value(i);
+                out.extend_from_slice(&len_word(v.len())?);
+                out.extend_from_slice(v);
+                return Ok(());
+            }
+            _ => {}
+        }
+        let start = out.len();
+        out.extend_from_slice(&0i32.to_be_bytes());
+        self.value(out, i)?;
+        let len = len_word(out.len() - start - 4)?;
+        out[start..start + 4].copy_from_slice(&len);
+        Ok(())
+    }
+
+    /// Writes a variable-size value (the length word is written by the caller).
+    fn value(&self, out: &mut Vec<u8>, i: usize) -> Result<(), String> {
+        match self {
+            Writer::Decimal128(a, s) => {
+                let v = a.value(i);
+                numeric_from_u128(out, v < 0, v.unsigned_abs(), *s)?
+            }
+            Writer::Decimal256(a, s) => {
+                let text = a.value(i).to_string();
                 let (neg, digits) = match text.strip_prefix('-') {
                     Some(d) => (true, d),
                     None => (false, text.as_str()),
                 };
                 numeric_from_unscaled(out, neg, digits, *s)?
             }
-            _ => numeric_from_text(out, array.as_string::<i32>().value(row))?,
-        },
-        PgType::Text | PgType::Json => {
-            out.extend_from_slice(array.as_string::<i32>().value(row).as_bytes())
-        }
-        PgType::Jsonb => {
-            out.push(1);
-            out.extend_from_slice(array.as_string::<i32>().value(row).as_bytes());
-        }
-        PgType::Inet | PgType::Cidr => inet_from_text(
-            out,
-            array.as_string::<i32>().value(row),
-            *kind == PgType::Cidr,
-        )?,
-        PgType::Bytea => out.extend_from_slice(array.as_binary::<i32>().value(row)),
-        PgType::Date => {
-            let days = array.as_primitive::<Date32Type>().value(row);
-            out.extend((days - EPOCH_DAYS).to_be_bytes())
-        }
-        PgType::Time => out.extend(
-            array
-                .as_primitive::<Time64MicrosecondType>()
-                .value(row)
-                .to_be_bytes(),
-        ),
-        PgType::Timestamp | PgType::Timestamptz => {
-            let micros = array.as_primitive::<TimestampMicrosecondType>().value(row);
-            let pg = micros
-                .checked_sub(EPOCH_MICROS)
-                .ok_or("timestamp out of range")?;
-            out.extend(pg.to_be_bytes())
-        }
-        PgType::Interval => {
-            let v = array.as_primitive::<IntervalMonthDayNanoType>().value(row);
-            if v.nanoseconds % 1000 != 0 {
-                return Err(
-                    "interval has sub-microsecond precision, which PostgreSQL cannot hold".into(),
-                );
+            Writer::NumericText(a) => numeric_from_text(out, a.value(i))?,
+            Writer::Jsonb(a) => {
+                out.push(1);
+                out.extend_from_slice(a.value(i).as_bytes());
             }
-            out.extend((v.nanoseconds / 1000).to_be_bytes());
-            out.extend(v.days.to_be_bytes());
-            out.extend(v.months.to_be_bytes());
+            Writer::Inet(a, cidr) => inet_from_text(out, a.value(i), *cidr)?,
+            Writer::Interval(a) => {
+                let v = a.value(i);
+                if v.nanoseconds % 1000 != 0 {
+                    return Err(
+                        "interval has sub-microsecond precision, which PostgreSQL cannot hold"
+                            .into(),
+                    );
+                }
+                out.extend((v.nanoseconds / 1000).to_be_bytes());
+                out.extend(v.days.to_be_bytes());
+                out.extend(v.months.to_be_bytes());
+            }
+            Writer::Uuid(a) => out.extend_from_slice(a.value(i)),
+            Writer::UuidText(a) => out.extend(uuid_from_text(a.value(i))?),
+            Writer::List(list, elems, oid) => {
+                let offsets = list.value_offsets();
+                let (from, to) = (offsets[i] as usize, offsets[i + 1] as usize);
+                let n = i32::try_from(to - from).map_err(|_| "array too long")?;
+                out.extend(if n == 0 { 0i32 } else { 1 }.to_be_bytes());
+                let has_nulls = (from..to).any(|j| elems.is_null(j));
+                out.extend(i32::from(has_nulls).to_be_bytes());
+                out.extend(oid.to_be_bytes());
+                if n > 0 {
+                    out.extend(n.to_be_bytes());
+                    out.extend(1i32.to_be_bytes());
+                    for j in from..to {
+                        elems.field(out, j)?;
+                    }
+                }
+            }
+            // Fixed-size and plain byte values are written whole by `field`.
+            _ => return Err("internal: value written twice".into()),
         }
-        PgType::Uuid => match array.data_type() {
-            DataType::FixedSizeBinary(16) => {
-                out.extend_from_slice(array.as_fixed_size_binary().value(row))
-            }
-            _ => out.extend(uuid_from_text(array.as_string::<i32>().value(row))?),
-        },
-        PgType::Array(elem, elem_oid) => {
-            let list = array.as_list::<i32>();
-            let values = list.value(row);
-            let n = i32::try_from(values.len()).map_err(|_| "array too long")?;
-            if n == 0 {
-                out.extend(0i32.to_be_bytes());
-                out.extend(0i32.to_be_bytes());
-                out.extend(elem_oid.to_be_bytes());
-                return Ok(());
-            }
-            out.extend(1i32.to_be_bytes());
-            out.extend(if values.null_count() > 0 { 1i32 } else { 0 }.to_be_bytes());
-            out.extend(elem_oid.to_be_bytes());
-            out.extend(n.to_be_bytes());
-            out.extend(1i32.to_be_bytes());
-            for i in 0..values.len() {
-                write_field(out, values.as_ref(), i, elem)?;
-            }
-        }
+        Ok(())
+    }
+}
+
+fn len_word(len: usize) -> Result<[u8; 4], String> {
+    i32::try_from(len)
+        .map(i32::to_be_bytes)
+        .map_err(|_| "value larger than 2 GiB".to_string())
+}
+
+/// numeric's binary form from an unscaled Decimal128 magnitude at `scale`, without allocating.
+fn numeric_from_u128(
+    out: &mut Vec<u8>,
+    negative: bool,
+    magnitude: u128,
+    scale: i8,
+) -> Result<(), String> {
+    // Align the decimal point on a base-10000 group boundary: scale up to a multiple of 4.
+    let pad = if scale >= 0 {
+        (4 - scale as u32 % 4) % 4
+    } else {
+        0
+    };
+    let Some(aligned) = 10u128
+        .checked_pow(pad)
+        .and_then(|m| magnitude.checked_mul(m))
+        .filter(|_| scale >= 0)
+    else {
+        return numeric_from_unscaled(out, negative, &magnitude.to_string(), scale);
+    };
+    let frac_groups = (scale as i32 + pad as i32) / 4;
+    // Groups from the least significant; at most 39 digits + 3 = 11 groups.
+    let mut groups = [0i16; 11];
+    let mut n = 0;
+    let mut rest = aligned;
+    while rest > 0 {
+        groups[n] = (rest % 10_000) as i16;
+        rest /= 10_000;
+        n += 1;
+    }
+    // Trailing zero groups (least significant) are not sent.
+    let mut low = 0;
+    while low < n && groups[low] == 0 {
+        low += 1;
+    }
+    let ndigits = (n - low) as i16;
+    let weight = if ndigits == 0 {
+        0
+    } else {
+        n as i16 - 1 - frac_groups as i16
+    };
+    out.extend(ndigits.to_be_bytes());
+    out.extend(weight.to_be_bytes());
+    out.extend(
+        (if negative && ndigits > 0 {
+            0x4000u16
+        } else {
+            0
+        })
+        .to_be_bytes(),
+    );
+    out.extend((scale.max(0) as u16).to_be_bytes());
+    for g in groups[low..n].iter().rev() {
+        out.extend(g.to_be_bytes());
     }
     Ok(())
 }
@@ -489,6 +640,28 @@ mod tests {
         let mut v = Vec::new();
         f(&mut v).unwrap();
         v
+    }
+
+    #[test]
+    fn the_allocation_free_numeric_path_matches_the_exact_one() {
+        for (v, scale) in [
+            (0u128, 2i8),
+            (1, 0),
+            (12_345_678, 3),
+            (150, 2),
+            (10_000, 4),
+            (1, 10),
+            (99_999_999_999_999_999_999_999_999_999_999_999u128, 10),
+            (u128::MAX / 7, 38),
+            (5, -2),
+        ] {
+            for negative in [false, true] {
+                let fast = numeric_bytes(|o| numeric_from_u128(o, negative, v, scale));
+                let exact =
+                    numeric_bytes(|o| numeric_from_unscaled(o, negative, &v.to_string(), scale));
+                assert_eq!(fast, exact, "{v} scale {scale}");
+            }
+        }
     }
 
     #[test]

@@ -113,14 +113,7 @@ impl PostgresSourceSpec {
                 Err(Error::config("postgres source: `query` is empty"))
             }
             (Some(t), None) => ident::parse_qualified(t).map(|_| ()),
-            (None, Some(q)) => {
-                if q.trim_end().trim_end_matches(';').contains(';') {
-                    return Err(Error::config(
-                        "postgres source: `query` must be one statement (it has a `;` inside)",
-                    ));
-                }
-                Ok(())
-            }
+            (None, Some(_)) => Ok(()),
         }
     }
 }

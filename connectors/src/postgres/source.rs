@@ -219,8 +219,10 @@ async fn describe_query(
     query: &str,
 ) -> Result<Vec<(super::types::PgColumn, bool)>> {
     let what = "cannot describe the source query";
+    // The extended protocol (execute, not batch_execute) refuses a second statement
+    // smuggled into the query.
     client
-        .batch_execute(&format!("CREATE TEMP VIEW ferry_describe AS {query}"))
+        .execute(&format!("CREATE TEMP VIEW ferry_describe AS {query}"), &[])
         .await
         .map_err(|e| pg_error(what, e))?;
     let oid: i64 = client
