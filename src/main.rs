@@ -71,6 +71,7 @@ fn limit_malloc_arenas() {
 fn main() -> ExitCode {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     limit_malloc_arenas();
+    ferry_connectors::install_crypto_provider();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

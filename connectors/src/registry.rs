@@ -6,7 +6,8 @@ use ferry_engine::config::{Connections, JobSettings, JobSpec};
 use ferry_engine::{Error, Job, Result, Sink, Source};
 use serde::{Deserialize, Serialize};
 
-use crate::file::{self, FileSink, FileSinkSpec, FileSource, FileSourceSpec};
+use crate::azure_blob::{AzureBlobConnection, AzureBlobSinkSpec, AzureBlobSourceSpec};
+use crate::file::{self, FileSink, FileSinkSpec, FileSource, FileSourceSpec, Publish};
 use crate::postgres::{
     PostgresConnection, PostgresSink, PostgresSinkSpec, PostgresSource, PostgresSourceSpec,
 };
@@ -22,6 +23,8 @@ pub enum SourceSpec {
     Tpch(TpchSourceSpec),
     /// A PostgreSQL table or query.
     Postgres(PostgresSourceSpec),
+    /// Blobs in an Azure Storage container.
+    AzureBlob(AzureBlobSourceSpec),
 }
 
 /// Every sink a job can name, by `type`.
@@ -32,6 +35,8 @@ pub enum SinkSpec {
     File(FileSinkSpec),
     /// A PostgreSQL table.
     Postgres(PostgresSinkSpec),
+    /// Blobs in an Azure Storage container.
+    AzureBlob(AzureBlobSinkSpec),
 }
 
 /// A job file.
@@ -46,13 +51,16 @@ pub fn parse_job(text: &str) -> Result<(JobFile, JobSettings)> {
         SourceSpec::File(s) => s.validate(),
         SourceSpec::Tpch(s) => s.validate(),
         SourceSpec::Postgres(s) => s.validate(),
+        SourceSpec::AzureBlob(s) => s.validate(),
     }
     .map_err(in_job)?;
     match &spec.sink {
         SinkSpec::File(s) => s.validate(),
         SinkSpec::Postgres(s) => s.validate(),
+        SinkSpec::AzureBlob(s) => s.validate(),
     }
     .map_err(in_job)?;
+    crate::staged::StagingSpec::from_job(&spec)?;
     Ok((spec, settings))
 }
 
@@ -65,6 +73,17 @@ pub fn check_connections(spec: &JobFile, connections: &Connections) -> Result<()
     }
     if let SinkSpec::Postgres(s) = &spec.sink {
         PostgresConnection::from_connections(connections, &s.connection).map_err(in_job)?;
+    }
+    if let SourceSpec::AzureBlob(s) = &spec.source {
+        AzureBlobConnection::from_connections(connections, &s.connection).map_err(in_job)?;
+    }
+    if let Some(staging) = crate::staged::StagingSpec::from_job(spec)?
+        && let Some(name) = &staging.connection
+    {
+        connections.get(name).map_err(in_job)?;
+    }
+    if let SinkSpec::AzureBlob(s) = &spec.sink {
+        AzureBlobConnection::from_connections(connections, &s.connection).map_err(in_job)?;
     }
     Ok(())
 }
@@ -107,6 +126,28 @@ pub async fn build_job(
                     .map_err(in_job)?,
             )
         }
+        SourceSpec::AzureBlob(s) => {
+            let store = AzureBlobConnection::from_connections(connections, &s.connection)
+                .and_then(|c| c.store(&s.connection, &s.container))
+                .map_err(in_job)?;
+            let shown = format!("azure_blob {}/{}", s.container, s.path);
+            let path = std::path::PathBuf::from(format!("/{}", s.path.trim_start_matches('/')));
+            let files = file::list_inputs(&store, &path, &shown)
+                .await
+                .map_err(in_job)?;
+            Arc::new(
+                FileSource::new(
+                    store,
+                    files,
+                    s.format.clone(),
+                    settings.batch_rows.get(),
+                    settings.fault_tolerance.skip_incompatible_rows,
+                )
+                .await
+                .map_err(in_job)?
+                .with_connector("azure_blob"),
+            )
+        }
     };
     let sink: Arc<dyn Sink> = match &spec.sink {
         SinkSpec::File(s) => {
@@ -147,6 +188,40 @@ pub async fn build_job(
                 .and_then(|c| c.connector(&s.connection))
                 .map_err(in_job)?;
             Arc::new(PostgresSink::new(s.clone(), connector).map_err(in_job)?)
+        }
+        SinkSpec::AzureBlob(s) => {
+            let store = AzureBlobConnection::from_connections(connections, &s.connection)
+                .and_then(|c| c.store(&s.connection, &s.container))
+                .map_err(in_job)?;
+            let trimmed = s.path.trim_start_matches('/');
+            let (dir, name) = match trimmed.strip_suffix('/') {
+                Some(dir) => (dir.to_string(), None),
+                None => match trimmed.rsplit_once('/') {
+                    Some((dir, name)) => (dir.to_string(), Some(name.to_string())),
+                    None => (String::new(), Some(trimmed.to_string())),
+                },
+            };
+            let dir = object_store::path::Path::parse(&dir)
+                .map_err(|e| in_job(Error::config(format!("sink path `{}`: {e}", s.path))))?;
+            Arc::new(
+                FileSink::new(
+                    store,
+                    dir,
+                    None,
+                    name,
+                    s.format.clone(),
+                    s.mode,
+                    &settings.name,
+                    &format!("azure_blob {}/{}", s.container, s.path),
+                )
+                .with_publish(
+                    Publish::CompleteUpload {
+                        part_size: s.block_bytes(),
+                        concurrency: s.concurrency(),
+                    },
+                    "azure_blob",
+                ),
+            )
         }
     };
     Ok(Job {

@@ -3,11 +3,11 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use ferry_engine::{JobProgress, JobReport};
+use ferry_engine::{JobProgress, JobReport, RunningJob};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Arguments of `ferry copy`.
@@ -41,39 +41,81 @@ pub fn run(args: CopyArgs) -> u8 {
     let name = settings.name.clone();
     let show_progress = !args.no_progress && std::io::stderr().is_terminal();
     let system = actix::System::new();
-    let report = system.block_on(async move {
-        let job = match ferry_connectors::build_job(&spec, settings, &connections).await {
-            Ok(job) => job,
-            Err(e) => return JobReport::failed(&name, e),
-        };
-        let running = ferry_engine::start(job);
-        let cancel = running.cancel.clone();
-        let ctrl_c = tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("cancelling: nothing will be published");
-                cancel.cancel();
+    let reports = system.block_on(async move {
+        // One progress bar and one Ctrl-C handler per phase (a staged job has two).
+        let shown: Mutex<Option<(ProgressBar, tokio::task::JoinHandle<()>)>> = Mutex::new(None);
+        let ctrl_c: Mutex<Option<tokio::task::JoinHandle<()>>> = Mutex::new(None);
+        let clear = |shown: &Mutex<Option<(ProgressBar, tokio::task::JoinHandle<()>)>>| {
+            if let Some((bar, ticker)) = shown.lock().ok().and_then(|mut s| s.take()) {
+                ticker.abort();
+                bar.finish_and_clear();
             }
-        });
-        let bar = show_progress.then(|| spawn_progress(running.progress.clone()));
-        let report = running.report().await;
-        ctrl_c.abort();
-        if let Some((bar, ticker)) = bar {
-            ticker.abort();
-            bar.finish_and_clear();
+        };
+        let observe = |running: &RunningJob| {
+            let cancel = running.cancel.clone();
+            let handler = tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    eprintln!("cancelling: nothing will be published");
+                    cancel.cancel();
+                }
+            });
+            if let Ok(mut slot) = ctrl_c.lock()
+                && let Some(old) = slot.replace(handler)
+            {
+                old.abort();
+            }
+            clear(&shown);
+            if show_progress && let Ok(mut slot) = shown.lock() {
+                *slot = Some(spawn_progress(running.progress.clone()));
+            }
+        };
+        let reports = ferry_connectors::run_job(&spec, settings, &connections, &observe).await;
+        clear(&shown);
+        if let Some(handler) = ctrl_c.lock().ok().and_then(|mut s| s.take()) {
+            handler.abort();
         }
-        report
+        if reports.is_empty() {
+            vec![JobReport::failed(
+                &name,
+                ferry_engine::Error::internal("the job produced no report"),
+            )]
+        } else {
+            reports
+        }
     });
+    let staged = reports.len() > 1;
     match args.report {
-        ReportFormat::Text => print!("{report}"),
-        ReportFormat::Json => match serde_json::to_string_pretty(&report) {
-            Ok(json) => println!("{json}"),
-            Err(e) => eprintln!("error: cannot print the report: {e}"),
-        },
+        ReportFormat::Text => {
+            for (i, report) in reports.iter().enumerate() {
+                if staged {
+                    let what = if i == 0 {
+                        "source -> staging"
+                    } else {
+                        "staging -> sink"
+                    };
+                    println!("phase {} of 2 ({what})", i + 1);
+                }
+                print!("{report}");
+            }
+        }
+        ReportFormat::Json => {
+            let json = if staged {
+                serde_json::to_string_pretty(&serde_json::json!({ "phases": reports }))
+            } else {
+                serde_json::to_string_pretty(&reports[0])
+            };
+            match json {
+                Ok(json) => println!("{json}"),
+                Err(e) => eprintln!("error: cannot print the report: {e}"),
+            }
+        }
     }
-    if let Some(e) = &report.error {
+    let last = reports.last().unwrap_or(&reports[0]);
+    let failed = reports.iter().find(|r| r.error.is_some()).unwrap_or(last);
+    if let Some(e) = &failed.error {
         eprintln!("error: {}", e.message);
     }
-    report.exit_code() as u8
+    failed.exit_code() as u8
 }
 
 fn spawn_progress(progress: Arc<JobProgress>) -> (ProgressBar, tokio::task::JoinHandle<()>) {

@@ -4,6 +4,7 @@
 // Helpers outside #[test] functions panic on purpose: a failed setup is a failed test.
 #![allow(clippy::unwrap_used)]
 
+mod azure;
 mod cli;
 mod files;
 mod pipeline;

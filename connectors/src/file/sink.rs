@@ -1,10 +1,17 @@
-//! Writing files atomically: every output is written under a temporary directory beside the
-//! destination (`_ferry_tmp_<job>/`) and renamed into place only when the whole job
-//! succeeded. A killed run leaves only that directory, which the next run of the job removes
-//! before it writes anything.
+//! Writing files atomically, two ways:
+//!
+//! - [`Publish::Rename`] (local files): every output is written under a temporary directory
+//!   beside the destination (`_ferry_tmp_<job>/`) and renamed into place only when the whole
+//!   job succeeded. A killed run leaves only that directory, which the next run of the job
+//!   removes before it writes anything.
+//! - [`Publish::CompleteUpload`] (blob stores): every output is a multipart (block) upload to
+//!   its final name whose parts go up as the output streams; the uploads are completed (the
+//!   block list committed) only when the whole job succeeded. Until then no object exists,
+//!   and the parts of a failed or killed run are discarded by the store.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
@@ -12,9 +19,10 @@ use ferry_engine::{Committed, Encoder, Error, OutputLayout, OutputWriter, Result
 use futures::TryStreamExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
+use tokio::task::JoinSet;
 
 use crate::format::FormatSpec;
 use crate::format::io::store_error;
@@ -33,6 +41,24 @@ pub enum WriteMode {
     ErrorIfExists,
 }
 
+/// How outputs are published.
+#[derive(Debug, Clone, Copy)]
+pub enum Publish {
+    /// Write under a temporary name, rename on commit.
+    Rename,
+    /// Upload parts of `part_size` bytes, `concurrency` at once, to the final name; complete
+    /// the uploads on commit.
+    CompleteUpload {
+        /// Bytes per part (block).
+        part_size: usize,
+        /// Parts in flight per output.
+        concurrency: usize,
+    },
+}
+
+/// Uploads whose parts are all stored, waiting for the commit.
+type PendingUploads = Arc<Mutex<HashMap<usize, Box<dyn MultipartUpload>>>>;
+
 /// A sink of files in one format.
 pub struct FileSink {
     store: Arc<dyn ObjectStore>,
@@ -47,6 +73,9 @@ pub struct FileSink {
     job: String,
     run: String,
     shown: String,
+    publish: Publish,
+    pending: PendingUploads,
+    connector: &'static str,
 }
 
 impl FileSink {
@@ -73,7 +102,24 @@ impl FileSink {
             job: job.to_string(),
             run,
             shown: shown.to_string(),
+            publish: Publish::Rename,
+            pending: Default::default(),
+            connector: "file",
         }
+    }
+
+    /// Publishes by completing multipart uploads instead of renaming (for blob stores), and
+    /// names the store `connector` in reports and metrics.
+    pub fn with_publish(mut self, publish: Publish, connector: &'static str) -> Self {
+        self.publish = publish;
+        self.connector = connector;
+        self
+    }
+
+    fn take_pending(&self) -> Result<HashMap<usize, Box<dyn MultipartUpload>>> {
+        Ok(std::mem::take(&mut *self.pending.lock().map_err(|_| {
+            Error::internal("file sink: lock poisoned")
+        })?))
     }
 
     fn temp_dir(&self) -> Path {
@@ -184,6 +230,93 @@ impl OutputWriter for FileOutputWriter {
     }
 }
 
+/// Streams one output as a multipart upload; completes nothing (the sink's commit does).
+struct UploadWriter {
+    upload: Option<Box<dyn MultipartUpload>>,
+    parts: JoinSet<object_store::Result<()>>,
+    buffer: Vec<Bytes>,
+    buffered: usize,
+    part_size: usize,
+    concurrency: usize,
+    output: usize,
+    target: Path,
+    bytes: u64,
+    pending: PendingUploads,
+}
+
+impl UploadWriter {
+    fn error(&self, e: object_store::Error) -> Error {
+        store_error("upload", &self.target, e)
+    }
+
+    /// Sends the buffered bytes as one part, waiting while `concurrency` parts are in flight.
+    async fn send_part(&mut self) -> Result<()> {
+        while self.parts.len() >= self.concurrency {
+            self.join_one().await?;
+        }
+        let payload: PutPayload = std::mem::take(&mut self.buffer).into_iter().collect();
+        self.buffered = 0;
+        let upload = self
+            .upload
+            .as_mut()
+            .ok_or_else(|| Error::internal("upload used after finish"))?;
+        self.parts.spawn(upload.put_part(payload));
+        Ok(())
+    }
+
+    async fn join_one(&mut self) -> Result<()> {
+        match self.parts.join_next().await {
+            Some(Ok(Ok(()))) | None => Ok(()),
+            Some(Ok(Err(e))) => Err(self.error(e)),
+            Some(Err(e)) => Err(Error::internal(format!("upload task failed: {e}"))),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl OutputWriter for UploadWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        self.bytes += chunk.len() as u64;
+        self.buffered += chunk.len();
+        self.buffer.push(chunk);
+        if self.buffered >= self.part_size {
+            self.send_part().await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<Staged> {
+        if self.buffered > 0 {
+            self.send_part().await?;
+        }
+        while !self.parts.is_empty() {
+            self.join_one().await?;
+        }
+        let upload = self
+            .upload
+            .take()
+            .ok_or_else(|| Error::internal("upload finished twice"))?;
+        self.pending
+            .lock()
+            .map_err(|_| Error::internal("file sink: lock poisoned"))?
+            .insert(self.output, upload);
+        Ok(Staged {
+            output: self.output,
+            temporary: format!("uncommitted upload of {}", self.target),
+            target: self.target.to_string(),
+            bytes: self.bytes,
+        })
+    }
+
+    async fn abort(mut self: Box<Self>) -> Result<()> {
+        self.parts.abort_all();
+        if let Some(mut upload) = self.upload.take() {
+            let _ = upload.abort().await;
+        }
+        Ok(())
+    }
+}
+
 #[async_trait::async_trait]
 impl Sink for FileSink {
     async fn prepare(&self, _schema: &SchemaRef) -> Result<()> {
@@ -202,6 +335,22 @@ impl Sink for FileSink {
                     self.shown
                 )));
             }
+        }
+        if let Publish::CompleteUpload { .. } = self.publish {
+            // Reach the store and the container before any data moves.
+            return match self.store.list_with_delimiter(Some(&self.dir)).await {
+                Ok(_) => Ok(()),
+                Err(e)
+                    if matches!(e, object_store::Error::NotFound { .. })
+                        || e.to_string().contains("ContainerNotFound") =>
+                {
+                    Err(Error::invalid_input(format!(
+                        "{}: the container does not exist; create it first",
+                        self.shown
+                    )))
+                }
+                Err(e) => Err(store_error("list", &self.dir, e)),
+            };
         }
         self.remove_temp_dir().await?;
         if let Some(local) = &self.local_dir {
@@ -241,6 +390,30 @@ impl Sink for FileSink {
 
     async fn open(&self, output: usize) -> Result<Box<dyn OutputWriter>> {
         let name = self.target_name(output);
+        if let Publish::CompleteUpload {
+            part_size,
+            concurrency,
+        } = self.publish
+        {
+            let target = self.dir.clone().join(name.as_str());
+            let upload = self
+                .store
+                .put_multipart(&target)
+                .await
+                .map_err(|e| store_error("start uploading", &target, e))?;
+            return Ok(Box::new(UploadWriter {
+                upload: Some(upload),
+                parts: JoinSet::new(),
+                buffer: Vec::new(),
+                buffered: 0,
+                part_size,
+                concurrency,
+                output,
+                target,
+                bytes: 0,
+                pending: self.pending.clone(),
+            }));
+        }
         let temporary = self.temp_dir().join(format!("{}-{name}", self.run));
         let writer =
             BufWriter::with_capacity(self.store.clone(), temporary.clone(), WRITE_BUFFER_BYTES)
@@ -261,15 +434,28 @@ impl Sink for FileSink {
         } else {
             vec![]
         };
+        let mut uploads = self.take_pending()?;
         for s in &staged {
             let (from, to) = (
                 Path::from(s.temporary.as_str()),
                 Path::from(s.target.as_str()),
             );
-            self.store
-                .rename(&from, &to)
-                .await
-                .map_err(|e| store_error("publish", &to, e))?;
+            match self.publish {
+                Publish::Rename => self
+                    .store
+                    .rename(&from, &to)
+                    .await
+                    .map_err(|e| store_error("publish", &to, e))?,
+                Publish::CompleteUpload { .. } => {
+                    let mut upload = uploads.remove(&s.output).ok_or_else(|| {
+                        Error::internal(format!("no pending upload for output {}", s.output))
+                    })?;
+                    upload
+                        .complete()
+                        .await
+                        .map_err(|e| store_error("publish", &to, e))?;
+                }
+            }
             committed.outputs.push(format!("/{to}"));
         }
         let published: std::collections::HashSet<&str> =
@@ -284,11 +470,20 @@ impl Sink for FileSink {
                 .map_err(|e| store_error("remove earlier output", &old, e))?;
             committed.removed.push(format!("/{old}"));
         }
-        self.remove_temp_dir().await?;
+        if let Publish::Rename = self.publish {
+            self.remove_temp_dir().await?;
+        }
         Ok(committed)
     }
 
     async fn abort(&self, staged: Vec<Staged>) -> Result<()> {
+        if let Publish::CompleteUpload { .. } = self.publish {
+            // Uncommitted blocks are never visible; the store discards them.
+            for (_, mut upload) in self.take_pending()? {
+                let _ = upload.abort().await;
+            }
+            return Ok(());
+        }
         for s in staged {
             let path = Path::from(s.temporary.as_str());
             match self.store.delete(&path).await {
@@ -304,6 +499,6 @@ impl Sink for FileSink {
     }
 
     fn connector(&self) -> &'static str {
-        "file"
+        self.connector
     }
 }

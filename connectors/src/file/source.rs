@@ -79,9 +79,16 @@ pub struct FileSource {
     projection: Option<Vec<usize>>,
     batch_rows: usize,
     skip_bad_rows: bool,
+    connector: &'static str,
 }
 
 impl FileSource {
+    /// Names the store in reports and metrics (`azure_blob`); default `file`.
+    pub fn with_connector(mut self, connector: &'static str) -> Self {
+        self.connector = connector;
+        self
+    }
+
     /// A source over `files`, whose schema is inferred or read now.
     pub async fn new(
         store: Arc<dyn ObjectStore>,
@@ -141,6 +148,7 @@ impl FileSource {
             projection,
             batch_rows,
             skip_bad_rows,
+            connector: "file",
         })
     }
 
@@ -400,7 +408,7 @@ impl Source for FileSource {
     }
 
     fn connector(&self) -> &'static str {
-        "file"
+        self.connector
     }
 }
 

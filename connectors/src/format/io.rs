@@ -19,14 +19,29 @@ pub const DEFAULT_READ_BLOCK: u64 = 2 << 20;
 
 /// Folds an object store error into the engine's error, naming the path.
 pub fn store_error(what: &str, path: &Path, e: object_store::Error) -> Error {
+    // Some backends report HTTP failures as `Generic` with the status in the text.
+    let text = e.to_string();
+    let denied = text.contains("403 Forbidden") || text.contains("401 Unauthorized");
     match e {
         object_store::Error::NotFound { .. } => {
             Error::invalid_input(format!("{what} {path}: not found; check the path"))
         }
+        _ if text.contains("ContainerNotFound") => Error::invalid_input(format!(
+            "{what} {path}: the container does not exist; create it first"
+        )),
         object_store::Error::PermissionDenied { .. }
         | object_store::Error::Unauthenticated { .. } => Error::new(
             ferry_engine::ErrorKind::Auth,
-            format!("{what} {path}: access denied"),
+            format!(
+                "{what} {path}: access denied; check the connection's credentials and their rights"
+            ),
+        )
+        .with_source(e),
+        _ if denied => Error::new(
+            ferry_engine::ErrorKind::Auth,
+            format!(
+                "{what} {path}: access denied; check the connection's credentials and their rights"
+            ),
         )
         .with_source(e),
         other => Error::store(format!("{what} {path}"))

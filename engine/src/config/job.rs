@@ -38,7 +38,8 @@ pub struct JobSpec<Src, Snk> {
     pub source: Src,
     /// Where data is written to; its `type` selects the connector.
     pub sink: Snk,
-    /// Staged copy through interim files (not available yet: must be null or absent).
+    /// Staged copy through interim files: `{connection, path, compression}`, interpreted by
+    /// the connectors (the engine runs each phase as an ordinary job).
     #[serde(default)]
     pub staging: Option<serde_json::Value>,
     /// How many partitions are copied at once.
@@ -183,11 +184,6 @@ impl<Src, Snk> JobSpec<Src, Snk> {
                 "invalid job: name `{name}` may contain only letters, digits, `-`, `_` and `.` (it names temporary files)"
             )));
         }
-        if self.staging.as_ref().is_some_and(|s| !s.is_null()) {
-            return Err(Error::config(format!(
-                "job {name}: `staging` is not available in this version of ferry; remove it to copy directly"
-            )));
-        }
         if self.verify {
             return Err(Error::config(format!(
                 "job {name}: `verify` is not available in this version of ferry; set it to false (row counts are always checked)"
@@ -273,10 +269,6 @@ mod tests {
             (
                 r#"{"name":"j","source":{},"sink":{},"verify":true}"#,
                 "`verify` is not available",
-            ),
-            (
-                r#"{"name":"j","source":{},"sink":{},"staging":{"path":"x"}}"#,
-                "`staging` is not available",
             ),
             (
                 r#"{"name":"j","source":{},"sink":{},"retry":{"max_attempts":0}}"#,

@@ -110,18 +110,21 @@ pub fn js(p: &Path) -> String {
     serde_json::to_string(p.to_str().unwrap()).unwrap()
 }
 
+pub mod azurite;
 pub mod postgres;
 
-/// Runs a job given as JSON in-process with a connections file given as JSON.
+/// Runs a job given as JSON in-process with a connections file given as JSON; the report of
+/// its last phase (a staged job has two).
 pub fn run_job_with(json: &str, connections: &str) -> JobReport {
+    run_phases(json, connections).pop().unwrap()
+}
+
+/// Runs a job given as JSON in-process; one report per phase.
+pub fn run_phases(json: &str, connections: &str) -> Vec<JobReport> {
     let connections = ferry_engine::config::Connections::from_json(connections).unwrap();
     let (spec, settings) = ferry_connectors::parse_job(json).expect("job parses");
-    let name = settings.name.clone();
     actix::System::new().block_on(async move {
-        match ferry_connectors::build_job(&spec, settings, &connections).await {
-            Ok(job) => ferry_engine::run(job).await,
-            Err(e) => JobReport::failed(&name, e),
-        }
+        ferry_connectors::run_job(&spec, settings, &connections, &|_| {}).await
     })
 }
 

@@ -1,0 +1,400 @@
+//! Azure Blob Storage over `object_store`'s Azure backend (maintained by the Apache Arrow
+//! project): the same format code as local files, ranged GETs to read, block (multipart)
+//! uploads to write.
+//!
+//! A blob sink uploads each output's blocks as it streams and commits the block list only
+//! when the whole job succeeds, so a blob appears only then; uncommitted blocks of a failed
+//! job are discarded by the service.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_engine::config::units::{ByteSize, HumanDuration};
+use ferry_engine::config::{Connections, Secret};
+use ferry_engine::{Error, Result};
+use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+use object_store::{ClientOptions, ObjectStore, RetryConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::file::WriteMode;
+use crate::format::FormatSpec;
+
+/// Default size of one uploaded block.
+pub const DEFAULT_BLOCK_SIZE: ByteSize = ByteSize::mib(8);
+/// Default number of blocks uploaded at once per output.
+pub const DEFAULT_MAX_CONCURRENCY: usize = 4;
+
+/// How ferry authenticates to the storage account.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AzureAuth {
+    /// The account's shared key.
+    SharedKey {
+        /// The key (base64), as a secret reference.
+        key: Secret,
+    },
+    /// A SAS token (`sv=...&sig=...`).
+    Sas {
+        /// The token, as a secret reference.
+        token: Secret,
+    },
+    /// A Microsoft Entra ID service principal with a client secret.
+    ServicePrincipal {
+        /// Directory (tenant) id.
+        tenant_id: String,
+        /// Application (client) id.
+        client_id: String,
+        /// Client secret, as a secret reference.
+        client_secret: Secret,
+    },
+    /// The managed identity of the machine ferry runs on.
+    ManagedIdentity {
+        /// Client id of a user-assigned identity; none for the system-assigned one.
+        #[serde(default)]
+        client_id: Option<String>,
+    },
+}
+
+/// Outbound HTTP proxy.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ProxySetting {
+    /// Use HTTPS_PROXY / HTTP_PROXY / NO_PROXY from the environment (default).
+    #[default]
+    System,
+    /// Connect directly, whatever the environment says.
+    None,
+    /// Use this proxy.
+    Custom {
+        /// `http://proxy.corp:3128`.
+        url: String,
+        /// Hosts that bypass the proxy, comma separated (NO_PROXY syntax).
+        #[serde(default)]
+        excludes: Option<String>,
+        /// PEM file of the CA that signs the proxy's certificate, if it intercepts TLS.
+        #[serde(default)]
+        ca_certificate: Option<PathBuf>,
+    },
+}
+
+/// An `azure_blob` connection.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureBlobConnection {
+    /// Always `azure_blob`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Storage account name.
+    pub account: String,
+    /// Account endpoint for emulators and sovereign clouds
+    /// (`http://127.0.0.1:10000/devstoreaccount1`); default `https://<account>.blob.core.windows.net`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Allow plain HTTP; only for an emulator on a loopback address.
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Authentication.
+    pub auth: AzureAuth,
+    /// Outbound proxy (default: the environment's).
+    #[serde(default)]
+    pub proxy: ProxySetting,
+    /// Time allowed for one request (default 5m; a block upload is one request).
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+}
+
+/// The `azure_blob` source of a job.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureBlobSourceSpec {
+    /// The `azure_blob` connection.
+    pub connection: String,
+    /// The container.
+    pub container: String,
+    /// A blob, a prefix ending with `/` (every blob below it) or a glob (`sales/*.csv.gz`).
+    pub path: String,
+    /// The blobs' format.
+    pub format: FormatSpec,
+}
+
+/// The `azure_blob` sink of a job.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureBlobSinkSpec {
+    /// The `azure_blob` connection.
+    pub connection: String,
+    /// The container (must exist).
+    pub container: String,
+    /// A blob name, or a prefix ending with `/` that gets one `part-NNNNN` blob per partition.
+    pub path: String,
+    /// The output format.
+    pub format: FormatSpec,
+    /// `overwrite` (default) or `error_if_exists`.
+    #[serde(default)]
+    pub mode: WriteMode,
+    /// Size of one uploaded block (default 8MiB).
+    #[serde(default)]
+    pub block_size: Option<ByteSize>,
+    /// Blocks uploaded at once per output (default 4).
+    #[serde(default)]
+    pub max_concurrency: Option<usize>,
+}
+
+impl AzureBlobSourceSpec {
+    /// Checks the spec without I/O.
+    pub fn validate(&self) -> Result<()> {
+        check_container(&self.container)?;
+        if self.path.trim().is_empty() {
+            return Err(Error::config("azure_blob source: `path` is empty"));
+        }
+        self.format.validate()
+    }
+}
+
+impl AzureBlobSinkSpec {
+    /// Checks the spec without I/O.
+    pub fn validate(&self) -> Result<()> {
+        check_container(&self.container)?;
+        if self.path.trim().is_empty() || self.path.contains(['*', '?', '[']) {
+            return Err(Error::config(
+                "azure_blob sink: `path` must be a blob name or a prefix ending with `/`",
+            ));
+        }
+        if self.max_concurrency == Some(0) {
+            return Err(Error::config(
+                "azure_blob sink: `max_concurrency` must be at least 1",
+            ));
+        }
+        if let Some(size) = self.block_size
+            && !(ByteSize::mib(1).bytes()..=ByteSize::mib(4000).bytes()).contains(&size.bytes())
+        {
+            return Err(Error::config(
+                "azure_blob sink: `block_size` must be between 1MiB and 4000MiB",
+            ));
+        }
+        self.format.validate()
+    }
+
+    /// Block size in bytes.
+    pub fn block_bytes(&self) -> usize {
+        self.block_size.unwrap_or(DEFAULT_BLOCK_SIZE).bytes() as usize
+    }
+
+    /// Blocks in flight per output.
+    pub fn concurrency(&self) -> usize {
+        self.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY)
+    }
+}
+
+/// Container names: 3-63 characters, lower-case letters, digits and single hyphens.
+fn check_container(name: &str) -> Result<()> {
+    let ok = (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--");
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::config(format!(
+            "`{name}` is not a valid container name: use 3-63 lower-case letters, digits and single hyphens"
+        )))
+    }
+}
+
+fn is_loopback(endpoint: &str) -> bool {
+    let rest = endpoint
+        .strip_prefix("http://")
+        .or_else(|| endpoint.strip_prefix("https://"))
+        .unwrap_or(endpoint);
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => rest.split(['/', ':']).next().unwrap_or(""),
+    };
+    matches!(host, "127.0.0.1" | "localhost" | "::1")
+}
+
+impl AzureBlobConnection {
+    /// Looks up connection `name` and checks that it is an `azure_blob` one.
+    pub fn from_connections(connections: &Connections, name: &str) -> Result<Self> {
+        let (kind, value) = connections.get(name)?;
+        if kind != "azure_blob" {
+            return Err(Error::config(format!(
+                "connection `{name}` is a `{kind}` connection, an `azure_blob` one is needed"
+            )));
+        }
+        let conn: Self = serde_json::from_value(value.clone())
+            .map_err(|e| Error::config(format!("connection `{name}`: {e}")))?;
+        conn.check()
+            .map_err(|e| e.context(format!("connection `{name}`")))?;
+        Ok(conn)
+    }
+
+    /// Checks the settings without I/O.
+    pub fn check(&self) -> Result<()> {
+        if let Some(endpoint) = &self.endpoint {
+            let http = endpoint.starts_with("http://");
+            if http && !self.allow_http {
+                return Err(Error::config(
+                    "the endpoint is plain HTTP: use HTTPS, or set `allow_http: true` for an emulator on a loopback address",
+                ));
+            }
+            if http && !is_loopback(endpoint) {
+                return Err(Error::config(
+                    "plain HTTP is allowed only to a loopback emulator (127.0.0.1, localhost, [::1]); use HTTPS",
+                ));
+            }
+        } else if self.allow_http {
+            return Err(Error::config(
+                "`allow_http` needs a loopback `endpoint` (an emulator)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// An object store over `container` (reads secrets; no network I/O).
+    pub fn store(&self, name: &str, container: &str) -> Result<Arc<dyn ObjectStore>> {
+        crate::install_crypto_provider();
+        let in_conn = |e: Error| e.context(format!("connection `{name}`"));
+        let mut builder = MicrosoftAzureBuilder::new()
+            .with_account(&self.account)
+            .with_container_name(container)
+            .with_retry(RetryConfig {
+                max_retries: 4,
+                retry_timeout: Duration::from_secs(120),
+                ..Default::default()
+            });
+        if let Some(endpoint) = &self.endpoint {
+            builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_string());
+        }
+        let mut options = ClientOptions::new()
+            .with_allow_http(self.allow_http)
+            .with_timeout(self.timeout.map_or(Duration::from_secs(300), |t| t.0))
+            .with_connect_timeout(Duration::from_secs(15));
+        match &self.proxy {
+            ProxySetting::System => {}
+            // reqwest reads the environment's proxy unless one is set: set one that every
+            // host bypasses.
+            ProxySetting::None => {
+                options = options
+                    .with_proxy_url("http://127.0.0.1:9")
+                    .with_proxy_excludes("*");
+            }
+            ProxySetting::Custom {
+                url,
+                excludes,
+                ca_certificate,
+            } => {
+                options = options.with_proxy_url(url);
+                if let Some(excludes) = excludes {
+                    options = options.with_proxy_excludes(excludes);
+                }
+                if let Some(path) = ca_certificate {
+                    let pem = std::fs::read_to_string(path).map_err(|e| {
+                        in_conn(Error::io(
+                            format!("cannot read the proxy CA certificate {}", path.display()),
+                            e,
+                        ))
+                    })?;
+                    options = options.with_proxy_ca_certificate(pem);
+                }
+            }
+        }
+        builder = builder.with_client_options(options);
+        builder = match &self.auth {
+            AzureAuth::SharedKey { key } => builder.with_access_key(key.expose().map_err(in_conn)?),
+            AzureAuth::Sas { token } => builder.with_config(
+                AzureConfigKey::SasKey,
+                token.expose().map_err(in_conn)?.trim_start_matches('?'),
+            ),
+            AzureAuth::ServicePrincipal {
+                tenant_id,
+                client_id,
+                client_secret,
+            } => builder.with_client_secret_authorization(
+                client_id,
+                client_secret.expose().map_err(in_conn)?,
+                tenant_id,
+            ),
+            // With no other credential, object_store asks the instance metadata service.
+            AzureAuth::ManagedIdentity { client_id } => match client_id {
+                Some(id) => builder.with_client_id(id),
+                None => builder,
+            },
+        };
+        let store = builder.build().map_err(|e| {
+            in_conn(Error::config(format!(
+                "cannot set up Azure Blob Storage: {e}"
+            )))
+        })?;
+        Ok(Arc::new(store))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn(json: &str) -> AzureBlobConnection {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn plain_http_only_to_a_loopback_emulator() {
+        let base =
+            r#""type":"azure_blob","account":"a","auth":{"type":"shared_key","key":{"env":"K"}}"#;
+        assert!(
+            conn(&format!(
+                r#"{{{base},"endpoint":"http://127.0.0.1:10000/a","allow_http":true}}"#
+            ))
+            .check()
+            .is_ok()
+        );
+        let err = conn(&format!(
+            r#"{{{base},"endpoint":"http://127.0.0.1:10000/a"}}"#
+        ))
+        .check()
+        .unwrap_err();
+        assert!(err.to_string().contains("allow_http"), "{err}");
+        let err = conn(&format!(
+            r#"{{{base},"endpoint":"http://storage.corp/a","allow_http":true}}"#
+        ))
+        .check()
+        .unwrap_err();
+        assert!(err.to_string().contains("loopback"), "{err}");
+        assert!(
+            conn(&format!(
+                r#"{{{base},"endpoint":"https://storage.corp/a"}}"#
+            ))
+            .check()
+            .is_ok()
+        );
+        assert!(
+            conn(&format!(r#"{{{base},"allow_http":true}}"#))
+                .check()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn container_names_follow_azure_rules() {
+        for ok in ["abc", "raw-data", "a1b2"] {
+            check_container(ok).unwrap();
+        }
+        for bad in ["ab", "Raw", "a--b", "-ab", "ab-", "a_b"] {
+            assert!(check_container(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let c = conn(
+            r#"{"type":"azure_blob","account":"a","auth":{"type":"sas","token":{"env":"FERRY_SAS"}}}"#,
+        );
+        let shown = format!("{c:?}");
+        assert!(shown.contains("redacted"), "{shown}");
+    }
+}

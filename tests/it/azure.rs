@@ -1,0 +1,339 @@
+//! Azure Blob Storage source and sink, and staged copy, against Azurite.
+
+use std::path::Path;
+
+use ferry_engine::{ErrorKind, JobStatus};
+
+use crate::support::azurite::{ACCOUNT, azurite};
+use crate::support::{js, read_parquet, run_job_with, run_phases, sorted_rows};
+
+/// A CSV of `rows` rows with several types (and a quoted comma, an empty string, a NULL).
+fn write_csv(path: &Path, rows: usize) {
+    let mut text = String::from("id,name,amount,day\n");
+    for i in 0..rows {
+        let name = match i % 4 {
+            0 => "\"a, quoted\"".to_string(),
+            1 => "\"\"".to_string(),
+            2 => String::new(),
+            _ => format!("name {i}"),
+        };
+        text.push_str(&format!(
+            "{i},{name},{}.{:02},2024-01-{:02}\n",
+            i * 3,
+            i % 100,
+            i % 28 + 1
+        ));
+    }
+    std::fs::write(path, text).unwrap();
+}
+
+fn connections(extra: &str) -> String {
+    format!(r#"{{"az": {}{extra}}}"#, azurite().connection())
+}
+
+const SCHEMA: &str = r#"[{"name":"id","type":"int64"},{"name":"name","type":"utf8"},{"name":"amount","type":"decimal(12,2)"},{"name":"day","type":"date"}]"#;
+
+#[test]
+fn every_format_round_trips_through_blobs() {
+    let az = azurite();
+    let container = az.container("roundtrip");
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("in.csv");
+    write_csv(&csv, 20_000);
+    let expected = {
+        let out = dir.path().join("expected.parquet");
+        let report = run_job_with(
+            &format!(
+                r#"{{"name": "expected", "source": {{"type": "file", "path": {}, "format": {{"type": "csv", "schema": {SCHEMA}}}}},
+                    "sink": {{"type": "file", "path": {}, "format": {{"type": "parquet"}}}}}}"#,
+                js(&csv),
+                js(&out)
+            ),
+            "{}",
+        );
+        assert_eq!(report.status, JobStatus::Succeeded, "{report}");
+        sorted_rows(&read_parquet(&out))
+    };
+    for (name, format, path) in [
+        ("csv", r#"{"type": "csv"}"#, "csv/data.csv"),
+        (
+            "csv-gz",
+            r#"{"type": "csv", "compression": "gzip"}"#,
+            "csvgz/",
+        ),
+        (
+            "jsonl-zst",
+            r#"{"type": "jsonl", "compression": "zstd"}"#,
+            "jsonl/",
+        ),
+        (
+            "parquet",
+            r#"{"type": "parquet", "compression": "zstd"}"#,
+            "parquet/",
+        ),
+        ("arrow", r#"{"type": "arrow_ipc"}"#, "ipc/data.arrow"),
+    ] {
+        let up = run_job_with(
+            &format!(
+                r#"{{"name": "up-{name}", "source": {{"type": "file", "path": {}, "format": {{"type": "csv", "schema": {SCHEMA}}}}},
+                    "sink": {{"type": "azure_blob", "connection": "az", "container": "{container}", "path": "{path}", "format": {format}, "block_size": "1MiB"}},
+                    "parallel_copies": 3}}"#,
+                js(&csv)
+            ),
+            &connections(""),
+        );
+        assert_eq!(up.status, JobStatus::Succeeded, "{name}: {up}");
+        assert_eq!(up.sink, "azure_blob");
+        let blobs = az.list(
+            &container,
+            path.trim_end_matches('/').split('/').next().unwrap(),
+        );
+        assert!(!blobs.is_empty(), "{name}: no blob written");
+        assert!(blobs.iter().all(|b| !b.contains("_ferry_tmp")), "{blobs:?}");
+
+        let out = dir.path().join(format!("back-{name}.parquet"));
+        let read_format = match name {
+            "csv" | "csv-gz" => format!(
+                r#"{{"type": "csv", "schema": {SCHEMA}{}}}"#,
+                if name == "csv-gz" {
+                    r#", "compression": "gzip""#
+                } else {
+                    ""
+                }
+            ),
+            "jsonl-zst" => {
+                format!(r#"{{"type": "jsonl", "schema": {SCHEMA}, "compression": "zstd"}}"#)
+            }
+            _ => format.to_string(),
+        };
+        let down = run_job_with(
+            &format!(
+                r#"{{"name": "down-{name}", "source": {{"type": "azure_blob", "connection": "az", "container": "{container}", "path": "{path}", "format": {read_format}}},
+                    "sink": {{"type": "file", "path": {}, "format": {{"type": "parquet"}}}}, "parallel_copies": 2}}"#,
+                js(&out)
+            ),
+            &connections(""),
+        );
+        assert_eq!(down.status, JobStatus::Succeeded, "{name}: {down}");
+        assert_eq!(down.rows_read, 20_000, "{name}");
+        assert_eq!(
+            sorted_rows(&read_parquet(&out)),
+            expected,
+            "{name}: rows differ"
+        );
+    }
+}
+
+#[test]
+fn many_blobs_in_parallel_and_reruns_replace_parts() {
+    let az = azurite();
+    let container = az.container("many");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir(&input).unwrap();
+    for i in 0..12 {
+        write_csv(&input.join(format!("f{i:02}.csv")), 500 + i * 10);
+    }
+    let job = |parallel: usize| {
+        format!(
+            r#"{{"name": "many", "source": {{"type": "file", "path": {}, "format": {{"type": "csv", "schema": {SCHEMA}}}}},
+                "sink": {{"type": "azure_blob", "connection": "az", "container": "{container}", "path": "out/", "format": {{"type": "parquet"}}}},
+                "parallel_copies": {parallel}}}"#,
+            js(&input)
+        )
+    };
+    let report = run_job_with(&job(6), &connections(""));
+    assert_eq!(report.status, JobStatus::Succeeded, "{report}");
+    assert_eq!(az.list(&container, "out").len(), 12);
+    // Read all of them back by glob, in parallel.
+    let out = dir.path().join("back.parquet");
+    let back = run_job_with(
+        &format!(
+            r#"{{"name": "back", "source": {{"type": "azure_blob", "connection": "az", "container": "{container}", "path": "out/part-*.parquet", "format": {{"type": "parquet"}}}},
+                "sink": {{"type": "file", "path": {}, "format": {{"type": "parquet"}}}}, "parallel_copies": 4}}"#,
+            js(&out)
+        ),
+        &connections(""),
+    );
+    assert_eq!(back.status, JobStatus::Succeeded, "{back}");
+    assert_eq!(back.rows_read, (0..12).map(|i| 500 + i * 10).sum::<u64>());
+    // A re-run with the inputs merged into fewer partitions replaces the earlier parts.
+    std::fs::write(input.join("f00.csv"), "id,name,amount,day\n").unwrap();
+    for i in 1..12 {
+        std::fs::remove_file(input.join(format!("f{i:02}.csv"))).unwrap();
+    }
+    write_csv(&input.join("g.csv"), 10);
+    let report = run_job_with(&job(2), &connections(""));
+    assert_eq!(report.status, JobStatus::Succeeded, "{report}");
+    assert_eq!(
+        az.list(&container, "out").len(),
+        2,
+        "earlier part blobs are removed"
+    );
+}
+
+#[test]
+fn a_failure_mid_upload_leaves_no_blob() {
+    let az = azurite();
+    let container = az.container("failing");
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("bad.csv");
+    write_csv(&csv, 150_000);
+    // A bad value at the very end: several blocks are uploaded before the job fails.
+    let mut text = std::fs::read_to_string(&csv).unwrap();
+    text.push_str("x,broken,1.00,2024-01-01\n");
+    std::fs::write(&csv, text).unwrap();
+    let report = run_job_with(
+        &format!(
+            r#"{{"name": "failing", "source": {{"type": "file", "path": {}, "format": {{"type": "csv", "schema": {SCHEMA}}}}},
+                "sink": {{"type": "azure_blob", "connection": "az", "container": "{container}", "path": "data.csv", "format": {{"type": "csv"}}, "block_size": "1MiB"}},
+                "parallel_copies": 1, "batch_rows": 1000}}"#,
+            js(&csv)
+        ),
+        &connections(""),
+    );
+    assert_eq!(report.status, JobStatus::Failed);
+    assert!(
+        report.bytes_written > 2 << 20,
+        "blocks were uploaded before the failure: {report}"
+    );
+    assert!(report.error.unwrap().message.contains("bad.csv:150002"));
+    assert!(az.list(&container, "").is_empty(), "no blob may appear");
+}
+
+#[test]
+fn credentials_and_containers_fail_clearly() {
+    let az = azurite();
+    let container = az.container("auth");
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("in.csv");
+    write_csv(&csv, 100);
+    let job = |container: &str| {
+        format!(
+            r#"{{"name": "auth", "source": {{"type": "file", "path": {}, "format": {{"type": "csv"}}}},
+                "sink": {{"type": "azure_blob", "connection": "az", "container": "{container}", "path": "x/", "format": {{"type": "csv"}}}}}}"#,
+            js(&csv)
+        )
+    };
+    let bad_key = format!(
+        r#"{{"az": {{"type": "azure_blob", "account": "{ACCOUNT}", "endpoint": "{}", "allow_http": true, "auth": {{"type": "shared_key", "key": {{"env": "FERRY_IT_WRONG_KEY"}}}}}}}}"#,
+        az.endpoint()
+    );
+    #[allow(unsafe_code)]
+    // SAFETY: a variable only this test uses.
+    unsafe {
+        std::env::set_var("FERRY_IT_WRONG_KEY", "d3JvbmcgdGhpcyBrZXkgaXM=")
+    };
+    let report = run_job_with(&job(&container), &bad_key);
+    let error = report.error.unwrap();
+    assert_eq!(error.kind, ErrorKind::Auth, "{}", error.message);
+    assert!(error.message.contains("access denied"), "{}", error.message);
+
+    let report = run_job_with(&job("no-such-container"), &connections(""));
+    let error = report.error.unwrap();
+    assert!(
+        error.message.contains("no-such-container"),
+        "{}",
+        error.message
+    );
+    assert!(
+        error.message.contains("does not exist"),
+        "{}",
+        error.message
+    );
+
+    // A SAS token with read and list rights reads, and cannot write.
+    let sas = az.sas("rl");
+    #[allow(unsafe_code)]
+    // SAFETY: a variable only this test uses.
+    unsafe {
+        std::env::set_var("FERRY_IT_SAS_RL", &sas)
+    };
+    let sas_conn = format!(
+        r#"{{"az": {{"type": "azure_blob", "account": "{ACCOUNT}", "endpoint": "{}", "allow_http": true, "auth": {{"type": "sas", "token": {{"env": "FERRY_IT_SAS_RL"}}}}}}}}"#,
+        az.endpoint()
+    );
+    let report = run_job_with(&job(&container), &sas_conn);
+    assert_eq!(report.error.unwrap().kind, ErrorKind::Auth);
+    let report = run_job_with(&job(&container), &connections(""));
+    assert_eq!(report.status, JobStatus::Succeeded, "{report}");
+    let out = dir.path().join("via-sas.parquet");
+    let report = run_job_with(
+        &format!(
+            r#"{{"name": "sas-read", "source": {{"type": "azure_blob", "connection": "az", "container": "{container}", "path": "x/", "format": {{"type": "csv"}}}},
+                "sink": {{"type": "file", "path": {}, "format": {{"type": "parquet"}}}}}}"#,
+            js(&out)
+        ),
+        &sas_conn,
+    );
+    assert_eq!(report.status, JobStatus::Succeeded, "{report}");
+    assert_eq!(report.rows_read, 100);
+}
+
+#[test]
+fn staged_copy_cleans_up_after_success_and_failure() {
+    let az = azurite();
+    let staging = az.container("staging");
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("in.csv");
+    write_csv(&csv, 30_000);
+    let out = dir.path().join("out.parquet");
+    let job = |sink_path: &Path, mode: &str, staging_json: &str| {
+        format!(
+            r#"{{"name": "staged", "source": {{"type": "file", "path": {}, "format": {{"type": "csv", "schema": {SCHEMA}}}}},
+                "sink": {{"type": "file", "path": {}, "format": {{"type": "parquet"}}, "mode": "{mode}"}},
+                "staging": {staging_json}, "parallel_copies": 2}}"#,
+            js(&csv),
+            js(sink_path)
+        )
+    };
+    let local_staging = dir.path().join("interim");
+    for staging_json in [
+        format!(r#"{{"connection": "az", "path": "{staging}/ferry"}}"#),
+        format!(
+            r#"{{"path": {}, "compression": "snappy"}}"#,
+            js(&local_staging)
+        ),
+    ] {
+        let _ = std::fs::remove_file(&out);
+        let phases = run_phases(&job(&out, "overwrite", &staging_json), &connections(""));
+        assert_eq!(phases.len(), 2, "{staging_json}");
+        for p in &phases {
+            assert_eq!(p.status, JobStatus::Succeeded, "{p}");
+            assert_eq!(p.rows_written, 30_000);
+        }
+        assert_eq!(phases[0].job, "staged-to-staging");
+        assert_eq!(
+            read_parquet(&out)
+                .iter()
+                .map(|b| b.num_rows())
+                .sum::<usize>(),
+            30_000
+        );
+        assert!(
+            az.list(&staging, "ferry").is_empty(),
+            "interim blobs removed"
+        );
+        assert!(
+            !local_staging.exists() || std::fs::read_dir(&local_staging).unwrap().next().is_none(),
+            "interim files removed"
+        );
+        // Phase 2 fails (the output exists and the mode forbids replacing it): the interim
+        // files are removed all the same.
+        let phases = run_phases(
+            &job(&out, "error_if_exists", &staging_json),
+            &connections(""),
+        );
+        assert_eq!(phases.len(), 2);
+        assert_eq!(phases[0].status, JobStatus::Succeeded);
+        assert_eq!(phases[1].status, JobStatus::Failed);
+        assert!(
+            az.list(&staging, "ferry").is_empty(),
+            "interim blobs removed after a failure"
+        );
+        assert!(
+            !local_staging.exists() || std::fs::read_dir(&local_staging).unwrap().next().is_none(),
+            "interim files removed after a failure"
+        );
+    }
+}

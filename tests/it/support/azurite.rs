@@ -1,0 +1,137 @@
+//! A private Azurite (Azure Storage emulator) for the tests: started once per test run on
+//! free loopback ports through `scripts/azurite.sh` (installed by `scripts/test.sh`), with a
+//! watchdog that stops it and removes its files when the tests end.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use super::{free_port, repo_root};
+
+/// Azurite's published development account.
+pub const ACCOUNT: &str = "devstoreaccount1";
+/// Azurite's published development key (public, documented by Microsoft).
+pub const KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+/// The environment variable the tests' connections read the key from.
+pub const KEY_ENV: &str = "FERRY_IT_AZURITE_KEY";
+
+/// A running emulator.
+pub struct Azurite {
+    /// Blob service port on 127.0.0.1.
+    pub blob_port: u16,
+}
+
+static AZURITE: OnceLock<Azurite> = OnceLock::new();
+
+/// The shared emulator, started on first use.
+pub fn azurite() -> &'static Azurite {
+    AZURITE.get_or_init(|| {
+        let (blob_port, queue_port) = (free_port(), free_port());
+        let dir: PathBuf = std::env::temp_dir().join(format!("ferry-it-azurite-{}", std::process::id()));
+        let script = repo_root().join("scripts/azurite.sh");
+        let status = Command::new(&script)
+            .arg("start")
+            .arg(&dir)
+            .arg(blob_port.to_string())
+            .arg(queue_port.to_string())
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "Azurite did not start (installed? `scripts/azurite.sh install`); see {}/azurite.log",
+            dir.display()
+        );
+        #[allow(clippy::zombie_processes)]
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {script} stop {dir}; rm -rf {dir}",
+                pid = std::process::id(),
+                script = script.display(),
+                dir = dir.display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Each test names the key by this variable; its value never changes.
+        #[allow(unsafe_code)]
+        // SAFETY: set once, before any connection reads it, to the same constant.
+        unsafe {
+            std::env::set_var(KEY_ENV, KEY)
+        };
+        Azurite { blob_port }
+    })
+}
+
+impl Azurite {
+    /// The account endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{ACCOUNT}", self.blob_port)
+    }
+
+    /// Creates a container (idempotent).
+    pub fn container(&self, name: &str) -> String {
+        let out = Command::new("python3")
+            .arg(repo_root().join("scripts/azure-container.py"))
+            .args(["create", &self.endpoint(), ACCOUNT, KEY, name])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        name.to_string()
+    }
+
+    /// An account SAS token with `permissions`.
+    pub fn sas(&self, permissions: &str) -> String {
+        let out = Command::new("python3")
+            .arg(repo_root().join("scripts/azure-container.py"))
+            .args(["sas", &self.endpoint(), ACCOUNT, KEY, permissions])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    /// The JSON of an `azure_blob` connection with shared-key auth (and `extra` members).
+    pub fn connection(&self) -> String {
+        format!(
+            r#"{{"type": "azure_blob", "account": "{ACCOUNT}", "endpoint": "{}", "allow_http": true, "auth": {{"type": "shared_key", "key": {{"env": "{KEY_ENV}"}}}}}}"#,
+            self.endpoint()
+        )
+    }
+
+    /// Every blob name in `container` under `prefix`, sorted.
+    pub fn list(&self, container: &str, prefix: &str) -> Vec<String> {
+        let conn: ferry_connectors::azure_blob::AzureBlobConnection =
+            serde_json::from_str(&self.connection()).unwrap();
+        let store = conn.store("az", container).unwrap();
+        let prefix = object_store::path::Path::from(prefix);
+        let mut names: Vec<String> = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                use futures::TryStreamExt;
+                store
+                    .list(Some(&prefix))
+                    .try_collect::<Vec<_>>()
+                    .await
+                    .unwrap()
+            })
+            .into_iter()
+            .map(|m| m.location.to_string())
+            .collect();
+        names.sort();
+        names
+    }
+}
