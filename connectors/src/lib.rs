@@ -2,6 +2,7 @@
 //! Parquet, Arrow IPC) over `ObjectStore`, and the registry that builds them from a job.
 
 pub mod azure_blob;
+pub mod binary;
 pub mod file;
 pub mod format;
 pub mod postgres;

@@ -61,6 +61,9 @@ pub fn parse_job(text: &str) -> Result<(JobFile, JobSettings)> {
     }
     .map_err(in_job)?;
     crate::staged::StagingSpec::from_job(&spec)?;
+    if crate::binary::is_binary(&spec) {
+        crate::binary::validate(&spec).map_err(in_job)?;
+    }
     Ok((spec, settings))
 }
 

@@ -214,6 +214,9 @@ pub async fn run_job(
     connections: &Connections,
     observe: &(dyn Fn(&RunningJob) + Sync),
 ) -> Vec<JobReport> {
+    if crate::binary::is_binary(spec) {
+        return vec![crate::binary::run(spec, settings, connections).await];
+    }
     let staging = match StagingSpec::from_job(spec) {
         Ok(None) => return vec![run_one(spec, settings, connections, observe).await],
         Ok(Some(s)) => s,

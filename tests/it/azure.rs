@@ -337,3 +337,125 @@ fn staged_copy_cleans_up_after_success_and_failure() {
         );
     }
 }
+
+/// Files of awkward sizes in nested folders: empty, one byte, several blocks.
+fn write_tree(root: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut seed = 7u64;
+    let mut bytes = |n: usize| -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (seed >> 56) as u8
+            })
+            .collect()
+    };
+    for (name, size) in [
+        ("empty.bin", 0),
+        ("one.txt", 1),
+        ("a/small.csv", 1000),
+        ("a/b/three-blocks.parquet", (2 << 20) + 12345),
+        ("a/b/c/deep.bin", 300_000),
+        ("z/big.bin", (5 << 20) + 1),
+    ] {
+        let data = bytes(size);
+        let path = root.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &data).unwrap();
+        files.push((name.to_string(), data));
+    }
+    files
+}
+
+#[test]
+fn binary_copy_of_a_tree_is_byte_for_byte_and_resumes() {
+    let az = azurite();
+    let container = az.container("binary");
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    let files = write_tree(&src);
+    let job = |name: &str, source: String, sink: String| {
+        format!(r#"{{"name": "{name}", "source": {source}, "sink": {sink}, "parallel_copies": 3}}"#)
+    };
+    let local_source = format!(
+        r#"{{"type": "file", "path": {}, "format": {{"type": "binary"}}}}"#,
+        js(&src)
+    );
+    let blob_sink = format!(
+        r#"{{"type": "azure_blob", "connection": "az", "container": "{container}", "path": "tree/", "format": {{"type": "binary", "verify_md5": true}}, "block_size": "1MiB"}}"#
+    );
+    let up = run_job_with(
+        &job("up", local_source.clone(), blob_sink.clone()),
+        &connections(""),
+    );
+    assert_eq!(up.status, JobStatus::Succeeded, "{up}");
+    assert_eq!((up.rows_read, up.rows_written, up.rows_skipped), (6, 6, 0));
+    let mut expected: Vec<String> = files.iter().map(|(n, _)| format!("tree/{n}")).collect();
+    expected.sort();
+    assert_eq!(az.list(&container, "tree"), expected);
+
+    // Back down into a new directory, checked by MD5, and compared byte for byte.
+    let back = dir.path().join("back");
+    let down = run_job_with(
+        &job(
+            "down",
+            format!(
+                r#"{{"type": "azure_blob", "connection": "az", "container": "{container}", "path": "tree/", "format": {{"type": "binary"}}}}"#
+            ),
+            format!(
+                r#"{{"type": "file", "path": "{}/", "format": {{"type": "binary", "verify_md5": true}}}}"#,
+                back.display()
+            ),
+        ),
+        &connections(""),
+    );
+    assert_eq!(down.status, JobStatus::Succeeded, "{down}");
+    for (name, data) in &files {
+        assert_eq!(&std::fs::read(back.join(name)).unwrap(), data, "{name}");
+    }
+
+    // A re-run copies only what is missing.
+    std::fs::remove_file(back.join("a/b/c/deep.bin")).unwrap();
+    let again = run_job_with(
+        &job(
+            "down",
+            format!(
+                r#"{{"type": "azure_blob", "connection": "az", "container": "{container}", "path": "tree/", "format": {{"type": "binary"}}}}"#
+            ),
+            format!(
+                r#"{{"type": "file", "path": "{}/", "format": {{"type": "binary"}}}}"#,
+                back.display()
+            ),
+        ),
+        &connections(""),
+    );
+    assert_eq!((again.rows_written, again.rows_skipped), (1, 5), "{again}");
+    assert_eq!(
+        std::fs::read(back.join("a/b/c/deep.bin")).unwrap(),
+        files[4].1
+    );
+
+    // Flattening names that collide fails before anything is copied.
+    std::fs::write(src.join("a/one.txt"), b"x").unwrap();
+    let flat = dir.path().join("flat");
+    let report = run_job_with(
+        &job(
+            "flat",
+            local_source,
+            format!(
+                r#"{{"type": "file", "path": "{}/", "format": {{"type": "binary", "hierarchy": "flatten"}}}}"#,
+                flat.display()
+            ),
+        ),
+        &connections(""),
+    );
+    let error = report.error.unwrap();
+    assert!(
+        error.message.contains("would both be copied to"),
+        "{}",
+        error.message
+    );
+    assert!(!flat.exists() || std::fs::read_dir(&flat).unwrap().next().is_none());
+}

@@ -138,6 +138,7 @@ impl FileSource {
                     let (footer, _) = ipc_footer(&store, &first).await?;
                     footer.schema
                 }
+                FormatSpec::Binary(_) => return Err(crate::format::binary_only()),
             },
         };
         Ok(Self {
@@ -452,6 +453,7 @@ impl ReadTask {
             FormatSpec::Csv(_) | FormatSpec::Jsonl(_) => self.read_text(),
             FormatSpec::Parquet(_) => self.read_parquet(),
             FormatSpec::ArrowIpc(_) => self.read_ipc(),
+            FormatSpec::Binary(_) => Err(crate::format::binary_only()),
         }
     }
 

@@ -32,6 +32,35 @@ pub enum FormatSpec {
     Parquet(ParquetFormat),
     /// Arrow IPC file format (Feather v2).
     ArrowIpc(ArrowIpcFormat),
+    /// Files copied byte for byte, not parsed (source and sink both `binary`).
+    Binary(BinaryFormat),
+}
+
+/// How a binary copy names its outputs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hierarchy {
+    /// Keep each file's path relative to the source path (default).
+    #[default]
+    Preserve,
+    /// Put every file directly under the sink path (names must not collide).
+    Flatten,
+}
+
+/// Binary copy options.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BinaryFormat {
+    /// On the sink: keep the folder hierarchy (default) or flatten it.
+    #[serde(default)]
+    pub hierarchy: Hierarchy,
+    /// On the sink: read every copy back and compare its MD5 with the source's (default false).
+    #[serde(default)]
+    pub verify_md5: bool,
+    /// On the sink: copy files even when the destination already has them (same size);
+    /// default false, which makes a re-run resume where a failed run stopped.
+    #[serde(default)]
+    pub overwrite: bool,
 }
 
 /// Compression of a text file.
@@ -181,7 +210,7 @@ impl FormatSpec {
                     return Err(Error::config("parquet `row_group_rows` must be at least 1"));
                 }
             }
-            FormatSpec::ArrowIpc(_) => {}
+            FormatSpec::ArrowIpc(_) | FormatSpec::Binary(_) => {}
         }
         Ok(())
     }
@@ -193,6 +222,7 @@ impl FormatSpec {
             FormatSpec::Jsonl(_) => "jsonl",
             FormatSpec::Parquet(_) => "parquet",
             FormatSpec::ArrowIpc(_) => "arrow_ipc",
+            FormatSpec::Binary(_) => "binary",
         }
     }
 
@@ -208,6 +238,7 @@ impl FormatSpec {
             ),
             FormatSpec::Parquet(_) => "parquet".into(),
             FormatSpec::ArrowIpc(_) => "arrow".into(),
+            FormatSpec::Binary(_) => "bin".into(),
         }
     }
 
@@ -270,12 +301,20 @@ impl FormatSpec {
                 Box::new(arrow_ipc::ArrowIpcEncoder::new(schema)?),
                 Compression::None,
             ),
+            FormatSpec::Binary(_) => return Err(binary_only()),
         };
         Ok(match compression {
             Compression::None => inner,
             c => Box::new(CompressingEncoder::new(inner, c)?),
         })
     }
+}
+
+/// The error for a binary format on one side only.
+pub fn binary_only() -> Error {
+    Error::config(
+        "the binary format copies files as they are: give `binary` as the format of both the source and the sink",
+    )
 }
 
 enum Compressor {
