@@ -7,7 +7,7 @@ use ferry_engine::{Error, Job, Result, Sink, Source};
 use serde::{Deserialize, Serialize};
 
 use crate::azure_blob::{AzureBlobConnection, AzureBlobSinkSpec, AzureBlobSourceSpec};
-use crate::file::{self, FileSink, FileSinkSpec, FileSource, FileSourceSpec, Publish};
+use crate::file::{self, FileSink, FileSinkSpec, FileSource, FileSourceSpec, Publish, RollOver};
 use crate::postgres::{
     PostgresConnection, PostgresSink, PostgresSinkSpec, PostgresSource, PostgresSourceSpec,
 };
@@ -223,7 +223,11 @@ pub async fn build_job(
                         concurrency: s.concurrency(),
                     },
                     "azure_blob",
-                ),
+                )
+                .with_roll_over(RollOver {
+                    max_rows: s.max_rows_per_blob,
+                    max_bytes: s.max_bytes_per_blob.map(|b| b.bytes()),
+                }),
             )
         }
     };

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::azure_blob::{AzureBlobConnection, AzureBlobSinkSpec, AzureBlobSourceSpec};
 use crate::file::{self, FileConnection, FileSinkSpec, FileSourceSpec, WriteMode};
 use crate::format::parquet::ParquetCodec;
-use crate::format::{FormatSpec, ParquetFormat};
+use crate::format::{Compression, CsvFormat, FormatSpec, ParquetFormat};
 use crate::registry::{JobFile, SinkSpec, SourceSpec, build_job};
 
 /// The `staging` section of a job.
@@ -33,9 +33,24 @@ pub struct StagingSpec {
     /// A directory (local or under the `file` connection's root), or `container/prefix` for
     /// an `azure_blob` connection.
     pub path: String,
-    /// Compression of the interim Parquet files (default zstd).
+    /// Format of the interim files: `parquet` (default: typed, compact) or `csv` (the
+    /// classic delimited text; every column type must have a CSV type name).
+    #[serde(default)]
+    pub format: InterimFormat,
+    /// Compression of the interim files: zstd (default), gzip, snappy (Parquet only) or none.
     #[serde(default)]
     pub compression: Option<ParquetCodec>,
+}
+
+/// The format of interim files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterimFormat {
+    /// Parquet.
+    #[default]
+    Parquet,
+    /// CSV (header, PostgreSQL null convention).
+    Csv,
 }
 
 impl StagingSpec {
@@ -104,20 +119,12 @@ impl Interim {
         }
     }
 
-    fn format(codec: ParquetCodec) -> FormatSpec {
-        FormatSpec::Parquet(ParquetFormat {
-            compression: codec,
-            row_group_rows: None,
-            columns: None,
-        })
-    }
-
-    fn sink(&self, codec: ParquetCodec) -> SinkSpec {
+    fn sink(&self, format: FormatSpec) -> SinkSpec {
         match self {
             Interim::Local(dir) => SinkSpec::File(FileSinkSpec {
                 connection: None,
                 path: format!("{}/", dir.display()),
-                format: Self::format(codec),
+                format: format.clone(),
                 mode: WriteMode::Overwrite,
             }),
             Interim::Blob {
@@ -129,20 +136,22 @@ impl Interim {
                 connection: connection.clone(),
                 container: container.clone(),
                 path: format!("{prefix}/"),
-                format: Self::format(codec),
+                format: format.clone(),
                 mode: WriteMode::Overwrite,
                 block_size: None,
                 max_concurrency: None,
+                max_rows_per_blob: None,
+                max_bytes_per_blob: None,
             }),
         }
     }
 
-    fn source(&self, codec: ParquetCodec) -> SourceSpec {
+    fn source(&self, format: FormatSpec) -> SourceSpec {
         match self {
             Interim::Local(dir) => SourceSpec::File(FileSourceSpec {
                 connection: None,
                 path: format!("{}/", dir.display()),
-                format: Self::format(codec),
+                format: format.clone(),
             }),
             Interim::Blob {
                 connection,
@@ -153,7 +162,7 @@ impl Interim {
                 connection: connection.clone(),
                 container: container.clone(),
                 path: format!("{prefix}/"),
-                format: Self::format(codec),
+                format: format.clone(),
             }),
         }
     }
@@ -188,21 +197,74 @@ impl Interim {
     }
 }
 
-/// Runs a built job to its report, showing it to `observe` when it starts.
+/// The interim format for writing (phase 1) and, given the source's schema, for reading
+/// (phase 2).
+fn interim_format(
+    staging: &StagingSpec,
+    schema: Option<&arrow::datatypes::Schema>,
+) -> Result<FormatSpec> {
+    let codec = staging.compression.unwrap_or(ParquetCodec::Zstd);
+    Ok(match staging.format {
+        InterimFormat::Parquet => FormatSpec::Parquet(ParquetFormat {
+            compression: codec,
+            row_group_rows: None,
+            columns: None,
+        }),
+        InterimFormat::Csv => {
+            let compression = match codec {
+                ParquetCodec::Zstd => Compression::Zstd,
+                ParquetCodec::Gzip => Compression::Gzip,
+                ParquetCodec::None => Compression::None,
+                ParquetCodec::Snappy => {
+                    return Err(Error::config(
+                        "staging: snappy applies to Parquet interim files; use gzip, zstd or none for csv",
+                    ));
+                }
+            };
+            let schema = match schema {
+                None => None,
+                Some(schema) => Some(
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| {
+                            crate::format::schema::from_field(f).ok_or_else(|| {
+                                Error::config(format!(
+                                    "staging: column `{}` ({}) has no CSV type; use parquet interim files",
+                                    f.name(),
+                                    f.data_type()
+                                ))
+                            })
+                        })
+                        .collect::<Result<Vec<_>>>()?,
+                ),
+            };
+            FormatSpec::Csv(CsvFormat {
+                compression: Some(compression),
+                schema,
+                ..Default::default()
+            })
+        }
+    })
+}
+
+/// Runs a built job to its report, showing it to `observe` when it starts; also returns
+/// the source's schema when the job could be built.
 async fn run_one(
     spec: &JobFile,
     settings: JobSettings,
     connections: &Connections,
     observe: &(dyn Fn(&RunningJob) + Sync),
-) -> JobReport {
+) -> (JobReport, Option<arrow::datatypes::SchemaRef>) {
     let name = settings.name.clone();
     match build_job(spec, settings, connections).await {
         Ok(job) => {
+            let schema = job.source.schema();
             let running = ferry_engine::start(job);
             observe(&running);
-            running.report().await
+            (running.report().await, Some(schema))
         }
-        Err(e) => JobReport::failed(&name, e),
+        Err(e) => (JobReport::failed(&name, e), None),
     }
 }
 
@@ -218,7 +280,7 @@ pub async fn run_job(
         return vec![crate::binary::run(spec, settings, connections).await];
     }
     let staging = match StagingSpec::from_job(spec) {
-        Ok(None) => return vec![run_one(spec, settings, connections, observe).await],
+        Ok(None) => return vec![run_one(spec, settings, connections, observe).await.0],
         Ok(Some(s)) => s,
         Err(e) => return vec![JobReport::failed(&settings.name, e)],
     };
@@ -240,15 +302,17 @@ pub async fn run_job(
             )];
         }
     };
-    let codec = staging.compression.unwrap_or(ParquetCodec::Zstd);
+    let write_format = match interim_format(&staging, None) {
+        Ok(f) => f,
+        Err(e) => return vec![JobReport::failed(&settings.name, e)],
+    };
     let mut first = spec.clone();
     first.staging = None;
     first.name = format!("{}-to-staging", spec.name);
-    first.sink = interim.sink(codec);
+    first.sink = interim.sink(write_format);
     let mut second = spec.clone();
     second.staging = None;
     second.name = format!("{}-from-staging", spec.name);
-    second.source = interim.source(codec);
 
     let mut reports = Vec::new();
     let phase = |job: &JobFile| {
@@ -256,12 +320,24 @@ pub async fn run_job(
         s.name = job.name.clone();
         s
     };
-    let one = run_one(&first, phase(&first), connections, observe).await;
+    let (one, schema) = run_one(&first, phase(&first), connections, observe).await;
     let first_ok = one.error.is_none();
     let staged_rows = one.rows_written;
     reports.push(one);
-    if first_ok {
-        let mut two = run_one(&second, phase(&second), connections, observe).await;
+    let read_format = if first_ok {
+        match interim_format(&staging, schema.as_deref()) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                reports.push(JobReport::failed(&second.name, e));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if let Some(read_format) = read_format {
+        second.source = interim.source(read_format);
+        let (mut two, _) = run_one(&second, phase(&second), connections, observe).await;
         if two.error.is_none() && two.rows_read != staged_rows {
             two = JobReport::failed(
                 &second.name,

@@ -49,8 +49,8 @@ pub trait Sink: Send + Sync + 'static {
     /// How partitions map to outputs.
     fn layout(&self) -> OutputLayout;
 
-    /// A new encoder for one output.
-    fn encoder(&self, schema: &SchemaRef) -> Result<Box<dyn Encoder>>;
+    /// A new encoder for output `output` (called right after [`Sink::open`] of that output).
+    fn encoder(&self, schema: &SchemaRef, output: usize) -> Result<Box<dyn Encoder>>;
 
     /// Opens output `output` under a temporary name.
     async fn open(&self, output: usize) -> Result<Box<dyn OutputWriter>>;

@@ -356,7 +356,7 @@ impl Sink for MemorySink {
         self.layout
     }
 
-    fn encoder(&self, schema: &SchemaRef) -> Result<Box<dyn Encoder>> {
+    fn encoder(&self, schema: &SchemaRef, _output: usize) -> Result<Box<dyn Encoder>> {
         Ok(Box::new(IpcStreamEncoder::new(schema)?))
     }
 

@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod azure;
 mod postgres;
 
 #[derive(Parser)]
@@ -29,6 +30,18 @@ enum Scenario {
         #[arg(long, default_value_t = 1.0)]
         scale: f64,
         /// Runs of each tool; the table shows min, median and max.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// The ferry binary to measure.
+        #[arg(long, default_value = "target/release/ferry")]
+        ferry: PathBuf,
+    },
+    /// Azure Blob (Azurite): binary upload vs the Python SDK; postgres -> blob direct vs staged.
+    Azure {
+        /// TPC-H scale factor of lineitem.
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        /// Runs of each tool.
         #[arg(long, default_value_t = 3)]
         runs: usize,
         /// The ferry binary to measure.
@@ -317,5 +330,6 @@ fn main() -> Result<()> {
     match Cli::parse().scenario {
         Scenario::CsvToParquet { scale, runs, ferry } => csv_to_parquet(scale, runs, &ferry),
         Scenario::Postgres { scale, runs, ferry } => postgres::run(scale, runs, &ferry),
+        Scenario::Azure { scale, runs, ferry } => azure::run(scale, runs, &ferry),
     }
 }

@@ -10,14 +10,14 @@ use anyhow::{Context, Result, bail};
 use crate::{Run, Tool, ensure_venv, measure, python, run_interleaved, stats, work_dir, write_job};
 
 /// A private server for the run; stopped when dropped.
-struct Server {
+pub(crate) struct Server {
     dir: PathBuf,
-    port: u16,
+    pub(crate) port: u16,
     bindir: PathBuf,
 }
 
 impl Server {
-    fn start(dir: PathBuf) -> Result<Server> {
+    pub(crate) fn start(dir: PathBuf) -> Result<Server> {
         let status = Command::new("scripts/pg-server.sh")
             .arg("install")
             .status()?;
@@ -77,7 +77,7 @@ impl Server {
         )
     }
 
-    fn scalar(&self, db: &str, sql: &str) -> Result<String> {
+    pub(crate) fn scalar(&self, db: &str, sql: &str) -> Result<String> {
         let out = self.psql(db).args(["-tA", "-c", sql]).output()?;
         if !out.status.success() {
             bail!("{sql}: {}", String::from_utf8_lossy(&out.stderr));
@@ -108,10 +108,13 @@ fn command(program: &Path, args: Vec<String>) -> Box<dyn Fn() -> Command> {
     })
 }
 
-pub fn run(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
-    let work = work_dir()?;
-    let venv = PathBuf::from("perf/.venv");
-    ensure_venv(&venv, &["pyarrow", "adbc-driver-postgresql", "connectorx"])?;
+/// Starts the server and loads lineitem at `scale` once; returns the server, the database
+/// and a connections file with the connection `pg`.
+pub(crate) fn lineitem_server(
+    work: &Path,
+    scale: f64,
+    ferry: &Path,
+) -> Result<(Server, &'static str, PathBuf)> {
     let server = Server::start(work.join("pg"))?;
     let db = "perf";
     if server.scalar(
@@ -155,6 +158,15 @@ pub fn run(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
         )?;
         server.scalar(db, "VACUUM ANALYZE lineitem")?;
     }
+    Ok((server, db, connections))
+}
+
+pub fn run(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
+    let work = work_dir()?;
+    let venv = PathBuf::from("perf/.venv");
+    ensure_venv(&venv, &["pyarrow", "adbc-driver-postgresql", "connectorx"])?;
+    let (server, db, connections) = lineitem_server(&work, scale, ferry)?;
+    let rows: u64 = (6_001_215.0 * scale) as u64;
     let table_mb: f64 = server
         .scalar(db, "SELECT pg_relation_size('lineitem')")?
         .parse::<f64>()?

@@ -278,6 +278,20 @@ fn staged_copy_cleans_up_after_success_and_failure() {
     let csv = dir.path().join("in.csv");
     write_csv(&csv, 30_000);
     let out = dir.path().join("out.parquet");
+    let expected = {
+        let direct = dir.path().join("direct.parquet");
+        let report = run_job_with(
+            &format!(
+                r#"{{"name": "direct", "source": {{"type": "file", "path": {}, "format": {{"type": "csv", "schema": {SCHEMA}}}}},
+                    "sink": {{"type": "file", "path": {}, "format": {{"type": "parquet"}}}}}}"#,
+                js(&csv),
+                js(&direct)
+            ),
+            "{}",
+        );
+        assert_eq!(report.status, JobStatus::Succeeded, "{report}");
+        sorted_rows(&read_parquet(&direct))
+    };
     let job = |sink_path: &Path, mode: &str, staging_json: &str| {
         format!(
             r#"{{"name": "staged", "source": {{"type": "file", "path": {}, "format": {{"type": "csv", "schema": {SCHEMA}}}}},
@@ -294,6 +308,9 @@ fn staged_copy_cleans_up_after_success_and_failure() {
             r#"{{"path": {}, "compression": "snappy"}}"#,
             js(&local_staging)
         ),
+        format!(
+            r#"{{"connection": "az", "path": "{staging}/ferry", "format": "csv", "compression": "gzip"}}"#
+        ),
     ] {
         let _ = std::fs::remove_file(&out);
         let phases = run_phases(&job(&out, "overwrite", &staging_json), &connections(""));
@@ -304,11 +321,9 @@ fn staged_copy_cleans_up_after_success_and_failure() {
         }
         assert_eq!(phases[0].job, "staged-to-staging");
         assert_eq!(
-            read_parquet(&out)
-                .iter()
-                .map(|b| b.num_rows())
-                .sum::<usize>(),
-            30_000
+            sorted_rows(&read_parquet(&out)),
+            expected,
+            "{staging_json}: rows differ"
         );
         assert!(
             az.list(&staging, "ferry").is_empty(),
@@ -458,4 +473,62 @@ fn binary_copy_of_a_tree_is_byte_for_byte_and_resumes() {
         error.message
     );
     assert!(!flat.exists() || std::fs::read_dir(&flat).unwrap().next().is_none());
+}
+
+#[test]
+fn outputs_roll_over_into_several_blobs() {
+    let az = azurite();
+    let container = az.container("rolling");
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("in.csv");
+    write_csv(&csv, 50_000);
+    let job = |limits: &str, path: &str| {
+        let format = if path == "size/" { "csv" } else { "parquet" };
+        format!(
+            r#"{{"name": "roll", "source": {{"type": "file", "path": {}, "format": {{"type": "csv", "schema": {SCHEMA}}}}},
+                "sink": {{"type": "azure_blob", "connection": "az", "container": "{container}", "path": "{path}", "format": {{"type": "{format}"}}{limits}}},
+                "parallel_copies": 1, "batch_rows": 4096}}"#,
+            js(&csv)
+        )
+    };
+    let report = run_job_with(
+        &job(r#", "max_rows_per_blob": 12000"#, "rows/"),
+        &connections(""),
+    );
+    assert_eq!(report.status, JobStatus::Succeeded, "{report}");
+    // Files end at the first batch boundary past 12000 rows (batches hold at most 4096):
+    // 50,000 rows make 4 or 5 files, named in sequence.
+    let blobs = az.list(&container, "rows");
+    assert!((4..=5).contains(&blobs.len()), "{blobs:?}");
+    let mut expected: Vec<String> = (1..blobs.len())
+        .map(|i| format!("rows/part-00000-{i:04}.parquet"))
+        .collect();
+    expected.push("rows/part-00000.parquet".into());
+    assert_eq!(blobs, expected);
+    let out = dir.path().join("back.parquet");
+    let back = run_job_with(
+        &format!(
+            r#"{{"name": "back", "source": {{"type": "azure_blob", "connection": "az", "container": "{container}", "path": "rows/", "format": {{"type": "parquet"}}}},
+                "sink": {{"type": "file", "path": {}, "format": {{"type": "parquet"}}}}}}"#,
+            js(&out)
+        ),
+        &connections(""),
+    );
+    assert_eq!(back.rows_read, 50_000, "{back}");
+    // By size; and a re-run without limits replaces every rolled blob.
+    let report = run_job_with(
+        &job(r#", "max_bytes_per_blob": "1MiB""#, "size/"),
+        &connections(""),
+    );
+    assert_eq!(report.status, JobStatus::Succeeded, "{report}");
+    // About 1.9 MB of CSV: two files.
+    assert_eq!(
+        az.list(&container, "size").len(),
+        2,
+        "{:?}",
+        az.list(&container, "size")
+    );
+    let report = run_job_with(&job("", "size/"), &connections(""));
+    assert_eq!(report.status, JobStatus::Succeeded, "{report}");
+    assert_eq!(az.list(&container, "size"), ["size/part-00000.csv"]);
 }

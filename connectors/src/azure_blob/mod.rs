@@ -139,6 +139,13 @@ pub struct AzureBlobSinkSpec {
     /// Blocks uploaded at once per output (default 4).
     #[serde(default)]
     pub max_concurrency: Option<usize>,
+    /// Roll each partition's output over into a new blob (`part-00003-0001.parquet`, ...)
+    /// after this many rows; checked between batches. Prefix paths only.
+    #[serde(default)]
+    pub max_rows_per_blob: Option<u64>,
+    /// Roll over after this many encoded bytes (`"512MiB"`); checked between batches.
+    #[serde(default)]
+    pub max_bytes_per_blob: Option<ByteSize>,
 }
 
 impl AzureBlobSourceSpec {
@@ -159,6 +166,20 @@ impl AzureBlobSinkSpec {
         if self.path.trim().is_empty() || self.path.contains(['*', '?', '[']) {
             return Err(Error::config(
                 "azure_blob sink: `path` must be a blob name or a prefix ending with `/`",
+            ));
+        }
+        if (self.max_rows_per_blob.is_some() || self.max_bytes_per_blob.is_some())
+            && !self.path.ends_with('/')
+        {
+            return Err(Error::config(
+                "azure_blob sink: rolling over (`max_rows_per_blob`, `max_bytes_per_blob`) needs a prefix `path` ending with `/`",
+            ));
+        }
+        if self.max_rows_per_blob == Some(0)
+            || self.max_bytes_per_blob.is_some_and(|b| b.bytes() == 0)
+        {
+            return Err(Error::config(
+                "azure_blob sink: roll-over limits must be positive",
             ));
         }
         if self.max_concurrency == Some(0) {

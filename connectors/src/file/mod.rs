@@ -17,7 +17,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
-pub use sink::{FileSink, Publish, WriteMode};
+pub use sink::{FileSink, Publish, RollOver, WriteMode};
 pub use source::{FileSource, InputFile};
 
 use crate::format::FormatSpec;

@@ -56,8 +56,25 @@ pub enum Publish {
     },
 }
 
-/// Uploads whose parts are all stored, waiting for the commit.
-type PendingUploads = Arc<Mutex<HashMap<usize, Box<dyn MultipartUpload>>>>;
+/// Uploads whose parts are all stored, waiting for the commit: per output, each file it
+/// rolled over into, in order.
+type PendingUploads = Arc<Mutex<HashMap<usize, Vec<FileUpload>>>>;
+
+/// One file's upload, with its name.
+type FileUpload = (Path, Box<dyn MultipartUpload>);
+
+/// Byte offsets in an output's stream where one file ends and the next begins.
+type Boundaries = Arc<Mutex<std::collections::VecDeque<u64>>>;
+
+/// When an output rolls over into a new file (checked between batches, so files end at the
+/// first batch boundary past a limit).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RollOver {
+    /// Rows per file.
+    pub max_rows: Option<u64>,
+    /// Encoded bytes per file.
+    pub max_bytes: Option<u64>,
+}
 
 /// A sink of files in one format.
 pub struct FileSink {
@@ -76,6 +93,8 @@ pub struct FileSink {
     publish: Publish,
     pending: PendingUploads,
     connector: &'static str,
+    roll: Option<RollOver>,
+    boundaries: Mutex<HashMap<usize, Boundaries>>,
 }
 
 impl FileSink {
@@ -105,6 +124,8 @@ impl FileSink {
             publish: Publish::Rename,
             pending: Default::default(),
             connector: "file",
+            roll: None,
+            boundaries: Default::default(),
         }
     }
 
@@ -116,7 +137,15 @@ impl FileSink {
         self
     }
 
-    fn take_pending(&self) -> Result<HashMap<usize, Box<dyn MultipartUpload>>> {
+    /// Rolls each output over into a new file past these limits (uploads only).
+    pub fn with_roll_over(mut self, roll: RollOver) -> Self {
+        if roll.max_rows.is_some() || roll.max_bytes.is_some() {
+            self.roll = Some(roll);
+        }
+        self
+    }
+
+    fn take_pending(&self) -> Result<HashMap<usize, Vec<FileUpload>>> {
         Ok(std::mem::take(&mut *self.pending.lock().map_err(|_| {
             Error::internal("file sink: lock poisoned")
         })?))
@@ -180,7 +209,13 @@ impl FileSink {
                 p.filename().is_some_and(|f| {
                     f.strip_prefix("part-")
                         .and_then(|rest| rest.strip_suffix(suffix.as_str()))
-                        .is_some_and(|n| n.len() == 5 && n.bytes().all(|b| b.is_ascii_digit()))
+                        .is_some_and(|n| {
+                            let (part, roll) = n.split_once('-').unwrap_or((n, "0000"));
+                            part.len() == 5
+                                && part.bytes().all(|b| b.is_ascii_digit())
+                                && roll.len() == 4
+                                && roll.bytes().all(|b| b.is_ascii_digit())
+                        })
                 })
             })
             .collect())
@@ -230,8 +265,10 @@ impl OutputWriter for FileOutputWriter {
     }
 }
 
-/// Streams one output as a multipart upload; completes nothing (the sink's commit does).
+/// Streams one output as a multipart upload (several, when it rolls over); completes
+/// nothing (the sink's commit does).
 struct UploadWriter {
+    store: Arc<dyn ObjectStore>,
     upload: Option<Box<dyn MultipartUpload>>,
     parts: JoinSet<object_store::Result<()>>,
     buffer: Vec<Bytes>,
@@ -242,6 +279,12 @@ struct UploadWriter {
     target: Path,
     bytes: u64,
     pending: PendingUploads,
+    /// Where files end in this output's stream (rolling over), and the files done so far.
+    boundaries: Option<Boundaries>,
+    written: u64,
+    done: Vec<FileUpload>,
+    /// `(directory, base name, extension)` of rolled-over file names.
+    naming: (Path, String, String),
 }
 
 impl UploadWriter {
@@ -271,12 +314,9 @@ impl UploadWriter {
             Some(Err(e)) => Err(Error::internal(format!("upload task failed: {e}"))),
         }
     }
-}
 
-#[async_trait::async_trait]
-impl OutputWriter for UploadWriter {
-    async fn write(&mut self, chunk: Bytes) -> Result<()> {
-        self.bytes += chunk.len() as u64;
+    async fn feed(&mut self, chunk: Bytes) -> Result<()> {
+        self.written += chunk.len() as u64;
         self.buffered += chunk.len();
         self.buffer.push(chunk);
         if self.buffered >= self.part_size {
@@ -285,7 +325,8 @@ impl OutputWriter for UploadWriter {
         Ok(())
     }
 
-    async fn finish(mut self: Box<Self>) -> Result<Staged> {
+    /// Stores every part of the current file and keeps its upload for the commit.
+    async fn close_file(&mut self) -> Result<()> {
         if self.buffered > 0 {
             self.send_part().await?;
         }
@@ -296,14 +337,77 @@ impl OutputWriter for UploadWriter {
             .upload
             .take()
             .ok_or_else(|| Error::internal("upload finished twice"))?;
+        self.done.push((self.target.clone(), upload));
+        Ok(())
+    }
+
+    /// Ends the current file and starts the next one.
+    async fn roll_over(&mut self) -> Result<()> {
+        self.close_file().await?;
+        let (dir, base, ext) = &self.naming;
+        let next = dir
+            .clone()
+            .join(format!("{base}-{:04}.{ext}", self.done.len()).as_str());
+        self.upload = Some(
+            self.store
+                .put_multipart(&next)
+                .await
+                .map_err(|e| store_error("start uploading", &next, e))?,
+        );
+        self.target = next;
+        Ok(())
+    }
+
+    fn next_boundary(&self) -> Option<u64> {
+        self.boundaries
+            .as_ref()
+            .and_then(|b| b.lock().ok().and_then(|q| q.front().copied()))
+    }
+
+    fn pop_boundary(&self) {
+        if let Some(b) = &self.boundaries
+            && let Ok(mut q) = b.lock()
+        {
+            q.pop_front();
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl OutputWriter for UploadWriter {
+    async fn write(&mut self, mut chunk: Bytes) -> Result<()> {
+        self.bytes += chunk.len() as u64;
+        while let Some(boundary) = self.next_boundary() {
+            let end = self.written + chunk.len() as u64;
+            if boundary > end || (boundary == end && chunk.is_empty()) {
+                break;
+            }
+            let head = chunk.split_to((boundary - self.written) as usize);
+            if !head.is_empty() {
+                self.feed(head).await?;
+            }
+            self.pop_boundary();
+            self.roll_over().await?;
+        }
+        if !chunk.is_empty() {
+            self.feed(chunk).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<Staged> {
+        self.close_file().await?;
+        let done = std::mem::take(&mut self.done);
+        let first = done.first().map(|(p, _)| p.to_string()).unwrap_or_default();
+        let files = done.len();
         self.pending
             .lock()
             .map_err(|_| Error::internal("file sink: lock poisoned"))?
-            .insert(self.output, upload);
+            .insert(self.output, done);
         Ok(Staged {
             output: self.output,
-            temporary: format!("uncommitted upload of {}", self.target),
-            target: self.target.to_string(),
+            temporary: format!("{files} uncommitted upload(s) starting with {first}"),
+            target: first,
             bytes: self.bytes,
         })
     }
@@ -313,7 +417,84 @@ impl OutputWriter for UploadWriter {
         if let Some(mut upload) = self.upload.take() {
             let _ = upload.abort().await;
         }
+        for (_, mut upload) in self.done.drain(..) {
+            let _ = upload.abort().await;
+        }
         Ok(())
+    }
+}
+
+/// Ends the inner encoder's file and starts a new one past the roll-over limits, recording
+/// where in the byte stream each file ends.
+struct RollingEncoder {
+    inner: Box<dyn Encoder>,
+    format: FormatSpec,
+    schema: SchemaRef,
+    roll: RollOver,
+    boundaries: Boundaries,
+    emitted: u64,
+    file_rows: u64,
+    file_bytes: u64,
+}
+
+impl RollingEncoder {
+    fn emit(&mut self, bytes: Option<Bytes>) -> Option<Bytes> {
+        let b = bytes?;
+        self.emitted += b.len() as u64;
+        self.file_bytes += b.len() as u64;
+        Some(b)
+    }
+}
+
+impl Encoder for RollingEncoder {
+    fn encode(&mut self, batch: &arrow::record_batch::RecordBatch) -> Result<Option<Bytes>> {
+        let full = self.roll.max_rows.is_some_and(|m| self.file_rows >= m)
+            || self.roll.max_bytes.is_some_and(|m| {
+                // Encoders that buffer (a Parquet row group) count what they hold too.
+                self.file_bytes + self.inner.buffered_bytes() as u64 >= m
+            });
+        let mut head: Option<Bytes> = None;
+        if full && self.file_rows > 0 {
+            let tail = self.inner.finish()?;
+            head = self.emit(tail);
+            self.boundaries
+                .lock()
+                .map_err(|_| Error::internal("roll-over lock poisoned"))?
+                .push_back(self.emitted);
+            self.inner = self.format.encoder(&self.schema)?;
+            self.file_rows = 0;
+            self.file_bytes = 0;
+        }
+        self.file_rows += batch.num_rows() as u64;
+        let body = self.inner.encode(batch)?;
+        let body = self.emit(body);
+        Ok(match (head, body) {
+            (None, b) | (b, None) => b,
+            (Some(h), Some(b)) => {
+                let mut joined = Vec::with_capacity(h.len() + b.len());
+                joined.extend_from_slice(&h);
+                joined.extend_from_slice(&b);
+                Some(Bytes::from(joined))
+            }
+        })
+    }
+
+    fn flush(&mut self) -> Result<Option<Bytes>> {
+        let b = self.inner.flush()?;
+        Ok(self.emit(b))
+    }
+
+    fn finish(&mut self) -> Result<Option<Bytes>> {
+        let b = self.inner.finish()?;
+        Ok(self.emit(b))
+    }
+
+    fn buffered_bytes(&self) -> usize {
+        self.inner.buffered_bytes()
+    }
+
+    fn buffered_rows(&self) -> u64 {
+        self.inner.buffered_rows()
     }
 }
 
@@ -384,8 +565,27 @@ impl Sink for FileSink {
         }
     }
 
-    fn encoder(&self, schema: &SchemaRef) -> Result<Box<dyn Encoder>> {
-        self.format.encoder(schema)
+    fn encoder(&self, schema: &SchemaRef, output: usize) -> Result<Box<dyn Encoder>> {
+        let inner = self.format.encoder(schema)?;
+        let boundaries = self
+            .boundaries
+            .lock()
+            .map_err(|_| Error::internal("file sink: lock poisoned"))?
+            .get(&output)
+            .cloned();
+        Ok(match (self.roll, boundaries) {
+            (Some(roll), Some(boundaries)) => Box::new(RollingEncoder {
+                inner,
+                format: self.format.clone(),
+                schema: schema.clone(),
+                roll,
+                boundaries,
+                emitted: 0,
+                file_rows: 0,
+                file_bytes: 0,
+            }),
+            _ => inner,
+        })
     }
 
     async fn open(&self, output: usize) -> Result<Box<dyn OutputWriter>> {
@@ -401,7 +601,25 @@ impl Sink for FileSink {
                 .put_multipart(&target)
                 .await
                 .map_err(|e| store_error("start uploading", &target, e))?;
+            // A fresh list of file ends for this attempt of the output; its encoder fills it.
+            let boundaries = match self.roll {
+                Some(_) if self.file_name.is_none() => {
+                    let b: Boundaries = Default::default();
+                    self.boundaries
+                        .lock()
+                        .map_err(|_| Error::internal("file sink: lock poisoned"))?
+                        .insert(output, b.clone());
+                    Some(b)
+                }
+                _ => None,
+            };
+            let ext = self.format.extension();
+            let base = name
+                .strip_suffix(&format!(".{ext}"))
+                .unwrap_or(&name)
+                .to_string();
             return Ok(Box::new(UploadWriter {
+                store: self.store.clone(),
                 upload: Some(upload),
                 parts: JoinSet::new(),
                 buffer: Vec::new(),
@@ -412,6 +630,10 @@ impl Sink for FileSink {
                 target,
                 bytes: 0,
                 pending: self.pending.clone(),
+                boundaries,
+                written: 0,
+                done: Vec::new(),
+                naming: (self.dir.clone(), base, ext),
             }));
         }
         let temporary = self.temp_dir().join(format!("{}-{name}", self.run));
@@ -435,34 +657,39 @@ impl Sink for FileSink {
             vec![]
         };
         let mut uploads = self.take_pending()?;
+        let mut published = std::collections::HashSet::new();
         for s in &staged {
             let (from, to) = (
                 Path::from(s.temporary.as_str()),
                 Path::from(s.target.as_str()),
             );
             match self.publish {
-                Publish::Rename => self
-                    .store
-                    .rename(&from, &to)
-                    .await
-                    .map_err(|e| store_error("publish", &to, e))?,
-                Publish::CompleteUpload { .. } => {
-                    let mut upload = uploads.remove(&s.output).ok_or_else(|| {
-                        Error::internal(format!("no pending upload for output {}", s.output))
-                    })?;
-                    upload
-                        .complete()
+                Publish::Rename => {
+                    self.store
+                        .rename(&from, &to)
                         .await
                         .map_err(|e| store_error("publish", &to, e))?;
+                    committed.outputs.push(format!("/{to}"));
+                    published.insert(to.to_string());
+                }
+                Publish::CompleteUpload { .. } => {
+                    let files = uploads.remove(&s.output).ok_or_else(|| {
+                        Error::internal(format!("no pending upload for output {}", s.output))
+                    })?;
+                    for (path, mut upload) in files {
+                        upload
+                            .complete()
+                            .await
+                            .map_err(|e| store_error("publish", &path, e))?;
+                        committed.outputs.push(format!("/{path}"));
+                        published.insert(path.to_string());
+                    }
                 }
             }
-            committed.outputs.push(format!("/{to}"));
         }
-        let published: std::collections::HashSet<&str> =
-            staged.iter().map(|s| s.target.as_str()).collect();
         for old in stale
             .into_iter()
-            .filter(|p| !published.contains(p.as_ref()))
+            .filter(|p| !published.contains(p.as_ref() as &str))
         {
             self.store
                 .delete(&old)
@@ -479,8 +706,10 @@ impl Sink for FileSink {
     async fn abort(&self, staged: Vec<Staged>) -> Result<()> {
         if let Publish::CompleteUpload { .. } = self.publish {
             // Uncommitted blocks are never visible; the store discards them.
-            for (_, mut upload) in self.take_pending()? {
-                let _ = upload.abort().await;
+            for (_, files) in self.take_pending()? {
+                for (_, mut upload) in files {
+                    let _ = upload.abort().await;
+                }
             }
             return Ok(());
         }

@@ -70,6 +70,36 @@ fn bad_type(name: &str) -> Error {
     ))
 }
 
+/// The column spec of an Arrow field, if the type has a name in job files.
+pub fn from_field(field: &Field) -> Option<ColumnSpec> {
+    let name = match field.data_type() {
+        DataType::Boolean => "bool".to_string(),
+        DataType::Int8 => "int8".into(),
+        DataType::Int16 => "int16".into(),
+        DataType::Int32 => "int32".into(),
+        DataType::Int64 => "int64".into(),
+        DataType::UInt8 => "uint8".into(),
+        DataType::UInt16 => "uint16".into(),
+        DataType::UInt32 => "uint32".into(),
+        DataType::UInt64 => "uint64".into(),
+        DataType::Float32 => "float32".into(),
+        DataType::Float64 => "float64".into(),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "utf8".into(),
+        DataType::Date32 => "date".into(),
+        DataType::Timestamp(TimeUnit::Microsecond, None) => "timestamp".into(),
+        DataType::Timestamp(TimeUnit::Microsecond, Some(tz)) if tz.as_ref() == "UTC" => {
+            "timestamptz".into()
+        }
+        DataType::Decimal128(p, s) if *s >= 0 => format!("decimal({p},{s})"),
+        _ => return None,
+    };
+    Some(ColumnSpec {
+        name: field.name().clone(),
+        data_type: name,
+        nullable: field.is_nullable(),
+    })
+}
+
 /// Builds an Arrow schema from column specs.
 pub fn to_schema(columns: &[ColumnSpec]) -> Result<SchemaRef> {
     if columns.is_empty() {

@@ -200,7 +200,7 @@ impl Sink for PostgresSink {
         OutputLayout::Single
     }
 
-    fn encoder(&self, _schema: &SchemaRef) -> Result<Box<dyn Encoder>> {
+    fn encoder(&self, _schema: &SchemaRef, _output: usize) -> Result<Box<dyn Encoder>> {
         Ok(Box::new(CopyEncoder::new(self.plan()?.targets)))
     }
 

@@ -368,7 +368,7 @@ async fn run_output(
 ) -> std::result::Result<(Staged, OutputTotals), (Error, OutputTotals)> {
     let fail = |e: Error| (e, OutputTotals::default());
     let writer = ctx.sink.open(index).await.map_err(fail)?;
-    let encoder = ctx.sink.encoder(&ctx.schema).map_err(fail)?;
+    let encoder = ctx.sink.encoder(&ctx.schema, index).map_err(fail)?;
     let (batch_tx, batch_rx) = mpsc::channel(BATCH_CHANNEL_CAPACITY);
     let (chunk_tx, chunk_rx) = mpsc::channel(CHUNK_CHANNEL_CAPACITY);
 

@@ -1,0 +1,238 @@
+//! Azure Blob Storage scenarios against Azurite, in one run:
+//! 1. upload of a large Parquet file: ferry's binary copy vs the Python azure-storage-blob
+//!    SDK at the same concurrency and block size;
+//! 2. postgres lineitem -> Parquet blobs: direct streaming copy vs staged copy (interim
+//!    Parquet zstd blobs in the same emulator).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::postgres::lineitem_server;
+use crate::{Tool, ensure_venv, measure, python, run_interleaved, stats, work_dir, write_job};
+
+const ACCOUNT: &str = "devstoreaccount1";
+const KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+/// A private Azurite for the run; stopped when dropped.
+struct Azurite {
+    dir: PathBuf,
+    port: u16,
+}
+
+impl Azurite {
+    fn start(dir: PathBuf) -> Result<Azurite> {
+        if !Command::new("scripts/azurite.sh")
+            .arg("install")
+            .status()?
+            .success()
+        {
+            bail!("Azurite could not be installed");
+        }
+        let free = || -> Result<u16> {
+            Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port())
+        };
+        let (port, queue) = (free()?, free()?);
+        let _ = std::fs::remove_dir_all(&dir);
+        let ok = Command::new("scripts/azurite.sh")
+            .arg("start")
+            .arg(&dir)
+            .arg(port.to_string())
+            .arg(queue.to_string())
+            .status()?
+            .success();
+        if !ok {
+            bail!("Azurite did not start; see {}/azurite.log", dir.display());
+        }
+        Ok(Azurite { dir, port })
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{ACCOUNT}", self.port)
+    }
+
+    fn container(&self, name: &str) -> Result<()> {
+        let ok = Command::new("python3")
+            .args([
+                "scripts/azure-container.py",
+                "create",
+                &self.endpoint(),
+                ACCOUNT,
+                KEY,
+                name,
+            ])
+            .status()?
+            .success();
+        if !ok {
+            bail!("cannot create container {name}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = Command::new("scripts/azurite.sh")
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn command(program: &Path, args: Vec<String>) -> Box<dyn Fn() -> Command> {
+    let program = program.to_path_buf();
+    Box::new(move || {
+        let mut c = Command::new(&program);
+        c.args(&args).env("FERRY_PERF_AZURITE_KEY", KEY);
+        c
+    })
+}
+
+pub fn run(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
+    let work = work_dir()?;
+    let venv = PathBuf::from("perf/.venv");
+    ensure_venv(&venv, &["azure-storage-blob"])?;
+    // The file to upload: lineitem as one Parquet file, made by ferry once.
+    let parquet = work.join(format!("lineitem-sf{scale}.parquet"));
+    if !parquet.exists() {
+        let job = work.join("az-generate.json");
+        write_job(
+            &job,
+            &format!(
+                r#"{{"name":"perf-az-generate","source":{{"type":"tpch","table":"lineitem","scale_factor":{scale}}},"sink":{{"type":"file","path":"{}","format":{{"type":"parquet"}}}},"parallel_copies":1}}"#,
+                parquet.display()
+            ),
+        )?;
+        measure(Command::new(ferry).arg("copy").arg(&job))?;
+    }
+    let file_mb = std::fs::metadata(&parquet)?.len() as f64 / 1e6;
+    let azurite = Azurite::start(work.join("azurite"))?;
+    for c in ["upload", "direct", "staged", "staging"] {
+        azurite.container(c)?;
+    }
+    let (pg, _db, pg_connections) = lineitem_server(&work, scale, ferry)?;
+    let pg_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&pg_connections)?)?;
+    let connections = work.join("az-connections.json");
+    write_job(
+        &connections,
+        &serde_json::json!({
+            "pg": pg_json["pg"],
+            "az": {"type": "azure_blob", "account": ACCOUNT, "endpoint": azurite.endpoint(), "allow_http": true,
+                   "auth": {"type": "shared_key", "key": {"env": "FERRY_PERF_AZURITE_KEY"}}}
+        })
+        .to_string(),
+    )?;
+    let upload_dir = work.join("az-upload");
+    std::fs::create_dir_all(&upload_dir)?;
+    let link = upload_dir.join("lineitem.parquet");
+    if !link.exists() {
+        std::fs::hard_link(&parquet, &link)
+            .or_else(|_| std::fs::copy(&parquet, &link).map(|_| ()))?;
+    }
+    let upload_job = work.join("az-upload.json");
+    write_job(
+        &upload_job,
+        &format!(
+            r#"{{"name":"perf-az-upload","source":{{"type":"file","path":"{}/","format":{{"type":"binary"}}}},"sink":{{"type":"azure_blob","connection":"az","container":"upload","path":"ferry/","format":{{"type":"binary","overwrite":true}},"block_size":"4MiB","max_concurrency":4}},"parallel_copies":1}}"#,
+            upload_dir.display()
+        ),
+    )?;
+    let sdk = format!(
+        "from azure.storage.blob import BlobServiceClient\n\
+         svc = BlobServiceClient.from_connection_string('DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};BlobEndpoint={}')\n\
+         b = svc.get_blob_client('upload', 'sdk/lineitem.parquet')\n\
+         with open('{}', 'rb') as f: b.upload_blob(f, overwrite=True, max_concurrency=4)",
+        azurite.endpoint(),
+        parquet.display()
+    );
+    let direct_job = work.join("az-direct.json");
+    write_job(
+        &direct_job,
+        r#"{"name":"perf-pg-to-blob","source":{"type":"postgres","connection":"pg","table":"lineitem"},"sink":{"type":"azure_blob","connection":"az","container":"direct","path":"lineitem/","format":{"type":"parquet"}},"parallel_copies":2,"max_buffer_bytes":"128MiB"}"#,
+    )?;
+    let staged_job = work.join("az-staged.json");
+    write_job(
+        &staged_job,
+        r#"{"name":"perf-pg-to-blob-staged","source":{"type":"postgres","connection":"pg","table":"lineitem"},"sink":{"type":"azure_blob","connection":"az","container":"staged","path":"lineitem/","format":{"type":"parquet"}},"staging":{"connection":"az","path":"staging/interim"},"parallel_copies":2,"max_buffer_bytes":"128MiB"}"#,
+    )?;
+    let staged_csv_job = work.join("az-staged-csv.json");
+    write_job(
+        &staged_csv_job,
+        r#"{"name":"perf-pg-to-blob-staged-csv","source":{"type":"postgres","connection":"pg","table":"lineitem"},"sink":{"type":"azure_blob","connection":"az","container":"staged","path":"lineitem-csv/","format":{"type":"parquet"}},"staging":{"connection":"az","path":"staging/interim","format":"csv","compression":"gzip"},"parallel_copies":2,"max_buffer_bytes":"128MiB"}"#,
+    )?;
+    let ferry_args = |job: &Path| {
+        vec![
+            "copy".to_string(),
+            job.display().to_string(),
+            "--connections".to_string(),
+            connections.display().to_string(),
+        ]
+    };
+    let tools: Vec<Tool> = vec![
+        (
+            "ferry binary copy (4MiB blocks, 4 in flight)".into(),
+            command(ferry, ferry_args(&upload_job)),
+        ),
+        (
+            "azure-storage-blob SDK upload_blob (4MiB blocks, max_concurrency 4)".into(),
+            command(&python(&venv), vec!["-c".into(), sdk]),
+        ),
+        (
+            "ferry postgres -> blob parquet, direct".into(),
+            command(ferry, ferry_args(&direct_job)),
+        ),
+        (
+            "ferry postgres -> blob parquet, staged (interim zstd Parquet blobs)".into(),
+            command(ferry, ferry_args(&staged_job)),
+        ),
+        (
+            "ferry postgres -> blob parquet, staged (interim gzip CSV blobs, the classic way)"
+                .into(),
+            command(ferry, ferry_args(&staged_csv_job)),
+        ),
+    ];
+    let results = run_interleaved(&tools, runs)?;
+    drop(pg);
+
+    let mut table = format!(
+        "# Azure Blob Storage (Azurite), TPC-H lineitem SF {scale}\n\n\
+         Azurite 3 (the emulator, Node.js, in-memory metadata, blobs on local disk) on the same 2 cores; {runs} runs each, all interleaved in one run; \
+         wall time and peak RSS of the whole client process.\n\n\
+         ## Upload of one {file_mb:.0} MB Parquet file\n\n| tool | time min / median / max (s) | MB/s (median) | peak RSS median (MiB) | vs SDK |\n| --- | --- | --- | --- | --- |\n"
+    );
+    let sdk_median = stats(&results[1].1, |r| r.secs).1;
+    for (name, runs) in &results[..2] {
+        let (lo, med, hi) = stats(runs, |r| r.secs);
+        let rss = stats(runs, |r| r.max_rss_mib).1;
+        table.push_str(&format!(
+            "| {name} | {lo:.2} / {med:.2} / {hi:.2} | {:.0} | {rss:.0} | {:.2}x |\n",
+            file_mb / med,
+            sdk_median / med
+        ));
+    }
+    let direct_median = stats(&results[2].1, |r| r.secs).1;
+    table.push_str("\n## postgres -> Parquet blobs\n\n| job | time min / median / max (s) | peak RSS median (MiB) | time / direct's |\n| --- | --- | --- | --- |\n");
+    for (name, runs) in &results[2..] {
+        let (lo, med, hi) = stats(runs, |r| r.secs);
+        let rss = stats(runs, |r| r.max_rss_mib).1;
+        table.push_str(&format!(
+            "| {name} | {lo:.2} / {med:.2} / {hi:.2} | {rss:.0} | {:.2}x |\n",
+            med / direct_median
+        ));
+    }
+    table.push_str(&format!(
+        "\nMachine: {} cores. Command: `cargo run -p ferry-perf --release -- azure --scale {scale} --runs {runs}`.\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    ));
+    println!("{table}");
+    std::fs::create_dir_all("perf/results")?;
+    let path = format!("perf/results/azure-sf{scale}.md");
+    std::fs::write(&path, table).with_context(|| format!("write {path}"))?;
+    Ok(())
+}
