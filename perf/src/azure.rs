@@ -10,7 +10,10 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::postgres::lineitem_server;
-use crate::{Tool, ensure_venv, measure, python, run_interleaved, stats, work_dir, write_job};
+use crate::{
+    Tool, command, ensure_venv, ferry_copy, measure, python, run_interleaved, stats, work_dir,
+    write_job,
+};
 
 const ACCOUNT: &str = "devstoreaccount1";
 const KEY: &str =
@@ -82,15 +85,6 @@ impl Drop for Azurite {
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn command(program: &Path, args: Vec<String>) -> Box<dyn Fn() -> Command> {
-    let program = program.to_path_buf();
-    Box::new(move || {
-        let mut c = Command::new(&program);
-        c.args(&args).env("FERRY_PERF_AZURITE_KEY", KEY);
-        c
-    })
 }
 
 pub fn run(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
@@ -166,35 +160,47 @@ pub fn run(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
         &staged_csv_job,
         r#"{"name":"perf-pg-to-blob-staged-csv","source":{"type":"postgres","connection":"pg","table":"lineitem"},"sink":{"type":"azure_blob","connection":"az","container":"staged","path":"lineitem-csv/","format":{"type":"parquet"}},"staging":{"connection":"az","path":"staging/interim","format":"csv","compression":"gzip"},"parallel_copies":2,"max_buffer_bytes":"128MiB"}"#,
     )?;
-    let ferry_args = |job: &Path| {
-        vec![
-            "copy".to_string(),
-            job.display().to_string(),
-            "--connections".to_string(),
-            connections.display().to_string(),
-        ]
-    };
     let tools: Vec<Tool> = vec![
         (
             "ferry binary copy (4MiB blocks, 4 in flight)".into(),
-            command(ferry, ferry_args(&upload_job)),
+            command(
+                ferry,
+                ferry_copy(&upload_job, &connections),
+                &[("FERRY_PERF_AZURITE_KEY", KEY)],
+            ),
         ),
         (
             "azure-storage-blob SDK upload_blob (4MiB blocks, max_concurrency 4)".into(),
-            command(&python(&venv), vec!["-c".into(), sdk]),
+            command(
+                &python(&venv),
+                vec!["-c".into(), sdk],
+                &[("FERRY_PERF_AZURITE_KEY", KEY)],
+            ),
         ),
         (
             "ferry postgres -> blob parquet, direct".into(),
-            command(ferry, ferry_args(&direct_job)),
+            command(
+                ferry,
+                ferry_copy(&direct_job, &connections),
+                &[("FERRY_PERF_AZURITE_KEY", KEY)],
+            ),
         ),
         (
             "ferry postgres -> blob parquet, staged (interim zstd Parquet blobs)".into(),
-            command(ferry, ferry_args(&staged_job)),
+            command(
+                ferry,
+                ferry_copy(&staged_job, &connections),
+                &[("FERRY_PERF_AZURITE_KEY", KEY)],
+            ),
         ),
         (
             "ferry postgres -> blob parquet, staged (interim gzip CSV blobs, the classic way)"
                 .into(),
-            command(ferry, ferry_args(&staged_csv_job)),
+            command(
+                ferry,
+                ferry_copy(&staged_csv_job, &connections),
+                &[("FERRY_PERF_AZURITE_KEY", KEY)],
+            ),
         ),
     ];
     let results = run_interleaved(&tools, runs)?;

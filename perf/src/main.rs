@@ -173,6 +173,30 @@ fn ensure_venv(venv: &Path, packages: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// A factory of `program args...`, with environment `env`.
+fn command(program: &Path, args: Vec<String>, env: &[(&str, &str)]) -> Box<dyn Fn() -> Command> {
+    let program = program.to_path_buf();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Box::new(move || {
+        let mut c = Command::new(&program);
+        c.args(&args).envs(env.iter().map(|(k, v)| (k, v)));
+        c
+    })
+}
+
+/// `ferry copy JOB --connections CONNECTIONS` as arguments.
+fn ferry_copy(job: &Path, connections: &Path) -> Vec<String> {
+    vec![
+        "copy".to_string(),
+        job.display().to_string(),
+        "--connections".to_string(),
+        connections.display().to_string(),
+    ]
+}
+
 /// A named tool: a factory of the command to time.
 type Tool = (String, Box<dyn Fn() -> Command>);
 

@@ -7,7 +7,10 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Run, Tool, ensure_venv, measure, python, run_interleaved, stats, work_dir, write_job};
+use crate::{
+    Run, Tool, command, ensure_venv, ferry_copy, measure, python, run_interleaved, stats, work_dir,
+    write_job,
+};
 
 /// A private server for the run; stopped when dropped.
 pub(crate) struct Server {
@@ -97,15 +100,6 @@ impl Drop for Server {
             .arg(&self.dir)
             .status();
     }
-}
-
-fn command(program: &Path, args: Vec<String>) -> Box<dyn Fn() -> Command> {
-    let program = program.to_path_buf();
-    Box::new(move || {
-        let mut c = Command::new(&program);
-        c.args(&args);
-        c
-    })
 }
 
 /// Starts the server and loads lineitem at `scale` once; returns the server, the database
@@ -208,40 +202,32 @@ pub fn run(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
     );
     let sh = PathBuf::from("sh");
     let py = python(&venv);
-    let ferry_args = |job: &Path| {
-        vec![
-            "copy".to_string(),
-            job.display().to_string(),
-            "--connections".to_string(),
-            connections.display().to_string(),
-        ]
-    };
     let read_tools: Vec<Tool> = vec![
         (
             "ferry (parallel_copies 2)".into(),
-            command(ferry, ferry_args(&to_parquet)),
+            command(ferry, ferry_copy(&to_parquet, &connections), &[]),
         ),
         (
             "ADBC 1.x + pyarrow (streaming)".into(),
-            command(&py, vec!["-c".into(), adbc]),
+            command(&py, vec!["-c".into(), adbc], &[]),
         ),
         (
             "ConnectorX (2 partitions)".into(),
-            command(&py, vec!["-c".into(), connectorx]),
+            command(&py, vec!["-c".into(), connectorx], &[]),
         ),
         (
             "read floor: psql COPY TO STDOUT (binary) > /dev/null".into(),
-            command(&sh, vec!["-c".into(), floor]),
+            command(&sh, vec!["-c".into(), floor], &[]),
         ),
     ];
     let write_tools: Vec<Tool> = vec![
         (
             "ferry (parallel_copies 2)".into(),
-            command(ferry, ferry_args(&to_pg)),
+            command(ferry, ferry_copy(&to_pg, &connections), &[]),
         ),
         (
             "psql binary COPY pipe (one transaction, FREEZE)".into(),
-            command(&sh, vec!["-c".into(), pipe]),
+            command(&sh, vec!["-c".into(), pipe], &[]),
         ),
     ];
     let mut all: Vec<Tool> = read_tools;
