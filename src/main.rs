@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the job failed, 2 invalid input (job, connections, arguments).
 
 mod cli;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -34,6 +35,13 @@ enum Command {
     Copy(cli::copy::CopyArgs),
     /// Checks a job file (and its connections) without running it.
     Validate(cli::validate::ValidateArgs),
+    /// Runs a worker node: takes jobs from the control channel until SIGTERM.
+    Worker(cli::node::ConfigArg),
+    /// Submits, lists, shows and cancels jobs on the control channel.
+    #[command(subcommand)]
+    Jobs(cli::node::JobsCommand),
+    /// Lists the nodes sharing the control channel and their status.
+    Nodes(cli::node::ConfigArg),
 }
 
 fn init_logging(verbose: u8, format: LogFormat) {
@@ -83,6 +91,9 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Copy(args) => cli::copy::run(args),
         Command::Validate(args) => cli::validate::run(args),
+        Command::Worker(args) => cli::node::run_worker(args),
+        Command::Jobs(command) => cli::node::run_jobs(command),
+        Command::Nodes(args) => cli::node::run_nodes(args),
     };
     ExitCode::from(code)
 }

@@ -3,6 +3,7 @@
 
 pub mod azure_blob;
 pub mod binary;
+pub mod control;
 pub mod file;
 pub mod format;
 pub mod postgres;

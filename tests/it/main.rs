@@ -10,3 +10,4 @@ mod files;
 mod pipeline;
 mod postgres;
 mod support;
+mod worker;

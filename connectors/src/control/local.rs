@@ -1,0 +1,522 @@
+//! The `local` control channel: a spool directory that several worker processes on one host
+//! (or on hosts sharing a file system with atomic rename) poll.
+//!
+//! ```text
+//! spool/queue/<id>.json      submitted jobs (an envelope: id, attempt, the job)
+//! spool/running/<id>.json    leased jobs, moved there by an atomic rename (one node wins)
+//! spool/running/<id>.lease   the lease: node and heartbeat time, renewed while the job runs
+//! spool/claims/<id>.json     an expired lease being put back in the queue (one node wins)
+//! spool/reports/<id>.json    every finished job's report, whatever the outcome
+//! spool/cancel/<id>          a cancellation request
+//! spool/nodes/<node>.json    each node's heartbeat and load
+//! ```
+//!
+//! A node that dies stops renewing its leases; once a lease is older than `lease_timeout`,
+//! any node puts the job back in the queue with its attempt count raised, and after
+//! `max_attempts` the job ends with a failed report instead.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ferry_engine::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// A job in the channel.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The job's id in the channel.
+    pub id: String,
+    /// Runs started so far (1 while the first run goes).
+    #[serde(default)]
+    pub attempt: u32,
+    /// When it was submitted (ms since the epoch).
+    #[serde(default)]
+    pub submitted_ms: u64,
+    /// Why the last run ended without a report (its node died), if it did.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// The job file's JSON.
+    pub job: serde_json::Value,
+}
+
+/// A finished job as the channel keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FinishedJob {
+    /// The job's id.
+    pub id: String,
+    /// The node that ran it last.
+    pub node: String,
+    /// The run that finished (1 = the first).
+    pub attempt: u32,
+    /// The job's report (one per phase for a staged job).
+    pub reports: Vec<serde_json::Value>,
+    /// succeeded, failed or cancelled.
+    pub status: String,
+}
+
+/// The lease file's content.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LeaseFile {
+    node: String,
+    heartbeat_ms: u64,
+}
+
+/// A node's heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node name.
+    pub node: String,
+    /// Its concurrent-jobs limit.
+    pub max_concurrent_jobs: usize,
+    /// Jobs it runs now.
+    pub running: Vec<String>,
+    /// Whether it is draining (no new leases).
+    pub draining: bool,
+    /// Last heartbeat (ms since the epoch).
+    pub heartbeat_ms: u64,
+    /// Its admin address, if it serves one.
+    #[serde(default)]
+    pub admin: Option<String>,
+}
+
+/// Where a job stands.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobState {
+    /// Its id.
+    pub id: String,
+    /// queued, running, succeeded, failed or cancelled.
+    pub state: String,
+    /// The job's name.
+    pub name: String,
+    /// The node running or having run it.
+    pub node: Option<String>,
+    /// Run count.
+    pub attempt: u32,
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// The spool directory.
+#[derive(Debug, Clone)]
+pub struct LocalChannel {
+    root: PathBuf,
+    lease_timeout: Duration,
+    max_attempts: u32,
+}
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
+    move |e| Error::io(what, e)
+}
+
+/// Writes `bytes` to `path` atomically (temporary file, then rename).
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension(format!("tmp-{}-{}", std::process::id(), now_ms()));
+    std::fs::write(&tmp, bytes).map_err(io(format!("write {}", tmp.display())))?;
+    std::fs::rename(&tmp, path).map_err(io(format!("write {}", path.display())))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::invalid_input(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
+    }
+}
+
+fn ids_in(dir: &Path, suffix: &str) -> Result<Vec<String>> {
+    let mut ids: Vec<String> = std::fs::read_dir(dir)
+        .map_err(io(format!("list {}", dir.display())))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(suffix))
+                .filter(|n| !n.contains(".tmp-"))
+                .map(str::to_string)
+        })
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+impl LocalChannel {
+    /// Opens (and creates) the spool at `root`.
+    pub fn open(
+        root: impl Into<PathBuf>,
+        lease_timeout: Duration,
+        max_attempts: u32,
+    ) -> Result<Self> {
+        let root = root.into();
+        for sub in ["queue", "running", "claims", "reports", "cancel", "nodes"] {
+            let dir = root.join(sub);
+            std::fs::create_dir_all(&dir).map_err(io(format!(
+                "cannot create the spool directory {}; check the channel's `path`",
+                dir.display()
+            )))?;
+        }
+        Ok(Self {
+            root,
+            lease_timeout,
+            max_attempts: max_attempts.max(1),
+        })
+    }
+
+    fn path(&self, sub: &str, name: &str) -> PathBuf {
+        self.root.join(sub).join(name)
+    }
+
+    /// Submits a job (its JSON text); returns its id. The text is kept as JSON; a job that
+    /// does not validate fails when a node takes it, with a report.
+    pub fn submit(&self, job: serde_json::Value) -> Result<String> {
+        let name = job
+            .get("name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("job")
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(40)
+            .collect::<String>();
+        let id = format!("{:013}-{:04x}-{name}", now_ms(), fastrand::u16(..));
+        let envelope = Envelope {
+            id: id.clone(),
+            attempt: 0,
+            submitted_ms: now_ms(),
+            last_error: None,
+            job,
+        };
+        write_atomic(
+            &self.path("queue", &format!("{id}.json")),
+            &serde_json::to_vec_pretty(&envelope).map_err(|e| Error::internal(e.to_string()))?,
+        )?;
+        Ok(id)
+    }
+
+    /// Takes the oldest queued job, if any; `node` holds its lease from now on. A queued
+    /// file that is not an envelope comes back with `Err` and an id, to be reported.
+    pub fn lease(
+        &self,
+        node: &str,
+    ) -> Result<Option<std::result::Result<Envelope, (String, Error)>>> {
+        for id in ids_in(&self.root.join("queue"), ".json")? {
+            let from = self.path("queue", &format!("{id}.json"));
+            let to = self.path("running", &format!("{id}.json"));
+            match std::fs::rename(&from, &to) {
+                Ok(()) => {}
+                // Another node was faster.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(format!("lease {}", from.display()), e)),
+            }
+            self.heartbeat(&id, node)?;
+            return match read_json::<Envelope>(&to) {
+                Ok(Some(mut envelope)) => {
+                    envelope.attempt += 1;
+                    envelope.id = id;
+                    write_atomic(
+                        &to,
+                        &serde_json::to_vec_pretty(&envelope)
+                            .map_err(|e| Error::internal(e.to_string()))?,
+                    )?;
+                    Ok(Some(Ok(envelope)))
+                }
+                Ok(None) => Ok(None),
+                Err(e) => Ok(Some(Err((id, e)))),
+            };
+        }
+        Ok(None)
+    }
+
+    /// Renews `node`'s lease on job `id`.
+    pub fn heartbeat(&self, id: &str, node: &str) -> Result<()> {
+        let lease = LeaseFile {
+            node: node.to_string(),
+            heartbeat_ms: now_ms(),
+        };
+        write_atomic(
+            &self.path("running", &format!("{id}.lease")),
+            &serde_json::to_vec(&lease).map_err(|e| Error::internal(e.to_string()))?,
+        )
+    }
+
+    /// Records a finished job and drops its lease.
+    pub fn complete(&self, finished: &FinishedJob) -> Result<()> {
+        let id = &finished.id;
+        write_atomic(
+            &self.path("reports", &format!("{id}.json")),
+            &serde_json::to_vec_pretty(finished).map_err(|e| Error::internal(e.to_string()))?,
+        )?;
+        for p in [
+            self.path("running", &format!("{id}.json")),
+            self.path("running", &format!("{id}.lease")),
+            self.path("cancel", id),
+        ] {
+            let _ = std::fs::remove_file(p);
+        }
+        Ok(())
+    }
+
+    /// Puts a leased job back in the queue without counting the run (graceful shutdown).
+    pub fn release(&self, id: &str) -> Result<()> {
+        let running = self.path("running", &format!("{id}.json"));
+        if let Some(mut envelope) = read_json::<Envelope>(&running)? {
+            envelope.attempt = envelope.attempt.saturating_sub(1);
+            write_atomic(
+                &running,
+                &serde_json::to_vec_pretty(&envelope)
+                    .map_err(|e| Error::internal(e.to_string()))?,
+            )?;
+        }
+        std::fs::rename(&running, self.path("queue", &format!("{id}.json")))
+            .map_err(io(format!("release {id}")))?;
+        let _ = std::fs::remove_file(self.path("running", &format!("{id}.lease")));
+        Ok(())
+    }
+
+    /// Puts back in the queue every job whose lease expired (its node died); a job that has
+    /// used `max_attempts` runs ends with a failed report instead. Returns the ids handled.
+    pub fn recover_expired(&self, node: &str) -> Result<Vec<String>> {
+        let mut handled = Vec::new();
+        let timeout = self.lease_timeout.as_millis() as u64;
+        for id in ids_in(&self.root.join("running"), ".json")? {
+            let lease: Option<LeaseFile> =
+                read_json(&self.path("running", &format!("{id}.lease"))).unwrap_or(None);
+            let age = lease
+                .as_ref()
+                .map_or(u64::MAX, |l| now_ms().saturating_sub(l.heartbeat_ms));
+            if age < timeout {
+                continue;
+            }
+            // A lease file is written right after the rename; give a fresh lease a moment.
+            if lease.is_none() {
+                let meta = std::fs::metadata(self.path("running", &format!("{id}.json")));
+                let fresh = meta
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|m| m.elapsed().ok())
+                    .is_some_and(|e| e < self.lease_timeout);
+                if fresh {
+                    continue;
+                }
+            }
+            let claim = self.path("claims", &format!("{id}.json"));
+            match std::fs::rename(self.path("running", &format!("{id}.json")), &claim) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(format!("recover {id}"), e)),
+            }
+            let _ = std::fs::remove_file(self.path("running", &format!("{id}.lease")));
+            let dead = lease.map_or_else(|| "unknown".to_string(), |l| l.node);
+            match read_json::<Envelope>(&claim) {
+                Ok(Some(mut envelope)) if envelope.attempt < self.max_attempts => {
+                    envelope.last_error = Some(format!(
+                        "node {dead} stopped renewing its lease during run {}",
+                        envelope.attempt
+                    ));
+                    write_atomic(
+                        &self.path("queue", &format!("{id}.json")),
+                        &serde_json::to_vec_pretty(&envelope)
+                            .map_err(|e| Error::internal(e.to_string()))?,
+                    )?;
+                    tracing::warn!(job = %id, node = %dead, "lease expired; job queued again");
+                }
+                Ok(Some(envelope)) => {
+                    let message = format!(
+                        "job {id}: its node stopped during each of {} runs (last {dead}); not retried",
+                        envelope.attempt
+                    );
+                    self.complete(&FinishedJob {
+                        id: id.clone(),
+                        node: node.to_string(),
+                        attempt: envelope.attempt,
+                        reports: vec![serde_json::json!({"job": id, "status": "failed", "error": {"kind": "internal", "message": message}})],
+                        status: "failed".into(),
+                    })?;
+                }
+                _ => {}
+            }
+            let _ = std::fs::remove_file(&claim);
+            handled.push(id);
+        }
+        Ok(handled)
+    }
+
+    /// Asks for job `id` to be cancelled; a queued job ends at once with a report.
+    pub fn cancel(&self, id: &str) -> Result<String> {
+        let queued = self.path("queue", &format!("{id}.json"));
+        let claim = self.path("claims", &format!("{id}.json"));
+        if std::fs::rename(&queued, &claim).is_ok() {
+            let attempt = read_json::<Envelope>(&claim)
+                .ok()
+                .flatten()
+                .map_or(0, |e| e.attempt);
+            self.complete(&FinishedJob {
+                id: id.to_string(),
+                node: String::new(),
+                attempt,
+                reports: vec![serde_json::json!({"job": id, "status": "cancelled"})],
+                status: "cancelled".into(),
+            })?;
+            let _ = std::fs::remove_file(&claim);
+            return Ok("cancelled before it started".into());
+        }
+        if self.path("running", &format!("{id}.json")).exists() {
+            write_atomic(&self.path("cancel", id), b"")?;
+            return Ok("cancellation requested; the node running it stops it".into());
+        }
+        if self.path("reports", &format!("{id}.json")).exists() {
+            return Err(Error::invalid_input(format!(
+                "job {id} has already finished"
+            )));
+        }
+        Err(Error::invalid_input(format!("no job {id} in the channel")))
+    }
+
+    /// Whether cancellation of `id` was requested.
+    pub fn cancel_requested(&self, id: &str) -> bool {
+        self.path("cancel", id).exists()
+    }
+
+    /// The report of job `id`, if it finished.
+    pub fn report(&self, id: &str) -> Result<Option<FinishedJob>> {
+        read_json(&self.path("reports", &format!("{id}.json")))
+    }
+
+    /// Every job the channel knows, oldest first.
+    pub fn jobs(&self) -> Result<Vec<JobState>> {
+        let name_of = |job: &serde_json::Value| {
+            job.get("name")
+                .and_then(|n| n.as_str())
+                .unwrap_or("?")
+                .to_string()
+        };
+        let mut out = Vec::new();
+        for id in ids_in(&self.root.join("queue"), ".json")? {
+            if let Ok(Some(e)) = read_json::<Envelope>(&self.path("queue", &format!("{id}.json"))) {
+                out.push(JobState {
+                    id,
+                    state: "queued".into(),
+                    name: name_of(&e.job),
+                    node: None,
+                    attempt: e.attempt,
+                });
+            }
+        }
+        for id in ids_in(&self.root.join("running"), ".json")? {
+            if let Ok(Some(e)) = read_json::<Envelope>(&self.path("running", &format!("{id}.json")))
+            {
+                let lease: Option<LeaseFile> =
+                    read_json(&self.path("running", &format!("{id}.lease"))).unwrap_or(None);
+                out.push(JobState {
+                    id,
+                    state: "running".into(),
+                    name: name_of(&e.job),
+                    node: lease.map(|l| l.node),
+                    attempt: e.attempt,
+                });
+            }
+        }
+        for id in ids_in(&self.root.join("reports"), ".json")? {
+            if let Ok(Some(f)) = self.report(&id) {
+                let name = f
+                    .reports
+                    .first()
+                    .and_then(|r| r.get("job"))
+                    .and_then(|n| n.as_str())
+                    .unwrap_or("?")
+                    .to_string();
+                out.push(JobState {
+                    id,
+                    state: f.status,
+                    name,
+                    node: Some(f.node),
+                    attempt: f.attempt,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    /// Records `node`'s heartbeat.
+    pub fn node_heartbeat(&self, info: &NodeInfo) -> Result<()> {
+        write_atomic(
+            &self.path("nodes", &format!("{}.json", info.node)),
+            &serde_json::to_vec_pretty(info).map_err(|e| Error::internal(e.to_string()))?,
+        )
+    }
+
+    /// Every node that ever beat, with its last heartbeat.
+    pub fn nodes(&self) -> Result<Vec<NodeInfo>> {
+        let mut nodes = Vec::new();
+        for name in ids_in(&self.root.join("nodes"), ".json")? {
+            if let Ok(Some(n)) = read_json::<NodeInfo>(&self.path("nodes", &format!("{name}.json")))
+            {
+                nodes.push(n);
+            }
+        }
+        Ok(nodes)
+    }
+
+    /// The lease timeout.
+    pub fn lease_timeout(&self) -> Duration {
+        self.lease_timeout
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_lease_per_job_and_expired_leases_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let ch = LocalChannel::open(dir.path(), Duration::from_millis(0), 2).unwrap();
+        let id = ch.submit(serde_json::json!({"name": "j"})).unwrap();
+        let a = ch.lease("a").unwrap().unwrap().unwrap();
+        assert_eq!((a.id.as_str(), a.attempt), (id.as_str(), 1));
+        assert!(
+            ch.lease("b").unwrap().is_none(),
+            "a leased job is not leased twice"
+        );
+        // The lease timeout is zero: node a counts as dead at once.
+        assert_eq!(ch.recover_expired("b").unwrap(), std::slice::from_ref(&id));
+        let again = ch.lease("b").unwrap().unwrap().unwrap();
+        assert_eq!(again.attempt, 2);
+        assert!(again.last_error.unwrap().contains("node a"));
+        // After max_attempts runs the job fails with a report instead.
+        ch.recover_expired("c").unwrap();
+        assert!(ch.lease("c").unwrap().is_none());
+        let report = ch.report(&id).unwrap().unwrap();
+        assert_eq!(report.status, "failed");
+        assert_eq!(ch.jobs().unwrap()[0].state, "failed");
+    }
+
+    #[test]
+    fn malformed_envelopes_and_cancellation() {
+        let dir = tempfile::tempdir().unwrap();
+        let ch = LocalChannel::open(dir.path(), Duration::from_secs(60), 3).unwrap();
+        std::fs::write(dir.path().join("queue/0-bad.json"), b"{not json").unwrap();
+        let Some(Err((id, e))) = ch.lease("a").unwrap() else {
+            panic!("a malformed file comes back as an error")
+        };
+        assert_eq!(id, "0-bad");
+        assert!(e.to_string().contains("0-bad.json"));
+        let queued = ch.submit(serde_json::json!({"name": "q"})).unwrap();
+        assert!(ch.cancel(&queued).unwrap().contains("before it started"));
+        assert_eq!(ch.report(&queued).unwrap().unwrap().status, "cancelled");
+        assert!(ch.cancel("nope").is_err());
+    }
+}

@@ -1,0 +1,160 @@
+//! `ferry.toml`: a worker node's configuration.
+//!
+//! ```toml
+//! node = "etl-01"                 # default: the host name
+//! max_concurrent_jobs = 4
+//! connections = "connections.json"
+//! grace_period = "30s"            # how long SIGTERM waits for running jobs
+//!
+//! [channel]
+//! type = "local"
+//! path = "/srv/ferry/spool"       # shared by every node of the runtime on this host
+//! lease_timeout = "30s"           # a node silent this long is taken for dead
+//! max_attempts = 3                # runs of one job before it fails for good
+//! poll_interval = "500ms"
+//! ```
+//!
+//! Relative paths are relative to the configuration file.
+
+use std::path::{Path, PathBuf};
+
+use ferry_connectors::control::LocalChannel;
+use ferry_engine::config::Connections;
+use ferry_engine::config::units::HumanDuration;
+use ferry_engine::{Error, Result};
+use serde::Deserialize;
+
+/// Default concurrent-jobs limit of a node.
+pub const DEFAULT_MAX_CONCURRENT_JOBS: usize = 4;
+/// Default grace period on SIGTERM.
+pub const DEFAULT_GRACE_PERIOD: HumanDuration = HumanDuration::secs(30);
+/// Default lease timeout.
+pub const DEFAULT_LEASE_TIMEOUT: HumanDuration = HumanDuration::secs(30);
+/// Default runs of a job before it fails for good.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
+/// The worker configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// This node's name, unique in the runtime (default: the host name).
+    #[serde(default)]
+    pub node: Option<String>,
+    /// Jobs this node runs at once.
+    #[serde(default = "default_max_jobs")]
+    pub max_concurrent_jobs: usize,
+    /// The connections file the jobs name connections from.
+    #[serde(default)]
+    pub connections: Option<PathBuf>,
+    /// How long SIGTERM/SIGINT waits for running jobs before handing them back.
+    #[serde(default)]
+    pub grace_period: Option<HumanDuration>,
+    /// The control channel.
+    pub channel: ChannelConfig,
+}
+
+/// The control channel of a node.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ChannelConfig {
+    /// A spool directory on this host.
+    Local {
+        /// The spool directory.
+        path: PathBuf,
+        /// A lease not renewed for this long is taken from its node.
+        #[serde(default)]
+        lease_timeout: Option<HumanDuration>,
+        /// Runs of a job before it fails for good.
+        #[serde(default)]
+        max_attempts: Option<u32>,
+        /// How often the node looks for work.
+        #[serde(default)]
+        poll_interval: Option<HumanDuration>,
+    },
+}
+
+fn default_max_jobs() -> usize {
+    DEFAULT_MAX_CONCURRENT_JOBS
+}
+
+/// A loaded configuration, paths resolved.
+pub struct Loaded {
+    /// The parsed file.
+    pub config: WorkerConfig,
+    /// The node name.
+    pub node: String,
+    /// The channel.
+    pub channel: LocalChannel,
+    /// The connections.
+    pub connections: Connections,
+    /// How often to poll.
+    pub poll: std::time::Duration,
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "node".to_string())
+}
+
+/// Reads and checks `path`.
+pub fn load(path: &Path) -> Result<Loaded> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
+    let config: WorkerConfig =
+        toml::from_str(&text).map_err(|e| Error::config(format!("{}: {e}", path.display())))?;
+    if config.max_concurrent_jobs == 0 {
+        return Err(Error::config(format!(
+            "{}: `max_concurrent_jobs` must be at least 1",
+            path.display()
+        )));
+    }
+    let base = path.parent().unwrap_or(Path::new("."));
+    let resolve = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            base.join(p)
+        }
+    };
+    let ChannelConfig::Local {
+        path: spool,
+        lease_timeout,
+        max_attempts,
+        poll_interval,
+    } = &config.channel;
+    let channel = LocalChannel::open(
+        resolve(spool),
+        lease_timeout.unwrap_or(DEFAULT_LEASE_TIMEOUT).0,
+        max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+    )?;
+    let connections = match &config.connections {
+        Some(p) => {
+            let p = resolve(p);
+            let text = std::fs::read_to_string(&p).map_err(|e| {
+                Error::io(format!("cannot read connections file {}", p.display()), e)
+            })?;
+            Connections::from_json(&text).map_err(|e| e.context(p.display()))?
+        }
+        None => Connections::default(),
+    };
+    let node = config.node.clone().unwrap_or_else(host_name);
+    if node.is_empty() || node.contains(['/', '\\']) {
+        return Err(Error::config(format!(
+            "{}: `node` must be a plain name",
+            path.display()
+        )));
+    }
+    let poll = poll_interval
+        .map(|p| p.0)
+        .unwrap_or(std::time::Duration::from_millis(500));
+    Ok(Loaded {
+        config,
+        node,
+        channel,
+        connections,
+        poll,
+    })
+}
