@@ -5,6 +5,7 @@
 //! max_concurrent_jobs = 4
 //! connections = "connections.json"
 //! grace_period = "30s"            # how long SIGTERM waits for running jobs
+//! admin_address = "127.0.0.1:9181"  # status page, /metrics, /api (loopback by default)
 //!
 //! [channel]
 //! type = "local"
@@ -49,6 +50,10 @@ pub struct WorkerConfig {
     /// How long SIGTERM/SIGINT waits for running jobs before handing them back.
     #[serde(default)]
     pub grace_period: Option<HumanDuration>,
+    /// Address of the admin HTTP server (default 127.0.0.1:9181; port 0 picks a free one,
+    /// shown by `ferry nodes`). Keep it on loopback unless a proxy guards it.
+    #[serde(default = "default_admin")]
+    pub admin_address: String,
     /// The control channel.
     pub channel: ChannelConfig,
 }
@@ -72,6 +77,13 @@ pub enum ChannelConfig {
         poll_interval: Option<HumanDuration>,
     },
 }
+
+fn default_admin() -> String {
+    DEFAULT_ADMIN_ADDRESS.to_string()
+}
+
+/// Default address of the admin HTTP server.
+pub const DEFAULT_ADMIN_ADDRESS: &str = "127.0.0.1:9181";
 
 fn default_max_jobs() -> usize {
     DEFAULT_MAX_CONCURRENT_JOBS

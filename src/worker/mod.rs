@@ -8,6 +8,7 @@
 //! the node stops leasing, lets running jobs finish within the grace period, then cancels the
 //! rest and hands them back to the channel for another node.
 
+pub mod admin;
 pub mod config;
 
 use std::collections::{HashMap, HashSet};
@@ -38,6 +39,8 @@ pub struct JobIntake {
     handing_back: Arc<Mutex<HashSet<String>>>,
     draining_since: Option<Instant>,
     last_lease_beat: Instant,
+    view: Arc<admin::NodeView>,
+    admin: Option<String>,
 }
 
 /// Stop leasing and shut down once running jobs are done (or the grace period ends).
@@ -77,7 +80,7 @@ impl JobIntake {
             running: self.running.keys().cloned().collect(),
             draining: self.draining_since.is_some(),
             heartbeat_ms: now_ms(),
-            admin: None,
+            admin: self.admin.clone(),
         });
         if let Some(since) = self.draining_since {
             if self.running.is_empty() {
@@ -122,6 +125,22 @@ impl JobIntake {
         let id = envelope.id.clone();
         tracing::info!(job = %id, node = %self.node, attempt = envelope.attempt, "job leased");
         let cancel: Arc<Mutex<Option<CancellationToken>>> = Arc::default();
+        if let Ok(mut jobs) = self.view.jobs.lock() {
+            jobs.insert(
+                id.clone(),
+                admin::JobView {
+                    name: envelope
+                        .job
+                        .get("name")
+                        .and_then(|n| n.as_str())
+                        .unwrap_or("?")
+                        .to_string(),
+                    started: Instant::now(),
+                    progress: None,
+                },
+            );
+        }
+        let view = self.view.clone();
         self.running.insert(
             id.clone(),
             Slot {
@@ -147,6 +166,11 @@ impl JobIntake {
                         let observe = |running: &RunningJob| {
                             if let Ok(mut slot) = cancel.lock() {
                                 *slot = Some(running.cancel.clone());
+                            }
+                            if let Ok(mut jobs) = view.jobs.lock()
+                                && let Some(job) = jobs.get_mut(&id)
+                            {
+                                job.progress = Some(running.progress.clone());
                             }
                         };
                         ferry_connectors::run_job(&spec, settings, &connections, &observe).await
@@ -211,6 +235,9 @@ impl Handler<Drain> for JobIntake {
         if self.draining_since.is_none() {
             tracing::info!(node = %self.node, running = self.running.len(), "draining: no new jobs");
             self.draining_since = Some(Instant::now());
+            self.view
+                .draining
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             self.tick(ctx);
         }
     }
@@ -221,6 +248,9 @@ impl Handler<JobEnded> for JobIntake {
 
     fn handle(&mut self, msg: JobEnded, ctx: &mut Self::Context) {
         self.running.remove(&msg.id);
+        if let Ok(mut jobs) = self.view.jobs.lock() {
+            jobs.remove(&msg.id);
+        }
         self.tick(ctx);
     }
 }
@@ -232,8 +262,27 @@ pub fn run(loaded: config::Loaded) -> u8 {
         .grace_period
         .unwrap_or(config::DEFAULT_GRACE_PERIOD)
         .0;
+    // The engine records metrics through the `metrics` facade; /metrics renders them.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| tracing::warn!(error = %e, "no Prometheus recorder"))
+        .ok();
+    let view = Arc::new(admin::NodeView {
+        node: loaded.node.clone(),
+        max_concurrent_jobs: loaded.config.max_concurrent_jobs,
+        jobs: Mutex::default(),
+        draining: Default::default(),
+    });
     let system = actix::System::new();
-    system.block_on(async move {
+    let started = system.block_on(async move {
+        let address = loaded.config.admin_address.clone();
+        let bound = admin::start(&address, view.clone(), loaded.channel.clone(), metrics)
+            .map_err(|e| {
+                format!(
+                    "cannot serve the admin API on {address}: {e}; set another `admin_address` (port 0 picks a free one)"
+                )
+            })?;
+        tracing::info!(node = %loaded.node, admin = %bound, "admin server listening");
         let intake = JobIntake {
             node: loaded.node,
             channel: loaded.channel,
@@ -245,6 +294,8 @@ pub fn run(loaded: config::Loaded) -> u8 {
             handing_back: Arc::default(),
             draining_since: None,
             last_lease_beat: Instant::now(),
+            view,
+            admin: Some(bound.to_string()),
         }
         .start();
         let signals = intake.clone();
@@ -263,7 +314,12 @@ pub fn run(loaded: config::Loaded) -> u8 {
             }
             signals.do_send(Drain);
         });
+        Ok::<(), String>(())
     });
+    if let Err(message) = started {
+        eprintln!("error: {message}");
+        return 2;
+    }
     match system.run_with_code() {
         Ok(code) => code as u8,
         Err(e) => {

@@ -33,6 +33,7 @@ impl Runtime {
             &config,
             format!(
                 "node = \"{name}\"\nmax_concurrent_jobs = {max_jobs}\ngrace_period = \"60s\"\n\
+                 admin_address = \"127.0.0.1:0\"\n\
                  [channel]\ntype = \"local\"\npath = \"spool\"\nlease_timeout = \"3s\"\n\
                  max_attempts = 3\npoll_interval = \"100ms\"\n"
             ),
@@ -300,5 +301,97 @@ fn sigterm_drains_and_cancel_stops_a_job() {
     let done = rt.wait(std::slice::from_ref(&id), Duration::from_secs(60));
     assert_eq!(done[0].status, "cancelled", "{:?}", done[0]);
     assert!(!out.exists());
+    assert!(stop(node).success());
+}
+
+/// A plain HTTP/1.0 request to the node's admin server; returns (status, body).
+fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn the_admin_server_shows_status_metrics_and_takes_jobs() {
+    let rt = Runtime::new();
+    let input = rt.path().join("in.csv");
+    write_csv(&input, 600_000);
+    let node = rt.node("a", 2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let address = loop {
+        if let Some(a) = rt
+            .channel
+            .nodes()
+            .unwrap()
+            .into_iter()
+            .find_map(|n| n.admin)
+        {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node never published its admin address"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(http(&address, "GET", "/healthz", "").0, 200);
+    let (status, page) = http(&address, "GET", "/", "");
+    assert_eq!(status, 200);
+    assert!(page.contains("/api/status") && page.contains("<table>"));
+
+    // Submit through the API; while it runs, the status shows it with live progress.
+    let job = rt
+        .job("via-api", &input, &rt.path().join("out/api.parquet"))
+        .to_string();
+    let (status, created) = http(&address, "POST", "/api/jobs", &job);
+    assert_eq!(status, 201, "{created}");
+    let id = serde_json::from_str::<serde_json::Value>(&created).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut seen_rows = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rt.channel.report(&id).unwrap().is_none() && Instant::now() < deadline {
+        let (_, body) = http(&address, "GET", "/api/status", "");
+        let s: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(s["node"], "a");
+        assert_eq!(s["max_concurrent_jobs"], 2);
+        if let Some(j) = s["running"].as_array().and_then(|r| r.first()) {
+            assert_eq!(j["name"], "via-api");
+            seen_rows.push(j["rows_written"].as_u64().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        seen_rows.windows(2).any(|w| w[1] > w[0]),
+        "progress advanced while the job ran: {seen_rows:?}"
+    );
+    let done = rt.wait(std::slice::from_ref(&id), Duration::from_secs(60));
+    assert_eq!(done[0].status, "succeeded");
+    let (_, metrics) = http(&address, "GET", "/metrics", "");
+    assert!(metrics.contains("ferry_rows_written_total"), "{metrics}");
+    let (_, body) = http(&address, "GET", "/api/status", "");
+    assert!(body.contains(&id), "the last reports list the job: {body}");
+    // A bad job is refused with the reason; an unknown id cannot be cancelled.
+    let (status, why) = http(&address, "POST", "/api/jobs", r#"{"name": "x"}"#);
+    assert_eq!(status, 400, "{why}");
+    assert_eq!(http(&address, "DELETE", "/api/jobs/nope", "").0, 404);
     assert!(stop(node).success());
 }

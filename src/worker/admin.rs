@@ -1,0 +1,238 @@
+//! The node's admin HTTP server (actix-web, loopback by default):
+//!
+//! - `GET /healthz`: 200 while the node runs (503 while draining);
+//! - `GET /metrics`: Prometheus exposition of the metrics the engine records;
+//! - `GET /api/status`: the node, its limit, and its running jobs with live progress;
+//! - `GET /api/jobs`, `POST /api/jobs` (a job file as the body), `DELETE /api/jobs/{id}`:
+//!   list, submit and cancel on the control channel;
+//! - `GET /`: a status page (plain HTML and a little JavaScript) that polls `/api/status`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use actix_web::{App, HttpResponse, HttpServer, web};
+use ferry_connectors::control::LocalChannel;
+use ferry_engine::JobProgress;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+
+/// What the admin server can see of a running job.
+pub struct JobView {
+    /// The job's name.
+    pub name: String,
+    /// When it started on this node.
+    pub started: Instant,
+    /// Its live counters, once the engine runs it.
+    pub progress: Option<Arc<JobProgress>>,
+}
+
+/// The node state shared with the admin server.
+pub struct NodeView {
+    /// Node name.
+    pub node: String,
+    /// Its limit.
+    pub max_concurrent_jobs: usize,
+    /// Running jobs by id.
+    pub jobs: Mutex<HashMap<String, JobView>>,
+    /// Whether the node is draining.
+    pub draining: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Serialize)]
+struct RunningJson {
+    id: String,
+    name: String,
+    seconds: f64,
+    rows_read: u64,
+    rows_written: u64,
+    bytes_read: u64,
+    bytes_total: u64,
+    percent: Option<f64>,
+    rows_per_sec: f64,
+}
+
+#[derive(Serialize)]
+struct StatusJson {
+    node: String,
+    max_concurrent_jobs: usize,
+    busy: usize,
+    draining: bool,
+    running: Vec<RunningJson>,
+    nodes: Vec<ferry_connectors::control::NodeInfo>,
+    recent: Vec<serde_json::Value>,
+}
+
+struct State {
+    view: Arc<NodeView>,
+    channel: LocalChannel,
+    metrics: Option<PrometheusHandle>,
+}
+
+fn status(state: &State) -> StatusJson {
+    let mut running: Vec<RunningJson> = state
+        .view
+        .jobs
+        .lock()
+        .map(|jobs| {
+            jobs.iter()
+                .map(|(id, j)| {
+                    let seconds = j.started.elapsed().as_secs_f64();
+                    let s = j.progress.as_ref().map(|p| p.snapshot());
+                    let (read, written, bytes, total) = s.map_or((0, 0, 0, 0), |s| {
+                        (
+                            s.records_read,
+                            s.rows_written,
+                            s.input_bytes_read,
+                            s.input_bytes_total,
+                        )
+                    });
+                    RunningJson {
+                        id: id.clone(),
+                        name: j.name.clone(),
+                        seconds,
+                        rows_read: read,
+                        rows_written: written,
+                        bytes_read: bytes,
+                        bytes_total: total,
+                        percent: (total > 0)
+                            .then(|| bytes.min(total) as f64 * 100.0 / total as f64),
+                        rows_per_sec: if seconds > 0.0 {
+                            written as f64 / seconds
+                        } else {
+                            0.0
+                        },
+                    }
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    running.sort_by(|a, b| a.id.cmp(&b.id));
+    let recent = state
+        .channel
+        .jobs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|j| !matches!(j.state.as_str(), "queued" | "running"))
+        .rev()
+        .take(10)
+        .filter_map(|j| state.channel.report(&j.id).ok().flatten())
+        .map(|f| {
+            let last = f.reports.last().cloned().unwrap_or_default();
+            serde_json::json!({
+                "id": f.id, "node": f.node, "status": f.status, "attempt": f.attempt,
+                "rows_written": last.get("rows_written"), "duration_secs": last.get("duration_secs"),
+                "bottleneck": last.get("bottleneck"),
+                "error": last.get("error").and_then(|e| e.get("message")),
+            })
+        })
+        .collect();
+    StatusJson {
+        node: state.view.node.clone(),
+        max_concurrent_jobs: state.view.max_concurrent_jobs,
+        busy: running.len(),
+        draining: state
+            .view
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed),
+        running,
+        nodes: state.channel.nodes().unwrap_or_default(),
+        recent,
+    }
+}
+
+async fn healthz(state: web::Data<State>) -> HttpResponse {
+    if state
+        .view
+        .draining
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        HttpResponse::ServiceUnavailable().body("draining\n")
+    } else {
+        HttpResponse::Ok().body("ok\n")
+    }
+}
+
+async fn metrics_page(state: web::Data<State>) -> HttpResponse {
+    match &state.metrics {
+        Some(handle) => HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4")
+            .body(handle.render()),
+        None => HttpResponse::NotFound().body("metrics are recorded by another exporter\n"),
+    }
+}
+
+async fn api_status(state: web::Data<State>) -> HttpResponse {
+    HttpResponse::Ok().json(status(&state))
+}
+
+async fn api_jobs(state: web::Data<State>) -> HttpResponse {
+    match state.channel.jobs() {
+        Ok(jobs) => HttpResponse::Ok().json(jobs),
+        Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
+    }
+}
+
+async fn api_submit(state: web::Data<State>, body: String) -> HttpResponse {
+    if let Err(e) = ferry_connectors::parse_job(&body) {
+        return HttpResponse::BadRequest().body(format!("{e}\n"));
+    }
+    let value: serde_json::Value = match serde_json::from_str(&body) {
+        Ok(v) => v,
+        Err(e) => return HttpResponse::BadRequest().body(format!("{e}\n")),
+    };
+    match state.channel.submit(value) {
+        Ok(id) => HttpResponse::Created().json(serde_json::json!({ "id": id })),
+        Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
+    }
+}
+
+async fn api_cancel(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
+    match state.channel.cancel(&id) {
+        Ok(what) => {
+            HttpResponse::Ok().json(serde_json::json!({ "id": id.as_str(), "result": what }))
+        }
+        Err(e) => HttpResponse::NotFound().body(format!("{e}\n")),
+    }
+}
+
+async fn page() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(include_str!("status.html"))
+}
+
+/// Starts the server on `address`; returns the bound address.
+pub fn start(
+    address: &str,
+    view: Arc<NodeView>,
+    channel: LocalChannel,
+    metrics: Option<PrometheusHandle>,
+) -> std::io::Result<std::net::SocketAddr> {
+    let state = web::Data::new(State {
+        view,
+        channel,
+        metrics,
+    });
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/", web::get().to(page))
+            .route("/healthz", web::get().to(healthz))
+            .route("/metrics", web::get().to(metrics_page))
+            .route("/api/status", web::get().to(api_status))
+            .route("/api/jobs", web::get().to(api_jobs))
+            .route("/api/jobs", web::post().to(api_submit))
+            .route("/api/jobs/{id}", web::delete().to(api_cancel))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(address)?;
+    let bound = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| std::io::Error::other("the admin server bound no address"))?;
+    actix::spawn(server.run());
+    Ok(bound)
+}
