@@ -375,13 +375,13 @@ fn the_admin_server_shows_status_metrics_and_takes_jobs() {
         assert_eq!(s["max_concurrent_jobs"], 2);
         if let Some(j) = s["running"].as_array().and_then(|r| r.first()) {
             assert_eq!(j["name"], "via-api");
-            seen_rows.push(j["rows_written"].as_u64().unwrap());
+            seen_rows.push(j["bytes_read"].as_u64().unwrap());
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(
         seen_rows.windows(2).any(|w| w[1] > w[0]),
-        "progress advanced while the job ran: {seen_rows:?}"
+        "progress (input bytes read) advanced while the job ran: {seen_rows:?}"
     );
     let done = rt.wait(std::slice::from_ref(&id), Duration::from_secs(60));
     assert_eq!(done[0].status, "succeeded");
@@ -393,5 +393,75 @@ fn the_admin_server_shows_status_metrics_and_takes_jobs() {
     let (status, why) = http(&address, "POST", "/api/jobs", r#"{"name": "x"}"#);
     assert_eq!(status, 400, "{why}");
     assert_eq!(http(&address, "DELETE", "/api/jobs/nope", "").0, 404);
+    assert!(stop(node).success());
+}
+
+/// The status page as headless Chromium renders it (scripts run), as text.
+fn render(address: &str) -> String {
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--virtual-time-budget=3000",
+            "--dump-dom",
+        ])
+        .arg(format!("http://{address}/"))
+        .output()
+        .expect("chromium is installed (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn the_status_page_shows_a_running_job_in_a_browser() {
+    let rt = Runtime::new();
+    let input = rt.path().join("in.csv");
+    write_csv(&input, 1_500_000);
+    let node = rt.node("a", 2);
+    let id = rt
+        .channel
+        .submit(rt.job("shown-in-browser", &input, &rt.path().join("out/b.parquet")))
+        .unwrap();
+    rt.wait_running(&id);
+    let address = rt
+        .channel
+        .nodes()
+        .unwrap()
+        .into_iter()
+        .find_map(|n| n.admin)
+        .unwrap();
+    let first = render(&address);
+    assert!(first.contains("ferry node a"), "{first}");
+    assert!(
+        first.contains("shown-in-browser") && first.contains(&id),
+        "{first}"
+    );
+    assert!(first.contains("slots busy"), "{first}");
+    // The page shows the job's progress (percent of input read); a later rendering shows it
+    // further on.
+    let percent = |dom: &str| -> Option<f64> {
+        let row = dom.split("<tr>").find(|r| r.contains("shown-in-browser"))?;
+        let cell = row.split("<td>").nth(3)?;
+        cell.split('%').next()?.trim().parse().ok()
+    };
+    let before = percent(&first);
+    std::thread::sleep(Duration::from_millis(700));
+    let later = render(&address);
+    let after = percent(&later);
+    if rt.channel.report(&id).unwrap().is_none() {
+        assert!(after > before, "progress advanced: {before:?} -> {after:?}");
+    }
+    rt.wait(std::slice::from_ref(&id), Duration::from_secs(120));
+    let done = render(&address);
+    assert!(
+        done.contains("succeeded"),
+        "the last reports show the job: {done}"
+    );
     assert!(stop(node).success());
 }
