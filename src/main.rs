@@ -42,6 +42,8 @@ enum Command {
     Jobs(cli::node::JobsCommand),
     /// Lists the nodes sharing the control channel and their status.
     Nodes(cli::node::ConfigArg),
+    /// Checks a connection: reach the store, authenticate, read metadata.
+    TestConnection(cli::test_connection::TestConnectionArgs),
 }
 
 fn init_logging(verbose: u8, format: LogFormat) {
@@ -94,6 +96,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => cli::node::run_worker(args),
         Command::Jobs(command) => cli::node::run_jobs(command),
         Command::Nodes(args) => cli::node::run_nodes(args),
+        Command::TestConnection(args) => cli::test_connection::run(args),
     };
     ExitCode::from(code)
 }

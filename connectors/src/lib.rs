@@ -11,7 +11,9 @@ pub mod registry;
 pub mod staged;
 pub mod tpch;
 
-pub use registry::{JobFile, SinkSpec, SourceSpec, build_job, check_connections, parse_job};
+pub use registry::{
+    JobFile, SinkSpec, SourceSpec, build_job, check_connection, check_connections, parse_job,
+};
 pub use staged::run_job;
 
 /// Makes ring the process's TLS crypto provider. Both ring (ours) and aws-lc-rs (pulled in

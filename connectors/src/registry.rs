@@ -237,3 +237,76 @@ pub async fn build_job(
         sink,
     })
 }
+
+/// Runs connection `name`'s health check: reach the store, authenticate, read metadata.
+/// Returns one line per step that passed; the error says which step failed.
+pub async fn check_connection(
+    name: &str,
+    connections: &Connections,
+    container: Option<&str>,
+) -> Result<Vec<String>> {
+    let (kind, _) = connections.get(name)?;
+    let mut steps = Vec::new();
+    match kind {
+        "postgres" => {
+            let connector =
+                PostgresConnection::from_connections(connections, name)?.connector(name)?;
+            steps.push("configuration: ok".to_string());
+            let client = connector.connect().await?;
+            steps.push("reach, TLS and authentication: ok".to_string());
+            let row = client
+                .query_one(
+                    "SELECT version(), current_database()::text, current_user::text, \
+                     (SELECT count(*) FROM information_schema.tables \
+                      WHERE table_schema NOT IN ('pg_catalog', 'information_schema'))",
+                    &[],
+                )
+                .await
+                .map_err(|e| crate::postgres::connect::pg_error("cannot read the catalog", e))?;
+            let (version, db, user, tables): (String, String, String, i64) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            steps.push(format!(
+                "metadata: ok (database {db} as {user}, {tables} tables visible; {})",
+                version.split(" on ").next().unwrap_or(&version)
+            ));
+        }
+        "azure_blob" => {
+            let container = container.ok_or_else(|| {
+                Error::config(
+                    "an azure_blob connection is checked against a container: give --container",
+                )
+            })?;
+            let store =
+                AzureBlobConnection::from_connections(connections, name)?.store(name, container)?;
+            steps.push("configuration: ok".to_string());
+            let listed = store.list_with_delimiter(None).await.map_err(|e| {
+                crate::format::io::store_error(
+                    "list",
+                    &object_store::path::Path::from(container),
+                    e,
+                )
+            })?;
+            steps.push(format!(
+                "reach, authentication and listing of container {container}: ok ({} blobs and {} prefixes at the top)",
+                listed.objects.len(),
+                listed.common_prefixes.len()
+            ));
+        }
+        "file" => {
+            let root = file::resolve(".", Some(name), connections)?;
+            let entries = std::fs::read_dir(&root)
+                .map_err(|e| Error::io(format!("cannot read {}", root.display()), e))?
+                .count();
+            steps.push(format!(
+                "directory {} readable: ok ({entries} entries)",
+                root.display()
+            ));
+        }
+        other => {
+            return Err(Error::config(format!(
+                "connection `{name}` has type `{other}`, which ferry does not know"
+            )));
+        }
+    }
+    Ok(steps)
+}

@@ -2,6 +2,7 @@
 
 pub mod copy;
 pub mod node;
+pub mod test_connection;
 pub mod validate;
 
 use std::path::Path;

@@ -532,3 +532,37 @@ fn outputs_roll_over_into_several_blobs() {
     assert_eq!(report.status, JobStatus::Succeeded, "{report}");
     assert_eq!(az.list(&container, "size"), ["size/part-00000.csv"]);
 }
+
+#[test]
+fn test_connection_lists_the_container() {
+    let az = azurite();
+    let container = az.container("checked");
+    let dir = tempfile::tempdir().unwrap();
+    let conns = dir.path().join("connections.json");
+    std::fs::write(&conns, connections("")).unwrap();
+    let check = |container: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args([
+                "test-connection",
+                "az",
+                "--container",
+                container,
+                "--connections",
+            ])
+            .arg(&conns)
+            .output()
+            .unwrap()
+    };
+    let ok = check(&container);
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(out.contains("listing of container checked: ok"), "{out}");
+    let missing = check("missing-one");
+    assert!(!missing.status.success());
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(err.contains("container does not exist"), "{err}");
+}

@@ -730,3 +730,46 @@ fn a_server_restart_mid_copy_leaves_no_rows() {
         [vec!["-1".to_string(), "kept".to_string()]]
     );
 }
+
+#[test]
+fn test_connection_says_which_step_failed() {
+    let pg = server();
+    let db = pg.database("checks");
+    pg.sql(&db, "CREATE TABLE t (id int)");
+    let dir = tempfile::tempdir().unwrap();
+    let conns = dir.path().join("connections.json");
+    std::fs::write(
+        &conns,
+        format!(
+            r#"{{"pg": {{"type": "postgres", "host": "127.0.0.1", "port": {}, "database": "{db}", "user": "ferry_pw", "password": {{"env": "FERRY_IT_CHECK_PW"}}, "sslmode": "disable"}}}}"#,
+            pg.port
+        ),
+    )
+    .unwrap();
+    let check = |password: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["test-connection", "pg", "--connections"])
+            .arg(&conns)
+            .env("FERRY_IT_CHECK_PW", password)
+            .output()
+            .unwrap()
+    };
+    let ok = check(PASSWORD);
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{out} {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        out.contains("authentication: ok") && out.contains("1 tables visible"),
+        "{out}"
+    );
+    let bad = check("nope");
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.contains("password authentication failed") && err.contains("failed its check"),
+        "{err}"
+    );
+}
