@@ -164,7 +164,9 @@ fn every_example_job_validates() {
     let mut checked = 0;
     for entry in std::fs::read_dir(&examples).unwrap() {
         let path = entry.unwrap().path();
-        if path.file_name().unwrap() == "connections.json" {
+        if path.file_name().unwrap() == "connections.json"
+            || path.extension().is_none_or(|e| e != "json")
+        {
             continue;
         }
         let out = ferry()
@@ -200,4 +202,32 @@ fn every_example_job_validates() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown connection `nope`"));
+}
+
+#[test]
+fn the_example_node_configuration_loads() {
+    let examples = crate::support::repo_root().join("examples");
+    let dir = tempfile::tempdir().unwrap();
+    // The example's spool is relative to its file: copy it next to a private spool.
+    let config = std::fs::read_to_string(examples.join("ferry.toml"))
+        .unwrap()
+        .replace("../target/spool", "spool");
+    std::fs::write(dir.path().join("ferry.toml"), config).unwrap();
+    std::fs::copy(
+        examples.join("connections.json"),
+        dir.path().join("connections.json"),
+    )
+    .unwrap();
+    let out = ferry()
+        .args(["nodes", "--config"])
+        .arg(dir.path().join("ferry.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("node"));
+    assert!(dir.path().join("spool/queue").is_dir());
 }
