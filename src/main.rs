@@ -44,6 +44,8 @@ enum Command {
     Nodes(cli::node::ConfigArg),
     /// Checks a connection: reach the store, authenticate, read metadata.
     TestConnection(cli::test_connection::TestConnectionArgs),
+    /// Writes an archive for a support ticket (configuration, reports), secrets redacted.
+    Diagnostics(cli::diagnostics::DiagnosticsArgs),
 }
 
 fn init_logging(verbose: u8, format: LogFormat) {
@@ -97,6 +99,7 @@ fn main() -> ExitCode {
         Command::Jobs(command) => cli::node::run_jobs(command),
         Command::Nodes(args) => cli::node::run_nodes(args),
         Command::TestConnection(args) => cli::test_connection::run(args),
+        Command::Diagnostics(args) => cli::diagnostics::run(args),
     };
     ExitCode::from(code)
 }

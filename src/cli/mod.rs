@@ -1,6 +1,7 @@
 //! One module per subcommand; each turns arguments into engine calls and an exit code.
 
 pub mod copy;
+pub mod diagnostics;
 pub mod node;
 pub mod test_connection;
 pub mod validate;

@@ -47,6 +47,13 @@ pub enum JobsCommand {
     },
 }
 
+impl ConfigArg {
+    /// The configuration file's path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.config
+    }
+}
+
 fn load(config: &ConfigArg) -> Result<worker::config::Loaded, u8> {
     worker::config::load(&config.config).map_err(|e| super::fail(&e))
 }

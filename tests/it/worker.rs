@@ -465,3 +465,66 @@ fn the_status_page_shows_a_running_job_in_a_browser() {
     );
     assert!(stop(node).success());
 }
+
+#[test]
+fn diagnostics_archive_holds_reports_and_no_secret() {
+    let rt = Runtime::new();
+    std::fs::write(
+        rt.path().join("connections.json"),
+        r#"{"pg": {"type": "postgres", "url": "postgres://ferry:hunter2@db.internal/erp"}}"#,
+    )
+    .unwrap();
+    let id = rt
+        .channel
+        .submit(serde_json::json!({"name": "broken", "source": {}, "sink": {}}))
+        .unwrap();
+    let node = rt.node("a", 1);
+    rt.wait(std::slice::from_ref(&id), Duration::from_secs(60));
+    assert!(stop(node).success());
+    // The node's configuration names the connections file.
+    let config = rt.config("a");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("connections = \"connections.json\"\n{text}"),
+    )
+    .unwrap();
+    let archive = rt.path().join("diag.tar.gz");
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["diagnostics", "--config"])
+        .arg(&config)
+        .arg("--output")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut names = Vec::new();
+    let mut all = String::new();
+    let gz = flate2::read::GzDecoder::new(std::fs::File::open(&archive).unwrap());
+    for entry in tar::Archive::new(gz).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        names.push(entry.path().unwrap().to_string_lossy().to_string());
+        std::io::Read::read_to_string(&mut entry, &mut all).unwrap();
+    }
+    for expected in [
+        "ferry/config.json",
+        "ferry/connections.json",
+        "ferry/nodes.json",
+        "ferry/jobs.json",
+        &format!("ferry/reports/{id}.json"),
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} not in {names:?}"
+        );
+    }
+    assert!(
+        all.contains("db.internal") && all.contains("broken"),
+        "{all}"
+    );
+    assert!(!all.contains("hunter2"), "a secret leaked into the archive");
+}
