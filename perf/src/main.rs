@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 mod azure;
 mod postgres;
+mod worker;
 
 #[derive(Parser)]
 struct Cli {
@@ -44,6 +45,12 @@ enum Scenario {
         /// Runs of each tool.
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// The ferry binary to measure.
+        #[arg(long, default_value = "target/release/ferry")]
+        ferry: PathBuf,
+    },
+    /// Worker nodes: jobs per minute against max_concurrent_jobs and the number of nodes.
+    Worker {
         /// The ferry binary to measure.
         #[arg(long, default_value = "target/release/ferry")]
         ferry: PathBuf,
@@ -355,5 +362,6 @@ fn main() -> Result<()> {
         Scenario::CsvToParquet { scale, runs, ferry } => csv_to_parquet(scale, runs, &ferry),
         Scenario::Postgres { scale, runs, ferry } => postgres::run(scale, runs, &ferry),
         Scenario::Azure { scale, runs, ferry } => azure::run(scale, runs, &ferry),
+        Scenario::Worker { ferry } => worker::run(&ferry),
     }
 }
