@@ -13,18 +13,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
-use bytes::Bytes;
 use ferry_engine::config::{Connections, JobSettings};
 use ferry_engine::report::{JobFailure, JobStatus};
 use ferry_engine::{Error, JobReport, Result};
 use futures::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
-use tokio::task::JoinSet;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::azure_blob::{AzureBlobConnection, DEFAULT_BLOCK_SIZE, DEFAULT_MAX_CONCURRENCY};
-use crate::file::{self, InputFile};
+use crate::file::{self, InputFile, PartUploader};
 use crate::format::io::store_error;
 use crate::format::{BinaryFormat, FormatSpec, Hierarchy};
 use crate::registry::{JobFile, SinkSpec, SourceSpec};
@@ -118,8 +116,7 @@ async fn source_endpoint(
             ))
         }
         SourceSpec::AzureBlob(s) => {
-            let store = AzureBlobConnection::from_connections(connections, &s.connection)?
-                .store(&s.connection, &s.container)?;
+            let store = AzureBlobConnection::open_store(connections, &s.connection, &s.container)?;
             let text = format!("/{}", s.path.trim_start_matches('/'));
             let files = file::list_inputs(
                 &store,
@@ -159,8 +156,7 @@ fn sink_endpoint(spec: &SinkSpec, connections: &Connections) -> Result<(Endpoint
             ))
         }
         SinkSpec::AzureBlob(s) => {
-            let store = AzureBlobConnection::from_connections(connections, &s.connection)?
-                .store(&s.connection, &s.container)?;
+            let store = AzureBlobConnection::open_store(connections, &s.connection, &s.container)?;
             Ok((
                 Endpoint {
                     store,
@@ -226,47 +222,29 @@ impl Copier {
             .await
             .map_err(|e| store_error("read", &from, e))?
             .into_stream();
-        let mut upload = dst
+        let upload = dst
             .put_multipart(target)
             .await
             .map_err(|e| store_error("start uploading", target, e))?;
-        let mut parts: JoinSet<object_store::Result<()>> = JoinSet::new();
-        let mut buffer: Vec<Bytes> = Vec::new();
-        let mut buffered = 0usize;
+        let mut uploader =
+            PartUploader::new(upload, target.clone(), self.part_size, self.concurrency);
         let mut md5 = Md5::new();
         let result: Result<()> = async {
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk.map_err(|e| store_error("read", &from, e))?;
                 md5.update(&chunk);
                 self.bytes_read.fetch_add(chunk.len() as u64, Relaxed);
-                buffered += chunk.len();
-                buffer.push(chunk);
-                if buffered >= self.part_size {
-                    while parts.len() >= self.concurrency {
-                        join_part(&mut parts, target).await?;
-                    }
-                    let payload: PutPayload = std::mem::take(&mut buffer).into_iter().collect();
-                    self.bytes_written.fetch_add(buffered as u64, Relaxed);
-                    buffered = 0;
-                    parts.spawn(upload.put_part(payload));
-                }
-            }
-            if buffered > 0 {
-                let payload: PutPayload = std::mem::take(&mut buffer).into_iter().collect();
-                self.bytes_written.fetch_add(buffered as u64, Relaxed);
-                parts.spawn(upload.put_part(payload));
-            }
-            while !parts.is_empty() {
-                join_part(&mut parts, target).await?;
+                self.bytes_written.fetch_add(chunk.len() as u64, Relaxed);
+                uploader.push(chunk).await?;
             }
             Ok(())
         }
         .await;
         if let Err(e) = result {
-            parts.abort_all();
-            let _ = upload.abort().await;
+            uploader.abort().await;
             return Err(e);
         }
+        let mut upload = uploader.finish().await?;
         upload
             .complete()
             .await
@@ -306,14 +284,6 @@ impl Copier {
             }
         }
         Ok(Outcome::Copied)
-    }
-}
-
-async fn join_part(parts: &mut JoinSet<object_store::Result<()>>, target: &Path) -> Result<()> {
-    match parts.join_next().await {
-        Some(Ok(Ok(()))) | None => Ok(()),
-        Some(Ok(Err(e))) => Err(store_error("upload", target, e)),
-        Some(Err(e)) => Err(Error::internal(format!("upload task failed: {e}"))),
     }
 }
 

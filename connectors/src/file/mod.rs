@@ -17,6 +17,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
+pub(crate) use sink::PartUploader;
 pub use sink::{FileSink, Publish, RollOver, WriteMode};
 pub use source::{FileSource, InputFile};
 

@@ -265,14 +265,101 @@ impl OutputWriter for FileOutputWriter {
     }
 }
 
+/// Streams bytes into one multipart upload: parts of `part_size` bytes, at most
+/// `concurrency` in flight. Completes nothing: [`PartUploader::finish`] hands the upload back
+/// with every part stored, for the caller to complete when it may publish.
+pub(crate) struct PartUploader {
+    upload: Box<dyn MultipartUpload>,
+    parts: JoinSet<object_store::Result<()>>,
+    buffer: Vec<Bytes>,
+    buffered: usize,
+    part_size: usize,
+    concurrency: usize,
+    target: Path,
+}
+
+impl PartUploader {
+    /// Uploads to `target` through `upload`.
+    pub(crate) fn new(
+        upload: Box<dyn MultipartUpload>,
+        target: Path,
+        part_size: usize,
+        concurrency: usize,
+    ) -> Self {
+        Self {
+            upload,
+            parts: JoinSet::new(),
+            buffer: Vec::new(),
+            buffered: 0,
+            part_size,
+            concurrency: concurrency.max(1),
+            target,
+        }
+    }
+
+    /// Adds bytes; a full part goes up (after waiting while `concurrency` are in flight).
+    pub(crate) async fn push(&mut self, chunk: Bytes) -> Result<()> {
+        self.buffered += chunk.len();
+        self.buffer.push(chunk);
+        if self.buffered >= self.part_size {
+            self.send_part().await?;
+        }
+        Ok(())
+    }
+
+    async fn send_part(&mut self) -> Result<()> {
+        while self.parts.len() >= self.concurrency {
+            self.join_one().await?;
+        }
+        let payload: PutPayload = std::mem::take(&mut self.buffer).into_iter().collect();
+        self.buffered = 0;
+        self.parts.spawn(self.upload.put_part(payload));
+        Ok(())
+    }
+
+    async fn join_one(&mut self) -> Result<()> {
+        match self.parts.join_next().await {
+            Some(Ok(Ok(()))) | None => Ok(()),
+            Some(Ok(Err(e))) => Err(store_error("upload", &self.target, e)),
+            Some(Err(e)) => Err(Error::internal(format!("upload task failed: {e}"))),
+        }
+    }
+
+    /// Sends what is buffered, waits for every part, and returns the upload to complete; on
+    /// failure the upload is discarded.
+    pub(crate) async fn finish(mut self) -> Result<Box<dyn MultipartUpload>> {
+        match self.store_all().await {
+            Ok(()) => Ok(self.upload),
+            Err(e) => {
+                self.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn store_all(&mut self) -> Result<()> {
+        if self.buffered > 0 {
+            self.send_part().await?;
+        }
+        while !self.parts.is_empty() {
+            self.join_one().await?;
+        }
+        Ok(())
+    }
+
+    /// Stops the parts in flight and discards the upload.
+    pub(crate) async fn abort(mut self) {
+        self.parts.abort_all();
+        let _ = self.upload.abort().await;
+    }
+}
+
 /// Streams one output as a multipart upload (several, when it rolls over); completes
 /// nothing (the sink's commit does).
 struct UploadWriter {
     store: Arc<dyn ObjectStore>,
-    upload: Option<Box<dyn MultipartUpload>>,
-    parts: JoinSet<object_store::Result<()>>,
-    buffer: Vec<Bytes>,
-    buffered: usize,
+    /// The file being written.
+    current: Option<PartUploader>,
     part_size: usize,
     concurrency: usize,
     output: usize,
@@ -288,56 +375,23 @@ struct UploadWriter {
 }
 
 impl UploadWriter {
-    fn error(&self, e: object_store::Error) -> Error {
-        store_error("upload", &self.target, e)
-    }
-
-    /// Sends the buffered bytes as one part, waiting while `concurrency` parts are in flight.
-    async fn send_part(&mut self) -> Result<()> {
-        while self.parts.len() >= self.concurrency {
-            self.join_one().await?;
-        }
-        let payload: PutPayload = std::mem::take(&mut self.buffer).into_iter().collect();
-        self.buffered = 0;
-        let upload = self
-            .upload
-            .as_mut()
-            .ok_or_else(|| Error::internal("upload used after finish"))?;
-        self.parts.spawn(upload.put_part(payload));
-        Ok(())
-    }
-
-    async fn join_one(&mut self) -> Result<()> {
-        match self.parts.join_next().await {
-            Some(Ok(Ok(()))) | None => Ok(()),
-            Some(Ok(Err(e))) => Err(self.error(e)),
-            Some(Err(e)) => Err(Error::internal(format!("upload task failed: {e}"))),
-        }
-    }
-
     async fn feed(&mut self, chunk: Bytes) -> Result<()> {
         self.written += chunk.len() as u64;
-        self.buffered += chunk.len();
-        self.buffer.push(chunk);
-        if self.buffered >= self.part_size {
-            self.send_part().await?;
-        }
-        Ok(())
+        self.current
+            .as_mut()
+            .ok_or_else(|| Error::internal("upload used after finish"))?
+            .push(chunk)
+            .await
     }
 
     /// Stores every part of the current file and keeps its upload for the commit.
     async fn close_file(&mut self) -> Result<()> {
-        if self.buffered > 0 {
-            self.send_part().await?;
-        }
-        while !self.parts.is_empty() {
-            self.join_one().await?;
-        }
-        let upload = self
-            .upload
+        let current = self
+            .current
             .take()
             .ok_or_else(|| Error::internal("upload finished twice"))?;
-        self.done.push((self.target.clone(), upload));
+        self.done
+            .push((self.target.clone(), current.finish().await?));
         Ok(())
     }
 
@@ -348,12 +402,17 @@ impl UploadWriter {
         let next = dir
             .clone()
             .join(format!("{base}-{:04}.{ext}", self.done.len()).as_str());
-        self.upload = Some(
-            self.store
-                .put_multipart(&next)
-                .await
-                .map_err(|e| store_error("start uploading", &next, e))?,
-        );
+        let upload = self
+            .store
+            .put_multipart(&next)
+            .await
+            .map_err(|e| store_error("start uploading", &next, e))?;
+        self.current = Some(PartUploader::new(
+            upload,
+            next.clone(),
+            self.part_size,
+            self.concurrency,
+        ));
         self.target = next;
         Ok(())
     }
@@ -413,9 +472,8 @@ impl OutputWriter for UploadWriter {
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
-        self.parts.abort_all();
-        if let Some(mut upload) = self.upload.take() {
-            let _ = upload.abort().await;
+        if let Some(current) = self.current.take() {
+            current.abort().await;
         }
         for (_, mut upload) in self.done.drain(..) {
             let _ = upload.abort().await;
@@ -620,10 +678,12 @@ impl Sink for FileSink {
                 .to_string();
             return Ok(Box::new(UploadWriter {
                 store: self.store.clone(),
-                upload: Some(upload),
-                parts: JoinSet::new(),
-                buffer: Vec::new(),
-                buffered: 0,
+                current: Some(PartUploader::new(
+                    upload,
+                    target.clone(),
+                    part_size,
+                    concurrency,
+                )),
                 part_size,
                 concurrency,
                 output,
