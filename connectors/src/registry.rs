@@ -91,6 +91,25 @@ pub fn check_connections(spec: &JobFile, connections: &Connections) -> Result<()
     Ok(())
 }
 
+/// A file source over the files that `path` names in `store` (`shown` in messages).
+async fn file_source(
+    store: Arc<dyn object_store::ObjectStore>,
+    path: &std::path::Path,
+    shown: &str,
+    format: &crate::format::FormatSpec,
+    settings: &JobSettings,
+) -> Result<FileSource> {
+    let files = file::list_inputs(&store, path, shown).await?;
+    FileSource::new(
+        store,
+        files,
+        format.clone(),
+        settings.batch_rows.get(),
+        settings.fault_tolerance.skip_incompatible_rows,
+    )
+    .await
+}
+
 /// Builds the source and sink of a validated job (reads metadata, infers schemas).
 pub async fn build_job(
     spec: &JobFile,
@@ -102,27 +121,16 @@ pub async fn build_job(
         SourceSpec::File(s) => {
             let path =
                 file::resolve(&s.path, s.connection.as_deref(), connections).map_err(in_job)?;
-            let store = file::local_store();
-            let files = file::list_inputs(&store, &path, &s.path)
-                .await
-                .map_err(in_job)?;
             Arc::new(
-                FileSource::new(
-                    store,
-                    files,
-                    s.format.clone(),
-                    settings.batch_rows.get(),
-                    settings.fault_tolerance.skip_incompatible_rows,
-                )
-                .await
-                .map_err(in_job)?,
+                file_source(file::local_store(), &path, &s.path, &s.format, &settings)
+                    .await
+                    .map_err(in_job)?,
             )
         }
         SourceSpec::Tpch(s) => Arc::new(TpchSource::new(s.clone(), settings.batch_rows.get())),
         SourceSpec::Postgres(s) => {
-            let connector = PostgresConnection::from_connections(connections, &s.connection)
-                .and_then(|c| c.connector(&s.connection))
-                .map_err(in_job)?;
+            let connector =
+                PostgresConnection::open_connector(connections, &s.connection).map_err(in_job)?;
             Arc::new(
                 PostgresSource::new(s, connector, settings.batch_rows.get())
                     .await
@@ -130,25 +138,15 @@ pub async fn build_job(
             )
         }
         SourceSpec::AzureBlob(s) => {
-            let store = AzureBlobConnection::from_connections(connections, &s.connection)
-                .and_then(|c| c.store(&s.connection, &s.container))
+            let store = AzureBlobConnection::open_store(connections, &s.connection, &s.container)
                 .map_err(in_job)?;
             let shown = format!("azure_blob {}/{}", s.container, s.path);
             let path = std::path::PathBuf::from(format!("/{}", s.path.trim_start_matches('/')));
-            let files = file::list_inputs(&store, &path, &shown)
-                .await
-                .map_err(in_job)?;
             Arc::new(
-                FileSource::new(
-                    store,
-                    files,
-                    s.format.clone(),
-                    settings.batch_rows.get(),
-                    settings.fault_tolerance.skip_incompatible_rows,
-                )
-                .await
-                .map_err(in_job)?
-                .with_connector("azure_blob"),
+                file_source(store, &path, &shown, &s.format, &settings)
+                    .await
+                    .map_err(in_job)?
+                    .with_connector("azure_blob"),
             )
         }
     };
@@ -187,14 +185,12 @@ pub async fn build_job(
             ))
         }
         SinkSpec::Postgres(s) => {
-            let connector = PostgresConnection::from_connections(connections, &s.connection)
-                .and_then(|c| c.connector(&s.connection))
-                .map_err(in_job)?;
+            let connector =
+                PostgresConnection::open_connector(connections, &s.connection).map_err(in_job)?;
             Arc::new(PostgresSink::new(s.clone(), connector).map_err(in_job)?)
         }
         SinkSpec::AzureBlob(s) => {
-            let store = AzureBlobConnection::from_connections(connections, &s.connection)
-                .and_then(|c| c.store(&s.connection, &s.container))
+            let store = AzureBlobConnection::open_store(connections, &s.connection, &s.container)
                 .map_err(in_job)?;
             let trimmed = s.path.trim_start_matches('/');
             let (dir, name) = match trimmed.strip_suffix('/') {
@@ -249,8 +245,7 @@ pub async fn check_connection(
     let mut steps = Vec::new();
     match kind {
         "postgres" => {
-            let connector =
-                PostgresConnection::from_connections(connections, name)?.connector(name)?;
+            let connector = PostgresConnection::open_connector(connections, name)?;
             steps.push("configuration: ok".to_string());
             let client = connector.connect().await?;
             steps.push("reach, TLS and authentication: ok".to_string());
@@ -276,8 +271,7 @@ pub async fn check_connection(
                     "an azure_blob connection is checked against a container: give --container",
                 )
             })?;
-            let store =
-                AzureBlobConnection::from_connections(connections, name)?.store(name, container)?;
+            let store = AzureBlobConnection::open_store(connections, name, container)?;
             steps.push("configuration: ok".to_string());
             let listed = store.list_with_delimiter(None).await.map_err(|e| {
                 crate::format::io::store_error(

@@ -90,8 +90,7 @@ impl Interim {
                     .split_once('/')
                     .map(|(c, p)| (c.to_string(), p.to_string()))
                     .unwrap_or((staging.path.trim_matches('/').to_string(), String::new()));
-                let store = AzureBlobConnection::from_connections(connections, name)?
-                    .store(name, &container)?;
+                let store = AzureBlobConnection::open_store(connections, name, &container)?;
                 let prefix = if prefix.is_empty() {
                     run_dir.to_string()
                 } else {

@@ -254,6 +254,15 @@ impl AzureBlobConnection {
         Ok(conn)
     }
 
+    /// The object store of `container` through connection `name` of `connections`.
+    pub fn open_store(
+        connections: &Connections,
+        name: &str,
+        container: &str,
+    ) -> Result<Arc<dyn ObjectStore>> {
+        Self::from_connections(connections, name)?.store(name, container)
+    }
+
     /// Checks the settings without I/O.
     pub fn check(&self) -> Result<()> {
         if let Some(endpoint) = &self.endpoint {

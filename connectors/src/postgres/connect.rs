@@ -119,6 +119,11 @@ impl PostgresConnection {
             .map_err(|e| Error::config(format!("connection `{name}`: {e}")))
     }
 
+    /// The connector of connection `name` of `connections`.
+    pub fn open_connector(connections: &Connections, name: &str) -> Result<Connector> {
+        Self::from_connections(connections, name)?.connector(name)
+    }
+
     /// Builds the connector (reads the password and the CA file; no network I/O).
     pub fn connector(&self, name: &str) -> Result<Connector> {
         let in_conn = |e: Error| e.context(format!("connection `{name}`"));
