@@ -108,15 +108,12 @@ fn status(state: &State) -> StatusJson {
         })
         .unwrap_or_default();
     running.sort_by(|a, b| a.id.cmp(&b.id));
+    // Polled every second by open status pages: read only the reports shown.
     let recent = state
         .channel
-        .jobs()
+        .recent_reports(10)
         .unwrap_or_default()
         .into_iter()
-        .filter(|j| !matches!(j.state.as_str(), "queued" | "running"))
-        .rev()
-        .take(10)
-        .filter_map(|j| state.channel.report(&j.id).ok().flatten())
         .map(|f| {
             let last = f.reports.last().cloned().unwrap_or_default();
             serde_json::json!({

@@ -121,6 +121,12 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::rename(&tmp, path).map_err(io(format!("write {}", path.display())))
 }
 
+/// Writes `value` as JSON to `path` atomically.
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value).map_err(|e| Error::internal(e.to_string()))?;
+    write_atomic(path, &bytes)
+}
+
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     match std::fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
@@ -198,10 +204,7 @@ impl LocalChannel {
             last_error: None,
             job,
         };
-        write_atomic(
-            &self.path("queue", &format!("{id}.json")),
-            &serde_json::to_vec_pretty(&envelope).map_err(|e| Error::internal(e.to_string()))?,
-        )?;
+        write_json(&self.path("queue", &format!("{id}.json")), &envelope)?;
         Ok(id)
     }
 
@@ -225,11 +228,7 @@ impl LocalChannel {
                 Ok(Some(mut envelope)) => {
                     envelope.attempt += 1;
                     envelope.id = id;
-                    write_atomic(
-                        &to,
-                        &serde_json::to_vec_pretty(&envelope)
-                            .map_err(|e| Error::internal(e.to_string()))?,
-                    )?;
+                    write_json(&to, &envelope)?;
                     Ok(Some(Ok(envelope)))
                 }
                 Ok(None) => Ok(None),
@@ -245,19 +244,13 @@ impl LocalChannel {
             node: node.to_string(),
             heartbeat_ms: now_ms(),
         };
-        write_atomic(
-            &self.path("running", &format!("{id}.lease")),
-            &serde_json::to_vec(&lease).map_err(|e| Error::internal(e.to_string()))?,
-        )
+        write_json(&self.path("running", &format!("{id}.lease")), &lease)
     }
 
     /// Records a finished job and drops its lease.
     pub fn complete(&self, finished: &FinishedJob) -> Result<()> {
         let id = &finished.id;
-        write_atomic(
-            &self.path("reports", &format!("{id}.json")),
-            &serde_json::to_vec_pretty(finished).map_err(|e| Error::internal(e.to_string()))?,
-        )?;
+        write_json(&self.path("reports", &format!("{id}.json")), finished)?;
         for p in [
             self.path("running", &format!("{id}.json")),
             self.path("running", &format!("{id}.lease")),
@@ -273,11 +266,7 @@ impl LocalChannel {
         let running = self.path("running", &format!("{id}.json"));
         if let Some(mut envelope) = read_json::<Envelope>(&running)? {
             envelope.attempt = envelope.attempt.saturating_sub(1);
-            write_atomic(
-                &running,
-                &serde_json::to_vec_pretty(&envelope)
-                    .map_err(|e| Error::internal(e.to_string()))?,
-            )?;
+            write_json(&running, &envelope)?;
         }
         std::fs::rename(&running, self.path("queue", &format!("{id}.json")))
             .map_err(io(format!("release {id}")))?;
@@ -325,11 +314,7 @@ impl LocalChannel {
                         "node {dead} stopped renewing its lease during run {}",
                         envelope.attempt
                     ));
-                    write_atomic(
-                        &self.path("queue", &format!("{id}.json")),
-                        &serde_json::to_vec_pretty(&envelope)
-                            .map_err(|e| Error::internal(e.to_string()))?,
-                    )?;
+                    write_json(&self.path("queue", &format!("{id}.json")), &envelope)?;
                     tracing::warn!(job = %id, node = %dead, "lease expired; job queued again");
                 }
                 Ok(Some(envelope)) => {
@@ -394,6 +379,18 @@ impl LocalChannel {
         read_json(&self.path("reports", &format!("{id}.json")))
     }
 
+    /// The reports of the `n` latest finished jobs (by submission), newest first; reads only
+    /// those reports.
+    pub fn recent_reports(&self, n: usize) -> Result<Vec<FinishedJob>> {
+        let ids = ids_in(&self.root.join("reports"), ".json")?;
+        Ok(ids
+            .iter()
+            .rev()
+            .take(n)
+            .filter_map(|id| self.report(id).ok().flatten())
+            .collect())
+    }
+
     /// Every job the channel knows, oldest first.
     pub fn jobs(&self) -> Result<Vec<JobState>> {
         let name_of = |job: &serde_json::Value| {
@@ -452,10 +449,7 @@ impl LocalChannel {
 
     /// Records `node`'s heartbeat.
     pub fn node_heartbeat(&self, info: &NodeInfo) -> Result<()> {
-        write_atomic(
-            &self.path("nodes", &format!("{}.json", info.node)),
-            &serde_json::to_vec_pretty(info).map_err(|e| Error::internal(e.to_string()))?,
-        )
+        write_json(&self.path("nodes", &format!("{}.json", info.node)), info)
     }
 
     /// Every node that ever beat, with its last heartbeat.
