@@ -541,7 +541,7 @@ fn test_connection_lists_the_container() {
     let conns = dir.path().join("connections.json");
     std::fs::write(&conns, connections("")).unwrap();
     let check = |container: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        crate::support::ferry()
             .args([
                 "test-connection",
                 "az",

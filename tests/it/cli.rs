@@ -1,15 +1,11 @@
 //! The `ferry` executable: exit codes, messages, reports, and kill -9 safety.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::support::{js, tree};
-
-fn ferry() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ferry"))
-}
+use crate::support::{ferry, js, tree};
 
 fn write_job(dir: &TempDir, name: &str, body: &str) -> std::path::PathBuf {
     let path = dir.path().join(format!("{name}.json"));

@@ -747,7 +747,7 @@ fn test_connection_says_which_step_failed() {
     )
     .unwrap();
     let check = |password: &str| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        crate::support::ferry()
             .args(["test-connection", "pg", "--connections"])
             .arg(&conns)
             .env("FERRY_IT_CHECK_PW", password)

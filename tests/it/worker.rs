@@ -39,7 +39,7 @@ impl Runtime {
             ),
         )
         .unwrap();
-        Command::new(env!("CARGO_BIN_EXE_ferry"))
+        crate::support::ferry()
             .args(["worker", "--config"])
             .arg(&config)
             .stdout(Stdio::null())
@@ -136,7 +136,7 @@ fn three_nodes_run_thirty_jobs_each_once() {
             .to_string(),
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+    let out = crate::support::ferry()
         .args(["jobs", "submit"])
         .arg(&first)
         .arg("--config")
@@ -168,7 +168,7 @@ fn three_nodes_run_thirty_jobs_each_once() {
     for i in 0..30 {
         assert_eq!(rows(&rt.path().join(format!("out/job-{i}.parquet"))), 2_000);
     }
-    let listed = Command::new(env!("CARGO_BIN_EXE_ferry"))
+    let listed = crate::support::ferry()
         .args(["nodes", "--config"])
         .arg(rt.config("a"))
         .output()
@@ -185,7 +185,7 @@ fn three_nodes_run_thirty_jobs_each_once() {
     for node in nodes {
         assert!(stop(node).success());
     }
-    let listed = Command::new(env!("CARGO_BIN_EXE_ferry"))
+    let listed = crate::support::ferry()
         .args(["jobs", "list", "--config"])
         .arg(rt.config("a"))
         .output()
@@ -288,7 +288,7 @@ fn sigterm_drains_and_cancel_stops_a_job() {
     let id = rt.channel.submit(rt.job("cancelled", &big, &out)).unwrap();
     let node = rt.node("a", 1);
     rt.wait_running(&id);
-    let cancel = Command::new(env!("CARGO_BIN_EXE_ferry"))
+    let cancel = crate::support::ferry()
         .args(["jobs", "cancel", &id, "--config"])
         .arg(rt.config("a"))
         .output()
@@ -490,7 +490,7 @@ fn diagnostics_archive_holds_reports_and_no_secret() {
     )
     .unwrap();
     let archive = rt.path().join("diag.tar.gz");
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+    let out = crate::support::ferry()
         .args(["diagnostics", "--config"])
         .arg(&config)
         .arg("--output")

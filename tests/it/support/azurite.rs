@@ -3,7 +3,7 @@
 //! watchdog that stops it and removes its files when the tests end.
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use super::{free_port, repo_root};
@@ -28,7 +28,8 @@ static AZURITE: OnceLock<Azurite> = OnceLock::new();
 pub fn azurite() -> &'static Azurite {
     AZURITE.get_or_init(|| {
         let (blob_port, queue_port) = (free_port(), free_port());
-        let dir: PathBuf = std::env::temp_dir().join(format!("ferry-it-azurite-{}", std::process::id()));
+        let dir: PathBuf =
+            std::env::temp_dir().join(format!("ferry-it-azurite-{}", std::process::id()));
         let script = repo_root().join("scripts/azurite.sh");
         let status = Command::new(&script)
             .arg("start")
@@ -42,20 +43,7 @@ pub fn azurite() -> &'static Azurite {
             "Azurite did not start (installed? `scripts/azurite.sh install`); see {}/azurite.log",
             dir.display()
         );
-        #[allow(clippy::zombie_processes)]
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {script} stop {dir}; rm -rf {dir}",
-                pid = std::process::id(),
-                script = script.display(),
-                dir = dir.display()
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        super::stop_when_tests_end(&script, &dir);
         // Each test names the key by this variable; its value never changes.
         #[allow(unsafe_code)]
         // SAFETY: set once, before any connection reads it, to the same constant.

@@ -141,3 +141,27 @@ pub fn free_port() -> u16 {
 pub fn repo_root() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// Runs `script stop DIR` and removes `dir` once this test process has ended, however it
+/// ends: a watchdog that outlives the process on purpose, so it is never waited for.
+pub fn stop_when_tests_end(script: &Path, dir: &Path) {
+    #[allow(clippy::zombie_processes)]
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {script} stop {dir}; rm -rf {dir}",
+            pid = std::process::id(),
+            script = script.display(),
+            dir = dir.display()
+        ))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+}
+
+/// The `ferry` binary under test.
+pub fn ferry() -> std::process::Command {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+}

@@ -3,7 +3,7 @@
 //! authentication tests; a watchdog stops it and removes its files when the tests end.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use tokio_postgres::NoTls;
@@ -100,22 +100,7 @@ impl Postgres {
             "the test PostgreSQL server did not start (is PostgreSQL installed? `scripts/pg-server.sh install`); see {}/server.log",
             dir.display()
         );
-        // Stop the server and remove its files when this test process ends, however it ends.
-        // The watchdog outlives this process on purpose, so it is never waited for.
-        #[allow(clippy::zombie_processes)]
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {script} stop {dir}; rm -rf {dir}",
-                pid = std::process::id(),
-                script = script.display(),
-                dir = dir.display()
-            ))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        super::stop_when_tests_end(&script, &dir);
         let pg = Postgres { port, dir, opts };
         std::fs::write(
             pg.dir.join("data/pg_hba.conf"),
