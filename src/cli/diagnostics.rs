@@ -86,7 +86,7 @@ fn add(
     let mut header = tar::Header::new_gnu();
     header.set_size(bytes.len() as u64);
     header.set_mode(0o644);
-    header.set_mtime(ferry_connectors::control::local::now_ms() / 1000);
+    header.set_mtime(ferry_connectors::control::now_ms() / 1000);
     header.set_cksum();
     builder
         .append_data(&mut header, name, bytes)
@@ -131,24 +131,30 @@ fn write(args: &DiagnosticsArgs) -> Result<(), Error> {
     let mut connections = serde_json::to_value(&loaded.connections).unwrap_or_default();
     redact(&mut connections);
     add(&mut tar, "ferry/connections.json", &json(&connections))?;
-    let nodes = serde_json::to_value(loaded.channel.nodes()?).unwrap_or_default();
+    // What the channel holds: nodes, jobs, and the newest reports.
+    let (nodes, jobs, reports) = loaded.with_channel(|channel| async move {
+        let nodes = channel.nodes().await?;
+        let jobs = channel.jobs().await?;
+        let mut reports = Vec::new();
+        for job in jobs.iter().rev().take(args.reports) {
+            if let Some(report) = channel.report(&job.id).await? {
+                reports.push(report);
+            }
+        }
+        Ok((nodes, jobs, reports))
+    })?;
+    let nodes = serde_json::to_value(nodes).unwrap_or_default();
     add(&mut tar, "ferry/nodes.json", &json(&nodes))?;
-    let jobs = loaded.channel.jobs()?;
     add(
         &mut tar,
         "ferry/jobs.json",
         &json(&serde_json::to_value(&jobs).unwrap_or_default()),
     )?;
-    for job in jobs.iter().rev().take(args.reports) {
-        if let Some(report) = loaded.channel.report(&job.id)? {
-            let mut value = serde_json::to_value(report).unwrap_or_default();
-            redact(&mut value);
-            add(
-                &mut tar,
-                &format!("ferry/reports/{}.json", job.id),
-                &json(&value),
-            )?;
-        }
+    for report in reports {
+        let id = report.id.clone();
+        let mut value = serde_json::to_value(report).unwrap_or_default();
+        redact(&mut value);
+        add(&mut tar, &format!("ferry/reports/{id}.json"), &json(&value))?;
     }
     add(
         &mut tar,

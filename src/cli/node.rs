@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use ferry_connectors::control::local::now_ms;
+use ferry_connectors::control::now_ms;
 
 use crate::worker;
 
@@ -90,7 +90,7 @@ pub fn run_jobs(command: JobsCommand) -> u8 {
                 Ok(v) => v,
                 Err(e) => return super::fail(&ferry_engine::Error::config(e.to_string())),
             };
-            match loaded.channel.submit(value) {
+            match loaded.with_channel(|channel| async move { channel.submit(value).await }) {
                 Ok(id) => {
                     println!("{id}");
                     0
@@ -100,7 +100,7 @@ pub fn run_jobs(command: JobsCommand) -> u8 {
         }
         JobsCommand::List { config } => {
             let Ok(loaded) = load(&config) else { return 2 };
-            match loaded.channel.jobs() {
+            match loaded.with_channel(|channel| async move { channel.jobs().await }) {
                 Ok(jobs) => {
                     println!(
                         "{:<48} {:<10} {:<8} {:<14} name",
@@ -123,35 +123,42 @@ pub fn run_jobs(command: JobsCommand) -> u8 {
         }
         JobsCommand::Show { id, config } => {
             let Ok(loaded) = load(&config) else { return 2 };
-            match loaded.channel.report(&id) {
-                Ok(Some(finished)) => match serde_json::to_string_pretty(&finished) {
+            let wanted = id.clone();
+            let found = loaded.with_channel(|channel| async move {
+                let id = wanted;
+                match channel.report(&id).await? {
+                    Some(finished) => Ok(Ok(finished)),
+                    None => Ok(Err(channel.jobs().await?.into_iter().find(|j| j.id == id))),
+                }
+            });
+            match found {
+                Ok(Ok(finished)) => match serde_json::to_string_pretty(&finished) {
                     Ok(json) => {
                         println!("{json}");
                         0
                     }
                     Err(e) => super::fail(&ferry_engine::Error::internal(e.to_string())),
                 },
-                Ok(None) => match loaded.channel.jobs() {
-                    Ok(jobs) => match jobs.into_iter().find(|j| j.id == id) {
-                        Some(j) => {
-                            println!(
-                                "{}",
-                                serde_json::json!({"id": j.id, "status": j.state, "node": j.node, "attempt": j.attempt})
-                            );
-                            0
-                        }
-                        None => super::fail(&ferry_engine::Error::invalid_input(format!(
-                            "no job {id} in the channel"
-                        ))),
-                    },
-                    Err(e) => super::fail(&e),
-                },
+                Ok(Err(Some(j))) => {
+                    println!(
+                        "{}",
+                        serde_json::json!({"id": j.id, "status": j.state, "node": j.node, "attempt": j.attempt})
+                    );
+                    0
+                }
+                Ok(Err(None)) => super::fail(&ferry_engine::Error::invalid_input(format!(
+                    "no job {id} in the channel"
+                ))),
                 Err(e) => super::fail(&e),
             }
         }
         JobsCommand::Cancel { id, config } => {
             let Ok(loaded) = load(&config) else { return 2 };
-            match loaded.channel.cancel(&id) {
+            let asked = {
+                let id = id.clone();
+                loaded.with_channel(|channel| async move { channel.cancel(&id).await })
+            };
+            match asked {
                 Ok(what) => {
                     println!("{id}: {what}");
                     0
@@ -165,9 +172,12 @@ pub fn run_jobs(command: JobsCommand) -> u8 {
 /// `ferry nodes`: every node of the channel with its status.
 pub fn run_nodes(config: ConfigArg) -> u8 {
     let Ok(loaded) = load(&config) else { return 2 };
-    let timeout = loaded.channel.lease_timeout().as_millis() as u64;
-    match loaded.channel.nodes() {
-        Ok(nodes) => {
+    let listed = loaded.with_channel(|channel| async move {
+        Ok((channel.lease_timeout(), channel.nodes().await?))
+    });
+    match listed {
+        Ok((timeout, nodes)) => {
+            let timeout = timeout.as_millis() as u64;
             println!(
                 "{:<20} {:<9} {:>5} {:>5}  last heartbeat",
                 "node", "status", "busy", "slots"

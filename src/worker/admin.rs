@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
-use ferry_connectors::control::LocalChannel;
+use ferry_connectors::control::ControlChannel;
 use ferry_engine::JobProgress;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
@@ -65,11 +65,11 @@ struct StatusJson {
 
 struct State {
     view: Arc<NodeView>,
-    channel: LocalChannel,
+    channel: Arc<dyn ControlChannel>,
     metrics: Option<PrometheusHandle>,
 }
 
-fn status(state: &State) -> StatusJson {
+async fn status(state: &State) -> StatusJson {
     let mut running: Vec<RunningJson> = state
         .view
         .jobs
@@ -112,6 +112,7 @@ fn status(state: &State) -> StatusJson {
     let recent = state
         .channel
         .recent_reports(10)
+        .await
         .unwrap_or_default()
         .into_iter()
         .map(|f| {
@@ -133,7 +134,7 @@ fn status(state: &State) -> StatusJson {
             .draining
             .load(std::sync::atomic::Ordering::Relaxed),
         running,
-        nodes: state.channel.nodes().unwrap_or_default(),
+        nodes: state.channel.nodes().await.unwrap_or_default(),
         recent,
     }
 }
@@ -160,11 +161,11 @@ async fn metrics_page(state: web::Data<State>) -> HttpResponse {
 }
 
 async fn api_status(state: web::Data<State>) -> HttpResponse {
-    HttpResponse::Ok().json(status(&state))
+    HttpResponse::Ok().json(status(&state).await)
 }
 
 async fn api_jobs(state: web::Data<State>) -> HttpResponse {
-    match state.channel.jobs() {
+    match state.channel.jobs().await {
         Ok(jobs) => HttpResponse::Ok().json(jobs),
         Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
     }
@@ -178,18 +179,21 @@ async fn api_submit(state: web::Data<State>, body: String) -> HttpResponse {
         Ok(v) => v,
         Err(e) => return HttpResponse::BadRequest().body(format!("{e}\n")),
     };
-    match state.channel.submit(value) {
+    match state.channel.submit(value).await {
         Ok(id) => HttpResponse::Created().json(serde_json::json!({ "id": id })),
         Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
     }
 }
 
 async fn api_cancel(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
-    match state.channel.cancel(&id) {
+    match state.channel.cancel(&id).await {
         Ok(what) => {
             HttpResponse::Ok().json(serde_json::json!({ "id": id.as_str(), "result": what }))
         }
-        Err(e) => HttpResponse::NotFound().body(format!("{e}\n")),
+        Err(e) if e.kind() == ferry_engine::ErrorKind::InvalidInput => {
+            HttpResponse::NotFound().body(format!("{e}\n"))
+        }
+        Err(e) => HttpResponse::InternalServerError().body(format!("{e}\n")),
     }
 }
 
@@ -203,7 +207,7 @@ async fn page() -> HttpResponse {
 pub fn start(
     address: &str,
     view: Arc<NodeView>,
-    channel: LocalChannel,
+    channel: Arc<dyn ControlChannel>,
     metrics: Option<PrometheusHandle>,
 ) -> std::io::Result<std::net::SocketAddr> {
     let state = web::Data::new(State {

@@ -15,11 +15,29 @@
 //! poll_interval = "500ms"
 //! ```
 //!
+//! or, for nodes on several hosts, an Azure Storage queue and a container for the records:
+//!
+//! ```toml
+//! [channel]
+//! type = "azure_queue"
+//! connection = "control"          # an `azure_blob` connection of the connections file
+//! queue = "ferry-jobs"            # created if missing, with `ferry-jobs-poison`
+//! container = "ferry-control"     # reports, node heartbeats, cancellation requests
+//! # queue_endpoint = "https://<account>.queue.core.windows.net"   # the default
+//! lease_timeout = "60s"
+//! max_attempts = 3
+//! poll_interval = "1s"
+//! ```
+//!
 //! Relative paths are relative to the configuration file.
 
 use std::path::{Path, PathBuf};
 
-use ferry_connectors::control::LocalChannel;
+use std::sync::Arc;
+
+use ferry_connectors::azure_blob::AzureBlobConnection;
+use ferry_connectors::control::azure_queue::AzureQueueSettings;
+use ferry_connectors::control::{AzureQueueChannel, ControlChannel, LocalChannel, OnIoRuntime};
 use ferry_engine::config::Connections;
 use ferry_engine::config::units::HumanDuration;
 use ferry_engine::{Error, Result};
@@ -76,6 +94,38 @@ pub enum ChannelConfig {
         #[serde(default)]
         poll_interval: Option<HumanDuration>,
     },
+    /// An Azure Storage queue, with records in a blob container of the same account.
+    AzureQueue {
+        /// The `azure_blob` connection (account, credentials, proxy).
+        connection: String,
+        /// The jobs queue (created if missing).
+        queue: String,
+        /// The container of reports, heartbeats and cancellation requests (must exist).
+        container: String,
+        /// Queue service endpoint (default `https://<account>.queue.core.windows.net`).
+        #[serde(default)]
+        queue_endpoint: Option<String>,
+        /// The poison queue (default `<queue>-poison`).
+        #[serde(default)]
+        poison_queue: Option<String>,
+        /// A lease not extended for this long is taken from its node.
+        #[serde(default)]
+        lease_timeout: Option<HumanDuration>,
+        /// Runs of a job before it goes to the poison queue.
+        #[serde(default)]
+        max_attempts: Option<u32>,
+        /// How often the node looks for work (each look is one request).
+        #[serde(default)]
+        poll_interval: Option<HumanDuration>,
+    },
+}
+
+/// A channel ready to open.
+pub enum ChannelSpec {
+    /// The spool, already open (it is a directory).
+    Local(LocalChannel),
+    /// The queue's settings, checked; opening talks to the service.
+    AzureQueue(Box<AzureQueueSettings>),
 }
 
 fn default_admin() -> String {
@@ -95,12 +145,38 @@ pub struct Loaded {
     pub config: WorkerConfig,
     /// The node name.
     pub node: String,
-    /// The channel.
-    pub channel: LocalChannel,
+    /// The channel, to open with [`Loaded::open_channel`].
+    pub channel: ChannelSpec,
     /// The connections.
     pub connections: Connections,
     /// How often to poll.
     pub poll: std::time::Duration,
+}
+
+impl Loaded {
+    /// Opens the channel; remote channels run their I/O on a runtime of their own, so the
+    /// result can be used from any thread or event loop.
+    pub async fn open_channel(&self) -> Result<Arc<dyn ControlChannel>> {
+        match &self.channel {
+            ChannelSpec::Local(local) => Ok(Arc::new(local.clone())),
+            ChannelSpec::AzureQueue(settings) => {
+                OnIoRuntime::open(AzureQueueChannel::open((**settings).clone())).await
+            }
+        }
+    }
+
+    /// Runs `f` with the opened channel on a runtime of its own (for the CLI).
+    pub fn with_channel<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: FnOnce(Arc<dyn ControlChannel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::internal(format!("cannot start a runtime: {e}")))?;
+        runtime.block_on(async { f(self.open_channel().await?).await })
+    }
 }
 
 fn host_name() -> String {
@@ -131,17 +207,6 @@ pub fn load(path: &Path) -> Result<Loaded> {
             base.join(p)
         }
     };
-    let ChannelConfig::Local {
-        path: spool,
-        lease_timeout,
-        max_attempts,
-        poll_interval,
-    } = &config.channel;
-    let channel = LocalChannel::open(
-        resolve(spool),
-        lease_timeout.unwrap_or(DEFAULT_LEASE_TIMEOUT).0,
-        max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
-    )?;
     let connections = match &config.connections {
         Some(p) => {
             let p = resolve(p);
@@ -159,9 +224,47 @@ pub fn load(path: &Path) -> Result<Loaded> {
             path.display()
         )));
     }
-    let poll = poll_interval
-        .map(|p| p.0)
-        .unwrap_or(std::time::Duration::from_millis(500));
+    let (channel, poll) = match &config.channel {
+        ChannelConfig::Local {
+            path: spool,
+            lease_timeout,
+            max_attempts,
+            poll_interval,
+        } => (
+            ChannelSpec::Local(LocalChannel::open(
+                resolve(spool),
+                lease_timeout.unwrap_or(DEFAULT_LEASE_TIMEOUT).0,
+                max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
+            )?),
+            poll_interval.map_or(std::time::Duration::from_millis(500), |p| p.0),
+        ),
+        ChannelConfig::AzureQueue {
+            connection,
+            queue,
+            container,
+            queue_endpoint,
+            poison_queue,
+            lease_timeout,
+            max_attempts,
+            poll_interval,
+        } => {
+            let conn = AzureBlobConnection::from_connections(&connections, connection)
+                .map_err(|e| e.context(format!("{}: [channel]", path.display())))?;
+            (
+                ChannelSpec::AzureQueue(Box::new(AzureQueueSettings {
+                    connection_name: connection.clone(),
+                    connection: conn,
+                    queue_endpoint: queue_endpoint.clone(),
+                    queue: queue.clone(),
+                    poison_queue: poison_queue.clone(),
+                    container: container.clone(),
+                    lease_timeout: lease_timeout.unwrap_or(DEFAULT_LEASE_TIMEOUT).0,
+                    max_attempts: max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS).max(1),
+                })),
+                poll_interval.map_or(std::time::Duration::from_secs(1), |p| p.0),
+            )
+        }
+    };
     Ok(Loaded {
         config,
         node,

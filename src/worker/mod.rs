@@ -15,30 +15,48 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use actix::{Actor, AsyncContext, Context, Handler, Message};
-use ferry_connectors::control::{Envelope, FinishedJob, LocalChannel, NodeInfo, local::now_ms};
+use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
+use ferry_connectors::control::{ControlChannel, FinishedJob, JobState, Leased, NodeInfo, now_ms};
 use ferry_engine::config::Connections;
 use ferry_engine::{JobReport, JobStatus, RunningJob};
 use tokio_util::sync::CancellationToken;
 
 /// A job this node runs.
 struct Slot {
+    name: String,
+    attempt: u32,
     cancel: Arc<Mutex<Option<CancellationToken>>>,
+}
+
+impl Slot {
+    fn stop(&self) {
+        if let Some(token) = self.cancel.lock().ok().and_then(|t| t.clone()) {
+            token.cancel();
+        }
+    }
 }
 
 /// Takes jobs from the channel and runs them.
 pub struct JobIntake {
     node: String,
-    channel: LocalChannel,
+    channel: Arc<dyn ControlChannel>,
     connections: Arc<Connections>,
     max_jobs: usize,
     poll: Duration,
     grace: Duration,
     running: HashMap<String, Slot>,
-    /// Jobs to hand back instead of reporting (cancelled by a shutdown).
-    handing_back: Arc<Mutex<HashSet<String>>>,
+    /// Jobs to hand back instead of reporting (stopped by a shutdown).
+    handing_back: HashSet<String>,
+    /// Jobs whose lease was lost (another node may run them): stopped, not reported.
+    lost: HashSet<String>,
+    /// Outcomes being written to the channel.
+    writing: usize,
+    /// A tick is talking to the channel.
+    ticking: bool,
+    /// The node's state changed since its last heartbeat.
+    changed: bool,
     draining_since: Option<Instant>,
-    last_lease_beat: Instant,
+    last_beat: Option<Instant>,
     view: Arc<admin::NodeView>,
     admin: Option<String>,
 }
@@ -48,93 +66,182 @@ pub struct JobIntake {
 #[rtype(result = "()")]
 pub struct Drain;
 
-/// A job ended (its outcome is already in the channel).
+/// A job's run ended.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct JobEnded {
     id: String,
+    reports: Vec<JobReport>,
+}
+
+/// What one tick learnt from the channel.
+#[derive(Default)]
+struct TickResult {
+    lost: Vec<String>,
+    cancelled: Vec<String>,
+    leased: Vec<Leased>,
 }
 
 impl JobIntake {
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        // Renew leases well inside the timeout.
-        let lease_beat = self.channel.lease_timeout() / 4;
-        if self.last_lease_beat.elapsed() >= lease_beat.min(Duration::from_secs(5)) {
-            for id in self.running.keys() {
-                if let Err(e) = self.channel.heartbeat(id, &self.node) {
-                    tracing::warn!(job = %id, error = %e, "cannot renew the lease");
+        if let Some(since) = self.draining_since {
+            if self.running.is_empty() && self.writing == 0 && !self.ticking {
+                tracing::info!(node = %self.node, "drained; stopping");
+                actix::System::current().stop_with_code(0);
+                return;
+            }
+            if since.elapsed() >= self.grace {
+                // The grace period is over: stop the rest and hand them to another node.
+                for (id, slot) in &self.running {
+                    if self.handing_back.insert(id.clone()) {
+                        slot.stop();
+                    }
                 }
             }
-            self.last_lease_beat = Instant::now();
         }
-        for (id, slot) in &self.running {
-            if self.channel.cancel_requested(id)
-                && let Some(token) = slot.cancel.lock().ok().and_then(|t| t.clone())
-            {
-                token.cancel();
+        if self.ticking {
+            return;
+        }
+        self.ticking = true;
+        // Renew leases and beat well inside the timeout.
+        let beat = (self.channel.lease_timeout() / 4).min(Duration::from_secs(5));
+        let due = self.last_beat.is_none_or(|at| at.elapsed() >= beat);
+        let renew: Vec<String> = if due {
+            self.running.keys().cloned().collect()
+        } else {
+            Vec::new()
+        };
+        let info = (due || self.changed).then(|| self.node_info());
+        if info.is_some() {
+            self.last_beat = Some(Instant::now());
+            self.changed = false;
+        }
+        let running: Vec<String> = self.running.keys().cloned().collect();
+        let free = if self.draining_since.is_some() {
+            0
+        } else {
+            self.max_jobs.saturating_sub(self.running.len())
+        };
+        let (channel, node) = (self.channel.clone(), self.node.clone());
+        let work = async move {
+            let mut result = TickResult::default();
+            for id in renew {
+                match channel.renew(&id, &node).await {
+                    Ok(true) => {}
+                    Ok(false) => result.lost.push(id),
+                    Err(e) => tracing::warn!(job = %id, error = %e, "cannot renew the lease"),
+                }
             }
-        }
-        let _ = self.channel.node_heartbeat(&NodeInfo {
+            match channel.cancel_requested(&running).await {
+                Ok(ids) => result.cancelled = ids,
+                Err(e) => tracing::warn!(error = %e, "cannot read cancellation requests"),
+            }
+            if let Some(info) = info
+                && let Err(e) = channel.node_heartbeat(&info).await
+            {
+                tracing::warn!(error = %e, "cannot record the node's heartbeat");
+            }
+            if free > 0 {
+                if let Err(e) = channel.recover_expired(&node).await {
+                    tracing::warn!(error = %e, "cannot recover expired leases");
+                }
+                match channel.lease(&node, free).await {
+                    Ok(leased) => result.leased = leased,
+                    Err(e) => tracing::warn!(error = %e, "cannot lease jobs"),
+                }
+            }
+            result
+        };
+        ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
+            act.ticking = false;
+            act.apply(result, ctx);
+        }));
+    }
+
+    fn node_info(&self) -> NodeInfo {
+        NodeInfo {
             node: self.node.clone(),
             max_concurrent_jobs: self.max_jobs,
             running: self.running.keys().cloned().collect(),
             draining: self.draining_since.is_some(),
             heartbeat_ms: now_ms(),
             admin: self.admin.clone(),
-        });
-        if let Some(since) = self.draining_since {
-            if self.running.is_empty() {
-                tracing::info!(node = %self.node, "drained; stopping");
-                actix::System::current().stop_with_code(0);
-            } else if since.elapsed() >= self.grace {
-                // The grace period is over: stop the rest and hand them to another node.
-                for (id, slot) in &self.running {
-                    if let Ok(mut back) = self.handing_back.lock() {
-                        back.insert(id.clone());
-                    }
-                    if let Some(token) = slot.cancel.lock().ok().and_then(|t| t.clone()) {
-                        token.cancel();
-                    }
-                }
+            running_jobs: self
+                .running
+                .iter()
+                .map(|(id, slot)| JobState {
+                    id: id.clone(),
+                    state: "running".into(),
+                    name: slot.name.clone(),
+                    node: Some(self.node.clone()),
+                    attempt: slot.attempt,
+                })
+                .collect(),
+        }
+    }
+
+    fn apply(&mut self, result: TickResult, ctx: &mut Context<Self>) {
+        for id in result.lost {
+            if let Some(slot) = self.running.get(&id) {
+                tracing::error!(job = %id, "the job's lease was lost (another node may run it now); stopping it");
+                self.lost.insert(id);
+                slot.stop();
             }
-            return;
         }
-        if let Err(e) = self.channel.recover_expired(&self.node) {
-            tracing::warn!(error = %e, "cannot recover expired leases");
+        for id in result.cancelled {
+            if let Some(slot) = self.running.get(&id) {
+                tracing::info!(job = %id, "cancellation requested; stopping the job");
+                slot.stop();
+            }
         }
-        while self.running.len() < self.max_jobs {
-            match self.channel.lease(&self.node) {
-                Ok(Some(Ok(envelope))) => self.start(envelope, ctx),
-                Ok(Some(Err((id, e)))) => {
+        for leased in result.leased {
+            match leased {
+                Ok(envelope) if self.draining_since.is_none() => self.start(envelope, ctx),
+                Ok(envelope) => {
+                    // Drain began while the lease was on its way: hand it straight back.
+                    let channel = self.channel.clone();
+                    self.write(ctx, async move { channel.release(&envelope.id).await });
+                }
+                Err((id, e)) => {
                     tracing::error!(job = %id, error = %e, "malformed job in the channel");
                     let report = JobReport::failed(&id, e.context(format!("job {id}")));
-                    let _ = self
-                        .channel
-                        .complete(&finished(&id, &self.node, 1, &[report]));
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot lease a job");
-                    break;
+                    let finished = finished(&id, &self.node, 1, &[report]);
+                    let channel = self.channel.clone();
+                    self.write(ctx, async move { channel.complete(&finished).await });
                 }
             }
         }
     }
 
-    fn start(&mut self, envelope: Envelope, ctx: &mut Context<Self>) {
+    /// Writes an outcome to the channel; a draining node waits for these before it stops.
+    fn write(
+        &mut self,
+        ctx: &mut Context<Self>,
+        work: impl std::future::Future<Output = ferry_engine::Result<()>> + 'static,
+    ) {
+        self.writing += 1;
+        ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
+            act.writing -= 1;
+            if let Err(e) = result {
+                tracing::error!(error = %e, "cannot record a job's outcome in the channel");
+            }
+            act.tick(ctx);
+        }));
+    }
+
+    fn start(&mut self, envelope: ferry_connectors::control::Envelope, ctx: &mut Context<Self>) {
         let id = envelope.id.clone();
+        let name = ferry_connectors::control::job_name(&envelope.job);
         tracing::info!(job = %id, node = %self.node, attempt = envelope.attempt, "job leased");
+        if let Some(last) = &envelope.last_error {
+            tracing::warn!(job = %id, previous = %last, "job runs again");
+        }
         let cancel: Arc<Mutex<Option<CancellationToken>>> = Arc::default();
         if let Ok(mut jobs) = self.view.jobs.lock() {
             jobs.insert(
                 id.clone(),
                 admin::JobView {
-                    name: envelope
-                        .job
-                        .get("name")
-                        .and_then(|n| n.as_str())
-                        .unwrap_or("?")
-                        .to_string(),
+                    name: name.clone(),
                     started: Instant::now(),
                     progress: None,
                 },
@@ -144,15 +251,13 @@ impl JobIntake {
         self.running.insert(
             id.clone(),
             Slot {
+                name,
+                attempt: envelope.attempt,
                 cancel: cancel.clone(),
             },
         );
-        let (channel, connections, node) = (
-            self.channel.clone(),
-            self.connections.clone(),
-            self.node.clone(),
-        );
-        let handing_back = self.handing_back.clone();
+        self.changed = true;
+        let connections = self.connections.clone();
         let intake = ctx.address();
         // Each job gets its own event loop (an arbiter thread): building a job can take CPU
         // time (schema inference, generators), and the intake must keep renewing leases.
@@ -176,20 +281,7 @@ impl JobIntake {
                         ferry_connectors::run_job(&spec, settings, &connections, &observe).await
                     }
                 };
-                let hand_back = handing_back
-                    .lock()
-                    .map(|mut s| s.remove(&id))
-                    .unwrap_or(false);
-                let result = if hand_back {
-                    tracing::warn!(job = %id, "grace period over; job handed back to the channel");
-                    channel.release(&id)
-                } else {
-                    channel.complete(&finished(&id, &node, envelope.attempt, &reports))
-                };
-                if let Err(e) = result {
-                    tracing::error!(job = %id, error = %e, "cannot record the job's outcome");
-                }
-                intake.do_send(JobEnded { id });
+                intake.do_send(JobEnded { id, reports });
                 actix::Arbiter::current().stop();
             });
         });
@@ -235,6 +327,7 @@ impl Handler<Drain> for JobIntake {
         if self.draining_since.is_none() {
             tracing::info!(node = %self.node, running = self.running.len(), "draining: no new jobs");
             self.draining_since = Some(Instant::now());
+            self.changed = true;
             self.view
                 .draining
                 .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -247,9 +340,22 @@ impl Handler<JobEnded> for JobIntake {
     type Result = ();
 
     fn handle(&mut self, msg: JobEnded, ctx: &mut Self::Context) {
-        self.running.remove(&msg.id);
+        let id = msg.id;
+        let attempt = self.running.remove(&id).map_or(1, |slot| slot.attempt);
+        self.changed = true;
         if let Ok(mut jobs) = self.view.jobs.lock() {
-            jobs.remove(&msg.id);
+            jobs.remove(&id);
+        }
+        let channel = self.channel.clone();
+        if self.lost.remove(&id) {
+            // Another node owns the job now; its outcome is that node's to report.
+            self.handing_back.remove(&id);
+        } else if self.handing_back.remove(&id) {
+            tracing::warn!(job = %id, "grace period over; job handed back to the channel");
+            self.write(ctx, async move { channel.release(&id).await });
+        } else {
+            let finished = finished(&id, &self.node, attempt, &msg.reports);
+            self.write(ctx, async move { channel.complete(&finished).await });
         }
         self.tick(ctx);
     }
@@ -276,7 +382,12 @@ pub fn run(loaded: config::Loaded) -> u8 {
     let system = actix::System::new();
     let started = system.block_on(async move {
         let address = loaded.config.admin_address.clone();
-        let bound = admin::start(&address, view.clone(), loaded.channel.clone(), metrics)
+        let channel = loaded
+            .open_channel()
+            .await
+            .map_err(|e| format!("cannot open the control channel: {e}"))?;
+        tracing::info!(node = %loaded.node, channel = %channel.describe(), "control channel open");
+        let bound = admin::start(&address, view.clone(), channel.clone(), metrics)
             .map_err(|e| {
                 format!(
                     "cannot serve the admin API on {address}: {e}; set another `admin_address` (port 0 picks a free one)"
@@ -285,15 +396,19 @@ pub fn run(loaded: config::Loaded) -> u8 {
         tracing::info!(node = %loaded.node, admin = %bound, "admin server listening");
         let intake = JobIntake {
             node: loaded.node,
-            channel: loaded.channel,
+            channel,
             connections: Arc::new(loaded.connections),
             max_jobs: loaded.config.max_concurrent_jobs,
             poll: loaded.poll,
             grace,
             running: HashMap::new(),
-            handing_back: Arc::default(),
+            handing_back: HashSet::new(),
+            lost: HashSet::new(),
+            writing: 0,
+            ticking: false,
+            changed: true,
             draining_since: None,
-            last_lease_beat: Instant::now(),
+            last_beat: None,
             view,
             admin: Some(bound.to_string()),
         }

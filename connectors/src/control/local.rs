@@ -16,90 +16,18 @@
 //! `max_attempts` the job ends with a failed report instead.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ferry_engine::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-/// A job in the channel.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Envelope {
-    /// The job's id in the channel.
-    pub id: String,
-    /// Runs started so far (1 while the first run goes).
-    #[serde(default)]
-    pub attempt: u32,
-    /// When it was submitted (ms since the epoch).
-    #[serde(default)]
-    pub submitted_ms: u64,
-    /// Why the last run ended without a report (its node died), if it did.
-    #[serde(default)]
-    pub last_error: Option<String>,
-    /// The job file's JSON.
-    pub job: serde_json::Value,
-}
-
-/// A finished job as the channel keeps it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FinishedJob {
-    /// The job's id.
-    pub id: String,
-    /// The node that ran it last.
-    pub node: String,
-    /// The run that finished (1 = the first).
-    pub attempt: u32,
-    /// The job's report (one per phase for a staged job).
-    pub reports: Vec<serde_json::Value>,
-    /// succeeded, failed or cancelled.
-    pub status: String,
-}
+use super::{ControlChannel, Envelope, FinishedJob, JobState, Leased, NodeInfo, now_ms};
 
 /// The lease file's content.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct LeaseFile {
     node: String,
     heartbeat_ms: u64,
-}
-
-/// A node's heartbeat.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct NodeInfo {
-    /// Node name.
-    pub node: String,
-    /// Its concurrent-jobs limit.
-    pub max_concurrent_jobs: usize,
-    /// Jobs it runs now.
-    pub running: Vec<String>,
-    /// Whether it is draining (no new leases).
-    pub draining: bool,
-    /// Last heartbeat (ms since the epoch).
-    pub heartbeat_ms: u64,
-    /// Its admin address, if it serves one.
-    #[serde(default)]
-    pub admin: Option<String>,
-}
-
-/// Where a job stands.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobState {
-    /// Its id.
-    pub id: String,
-    /// queued, running, succeeded, failed or cancelled.
-    pub state: String,
-    /// The job's name.
-    pub name: String,
-    /// The node running or having run it.
-    pub node: Option<String>,
-    /// Run count.
-    pub attempt: u32,
-}
-
-/// Milliseconds since the epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }
 
 /// The spool directory.
@@ -129,9 +57,14 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| Error::invalid_input(format!("{}: {e}", path.display()))),
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            let what = if e.is_data() {
+                "not what the channel expects"
+            } else {
+                "not valid JSON"
+            };
+            Error::invalid_input(format!("{}: {what} ({e})", path.display()))
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
     }
@@ -182,26 +115,14 @@ impl LocalChannel {
     /// Submits a job (its JSON text); returns its id. The text is kept as JSON; a job that
     /// does not validate fails when a node takes it, with a report.
     pub fn submit(&self, job: serde_json::Value) -> Result<String> {
-        let name = job
-            .get("name")
-            .and_then(|n| n.as_str())
-            .unwrap_or("job")
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .take(40)
-            .collect::<String>();
-        let id = format!("{:013}-{:04x}-{name}", now_ms(), fastrand::u16(..));
+        let id = super::new_job_id(&job);
         let envelope = Envelope {
             id: id.clone(),
             attempt: 0,
             submitted_ms: now_ms(),
             last_error: None,
+            node: None,
+            released: 0,
             job,
         };
         write_json(&self.path("queue", &format!("{id}.json")), &envelope)?;
@@ -322,13 +243,7 @@ impl LocalChannel {
                         "job {id}: its node stopped during each of {} runs (last {dead}); not retried",
                         envelope.attempt
                     );
-                    self.complete(&FinishedJob {
-                        id: id.clone(),
-                        node: node.to_string(),
-                        attempt: envelope.attempt,
-                        reports: vec![serde_json::json!({"job": id, "status": "failed", "error": {"kind": "internal", "message": message}})],
-                        status: "failed".into(),
-                    })?;
+                    self.complete(&FinishedJob::failed(&id, node, envelope.attempt, &message))?;
                 }
                 _ => {}
             }
@@ -393,19 +308,13 @@ impl LocalChannel {
 
     /// Every job the channel knows, oldest first.
     pub fn jobs(&self) -> Result<Vec<JobState>> {
-        let name_of = |job: &serde_json::Value| {
-            job.get("name")
-                .and_then(|n| n.as_str())
-                .unwrap_or("?")
-                .to_string()
-        };
         let mut out = Vec::new();
         for id in ids_in(&self.root.join("queue"), ".json")? {
             if let Ok(Some(e)) = read_json::<Envelope>(&self.path("queue", &format!("{id}.json"))) {
                 out.push(JobState {
                     id,
                     state: "queued".into(),
-                    name: name_of(&e.job),
+                    name: super::job_name(&e.job),
                     node: None,
                     attempt: e.attempt,
                 });
@@ -419,7 +328,7 @@ impl LocalChannel {
                 out.push(JobState {
                     id,
                     state: "running".into(),
-                    name: name_of(&e.job),
+                    name: super::job_name(&e.job),
                     node: lease.map(|l| l.node),
                     attempt: e.attempt,
                 });
@@ -427,17 +336,10 @@ impl LocalChannel {
         }
         for id in ids_in(&self.root.join("reports"), ".json")? {
             if let Ok(Some(f)) = self.report(&id) {
-                let name = f
-                    .reports
-                    .first()
-                    .and_then(|r| r.get("job"))
-                    .and_then(|n| n.as_str())
-                    .unwrap_or("?")
-                    .to_string();
                 out.push(JobState {
                     id,
+                    name: f.name(),
                     state: f.status,
-                    name,
                     node: Some(f.node),
                     attempt: f.attempt,
                 });
@@ -467,6 +369,84 @@ impl LocalChannel {
     /// The lease timeout.
     pub fn lease_timeout(&self) -> Duration {
         self.lease_timeout
+    }
+}
+
+#[async_trait::async_trait]
+impl ControlChannel for LocalChannel {
+    fn describe(&self) -> String {
+        format!("local spool {}", self.root.display())
+    }
+
+    fn lease_timeout(&self) -> Duration {
+        self.lease_timeout
+    }
+
+    async fn submit(&self, job: serde_json::Value) -> Result<String> {
+        LocalChannel::submit(self, job)
+    }
+
+    async fn lease(&self, node: &str, max: usize) -> Result<Vec<Leased>> {
+        let mut leased = Vec::new();
+        while leased.len() < max {
+            match LocalChannel::lease(self, node)? {
+                Some(job) => leased.push(job),
+                None => break,
+            }
+        }
+        Ok(leased)
+    }
+
+    async fn renew(&self, id: &str, node: &str) -> Result<bool> {
+        // A lease taken back by another node has no job file in running/ any more.
+        if !self.path("running", &format!("{id}.json")).exists() {
+            return Ok(false);
+        }
+        self.heartbeat(id, node).map(|()| true)
+    }
+
+    async fn complete(&self, finished: &FinishedJob) -> Result<()> {
+        LocalChannel::complete(self, finished)
+    }
+
+    async fn release(&self, id: &str) -> Result<()> {
+        LocalChannel::release(self, id)
+    }
+
+    async fn recover_expired(&self, node: &str) -> Result<Vec<String>> {
+        LocalChannel::recover_expired(self, node)
+    }
+
+    async fn cancel(&self, id: &str) -> Result<String> {
+        LocalChannel::cancel(self, id)
+    }
+
+    async fn cancel_requested(&self, ids: &[String]) -> Result<Vec<String>> {
+        Ok(ids
+            .iter()
+            .filter(|id| LocalChannel::cancel_requested(self, id))
+            .cloned()
+            .collect())
+    }
+
+    async fn report(&self, id: &str) -> Result<Option<FinishedJob>> {
+        LocalChannel::report(self, id)
+    }
+
+    async fn recent_reports(&self, n: usize) -> Result<Vec<FinishedJob>> {
+        LocalChannel::recent_reports(self, n)
+    }
+
+    async fn jobs(&self) -> Result<Vec<JobState>> {
+        LocalChannel::jobs(self)
+    }
+
+    async fn node_heartbeat(&self, info: &NodeInfo) -> Result<()> {
+        LocalChannel::node_heartbeat(self, info)
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>> {
+        LocalChannel::nodes(self)
     }
 }
 
