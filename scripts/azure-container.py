@@ -4,10 +4,11 @@ account SAS token, using only the Python standard library. object_store does not
 containers; tests and benchmarks use this against Azurite.
 
     scripts/azure-container.py create|delete ENDPOINT ACCOUNT KEY CONTAINER
-    scripts/azure-container.py sas ENDPOINT ACCOUNT KEY PERMISSIONS
+    scripts/azure-container.py sas ENDPOINT ACCOUNT KEY PERMISSIONS [SERVICES]
 
 ENDPOINT is the account URL (http://127.0.0.1:10000/devstoreaccount1 for Azurite);
-PERMISSIONS are account SAS letters (rwdlac, or rl for read-only).
+PERMISSIONS are account SAS letters (rwdlac, or rl for read-only; add u and p for queues);
+SERVICES are the SAS's services: b (blob, the default), q (queue), or bq for both.
 """
 import base64
 import hashlib
@@ -47,28 +48,28 @@ def call(verb, endpoint, account, key, container):
         sys.exit(f"{verb} {url}: {e.code} {e.read().decode(errors='replace')}")
 
 
-def account_sas(account, key, permissions):
-    """An account SAS for the blob service, valid for a day."""
+def account_sas(account, key, permissions, services="b"):
+    """An account SAS for `services`, valid for a day."""
     import datetime
 
     now = datetime.datetime.now(datetime.timezone.utc)
     start = (now - datetime.timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
     expiry = (now + datetime.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    fields = [account, permissions, "b", "sco", start, expiry, "", "https,http", VERSION, ""]
+    fields = [account, permissions, services, "sco", start, expiry, "", "https,http", VERSION, ""]
     string_to_sign = "\n".join(fields) + "\n"
     signature = base64.b64encode(
         hmac.new(base64.b64decode(key), string_to_sign.encode(), hashlib.sha256).digest()
     ).decode()
     query = {
-        "sv": VERSION, "ss": "b", "srt": "sco", "sp": permissions, "st": start,
+        "sv": VERSION, "ss": services, "srt": "sco", "sp": permissions, "st": start,
         "se": expiry, "spr": "https,http", "sig": signature,
     }
     return urllib.parse.urlencode(query)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "sas":
-        print(account_sas(sys.argv[3], sys.argv[4], sys.argv[5]))
+    if len(sys.argv) in (6, 7) and sys.argv[1] == "sas":
+        print(account_sas(*sys.argv[3:]))
         sys.exit(0)
     if len(sys.argv) != 6 or sys.argv[1] not in ("create", "delete"):
         sys.exit(__doc__)

@@ -48,9 +48,12 @@ enum Command {
     Diagnostics(cli::diagnostics::DiagnosticsArgs),
 }
 
-fn init_logging(verbose: u8, format: LogFormat) {
+fn init_logging(verbose: u8, format: LogFormat, service: bool) {
     use tracing_subscriber::EnvFilter;
     let level = match verbose {
+        // A worker is a service: its log says what it did (jobs leased, finished, handed
+        // back) without -v; libraries stay at warnings.
+        0 if service => "warn,ferry=info,ferry_connectors=info,ferry_engine=info",
         0 => "warn",
         1 => "info",
         2 => "debug",
@@ -59,6 +62,7 @@ fn init_logging(verbose: u8, format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -91,7 +95,8 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    init_logging(cli.verbose, cli.log_format);
+    let service = matches!(cli.command, Command::Worker(_));
+    init_logging(cli.verbose, cli.log_format, service);
     let code = match cli.command {
         Command::Copy(args) => cli::copy::run(args),
         Command::Validate(args) => cli::validate::run(args),

@@ -1,25 +1,148 @@
-//! Worker nodes on the local control channel: real `ferry worker` processes sharing a spool.
+//! Worker nodes sharing a control channel, as real `ferry worker` processes: the local spool,
+//! and an Azure Storage queue (Azurite's queue and blob services).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_connectors::control::{FinishedJob, LocalChannel};
+use ferry_connectors::azure_blob::AzureBlobConnection;
+use ferry_connectors::control::azure_queue::AzureQueueSettings;
+use ferry_connectors::control::{
+    AzureQueueChannel, ControlChannel, FinishedJob, JobState, LocalChannel, NodeInfo, OnIoRuntime,
+};
 
+use crate::support::azurite::{self, azurite};
 use crate::support::{js, read_parquet};
 
-/// A spool shared by the nodes of one test, and their configuration files.
+/// Which channel the nodes of a test share.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Local,
+    /// Azurite; the connection authenticates with the shared key, or with a SAS token.
+    Azure {
+        sas: bool,
+    },
+}
+
+/// A channel shared by the nodes of one test, and their configuration files.
 struct Runtime {
     dir: tempfile::TempDir,
-    channel: LocalChannel,
+    kind: Kind,
+    /// The Azure queue's name (empty for the local channel).
+    queue: String,
+    /// The `[channel]` table of every node's configuration.
+    channel_toml: String,
+    channel: Arc<dyn ControlChannel>,
+    /// The Azure channel itself, to send raw messages as a control plane would.
+    azure: Option<Arc<AzureQueueChannel>>,
+    tokio: tokio::runtime::Runtime,
+}
+
+/// A name part no other test of this run uses.
+fn unique() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{:x}{n:02x}", std::process::id())
 }
 
 impl Runtime {
     fn new() -> Runtime {
+        Runtime::with(Kind::Local)
+    }
+
+    fn with(kind: Kind) -> Runtime {
         let dir = tempfile::tempdir().unwrap();
-        let channel =
-            LocalChannel::open(dir.path().join("spool"), Duration::from_secs(3), 3).unwrap();
-        Runtime { dir, channel }
+        let tokio = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (channel, channel_toml, azure, queue): (Arc<dyn ControlChannel>, String, _, _) =
+            match kind {
+                Kind::Local => (
+                    Arc::new(
+                        LocalChannel::open(dir.path().join("spool"), Duration::from_secs(3), 3)
+                            .unwrap(),
+                    ),
+                    "[channel]\ntype = \"local\"\npath = \"spool\"\nlease_timeout = \"3s\"\n\
+                 max_attempts = 3\npoll_interval = \"100ms\"\n"
+                        .to_string(),
+                    None,
+                    String::new(),
+                ),
+                Kind::Azure { sas } => {
+                    let az = azurite();
+                    // One queue and one container per test: tests run side by side.
+                    let unique = unique();
+                    let (queue, container) = (
+                        format!("jobs-{unique}"),
+                        az.container(&format!("control-{unique}")),
+                    );
+                    let auth = if sas {
+                        format!(
+                            r#"{{"type": "sas", "token": {{"env": "FERRY_IT_QUEUE_SAS_{unique}"}}}}"#
+                        )
+                    } else {
+                        format!(
+                            r#"{{"type": "shared_key", "key": {{"env": "{}"}}}}"#,
+                            azurite::KEY_ENV
+                        )
+                    };
+                    let connection = format!(
+                        r#"{{"type": "azure_blob", "account": "{}", "endpoint": "{}", "allow_http": true, "auth": {auth}}}"#,
+                        azurite::ACCOUNT,
+                        az.endpoint()
+                    );
+                    std::fs::write(
+                        dir.path().join("connections.json"),
+                        format!(r#"{{"control": {connection}}}"#),
+                    )
+                    .unwrap();
+                    if sas {
+                        // SAFETY: a name of this test's own; set before any node reads it.
+                        #[allow(unsafe_code)]
+                        unsafe {
+                            std::env::set_var(
+                                format!("FERRY_IT_QUEUE_SAS_{unique}"),
+                                az.sas_for("rwdlacup", "bq"),
+                            )
+                        };
+                    }
+                    let settings = AzureQueueSettings {
+                        connection_name: "control".into(),
+                        connection: serde_json::from_str::<AzureBlobConnection>(&connection)
+                            .unwrap(),
+                        queue_endpoint: Some(az.queue_endpoint()),
+                        queue: queue.clone(),
+                        poison_queue: None,
+                        container: container.clone(),
+                        lease_timeout: Duration::from_secs(3),
+                        max_attempts: 3,
+                    };
+                    let opened = tokio
+                        .block_on(AzureQueueChannel::open(settings.clone()))
+                        .unwrap();
+                    let channel = tokio
+                        .block_on(OnIoRuntime::open(AzureQueueChannel::open(settings)))
+                        .unwrap();
+                    let toml = format!(
+                        "[channel]\ntype = \"azure_queue\"\nconnection = \"control\"\nqueue = \"{queue}\"\n\
+                     container = \"{container}\"\nqueue_endpoint = \"{}\"\nlease_timeout = \"3s\"\n\
+                     max_attempts = 3\npoll_interval = \"100ms\"\n",
+                        az.queue_endpoint()
+                    );
+                    (channel, toml, Some(Arc::new(opened)), queue)
+                }
+            };
+        Runtime {
+            dir,
+            kind,
+            queue,
+            channel_toml,
+            channel,
+            azure,
+            tokio,
+        }
     }
 
     fn path(&self) -> &Path {
@@ -29,13 +152,17 @@ impl Runtime {
     /// Writes the configuration of node `name` and starts it.
     fn node(&self, name: &str, max_jobs: usize) -> Child {
         let config = self.path().join(format!("{name}.toml"));
+        let connections = if self.kind == Kind::Local {
+            ""
+        } else {
+            "connections = \"connections.json\"\n"
+        };
         std::fs::write(
             &config,
             format!(
                 "node = \"{name}\"\nmax_concurrent_jobs = {max_jobs}\ngrace_period = \"60s\"\n\
-                 admin_address = \"127.0.0.1:0\"\n\
-                 [channel]\ntype = \"local\"\npath = \"spool\"\nlease_timeout = \"3s\"\n\
-                 max_attempts = 3\npoll_interval = \"100ms\"\n"
+                 admin_address = \"127.0.0.1:0\"\n{connections}{}",
+                self.channel_toml
             ),
         )
         .unwrap();
@@ -50,6 +177,64 @@ impl Runtime {
 
     fn config(&self, name: &str) -> PathBuf {
         self.path().join(format!("{name}.toml"))
+    }
+
+    fn submit(&self, job: serde_json::Value) -> String {
+        self.tokio.block_on(self.channel.submit(job)).unwrap()
+    }
+
+    fn report(&self, id: &str) -> Option<FinishedJob> {
+        self.tokio.block_on(self.channel.report(id)).unwrap()
+    }
+
+    fn jobs(&self) -> Vec<JobState> {
+        self.tokio.block_on(self.channel.jobs()).unwrap()
+    }
+
+    fn nodes(&self) -> Vec<NodeInfo> {
+        self.tokio.block_on(self.channel.nodes()).unwrap()
+    }
+
+    /// Puts a raw message (text) in the channel as a control plane would; returns the id its
+    /// job is reported under.
+    fn send_raw(&self, text: &str) -> String {
+        match &self.azure {
+            Some(azure) => self.tokio.block_on(azure.send_text(text)).unwrap(),
+            None => {
+                let id = format!("0000000000001-{}-raw", unique());
+                std::fs::write(self.path().join(format!("spool/queue/{id}.json")), text).unwrap();
+                id
+            }
+        }
+    }
+
+    /// Checks that no node's log shows the account key or a SAS signature.
+    fn assert_no_secret_in_logs(&self) {
+        let mut secrets = vec![azurite::KEY.to_string()];
+        for (name, value) in std::env::vars() {
+            if name.starts_with("FERRY_IT_QUEUE_SAS_") {
+                let pairs: std::collections::HashMap<String, String> =
+                    url::form_urlencoded::parse(value.as_bytes())
+                        .into_owned()
+                        .collect();
+                secrets.push(pairs["sig"].clone());
+                secrets
+                    .push(url::form_urlencoded::byte_serialize(pairs["sig"].as_bytes()).collect());
+            }
+        }
+        for entry in std::fs::read_dir(self.path()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let log = std::fs::read_to_string(&path).unwrap();
+                for secret in &secrets {
+                    assert!(
+                        !log.contains(secret.as_str()),
+                        "a secret in {}",
+                        path.display()
+                    );
+                }
+            }
+        }
     }
 
     /// A CSV -> Parquet job of `input` into `out`.
@@ -67,10 +252,7 @@ impl Runtime {
     fn wait(&self, ids: &[String], within: Duration) -> Vec<FinishedJob> {
         let deadline = Instant::now() + within;
         loop {
-            let done: Vec<FinishedJob> = ids
-                .iter()
-                .filter_map(|id| self.channel.report(id).unwrap())
-                .collect();
+            let done: Vec<FinishedJob> = ids.iter().filter_map(|id| self.report(id)).collect();
             if done.len() == ids.len() {
                 return done;
             }
@@ -79,7 +261,7 @@ impl Runtime {
                 "only {} of {} jobs finished; states: {:?}",
                 done.len(),
                 ids.len(),
-                self.channel.jobs().unwrap()
+                self.jobs()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -89,7 +271,7 @@ impl Runtime {
     fn wait_running(&self, id: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let jobs = self.channel.jobs().unwrap();
+            let jobs = self.jobs();
             if let Some(j) = jobs.iter().find(|j| j.id == id && j.state == "running") {
                 return j.node.clone().unwrap();
             }
@@ -124,7 +306,16 @@ fn stop(mut child: Child) -> std::process::ExitStatus {
 
 #[test]
 fn three_nodes_run_thirty_jobs_each_once() {
-    let rt = Runtime::new();
+    thirty_jobs_on_three_nodes(Kind::Local);
+}
+
+#[test]
+fn three_nodes_run_thirty_jobs_each_once_from_an_azure_queue() {
+    thirty_jobs_on_three_nodes(Kind::Azure { sas: false });
+}
+
+fn thirty_jobs_on_three_nodes(kind: Kind) {
+    let rt = Runtime::with(kind);
     let input = rt.path().join("in.csv");
     write_csv(&input, 2_000);
     let nodes: Vec<Child> = ["a", "b", "c"].iter().map(|n| rt.node(n, 2)).collect();
@@ -155,7 +346,7 @@ fn three_nodes_run_thirty_jobs_each_once() {
             &input,
             &rt.path().join(format!("out/job-{i}.parquet")),
         );
-        ids.push(rt.channel.submit(job).unwrap());
+        ids.push(rt.submit(job));
     }
     let done = rt.wait(&ids, Duration::from_secs(180));
     let mut used = std::collections::BTreeSet::new();
@@ -190,22 +381,30 @@ fn three_nodes_run_thirty_jobs_each_once() {
         .arg(rt.config("a"))
         .output()
         .unwrap();
-    assert_eq!(
-        String::from_utf8(listed.stdout)
-            .unwrap()
-            .matches("succeeded")
-            .count(),
-        30
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert_eq!(listed.matches("succeeded").count(), 30, "{listed}");
+    assert!(
+        !listed.contains("queued") && !listed.contains("running"),
+        "{listed}"
     );
 }
 
 #[test]
 fn a_killed_node_s_job_finishes_on_another_node() {
-    let rt = Runtime::new();
+    killed_node(Kind::Local);
+}
+
+#[test]
+fn a_killed_node_s_job_finishes_on_another_node_from_an_azure_queue() {
+    killed_node(Kind::Azure { sas: true });
+}
+
+fn killed_node(kind: Kind) {
+    let rt = Runtime::with(kind);
     let input = rt.path().join("big.csv");
     write_csv(&input, 400_000);
     let out = rt.path().join("out/big.parquet");
-    let id = rt.channel.submit(rt.job("big", &input, &out)).unwrap();
+    let id = rt.submit(rt.job("big", &input, &out));
     let mut a = rt.node("a", 1);
     assert_eq!(rt.wait_running(&id), "a");
     std::thread::sleep(Duration::from_millis(300));
@@ -221,62 +420,76 @@ fn a_killed_node_s_job_finishes_on_another_node() {
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .collect();
     assert_eq!(leftovers, ["big.parquet"], "no partial files");
+    // Node b says whose run did not finish.
+    let log = std::fs::read_to_string(rt.path().join("b.log")).unwrap();
+    assert!(log.contains("node a"), "{log}");
     assert!(stop(b).success());
+    rt.assert_no_secret_in_logs();
 }
 
 #[test]
 fn malformed_jobs_fail_once_with_a_report() {
-    let rt = Runtime::new();
-    std::fs::write(
-        rt.path().join("spool/queue/0000000000001-bad.json"),
-        b"{not json",
-    )
-    .unwrap();
-    let invalid = rt
-        .channel
-        .submit(serde_json::json!({"name": "invalid", "source": {"type": "nope"}, "sink": {}}))
-        .unwrap();
+    malformed_jobs(Kind::Local);
+}
+
+#[test]
+fn malformed_jobs_fail_once_with_a_report_from_an_azure_queue() {
+    malformed_jobs(Kind::Azure { sas: false });
+}
+
+fn malformed_jobs(kind: Kind) {
+    let rt = Runtime::with(kind);
+    let garbage = rt.send_raw("{not json");
+    let invalid =
+        rt.submit(serde_json::json!({"name": "invalid", "source": {"type": "nope"}, "sink": {}}));
     let node = rt.node("a", 2);
-    let done = rt.wait(
-        &["0000000000001-bad".to_string(), invalid.clone()],
-        Duration::from_secs(60),
-    );
+    let done = rt.wait(&[garbage, invalid], Duration::from_secs(60));
     for f in &done {
         assert_eq!((f.status.as_str(), f.attempt), ("failed", 1), "{f:?}");
     }
-    let message = done[1].reports[0]["error"]["message"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert!(message.contains("invalid job"), "{message}");
-    // Not retried: nothing is queued or running a while later.
-    std::thread::sleep(Duration::from_secs(1));
-    assert!(
-        rt.channel
-            .jobs()
+    let message = |f: &FinishedJob| {
+        f.reports[0]["error"]["message"]
+            .as_str()
             .unwrap()
-            .iter()
-            .all(|j| j.state == "failed")
+            .to_string()
+    };
+    assert!(message(&done[0]).contains("JSON"), "{}", message(&done[0]));
+    assert!(
+        message(&done[1]).contains("invalid job"),
+        "{}",
+        message(&done[1])
     );
+    // Not retried: nothing is queued or running a while later (past the lease timeout).
+    std::thread::sleep(Duration::from_secs(4));
+    let jobs = rt.jobs();
+    assert!(jobs.iter().all(|j| j.state == "failed"), "{jobs:?}");
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
     assert!(stop(node).success());
 }
 
 #[test]
 fn sigterm_drains_and_cancel_stops_a_job() {
-    let rt = Runtime::new();
+    drain_and_cancel(Kind::Local);
+}
+
+#[test]
+fn sigterm_drains_and_cancel_stops_a_job_from_an_azure_queue() {
+    drain_and_cancel(Kind::Azure { sas: false });
+}
+
+fn drain_and_cancel(kind: Kind) {
+    let rt = Runtime::with(kind);
     let input = rt.path().join("mid.csv");
     write_csv(&input, 150_000);
     let out = rt.path().join("out/mid.parquet");
-    let id = rt.channel.submit(rt.job("mid", &input, &out)).unwrap();
+    let id = rt.submit(rt.job("mid", &input, &out));
     let node = rt.node("a", 1);
     rt.wait_running(&id);
     // SIGTERM while the job runs: the node finishes it, then exits.
     let status = stop(node);
     assert!(status.success(), "{status:?}");
     let report = rt
-        .channel
         .report(&id)
-        .unwrap()
         .expect("the job finished before the node stopped");
     assert_eq!(report.status, "succeeded");
     assert_eq!(rows(&out), 150_000);
@@ -285,7 +498,7 @@ fn sigterm_drains_and_cancel_stops_a_job() {
     let big = rt.path().join("big.csv");
     write_csv(&big, 600_000);
     let out = rt.path().join("out/cancelled.parquet");
-    let id = rt.channel.submit(rt.job("cancelled", &big, &out)).unwrap();
+    let id = rt.submit(rt.job("cancelled", &big, &out));
     let node = rt.node("a", 1);
     rt.wait_running(&id);
     let cancel = crate::support::ferry()
@@ -302,6 +515,148 @@ fn sigterm_drains_and_cancel_stops_a_job() {
     assert_eq!(done[0].status, "cancelled", "{:?}", done[0]);
     assert!(!out.exists());
     assert!(stop(node).success());
+}
+
+/// Adds the test PostgreSQL server as connection `pg` to the nodes' connections file.
+fn add_postgres(rt: &Runtime) {
+    let pg = crate::support::postgres::server();
+    let connections = rt.path().join("connections.json");
+    let mut all: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&connections).unwrap()).unwrap();
+    let with_pg: serde_json::Value = serde_json::from_str(&pg.connections("postgres", "")).unwrap();
+    all["pg"] = with_pg["pg"].clone();
+    std::fs::write(&connections, all.to_string()).unwrap();
+}
+
+/// A job that waits `secs` at PostgreSQL, then writes 1,000 rows to `out`.
+fn slow_job(secs: u32, out: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "name": "slow",
+        "source": {"type": "postgres", "connection": "pg", "snapshot": false,
+                   "query": format!("select g from generate_series(1, 1000) g, (select pg_sleep({secs})) s")},
+        "sink": {"type": "file", "path": out, "format": {"type": "parquet"}},
+        "parallel_copies": 1
+    })
+}
+
+fn signal(child: &Child, name: &str) {
+    let sent = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+}
+
+fn wait_for_log(rt: &Runtime, node: &str, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let log = rt.path().join(format!("{node}.log"));
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains(text)
+    {
+        assert!(Instant::now() < deadline, "{node} never logged {text:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn an_azure_queue_lease_is_extended_while_a_long_job_runs() {
+    let rt = Runtime::with(Kind::Azure { sas: false });
+    add_postgres(&rt);
+    // It waits 8 s, more than twice the 3 s lease timeout, before its rows come.
+    let out = rt.path().join("out/slow.parquet");
+    let id = rt.submit(slow_job(8, &out));
+    let nodes = [rt.node("a", 1), rt.node("b", 1)];
+    let done = rt.wait(std::slice::from_ref(&id), Duration::from_secs(90));
+    assert_eq!(done[0].status, "succeeded", "{:?}", done[0]);
+    assert_eq!(
+        done[0].attempt, 1,
+        "the lease held: the job never went to another node"
+    );
+    assert_eq!(rows(&out), 1_000);
+    for node in nodes {
+        assert!(stop(node).success());
+    }
+}
+
+#[test]
+fn a_frozen_node_stops_its_job_once_another_node_took_it() {
+    let rt = Runtime::with(Kind::Azure { sas: false });
+    add_postgres(&rt);
+    let out = rt.path().join("out/slow.parquet");
+    let id = rt.submit(slow_job(6, &out));
+    let a = rt.node("a", 1);
+    assert_eq!(rt.wait_running(&id), "a");
+    // Node a freezes (a long GC pause, a suspended VM): its lease expires, b takes the job.
+    signal(&a, "STOP");
+    let b = rt.node("b", 1);
+    wait_for_log(&rt, "b", "job leased");
+    signal(&a, "CONT");
+    // Awake again, a finds its lease gone and stops the job without reporting it.
+    wait_for_log(&rt, "a", "lease was lost");
+    let done = rt.wait(std::slice::from_ref(&id), Duration::from_secs(90));
+    assert_eq!(done[0].status, "succeeded", "{:?}", done[0]);
+    assert_eq!((done[0].node.as_str(), done[0].attempt), ("b", 2));
+    assert_eq!(rows(&out), 1_000);
+    for node in [a, b] {
+        assert!(stop(node).success());
+    }
+}
+
+#[test]
+fn an_azure_queue_hands_back_without_counting_and_poisons_after_max_attempts() {
+    let rt = Runtime::with(Kind::Azure { sas: false });
+    let id = rt.submit(serde_json::json!({"name": "doomed", "source": {}, "sink": {}}));
+    let lease = |node: &str| rt.tokio.block_on(rt.channel.lease(node, 4)).unwrap();
+    // A draining node hands the job back: the run does not count.
+    let first = lease("drainer");
+    assert_eq!(first.len(), 1);
+    rt.tokio.block_on(rt.channel.release(&id)).unwrap();
+    let taken = lease("ghost-1").pop().unwrap().unwrap();
+    assert_eq!((taken.id.as_str(), taken.attempt), (id.as_str(), 1));
+    // Nodes that take the job and die (never extend the lease): each run counts.
+    for run in 2..=3 {
+        std::thread::sleep(Duration::from_millis(3_500));
+        let taken = lease(&format!("ghost-{run}")).pop().unwrap().unwrap();
+        assert_eq!(taken.attempt, run);
+        let last = taken.last_error.unwrap();
+        assert!(last.contains(&format!("ghost-{}", run - 1)), "{last}");
+    }
+    // Out of attempts: a failed record, the message in the poison queue, nothing to run.
+    std::thread::sleep(Duration::from_millis(3_500));
+    assert!(lease("survivor").is_empty());
+    let report = rt.report(&id).expect("a failed record");
+    assert_eq!(report.status, "failed");
+    let message = report.reports[0]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("3 runs") && message.contains("ghost-3"),
+        "{message}"
+    );
+    let az = azurite();
+    let poison = url::Url::parse(&format!(
+        "{}/{}-poison?{}",
+        az.queue_endpoint(),
+        rt.queue,
+        az.sas_for("rlp", "q")
+    ))
+    .unwrap();
+    let peeked = rt
+        .tokio
+        .block_on(async {
+            azure_storage_queue::QueueClient::new(poison, None, None)
+                .unwrap()
+                .peek_messages(None)
+                .await
+                .unwrap()
+                .into_model()
+                .unwrap()
+        })
+        .items
+        .unwrap_or_default();
+    assert_eq!(peeked.len(), 1);
+    let text = peeked[0].message_text.clone().unwrap();
+    assert!(text.contains(&id) && text.contains("ghost-3"), "{text}");
+    assert!(rt.jobs().iter().all(|j| j.state == "failed"));
 }
 
 /// A plain HTTP/1.0 request to the node's admin server; returns (status, body).
@@ -336,13 +691,7 @@ fn the_admin_server_shows_status_metrics_and_takes_jobs() {
     let node = rt.node("a", 2);
     let deadline = Instant::now() + Duration::from_secs(30);
     let address = loop {
-        if let Some(a) = rt
-            .channel
-            .nodes()
-            .unwrap()
-            .into_iter()
-            .find_map(|n| n.admin)
-        {
+        if let Some(a) = rt.nodes().into_iter().find_map(|n| n.admin) {
             break a;
         }
         assert!(
@@ -368,7 +717,7 @@ fn the_admin_server_shows_status_metrics_and_takes_jobs() {
         .to_string();
     let mut seen_rows = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while rt.channel.report(&id).unwrap().is_none() && Instant::now() < deadline {
+    while rt.report(&id).is_none() && Instant::now() < deadline {
         let (_, body) = http(&address, "GET", "/api/status", "");
         let s: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(s["node"], "a");
@@ -424,18 +773,9 @@ fn the_status_page_shows_a_running_job_in_a_browser() {
     let input = rt.path().join("in.csv");
     write_csv(&input, 1_500_000);
     let node = rt.node("a", 2);
-    let id = rt
-        .channel
-        .submit(rt.job("shown-in-browser", &input, &rt.path().join("out/b.parquet")))
-        .unwrap();
+    let id = rt.submit(rt.job("shown-in-browser", &input, &rt.path().join("out/b.parquet")));
     rt.wait_running(&id);
-    let address = rt
-        .channel
-        .nodes()
-        .unwrap()
-        .into_iter()
-        .find_map(|n| n.admin)
-        .unwrap();
+    let address = rt.nodes().into_iter().find_map(|n| n.admin).unwrap();
     let first = render(&address);
     assert!(first.contains("ferry node a"), "{first}");
     assert!(
@@ -454,7 +794,7 @@ fn the_status_page_shows_a_running_job_in_a_browser() {
     std::thread::sleep(Duration::from_millis(700));
     let later = render(&address);
     let after = percent(&later);
-    if rt.channel.report(&id).unwrap().is_none() {
+    if rt.report(&id).is_none() {
         assert!(after > before, "progress advanced: {before:?} -> {after:?}");
     }
     rt.wait(std::slice::from_ref(&id), Duration::from_secs(120));
@@ -474,10 +814,7 @@ fn diagnostics_archive_holds_reports_and_no_secret() {
         r#"{"pg": {"type": "postgres", "url": "postgres://ferry:hunter2@db.internal/erp"}}"#,
     )
     .unwrap();
-    let id = rt
-        .channel
-        .submit(serde_json::json!({"name": "broken", "source": {}, "sink": {}}))
-        .unwrap();
+    let id = rt.submit(serde_json::json!({"name": "broken", "source": {}, "sink": {}}));
     let node = rt.node("a", 1);
     rt.wait(std::slice::from_ref(&id), Duration::from_secs(60));
     assert!(stop(node).success());

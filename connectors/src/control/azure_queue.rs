@@ -32,7 +32,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use azure_core::http::{ClientOptions, Transport, Url};
+use azure_core::http::{ClientOptions, ExponentialRetryOptions, RetryOptions, Transport, Url};
+use azure_storage_queue::models::QueueClientGetPropertiesResultHeaders;
 use azure_storage_queue::models::{
     QueueClientPeekMessagesOptions, QueueClientReceiveMessagesOptions,
     QueueClientUpdateMessageOptions, QueueMessage,
@@ -155,9 +156,20 @@ fn lease_gone(e: &azure_core::Error) -> bool {
     }
 }
 
-/// Folds a queue service error into the engine's error.
+/// Folds a queue service error into the engine's error: the status and the service's error
+/// code, not the response body.
 fn queue_error(what: &str, e: azure_core::Error) -> Error {
-    let text = redact(&e.to_string());
+    let text = match e.kind() {
+        azure_core::error::ErrorKind::HttpResponse {
+            status, error_code, ..
+        } => format!(
+            "HTTP {} {}",
+            u16::from(*status),
+            error_code.as_deref().unwrap_or_default()
+        ),
+        _ => redact(&e.to_string()),
+    };
+    let text = text.trim();
     match status_of(&e) {
         Some(401 | 403) => Error::new(
             ErrorKind::Auth,
@@ -165,12 +177,18 @@ fn queue_error(what: &str, e: azure_core::Error) -> Error {
                 "{what}: access denied ({text}); check the channel connection's credentials and their rights on the queue"
             ),
         ),
-        Some(404) => Error::invalid_input(format!("{what}: not found ({text})")),
+        Some(404) => Error::invalid_input(format!(
+            "{what}: not found ({text}); check `queue_endpoint` and the queue's name"
+        )),
         Some(s) if s >= 500 || s == 408 || s == 429 => {
             Error::store(format!("{what}: {text}")).with_retryable(true)
         }
         Some(_) => Error::store(format!("{what}: {text}")),
-        None => Error::new(ErrorKind::Connect, format!("{what}: {text}")).with_retryable(true),
+        None => Error::new(
+            ErrorKind::Connect,
+            format!("{what}: cannot reach the queue service ({text}); check `queue_endpoint`, the network and the proxy"),
+        )
+        .with_retryable(true),
     }
 }
 
@@ -704,6 +722,13 @@ fn make_clients(
         let options = QueueClientOptions {
             client_options: ClientOptions {
                 transport: Some(Transport::new(http.clone())),
+                // Transient failures are retried for up to 20 s; a node polls again anyway.
+                retry: RetryOptions::exponential(ExponentialRetryOptions {
+                    max_retries: 5,
+                    max_total_elapsed: azure_core::time::Duration::seconds(20),
+                    max_delay: azure_core::time::Duration::seconds(5),
+                    ..Default::default()
+                }),
                 ..Default::default()
             },
             ..Default::default()
@@ -905,11 +930,39 @@ impl ControlChannel for AzureQueueChannel {
     }
 
     async fn cancel(&self, id: &str) -> Result<String> {
+        if id.is_empty() || id.contains(['/', '\\']) {
+            return Err(Error::invalid_input(format!("`{id}` is not a job id")));
+        }
         if self.report(id).await?.is_some() {
             return Err(Error::invalid_input(format!(
                 "job {id} has already finished"
             )));
         }
+        let known = self.jobs().await?.into_iter().find(|j| j.id == id);
+        let what = match known {
+            Some(j) if j.state == "running" => {
+                "cancellation requested; the node running it stops it".to_string()
+            }
+            Some(_) => "cancellation requested; the job stops as soon as a node takes it".into(),
+            None => {
+                // A peek shows 32 messages: with no more in the queue, the id is unknown.
+                let count = self
+                    .jobs_queue()?
+                    .get_properties(None)
+                    .await
+                    .map_err(|e| queue_error("read the queue's length", e))?
+                    .approximate_messages_count()
+                    .ok()
+                    .flatten()
+                    .unwrap_or(i64::MAX);
+                if count <= MAX_RECEIVE as i64 {
+                    return Err(Error::invalid_input(format!("no job {id} in the channel")));
+                }
+                format!(
+                    "cancellation requested; job {id} is not among the next {MAX_RECEIVE} queued jobs: it stops if a node takes it"
+                )
+            }
+        };
         self.store
             .put(
                 &ObjectPath::from(format!("cancel/{id}")),
@@ -919,16 +972,7 @@ impl ControlChannel for AzureQueueChannel {
             .map_err(|e| {
                 blob_error("write in the channel container", &format!("cancel/{id}"), e)
             })?;
-        let known = self.jobs().await?.into_iter().find(|j| j.id == id);
-        Ok(match known {
-            Some(j) if j.state == "running" => {
-                "cancellation requested; the node running it stops it".to_string()
-            }
-            Some(_) => "cancellation requested; the job stops as soon as a node takes it".into(),
-            None => format!(
-                "cancellation requested; job {id} is not running and not among the next queued jobs: it stops if a node takes it"
-            ),
-        })
+        Ok(what)
     }
 
     async fn cancel_requested(&self, ids: &[String]) -> Result<Vec<String>> {

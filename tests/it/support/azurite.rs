@@ -20,6 +20,8 @@ pub const KEY_ENV: &str = "FERRY_IT_AZURITE_KEY";
 pub struct Azurite {
     /// Blob service port on 127.0.0.1.
     pub blob_port: u16,
+    /// Queue service port on 127.0.0.1.
+    pub queue_port: u16,
 }
 
 static AZURITE: OnceLock<Azurite> = OnceLock::new();
@@ -50,7 +52,10 @@ pub fn azurite() -> &'static Azurite {
         unsafe {
             std::env::set_var(KEY_ENV, KEY)
         };
-        Azurite { blob_port }
+        Azurite {
+            blob_port,
+            queue_port,
+        }
     })
 }
 
@@ -58,6 +63,11 @@ impl Azurite {
     /// The account endpoint.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}/{ACCOUNT}", self.blob_port)
+    }
+
+    /// The queue service's account endpoint.
+    pub fn queue_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{ACCOUNT}", self.queue_port)
     }
 
     /// Creates a container (idempotent).
@@ -75,11 +85,16 @@ impl Azurite {
         name.to_string()
     }
 
-    /// An account SAS token with `permissions`.
+    /// An account SAS token for the blob service with `permissions`.
     pub fn sas(&self, permissions: &str) -> String {
+        self.sas_for(permissions, "b")
+    }
+
+    /// An account SAS token for `services` (`b`, `q`, `bq`) with `permissions`.
+    pub fn sas_for(&self, permissions: &str, services: &str) -> String {
         let out = Command::new("python3")
             .arg(repo_root().join("scripts/azure-container.py"))
-            .args(["sas", &self.endpoint(), ACCOUNT, KEY, permissions])
+            .args(["sas", &self.endpoint(), ACCOUNT, KEY, permissions, services])
             .output()
             .unwrap();
         assert!(
