@@ -227,3 +227,52 @@ fn the_example_node_configuration_loads() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("node"));
     assert!(dir.path().join("spool/queue").is_dir());
 }
+
+#[test]
+fn the_example_azure_node_configuration_works_against_azurite() {
+    let az = crate::support::azurite::azurite();
+    let examples = crate::support::repo_root().join("examples");
+    let dir = tempfile::tempdir().unwrap();
+    // The example as it is, pointed at the emulator's queue service.
+    let config = std::fs::read_to_string(examples.join("ferry-azure.toml"))
+        .unwrap()
+        .replace(
+            "[channel]\n",
+            &format!("[channel]\nqueue_endpoint = \"{}\"\n", az.queue_endpoint()),
+        );
+    std::fs::write(dir.path().join("ferry.toml"), config).unwrap();
+    std::fs::write(
+        dir.path().join("connections.json"),
+        format!(r#"{{"lake": {}}}"#, az.connection()),
+    )
+    .unwrap();
+    az.container("ferry-control");
+    let job = dir.path().join("job.json");
+    std::fs::write(
+        &job,
+        r#"{"name": "example", "source": {"type": "tpch", "table": "nation", "scale_factor": 0.01}, "sink": {"type": "file", "path": "out.csv", "format": {"type": "csv"}}}"#,
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = ferry()
+            .args(args)
+            .arg("--config")
+            .arg(dir.path().join("ferry.toml"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let id = run(&["jobs", "submit", job.to_str().unwrap()]);
+    let listed = run(&["jobs", "list"]);
+    assert!(
+        listed.contains(id.trim()) && listed.contains("queued"),
+        "{listed}"
+    );
+    assert!(run(&["jobs", "cancel", id.trim()]).contains("cancellation requested"));
+    assert!(run(&["nodes"]).starts_with("node"));
+}
