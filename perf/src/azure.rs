@@ -15,18 +15,19 @@ use crate::{
     write_job,
 };
 
-const ACCOUNT: &str = "devstoreaccount1";
-const KEY: &str =
+pub(crate) const ACCOUNT: &str = "devstoreaccount1";
+pub(crate) const KEY: &str =
     "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
 
 /// A private Azurite for the run; stopped when dropped.
-struct Azurite {
+pub(crate) struct Azurite {
     dir: PathBuf,
     port: u16,
+    queue_port: u16,
 }
 
 impl Azurite {
-    fn start(dir: PathBuf) -> Result<Azurite> {
+    pub(crate) fn start(dir: PathBuf) -> Result<Azurite> {
         if !Command::new("scripts/azurite.sh")
             .arg("install")
             .status()?
@@ -51,14 +52,22 @@ impl Azurite {
         if !ok {
             bail!("Azurite did not start; see {}/azurite.log", dir.display());
         }
-        Ok(Azurite { dir, port })
+        Ok(Azurite {
+            dir,
+            port,
+            queue_port: queue,
+        })
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}/{ACCOUNT}", self.port)
     }
 
-    fn container(&self, name: &str) -> Result<()> {
+    pub(crate) fn queue_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/{ACCOUNT}", self.queue_port)
+    }
+
+    pub(crate) fn container(&self, name: &str) -> Result<()> {
         let ok = Command::new("python3")
             .args([
                 "scripts/azure-container.py",

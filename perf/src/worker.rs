@@ -1,6 +1,7 @@
 //! Worker scaling: jobs per minute and MB/s against `max_concurrent_jobs` (one node) and
 //! against the number of nodes (two slots each), on jobs whose time is dominated by waiting
-//! for the store (a PostgreSQL query that sleeps one second before it streams its rows).
+//! for the store (a PostgreSQL query that sleeps one second before it streams its rows); the
+//! nodes share the local channel, then an Azure Storage queue (Azurite).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 
+use crate::azure::{ACCOUNT, Azurite, KEY};
 use crate::postgres::Server;
 use crate::{work_dir, write_job};
 
@@ -21,30 +23,93 @@ struct Point {
     mb: f64,
 }
 
-fn start_node(ferry: &Path, dir: &Path, name: &str, slots: usize) -> Result<Child> {
+/// The channel the nodes share.
+#[derive(Clone, Copy, PartialEq)]
+enum Channel<'a> {
+    Local,
+    /// Azurite's queue service endpoint.
+    Azure(&'a str),
+}
+
+/// The environment variable the perf connections read Azurite's key from.
+const KEY_ENV: &str = "FERRY_PERF_AZURITE_KEY";
+
+fn start_node(
+    ferry: &Path,
+    dir: &Path,
+    name: &str,
+    slots: usize,
+    channel: Channel,
+) -> Result<Child> {
     let config = dir.join(format!("{name}.toml"));
+    let table = match channel {
+        Channel::Local => "type = \"local\"\npath = \"spool\"\n".to_string(),
+        Channel::Azure(endpoint) => format!(
+            "type = \"azure_queue\"\nconnection = \"control\"\nqueue = \"{}\"\n\
+             container = \"control\"\nqueue_endpoint = \"{endpoint}\"\n",
+            queue_name(dir)
+        ),
+    };
     std::fs::write(
         &config,
         format!(
             "node = \"{name}\"\nmax_concurrent_jobs = {slots}\nconnections = \"../pg-connections.json\"\n\
-             admin_address = \"127.0.0.1:0\"\n[channel]\ntype = \"local\"\npath = \"spool\"\n\
-             lease_timeout = \"30s\"\npoll_interval = \"100ms\"\n"
+             admin_address = \"127.0.0.1:0\"\n[channel]\n{table}lease_timeout = \"30s\"\npoll_interval = \"100ms\"\n"
         ),
     )?;
     Ok(Command::new(ferry)
         .args(["worker", "--config"])
         .arg(&config)
+        .env(KEY_ENV, KEY)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?)
 }
 
-fn run_config(ferry: &Path, work: &Path, nodes: usize, slots: usize) -> Result<(f64, f64)> {
-    let dir = work.join(format!("scale-{nodes}x{slots}"));
+/// One queue per configuration directory.
+fn queue_name(dir: &Path) -> String {
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    name.replace(['_', '.'], "-")
+}
+
+/// Runs `ferry jobs ARGS --config CONFIG`; returns its standard output.
+fn jobs(ferry: &Path, config: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(ferry)
+        .arg("jobs")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env(KEY_ENV, KEY)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "ferry jobs {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn run_config(
+    ferry: &Path,
+    work: &Path,
+    nodes: usize,
+    slots: usize,
+    channel: Channel,
+) -> Result<(f64, f64)> {
+    let kind = if channel == Channel::Local {
+        "local"
+    } else {
+        "queue"
+    };
+    let dir = work.join(format!("scale-{kind}-{nodes}x{slots}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("out"))?;
     let mut children: Vec<Child> = (0..nodes)
-        .map(|i| start_node(ferry, &dir, &format!("n{i}"), slots))
+        .map(|i| start_node(ferry, &dir, &format!("n{i}"), slots, channel))
         .collect::<Result<_>>()?;
     std::thread::sleep(Duration::from_millis(500));
     let started = Instant::now();
@@ -58,31 +123,48 @@ fn run_config(ferry: &Path, work: &Path, nodes: usize, slots: usize) -> Result<(
                 dir.display()
             ),
         )?;
-        let out = Command::new(ferry)
-            .args(["jobs", "submit"])
-            .arg(&job)
-            .arg("--config")
-            .arg(dir.join("n0.toml"))
-            .output()?;
-        if !out.status.success() {
-            bail!("submit failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        ids.push(String::from_utf8(out.stdout)?.trim().to_string());
+        let submitted = jobs(
+            ferry,
+            &dir.join("n0.toml"),
+            &["submit", &job.to_string_lossy()],
+        )?;
+        ids.push(submitted.trim().to_string());
     }
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut bytes = 0u64;
-    for id in &ids {
-        let report = dir.join("spool/reports").join(format!("{id}.json"));
-        while !report.exists() {
-            if Instant::now() > deadline {
-                bail!("job {id} did not finish");
+    let config = dir.join("n0.toml");
+    match channel {
+        // The reports are files: watch them.
+        Channel::Local => {
+            for id in &ids {
+                let report = dir.join("spool/reports").join(format!("{id}.json"));
+                while !report.exists() {
+                    if Instant::now() > deadline {
+                        bail!("job {id} did not finish");
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
+        // The reports are blobs: ask the channel, as an operator would.
+        Channel::Azure(_) => loop {
+            let listed = jobs(ferry, &config, &["list"])?;
+            let ended = listed
+                .lines()
+                .filter(|l| l.contains(" succeeded ") || l.contains(" failed "))
+                .count();
+            if ended >= JOBS {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("only {ended} jobs finished");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        },
     }
     let secs = started.elapsed().as_secs_f64();
     for id in &ids {
-        let text = std::fs::read_to_string(dir.join("spool/reports").join(format!("{id}.json")))?;
+        let text = jobs(ferry, &config, &["show", id])?;
         let v: serde_json::Value = serde_json::from_str(&text)?;
         if v["status"] != "succeeded" {
             bail!("job {id} failed: {text}");
@@ -147,7 +229,7 @@ fn plot(series: &[(&str, &[Point])]) -> String {
         ));
     }
     for (k, (name, points)) in series.iter().enumerate() {
-        let color = ["#1f77b4", "#d62728"][k % 2];
+        let color = ["#1f77b4", "#d62728", "#2ca02c"][k % 3];
         let path: Vec<String> = points
             .iter()
             .map(|p| format!("{:.1},{:.1}", sx(p.x as f64), sy(rate(p))))
@@ -176,16 +258,21 @@ fn plot(series: &[(&str, &[Point])]) -> String {
 pub fn run(ferry: &Path) -> Result<()> {
     let work: PathBuf = work_dir()?;
     let server = Server::start(work.join("pg"))?;
+    let azurite = Azurite::start(work.join("azurite-worker"))?;
+    azurite.container("control")?;
     write_job(
         &work.join("pg-connections.json"),
         &format!(
-            r#"{{"pg": {{"type": "postgres", "host": "127.0.0.1", "port": {}, "user": "postgres", "database": "postgres", "sslmode": "disable"}}}}"#,
-            server.port
+            r#"{{"pg": {{"type": "postgres", "host": "127.0.0.1", "port": {}, "user": "postgres", "database": "postgres", "sslmode": "disable"}},
+                "control": {{"type": "azure_blob", "account": "{ACCOUNT}", "endpoint": "{}", "allow_http": true, "auth": {{"type": "shared_key", "key": {{"env": "{KEY_ENV}"}}}}}}}}"#,
+            server.port,
+            azurite.endpoint()
         ),
     )?;
+    let queue_endpoint = azurite.queue_endpoint();
     let mut slots = Vec::new();
     for k in [1, 2, 4, 8] {
-        let (secs, mb) = run_config(ferry, &work, 1, k)?;
+        let (secs, mb) = run_config(ferry, &work, 1, k, Channel::Local)?;
         eprintln!("1 node x {k} slots: {secs:.1}s");
         slots.push(Point {
             label: format!("1 node, max_concurrent_jobs {k}"),
@@ -195,26 +282,38 @@ pub fn run(ferry: &Path) -> Result<()> {
         });
     }
     let mut nodes = Vec::new();
+    let mut queue_nodes = Vec::new();
+    // Side by side: each node count on the local channel, then on the Azure queue.
     for n in [1, 2, 3] {
-        let (secs, mb) = run_config(ferry, &work, n, 2)?;
-        eprintln!("{n} nodes x 2 slots: {secs:.1}s");
+        let (secs, mb) = run_config(ferry, &work, n, 2, Channel::Local)?;
+        eprintln!("{n} nodes x 2 slots, local channel: {secs:.1}s");
         nodes.push(Point {
-            label: format!("{n} node(s), max_concurrent_jobs 2 each"),
+            label: format!("{n} node(s), max_concurrent_jobs 2 each, local channel"),
+            x: n,
+            secs,
+            mb,
+        });
+        let (secs, mb) = run_config(ferry, &work, n, 2, Channel::Azure(&queue_endpoint))?;
+        eprintln!("{n} nodes x 2 slots, Azure queue: {secs:.1}s");
+        queue_nodes.push(Point {
+            label: format!("{n} node(s), max_concurrent_jobs 2 each, Azure queue (Azurite)"),
             x: n,
             secs,
             mb,
         });
     }
     drop(server);
+    drop(azurite);
     let mut table = format!(
         "# Worker scaling\n\n{JOBS} jobs, each a PostgreSQL query that waits 1 s at the server and then streams 50,000 rows \
-         (about 13 MB) into a local Parquet file. Nodes share one local channel on this {}-core machine; the server runs here too. \
-         Time is from the first submission to the last report.\n\n\
+         (about 13 MB) into a local Parquet file. Nodes share one local channel, or one Azure Storage queue in Azurite (the nodes poll it every 100 ms), \
+         on this {}-core machine; the PostgreSQL server and Azurite run here too. \
+         Time is from the first submission to the last report (for the queue, as `ferry jobs list` shows it, polled every 50 ms).\n\n\
          | configuration | time (s) | jobs per minute | MB/s | speed-up over 1 slot |\n| --- | --- | --- | --- | --- |\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let base = slots[0].secs;
-    for p in slots.iter().chain(&nodes) {
+    for p in slots.iter().chain(&nodes).chain(&queue_nodes) {
         table.push_str(&format!(
             "| {} | {:.1} | {:.1} | {:.1} | {:.2}x |\n",
             p.label,
@@ -230,7 +329,11 @@ pub fn run(ferry: &Path) -> Result<()> {
     std::fs::write("perf/results/worker-scaling.md", table)?;
     std::fs::write(
         "perf/results/worker-scaling.svg",
-        plot(&[("one node, slots", &slots), ("nodes, 2 slots each", &nodes)]),
+        plot(&[
+            ("one node, slots", &slots),
+            ("nodes, 2 slots each (local)", &nodes),
+            ("nodes, 2 slots each (Azure queue)", &queue_nodes),
+        ]),
     )?;
     Ok(())
 }

@@ -496,7 +496,7 @@ fn drain_and_cancel(kind: Kind) {
 
     // `ferry jobs cancel` stops a running job; nothing is published.
     let big = rt.path().join("big.csv");
-    write_csv(&big, 600_000);
+    write_csv(&big, 2_000_000);
     let out = rt.path().join("out/cancelled.parquet");
     let id = rt.submit(rt.job("cancelled", &big, &out));
     let node = rt.node("a", 1);

@@ -4,9 +4,9 @@
 //! ```text
 //! queue <queue>                  one message per job (its envelope as JSON)
 //! queue <queue>-poison           messages that cannot run: not a job, or out of attempts
-//! container/reports/<id>.json    every finished job's record, whatever the outcome
-//! container/nodes/<node>.json    each node's heartbeat and load
-//! container/cancel/<id>          a cancellation request
+//! container/<queue>/reports/<id>.json   every finished job's record, whatever the outcome
+//! container/<queue>/nodes/<node>.json   each node's heartbeat and load
+//! container/<queue>/cancel/<id>         a cancellation request
 //! ```
 //!
 //! A lease is the message made invisible for `lease_timeout` when a node receives it; the
@@ -429,12 +429,12 @@ impl AzureQueueChannel {
         // The container must exist (ferry does not create containers).
         channel
             .store
-            .list_with_delimiter(Some(&ObjectPath::from("nodes")))
+            .list_with_delimiter(Some(&ObjectPath::from(channel.key("nodes", ""))))
             .await
             .map_err(|e| {
                 blob_error(
                     &format!("channel container `{}`:", channel.settings.container),
-                    "nodes/",
+                    &channel.key("nodes", ""),
                     e,
                 )
             })?;
@@ -479,6 +479,12 @@ impl AzureQueueChannel {
             }
         }
         Ok(())
+    }
+
+    /// The blob name of record `name` of `kind` (reports, nodes, cancel): under the queue's
+    /// name, so one container can serve several runtimes.
+    fn key(&self, kind: &str, name: &str) -> String {
+        format!("{}/{kind}/{name}", self.settings.queue)
     }
 
     fn lease_secs(&self) -> i32 {
@@ -637,7 +643,7 @@ impl AzureQueueChannel {
                 envelope.last_error.as_deref().unwrap_or("none")
             );
             let failed = FinishedJob::failed(&id, node, attempt - 1, &why);
-            self.put_json(&format!("reports/{id}.json"), &failed)
+            self.put_json(&self.key("reports", &format!("{id}.json")), &failed)
                 .await?;
             self.forget(&id);
             self.to_poison(&id, &text, &why).await?;
@@ -875,7 +881,7 @@ impl ControlChannel for AzureQueueChannel {
 
     async fn complete(&self, finished: &FinishedJob) -> Result<()> {
         let id = &finished.id;
-        self.put_json(&format!("reports/{id}.json"), finished)
+        self.put_json(&self.key("reports", &format!("{id}.json")), finished)
             .await?;
         if let Some(lease) = self.lease_of(id) {
             let lease = lease.lock().await;
@@ -890,13 +896,13 @@ impl ControlChannel for AzureQueueChannel {
         }
         match self
             .store
-            .delete(&ObjectPath::from(format!("cancel/{id}")))
+            .delete(&ObjectPath::from(self.key("cancel", id)))
             .await
         {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(blob_error(
                 "remove in the channel container",
-                &format!("cancel/{id}"),
+                &self.key("cancel", id),
                 e,
             )),
         }
@@ -965,12 +971,12 @@ impl ControlChannel for AzureQueueChannel {
         };
         self.store
             .put(
-                &ObjectPath::from(format!("cancel/{id}")),
+                &ObjectPath::from(self.key("cancel", id)),
                 PutPayload::from_static(b""),
             )
             .await
             .map_err(|e| {
-                blob_error("write in the channel container", &format!("cancel/{id}"), e)
+                blob_error("write in the channel container", &self.key("cancel", id), e)
             })?;
         Ok(what)
     }
@@ -983,7 +989,10 @@ impl ControlChannel for AzureQueueChannel {
         if cached.0.is_none_or(|at| at.elapsed() >= CANCEL_LIST_TTL) {
             *cached = (
                 Some(Instant::now()),
-                self.list("cancel").await?.into_iter().collect(),
+                self.list(&self.key("cancel", ""))
+                    .await?
+                    .into_iter()
+                    .collect(),
             );
         }
         Ok(ids
@@ -997,11 +1006,12 @@ impl ControlChannel for AzureQueueChannel {
         if id.contains(['/', '\\']) {
             return Ok(None);
         }
-        self.get_json(&format!("reports/{id}.json")).await
+        self.get_json(&self.key("reports", &format!("{id}.json")))
+            .await
     }
 
     async fn recent_reports(&self, n: usize) -> Result<Vec<FinishedJob>> {
-        let names = self.list("reports").await?;
+        let names = self.list(&self.key("reports", "")).await?;
         let newest: Vec<String> = names
             .iter()
             .rev()
@@ -1088,14 +1098,14 @@ impl ControlChannel for AzureQueueChannel {
     }
 
     async fn node_heartbeat(&self, info: &NodeInfo) -> Result<()> {
-        self.put_json(&format!("nodes/{}.json", info.node), info)
+        self.put_json(&self.key("nodes", &format!("{}.json", info.node)), info)
             .await
     }
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>> {
-        let names = self.list("nodes").await?;
+        let names = self.list(&self.key("nodes", "")).await?;
         let nodes: Vec<Option<NodeInfo>> = futures::stream::iter(names)
-            .map(|name| async move { self.get_json(&format!("nodes/{name}")).await })
+            .map(|name| async move { self.get_json(&self.key("nodes", &name)).await })
             .buffered(8)
             .try_collect()
             .await?;
