@@ -133,39 +133,29 @@ fn run_config(
     let deadline = Instant::now() + Duration::from_secs(600);
     let mut bytes = 0u64;
     let config = dir.join("n0.toml");
-    match channel {
-        // The reports are files: watch them.
-        Channel::Local => {
-            for id in &ids {
-                let report = dir.join("spool/reports").join(format!("{id}.json"));
-                while !report.exists() {
-                    if Instant::now() > deadline {
-                        bail!("job {id} did not finish");
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        }
-        // The reports are blobs: ask the channel, as an operator would.
-        Channel::Azure(_) => loop {
-            let listed = jobs(ferry, &config, &["list"])?;
-            let ended = listed
-                .lines()
-                .filter(|l| l.contains(" succeeded ") || l.contains(" failed "))
-                .count();
-            if ended >= JOBS {
-                break;
-            }
+    // Each job publishes its output atomically at its end: watch the outputs, the same way
+    // for every channel and without loading the channel (a `jobs list` is many requests).
+    for j in 0..JOBS {
+        let output = dir.join(format!("out/job-{j}.parquet"));
+        while !output.exists() {
             if Instant::now() > deadline {
-                bail!("only {ended} jobs finished");
+                bail!("job {j} did not finish");
             }
-            std::thread::sleep(Duration::from_millis(50));
-        },
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     let secs = started.elapsed().as_secs_f64();
+    // Then every job's report, through the channel.
     for id in &ids {
-        let text = jobs(ferry, &config, &["show", id])?;
-        let v: serde_json::Value = serde_json::from_str(&text)?;
+        let v: serde_json::Value = loop {
+            let text = jobs(ferry, &config, &["show", id])?;
+            let v: serde_json::Value = serde_json::from_str(&text)?;
+            if v["status"] != "running" || Instant::now() > deadline {
+                break v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let text = v.to_string();
         if v["status"] != "succeeded" {
             bail!("job {id} failed: {text}");
         }
@@ -308,7 +298,8 @@ pub fn run(ferry: &Path) -> Result<()> {
         "# Worker scaling\n\n{JOBS} jobs, each a PostgreSQL query that waits 1 s at the server and then streams 50,000 rows \
          (about 13 MB) into a local Parquet file. Nodes share one local channel, or one Azure Storage queue in Azurite (the nodes poll it every 100 ms), \
          on this {}-core machine; the PostgreSQL server and Azurite run here too. \
-         Time is from the first submission to the last report (for the queue, as `ferry jobs list` shows it, polled every 50 ms).\n\n\
+         Time is from the first submission to the last output published (outputs appear atomically when their job ends); \
+         every job's report is then checked through the channel.\n\n\
          | configuration | time (s) | jobs per minute | MB/s | speed-up over 1 slot |\n| --- | --- | --- | --- | --- |\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
@@ -323,7 +314,30 @@ pub fn run(ferry: &Path) -> Result<()> {
             base / p.secs
         ));
     }
-    table.push_str("\n![jobs per minute](worker-scaling.svg)\n\nCommand: `cargo run -p ferry-perf --release -- worker`.\n");
+    table.push_str("\n![jobs per minute](worker-scaling.svg)\n\nCommand: `cargo run -p ferry-perf --release -- worker`. One run per configuration.\n");
+    let speedup = |p: &Point| base / p.secs;
+    let queue_cost: Vec<String> = nodes
+        .iter()
+        .zip(&queue_nodes)
+        .map(|(l, q)| format!("{:+.0}%", (q.secs / l.secs - 1.0) * 100.0))
+        .collect();
+    table.push_str(&format!(
+        "\nWhere it bends: every job spends about 1 s waiting at the server, then about 0.1 s of CPU \
+         (binary COPY decode and Parquet encode) per MB. Throughput grows nearly linearly while slots \
+         wait: {:.2}x with 2 slots, {:.2}x with 4. With 8 slots the machine's cores are saturated by \
+         decoding and encoding ({:.0} MB/s, shared with the PostgreSQL server), so 8 slots give {:.2}x \
+         instead of 8x. Nodes behave like slots: 3 nodes of 2 slots (6 slots) give {:.2}x, between \
+         the 4-slot and 8-slot points of one node, because the nodes here share the same cores; on \
+         separate machines nodes add cores as well as slots. The Azure queue costs {} in time against \
+         the local channel at 1, 2 and 3 nodes: a receive, an update (which records the node in the \
+         message), a report blob and a delete per job, all against an emulator on the same cores.\n",
+        speedup(&slots[1]),
+        speedup(&slots[2]),
+        slots[3].mb / slots[3].secs,
+        speedup(&slots[3]),
+        speedup(&nodes[2]),
+        queue_cost.join(", ")
+    ));
     println!("{table}");
     std::fs::create_dir_all("perf/results")?;
     std::fs::write("perf/results/worker-scaling.md", table)?;
