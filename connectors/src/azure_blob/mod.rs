@@ -210,6 +210,12 @@ impl AzureBlobSinkSpec {
 
 /// Container names: 3-63 characters, lower-case letters, digits and single hyphens.
 fn check_container(name: &str) -> Result<()> {
+    check_storage_name(name, "container")
+}
+
+/// Container and queue names: 3-63 characters, lower-case letters, digits and single
+/// hyphens; `what` names the kind in the error.
+pub(crate) fn check_storage_name(name: &str, what: &str) -> Result<()> {
     let ok = (3..=63).contains(&name.len())
         && name
             .bytes()
@@ -221,7 +227,7 @@ fn check_container(name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(Error::config(format!(
-            "`{name}` is not a valid container name: use 3-63 lower-case letters, digits and single hyphens"
+            "`{name}` is not a valid {what} name: use 3-63 lower-case letters, digits and single hyphens"
         )))
     }
 }

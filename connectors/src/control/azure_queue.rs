@@ -310,15 +310,7 @@ fn envelope_of(message_id: &str, text: &str) -> std::result::Result<Envelope, St
         serde_json::from_value::<Envelope>(value)
             .map_err(|e| format!("the message is not a job envelope: {e}"))?
     } else {
-        Envelope {
-            id: String::new(),
-            attempt: 0,
-            submitted_ms: 0,
-            last_error: None,
-            node: None,
-            released: 0,
-            job: value,
-        }
+        Envelope::new(String::new(), value)
     };
     if envelope.id.is_empty() {
         envelope.id = message_id.to_string();
@@ -354,7 +346,7 @@ impl AzureQueueChannel {
             .into_iter()
             .flatten()
         {
-            check_queue_name(queue)?;
+            crate::azure_blob::check_storage_name(queue, "queue")?;
         }
         let endpoint = match &settings.queue_endpoint {
             Some(e) => {
@@ -752,24 +744,6 @@ fn make_clients(
     })
 }
 
-/// Queue names: 3-63 characters, lower-case letters, digits and single hyphens.
-fn check_queue_name(name: &str) -> Result<()> {
-    let ok = (3..=63).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-        && !name.contains("--");
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::config(format!(
-            "`{name}` is not a valid queue name: use 3-63 lower-case letters, digits and single hyphens"
-        )))
-    }
-}
-
 #[async_trait]
 impl ControlChannel for AzureQueueChannel {
     fn describe(&self) -> String {
@@ -784,16 +758,8 @@ impl ControlChannel for AzureQueueChannel {
     }
 
     async fn submit(&self, job: serde_json::Value) -> Result<String> {
-        let id = super::new_job_id(&job);
-        let envelope = Envelope {
-            id: id.clone(),
-            attempt: 0,
-            submitted_ms: now_ms(),
-            last_error: None,
-            node: None,
-            released: 0,
-            job,
-        };
+        let envelope = Envelope::new(super::new_job_id(&job), job);
+        let id = envelope.id.clone();
         let text = to_json(&envelope)?;
         // The service takes messages of up to 64 KiB (XML-escaped).
         if text.len() > 60 * 1024 {
@@ -1159,13 +1125,5 @@ mod tests {
         }
         assert_eq!(pairs["sig"].len(), 44, "a base64 HMAC-SHA256");
         assert!(account_sas("acct", "%%%", "q", true, Duration::from_secs(60)).is_err());
-    }
-
-    #[test]
-    fn queue_names_follow_azure_rules() {
-        check_queue_name("ferry-jobs").unwrap();
-        for bad in ["ab", "Jobs", "a--b", "-ab", "a_b"] {
-            assert!(check_queue_name(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -115,16 +115,8 @@ impl LocalChannel {
     /// Submits a job (its JSON text); returns its id. The text is kept as JSON; a job that
     /// does not validate fails when a node takes it, with a report.
     pub fn submit(&self, job: serde_json::Value) -> Result<String> {
-        let id = super::new_job_id(&job);
-        let envelope = Envelope {
-            id: id.clone(),
-            attempt: 0,
-            submitted_ms: now_ms(),
-            last_error: None,
-            node: None,
-            released: 0,
-            job,
-        };
+        let envelope = Envelope::new(super::new_job_id(&job), job);
+        let id = envelope.id.clone();
         write_json(&self.path("queue", &format!("{id}.json")), &envelope)?;
         Ok(id)
     }

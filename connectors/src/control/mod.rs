@@ -102,6 +102,21 @@ pub fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
+impl Envelope {
+    /// A job submitted now, not run yet.
+    pub fn new(id: String, job: serde_json::Value) -> Self {
+        Envelope {
+            id,
+            attempt: 0,
+            submitted_ms: now_ms(),
+            last_error: None,
+            node: None,
+            released: 0,
+            job,
+        }
+    }
+}
+
 impl FinishedJob {
     /// A failed job's record, written by the channel itself (its node died too often, or its
     /// message is not a job).
