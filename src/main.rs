@@ -16,14 +16,14 @@ struct Cli {
     /// More log output (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
-    /// Log format on stderr.
-    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
-    log_format: LogFormat,
+    /// Log format on stderr (default text; a worker's `[log] format` otherwise).
+    #[arg(long, value_enum, global = true)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -48,25 +48,75 @@ enum Command {
     Diagnostics(cli::diagnostics::DiagnosticsArgs),
 }
 
-fn init_logging(verbose: u8, format: LogFormat, service: bool) {
+/// How the process logs.
+struct Logging {
+    verbose: u8,
+    format: LogFormat,
+    /// A worker is a service: its log says what it did (jobs leased, finished, handed back)
+    /// without -v; libraries stay at warnings.
+    service: bool,
+    /// Directives from the worker's configuration.
+    level: Option<String>,
+    /// Directory of daily log files, and how many to keep.
+    files: Option<(std::path::PathBuf, usize)>,
+}
+
+fn init_logging(logging: Logging) {
     use tracing_subscriber::EnvFilter;
-    let level = match verbose {
-        // A worker is a service: its log says what it did (jobs leased, finished, handed
-        // back) without -v; libraries stay at warnings.
-        0 if service => "warn,ferry=info,ferry_connectors=info,ferry_engine=info",
-        0 => "warn",
-        1 => "info",
-        2 => "debug",
+    use tracing_subscriber::prelude::*;
+    let level = match (logging.verbose, &logging.level) {
+        (0, Some(level)) => level.as_str(),
+        (0, None) if logging.service => "warn,ferry=info,ferry_connectors=info,ferry_engine=info",
+        (0, None) => "warn",
+        (1, _) => "info",
+        (2, _) => "debug",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    type Boxed = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+    let stderr = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+    let mut layers: Vec<Boxed> = vec![if logging.format == LogFormat::Json {
+        stderr.json().boxed()
+    } else {
+        stderr.boxed()
+    }];
+    let mut file_error = None;
+    if let Some((dir, keep)) = logging.files {
+        let appender = std::fs::create_dir_all(&dir)
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                tracing_appender::rolling::Builder::new()
+                    .rotation(tracing_appender::rolling::Rotation::DAILY)
+                    .filename_prefix("ferry")
+                    .filename_suffix("log")
+                    .max_log_files(keep.max(1))
+                    .build(&dir)
+                    .map_err(|e| e.to_string())
+            });
+        match appender {
+            Ok(appender) => {
+                let file = tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(appender);
+                layers.push(if logging.format == LogFormat::Json {
+                    file.json().boxed()
+                } else {
+                    file.boxed()
+                });
+            }
+            Err(e) => {
+                file_error = Some(format!("cannot write log files in {}: {e}", dir.display()))
+            }
+        }
+    }
+    tracing_subscriber::registry()
+        .with(layers)
+        .with(filter)
+        .init();
+    if let Some(e) = file_error {
+        tracing::error!("{e}; logging to stderr only");
     }
 }
 
@@ -96,7 +146,27 @@ fn main() -> ExitCode {
         }
     };
     let service = matches!(cli.command, Command::Worker(_));
-    init_logging(cli.verbose, cli.log_format, service);
+    let settings = match &cli.command {
+        Command::Worker(config) => worker::config::log_settings(config.path()),
+        _ => None,
+    };
+    let (log, files) = settings.unwrap_or_default();
+    let format = cli.log_format.unwrap_or(match log.format.as_deref() {
+        Some("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    });
+    init_logging(Logging {
+        verbose: cli.verbose,
+        format,
+        service,
+        level: log.level,
+        files: files.map(|dir| {
+            (
+                dir,
+                log.keep_days.unwrap_or(worker::config::DEFAULT_KEEP_DAYS),
+            )
+        }),
+    });
     let code = match cli.command {
         Command::Copy(args) => cli::copy::run(args),
         Command::Validate(args) => cli::validate::run(args),

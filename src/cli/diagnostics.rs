@@ -51,28 +51,30 @@ pub fn redact(value: &mut serde_json::Value) {
     }
 }
 
-/// Hides the password of `scheme://user:password@host` and `password=...` in text.
-fn redact_text(text: &str) -> String {
+/// Hides the passwords of `scheme://user:password@host` and the values of `password=`,
+/// `sig=` and `AccountKey=` in text, wherever they appear.
+pub fn redact_text(text: &str) -> String {
     let mut out = text.to_string();
-    if let Some(scheme) = out.find("://") {
-        let rest = &out[scheme + 3..];
-        if let Some(at) = rest.find('@')
+    let mut from = 0;
+    while let Some(scheme) = out[from..].find("://").map(|i| from + i + 3) {
+        let rest = &out[scheme..];
+        let authority = rest.find(['/', ' ', '"', '\'']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority].rfind('@')
             && let Some(colon) = rest[..at].find(':')
         {
-            let start = scheme + 3 + colon + 1;
-            out.replace_range(start..scheme + 3 + at, "<redacted>");
+            out.replace_range(scheme + colon + 1..scheme + at, "<redacted>");
         }
+        from = scheme;
     }
     for key in ["password=", "sig=", "AccountKey="] {
-        while let Some(i) = out.find(key) {
-            let start = i + key.len();
-            if out[start..].starts_with("<redacted>") {
-                break;
-            }
+        let mut from = 0;
+        while let Some(i) = out[from..].find(key) {
+            let start = from + i + key.len();
             let end = out[start..]
-                .find([' ', '&', ';'])
+                .find([' ', '&', ';', '"', '\''])
                 .map_or(out.len(), |e| start + e);
             out.replace_range(start..end, "<redacted>");
+            from = start + "<redacted>".len();
         }
     }
     out
@@ -156,16 +158,57 @@ fn write(args: &DiagnosticsArgs) -> Result<(), Error> {
         redact(&mut value);
         add(&mut tar, &format!("ferry/reports/{id}.json"), &json(&value))?;
     }
-    add(
-        &mut tar,
-        "ferry/README.txt",
+    let logs = recent_logs(loaded.logs_dir.as_deref());
+    let readme: &[u8] = if logs.is_empty() {
         b"ferry diagnostics: configuration, connections, nodes, jobs and recent reports, with secrets redacted.\n\
-          The worker logs to stderr: attach its service manager's log (journalctl -u ferry) separately.\n",
-    )?;
+          This node keeps no log files (no `state_dir`): attach its service manager's log (journalctl -u ferry).\n"
+    } else {
+        b"ferry diagnostics: configuration, connections, nodes, jobs, recent reports and the node's latest log files, \
+          with secrets redacted.\n"
+    };
+    for (name, text) in logs {
+        add(&mut tar, &format!("ferry/logs/{name}"), text.as_bytes())?;
+    }
+    add(&mut tar, "ferry/README.txt", readme)?;
     tar.into_inner()
         .and_then(|gz| gz.finish())
         .map_err(|e| Error::io(format!("cannot finish {}", args.output.display()), e))?;
     Ok(())
+}
+
+/// Log files kept in an archive, newest first.
+const LOG_FILES: usize = 3;
+/// The tail of each log file kept.
+const LOG_TAIL: u64 = 2 << 20;
+
+/// The tails of the newest log files in `dir`, redacted line by line.
+fn recent_logs(dir: Option<&std::path::Path>) -> Vec<(String, String)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let Some(entries) = dir.and_then(|d| std::fs::read_dir(d).ok()) else {
+        return Vec::new();
+    };
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    // Daily files are named ferry.YYYY-MM-DD.log: the name orders them.
+    files.sort();
+    files
+        .iter()
+        .rev()
+        .take(LOG_FILES)
+        .filter_map(|path| {
+            let mut file = std::fs::File::open(path).ok()?;
+            let len = file.metadata().ok()?.len();
+            file.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL)))
+                .ok()?;
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes).ok()?;
+            let text = String::from_utf8_lossy(&bytes);
+            let redacted: String = text.lines().map(|l| redact_text(l) + "\n").collect();
+            Some((path.file_name()?.to_string_lossy().to_string(), redacted))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -188,5 +231,13 @@ mod tests {
             text.contains("postgres://ferry:<redacted>@db/erp"),
             "{text}"
         );
+        // Every occurrence in a line, not only the first.
+        let line = redact_text(
+            "a postgres://u:p1@h/x b https://h/c?sv=1&sig=s1&se=2 password=p2 password=p3 AccountKey=k1;",
+        );
+        for secret in ["p1", "s1", "p2", "p3", "k1"] {
+            assert!(!line.contains(secret), "{secret} in {line}");
+        }
+        assert!(line.contains("postgres://u:<redacted>@h/x"), "{line}");
     }
 }

@@ -6,6 +6,12 @@
 //! connections = "connections.json"
 //! grace_period = "30s"            # how long SIGTERM waits for running jobs
 //! admin_address = "127.0.0.1:9181"  # status page, /metrics, /api (loopback by default)
+//! state_dir = "/var/lib/ferry"    # the node's own files: daily log files under logs/
+//!
+//! [log]
+//! level = "info"                  # tracing directives; -v and RUST_LOG override
+//! format = "text"                 # or "json"
+//! keep_days = 7                   # daily log files kept under state_dir/logs
 //!
 //! [channel]
 //! type = "local"
@@ -72,8 +78,49 @@ pub struct WorkerConfig {
     /// shown by `ferry nodes`). Keep it on loopback unless a proxy guards it.
     #[serde(default = "default_admin")]
     pub admin_address: String,
+    /// The node's own files (daily log files under `logs/`); none by default.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// Log settings.
+    #[serde(default)]
+    pub log: LogConfig,
     /// The control channel.
     pub channel: ChannelConfig,
+}
+
+/// `[log]`: what the node logs, and how.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// Tracing directives (`info`, `warn,ferry=debug`); `-v` and `RUST_LOG` override.
+    #[serde(default)]
+    pub level: Option<String>,
+    /// `text` or `json`; `--log-format` overrides.
+    #[serde(default)]
+    pub format: Option<String>,
+    /// Daily log files kept under `state_dir/logs` (default 7).
+    #[serde(default)]
+    pub keep_days: Option<usize>,
+}
+
+/// Default number of daily log files kept.
+pub const DEFAULT_KEEP_DAYS: usize = 7;
+
+/// The log settings of a configuration file, read before anything else (logging starts
+/// first). `None` when the file cannot be read or parsed: `load` reports that later.
+pub fn log_settings(path: &Path) -> Option<(LogConfig, Option<PathBuf>)> {
+    #[derive(Deserialize)]
+    struct Partial {
+        #[serde(default)]
+        state_dir: Option<PathBuf>,
+        #[serde(default)]
+        log: LogConfig,
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let partial: Partial = toml::from_str(&text).ok()?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let logs = partial.state_dir.map(|d| base.join(d).join("logs"));
+    Some((partial.log, logs))
 }
 
 /// The control channel of a node.
@@ -151,6 +198,8 @@ pub struct Loaded {
     pub connections: Connections,
     /// How often to poll.
     pub poll: std::time::Duration,
+    /// Where the node writes its daily log files, if it does.
+    pub logs_dir: Option<PathBuf>,
 }
 
 impl Loaded {
@@ -217,6 +266,14 @@ pub fn load(path: &Path) -> Result<Loaded> {
         }
         None => Connections::default(),
     };
+    if let Some(format) = &config.log.format
+        && !matches!(format.as_str(), "text" | "json")
+    {
+        return Err(Error::config(format!(
+            "{}: [log] `format` is `text` or `json`, not `{format}`",
+            path.display()
+        )));
+    }
     let node = config.node.clone().unwrap_or_else(host_name);
     if node.is_empty() || node.contains(['/', '\\']) {
         return Err(Error::config(format!(
@@ -265,11 +322,40 @@ pub fn load(path: &Path) -> Result<Loaded> {
             )
         }
     };
+    let logs_dir = config.state_dir.as_deref().map(|d| resolve(d).join("logs"));
     Ok(Loaded {
+        logs_dir,
         config,
         node,
         channel,
         connections,
         poll,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_settings_and_their_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        let config = "state_dir = \"state\"\n[log]\nlevel = \"debug\"\nformat = \"json\"\n\
+                      [channel]\ntype = \"local\"\npath = \"spool\"\n";
+        std::fs::write(&path, config).unwrap();
+        let (log, logs) = log_settings(&path).unwrap();
+        assert_eq!(
+            (log.level.as_deref(), log.format.as_deref()),
+            (Some("debug"), Some("json"))
+        );
+        assert_eq!(logs.unwrap(), dir.path().join("state/logs"));
+        assert_eq!(
+            load(&path).unwrap().logs_dir.unwrap(),
+            dir.path().join("state/logs")
+        );
+        std::fs::write(&path, config.replace("\"json\"", "\"xml\"")).unwrap();
+        let err = load(&path).err().unwrap().to_string();
+        assert!(err.contains("`text` or `json`"), "{err}");
+    }
 }

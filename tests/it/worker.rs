@@ -1,6 +1,7 @@
 //! Worker nodes sharing a control channel, as real `ferry worker` processes: the local spool,
 //! and an Azure Storage queue (Azurite's queue and blob services).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -161,7 +162,7 @@ impl Runtime {
             &config,
             format!(
                 "node = \"{name}\"\nmax_concurrent_jobs = {max_jobs}\ngrace_period = \"60s\"\n\
-                 admin_address = \"127.0.0.1:0\"\n{connections}{}",
+                 admin_address = \"127.0.0.1:0\"\nstate_dir = \"state-{name}\"\n{connections}{}",
                 self.channel_toml
             ),
         )
@@ -863,5 +864,25 @@ fn diagnostics_archive_holds_reports_and_no_secret() {
         all.contains("db.internal") && all.contains("broken"),
         "{all}"
     );
+    // The node's own log file (state_dir/logs), with what it did.
+    let mut log = Vec::new();
+    let gz = flate2::read::GzDecoder::new(std::fs::File::open(&archive).unwrap());
+    for entry in tar::Archive::new(gz).entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry
+            .path()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("ferry/logs/ferry.")
+        {
+            entry.read_to_end(&mut log).unwrap();
+        }
+    }
+    let log = String::from_utf8(log).unwrap();
+    assert!(
+        log.contains("job leased") && log.contains(&id),
+        "the log file is in the archive: {names:?}"
+    );
+    assert!(!log.contains('\u{1b}'), "no colour codes in log files");
     assert!(!all.contains("hunter2"), "a secret leaked into the archive");
 }
