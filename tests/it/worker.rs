@@ -16,6 +16,10 @@ use ferry_connectors::control::{
 use crate::support::azurite::{self, azurite};
 use crate::support::{js, read_parquet};
 
+/// The lease timeout of the Azure queue tests: long enough that a node on a loaded CI machine
+/// (tests run side by side with one emulator) always extends in time.
+const AZURE_LEASE: Duration = Duration::from_secs(5);
+
 /// Which channel the nodes of a test share.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {
@@ -117,7 +121,7 @@ impl Runtime {
                         queue: queue.clone(),
                         poison_queue: None,
                         container: container.clone(),
-                        lease_timeout: Duration::from_secs(3),
+                        lease_timeout: AZURE_LEASE,
                         max_attempts: 3,
                     };
                     let opened = tokio
@@ -128,9 +132,10 @@ impl Runtime {
                         .unwrap();
                     let toml = format!(
                         "[channel]\ntype = \"azure_queue\"\nconnection = \"control\"\nqueue = \"{queue}\"\n\
-                     container = \"{container}\"\nqueue_endpoint = \"{}\"\nlease_timeout = \"3s\"\n\
+                     container = \"{container}\"\nqueue_endpoint = \"{}\"\nlease_timeout = \"{}s\"\n\
                      max_attempts = 3\npoll_interval = \"100ms\"\n",
-                        az.queue_endpoint()
+                        az.queue_endpoint(),
+                        AZURE_LEASE.as_secs()
                     );
                     (channel, toml, Some(Arc::new(opened)), queue)
                 }
@@ -178,6 +183,10 @@ impl Runtime {
 
     fn config(&self, name: &str) -> PathBuf {
         self.path().join(format!("{name}.toml"))
+    }
+
+    fn lease_timeout(&self) -> Duration {
+        self.channel.lease_timeout()
     }
 
     fn submit(&self, job: serde_json::Value) -> String {
@@ -461,7 +470,7 @@ fn malformed_jobs(kind: Kind) {
         message(&done[1])
     );
     // Not retried: nothing is queued or running a while later (past the lease timeout).
-    std::thread::sleep(Duration::from_secs(4));
+    std::thread::sleep(rt.lease_timeout() + Duration::from_secs(1));
     let jobs = rt.jobs();
     assert!(jobs.iter().all(|j| j.state == "failed"), "{jobs:?}");
     assert_eq!(jobs.len(), 2, "{jobs:?}");
@@ -564,9 +573,9 @@ fn wait_for_log(rt: &Runtime, node: &str, text: &str) {
 fn an_azure_queue_lease_is_extended_while_a_long_job_runs() {
     let rt = Runtime::with(Kind::Azure { sas: false });
     add_postgres(&rt);
-    // It waits 8 s, more than twice the 3 s lease timeout, before its rows come.
+    // It waits 12 s, more than twice the lease timeout, before its rows come.
     let out = rt.path().join("out/slow.parquet");
-    let id = rt.submit(slow_job(8, &out));
+    let id = rt.submit(slow_job(12, &out));
     let nodes = [rt.node("a", 1), rt.node("b", 1)];
     let done = rt.wait(std::slice::from_ref(&id), Duration::from_secs(90));
     assert_eq!(done[0].status, "succeeded", "{:?}", done[0]);
@@ -617,14 +626,14 @@ fn an_azure_queue_hands_back_without_counting_and_poisons_after_max_attempts() {
     assert_eq!((taken.id.as_str(), taken.attempt), (id.as_str(), 1));
     // Nodes that take the job and die (never extend the lease): each run counts.
     for run in 2..=3 {
-        std::thread::sleep(Duration::from_millis(3_500));
+        std::thread::sleep(AZURE_LEASE + Duration::from_millis(500));
         let taken = lease(&format!("ghost-{run}")).pop().unwrap().unwrap();
         assert_eq!(taken.attempt, run);
         let last = taken.last_error.unwrap();
         assert!(last.contains(&format!("ghost-{}", run - 1)), "{last}");
     }
     // Out of attempts: a failed record, the message in the poison queue, nothing to run.
-    std::thread::sleep(Duration::from_millis(3_500));
+    std::thread::sleep(AZURE_LEASE + Duration::from_millis(500));
     assert!(lease("survivor").is_empty());
     let report = rt.report(&id).expect("a failed record");
     assert_eq!(report.status, "failed");
