@@ -185,6 +185,8 @@ struct Copier {
     concurrency: usize,
     bytes_read: AtomicU64,
     bytes_written: AtomicU64,
+    /// Asked before each file is published.
+    gate: Option<ferry_engine::config::CommitGate>,
 }
 
 impl Copier {
@@ -245,6 +247,12 @@ impl Copier {
             return Err(e);
         }
         let mut upload = uploader.finish().await?;
+        if let Some(gate) = &self.gate
+            && let Err(e) = gate.check().await
+        {
+            let _ = upload.abort().await;
+            return Err(e);
+        }
         upload
             .complete()
             .await
@@ -310,6 +318,7 @@ pub async fn run(spec: &JobFile, settings: JobSettings, connections: &Connection
                 concurrency,
                 bytes_read: AtomicU64::new(0),
                 bytes_written: AtomicU64::new(0),
+                gate: settings.commit_gate.clone(),
             },
             files,
         ))

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
 use ferry_connectors::control::{ControlChannel, FinishedJob, JobState, Leased, NodeInfo, now_ms};
-use ferry_engine::config::Connections;
+use ferry_engine::config::{CommitGate, Connections};
 use ferry_engine::{JobReport, JobStatus, RunningJob};
 use tokio_util::sync::CancellationToken;
 
@@ -72,6 +72,13 @@ pub struct Drain;
 struct JobEnded {
     id: String,
     reports: Vec<JobReport>,
+}
+
+/// The channel says this node no longer holds a job's lease: do not report the job.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct LeaseLost {
+    id: String,
 }
 
 /// What one tick learnt from the channel.
@@ -259,6 +266,28 @@ impl JobIntake {
         self.changed = true;
         let connections = self.connections.clone();
         let intake = ctx.address();
+        // Right before publishing, the job renews its lease: a node that lost the job to
+        // another node publishes nothing, and one that renewed holds it for a whole lease
+        // timeout while it commits.
+        let gate = {
+            let (channel, id, node, intake) = (
+                self.channel.clone(),
+                id.clone(),
+                self.node.clone(),
+                intake.clone(),
+            );
+            CommitGate::new(move || {
+                let (channel, id, node, intake) =
+                    (channel.clone(), id.clone(), node.clone(), intake.clone());
+                Box::pin(async move {
+                    let held = channel.renew(&id, &node).await?;
+                    if !held {
+                        intake.do_send(LeaseLost { id });
+                    }
+                    Ok(held)
+                })
+            })
+        };
         // Each job gets its own event loop (an arbiter thread): building a job can take CPU
         // time (schema inference, generators), and the intake must keep renewing leases.
         let arbiter = actix::Arbiter::new();
@@ -267,7 +296,8 @@ impl JobIntake {
                 let text = envelope.job.to_string();
                 let reports = match ferry_connectors::parse_job(&text) {
                     Err(e) => vec![JobReport::failed(&id, e.context(format!("job {id}")))],
-                    Ok((spec, settings)) => {
+                    Ok((spec, mut settings)) => {
+                        settings.commit_gate = Some(gate);
                         let observe = |running: &RunningJob| {
                             if let Ok(mut slot) = cancel.lock() {
                                 *slot = Some(running.cancel.clone());
@@ -332,6 +362,17 @@ impl Handler<Drain> for JobIntake {
                 .draining
                 .store(true, std::sync::atomic::Ordering::Relaxed);
             self.tick(ctx);
+        }
+    }
+}
+
+impl Handler<LeaseLost> for JobIntake {
+    type Result = ();
+
+    fn handle(&mut self, msg: LeaseLost, _: &mut Self::Context) {
+        if self.running.contains_key(&msg.id) {
+            tracing::error!(job = %msg.id, "the job's lease was lost before it published (another node may run it now); nothing published");
+            self.lost.insert(msg.id);
         }
     }
 }

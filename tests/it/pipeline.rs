@@ -224,3 +224,52 @@ fn a_failing_sink_write_restarts_the_output_without_duplicates() {
     assert_eq!(sorted_rows(&sink.published()), expected);
     assert_eq!(sink.published_names().len(), 1);
 }
+
+#[test]
+fn the_commit_gate_decides_whether_a_job_publishes() {
+    let gate = |answer: ferry_engine::Result<bool>| {
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = asked.clone();
+        let answer = Arc::new(std::sync::Mutex::new(Some(answer)));
+        let gate = ferry_engine::config::CommitGate::new(move || {
+            counter.fetch_add(1, SeqCst);
+            let answer = answer.lock().unwrap().take().unwrap();
+            Box::pin(async move { answer })
+        });
+        (gate, asked)
+    };
+    let job = |gate| {
+        let sink = MemorySink::new(OutputLayout::PerPartition);
+        let mut settings = settings(2, 64 << 20);
+        settings.commit_gate = Some(gate);
+        let report = run(Job {
+            settings,
+            source: Arc::new(MemorySource::new(schema(), data(3, 4, 100, 8))),
+            sink: Arc::new(sink.clone()),
+        });
+        (report, sink)
+    };
+    // Asked once, after all the data is staged: yes publishes.
+    let (yes, asked) = gate(Ok(true));
+    let (report, sink) = job(yes);
+    assert_eq!(report.status, JobStatus::Succeeded);
+    assert_eq!(asked.load(SeqCst), 1);
+    assert_eq!(sink.published_names().len(), 3);
+    // No (the lease was lost): cancelled, nothing published, staged outputs removed.
+    let (no, _) = gate(Ok(false));
+    let (report, sink) = job(no);
+    assert_eq!(report.status, JobStatus::Cancelled);
+    let message = &report.error.as_ref().unwrap().message;
+    assert!(message.contains("lost the job's lease"), "{message}");
+    assert!(sink.published_names().is_empty() && sink.leftovers().is_empty());
+    // The gate cannot answer: failed, nothing published.
+    let (broken, _) = gate(Err(ferry_engine::Error::store("queue unreachable")));
+    let (report, sink) = job(broken);
+    assert_eq!(report.status, JobStatus::Failed);
+    let message = &report.error.as_ref().unwrap().message;
+    assert!(
+        message.contains("cannot confirm the job's lease"),
+        "{message}"
+    );
+    assert!(sink.published_names().is_empty() && sink.leftovers().is_empty());
+}

@@ -390,8 +390,9 @@ impl ControlChannel for LocalChannel {
     }
 
     async fn renew(&self, id: &str, node: &str) -> Result<bool> {
-        // A lease taken back by another node has no job file in running/ any more.
-        if !self.path("running", &format!("{id}.json")).exists() {
+        // A lease taken back by another node has no lease file, or one of another node.
+        let lease: Option<LeaseFile> = read_json(&self.path("running", &format!("{id}.lease")))?;
+        if lease.is_none_or(|l| l.node != node) {
             return Ok(false);
         }
         self.heartbeat(id, node).map(|()| true)
@@ -460,6 +461,12 @@ mod tests {
         // The lease timeout is zero: node a counts as dead at once.
         assert_eq!(ch.recover_expired("b").unwrap(), std::slice::from_ref(&id));
         let again = ch.lease("b").unwrap().unwrap().unwrap();
+        // Node a, awake again, finds its lease gone; b holds it.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(!rt.block_on(ControlChannel::renew(&ch, &id, "a")).unwrap());
+        assert!(rt.block_on(ControlChannel::renew(&ch, &id, "b")).unwrap());
         assert_eq!(again.attempt, 2);
         assert!(again.last_error.unwrap().contains("node a"));
         // After max_attempts runs the job fails with a report instead.

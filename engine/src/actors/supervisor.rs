@@ -280,6 +280,14 @@ async fn copy(ctx: &Arc<JobContext>, cancel: &CancellationToken) -> Result<Commi
         return Err(in_job(e));
     }
     staged.sort_by_key(|s| s.output);
+    if let Some(gate) = &ctx.settings.commit_gate
+        && let Err(e) = gate.check().await
+    {
+        if let Err(abort) = ctx.sink.abort(staged).await {
+            tracing::warn!(job, error = %abort, "could not remove staged output");
+        }
+        return Err(in_job(e));
+    }
     match ctx.sink.commit(staged.clone()).await {
         Ok(committed) => Ok(committed),
         Err(e) => {

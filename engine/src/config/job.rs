@@ -139,6 +139,45 @@ pub struct JobSettings {
     pub initial_backoff: Duration,
     /// Longest retry wait.
     pub max_backoff: Duration,
+    /// Asked right before the output is published (none outside a worker node).
+    pub commit_gate: Option<CommitGate>,
+}
+
+/// The answer a job needs right before it publishes: may it still? A worker node answers by
+/// renewing the job's lease, so a node that lost the job to another node (it was frozen past
+/// the lease timeout) publishes nothing, and one that renewed holds the job for a whole lease
+/// timeout more while it commits.
+#[derive(Clone)]
+pub struct CommitGate(
+    std::sync::Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<bool>> + Send + Sync>,
+);
+
+impl CommitGate {
+    /// A gate that asks `check`.
+    pub fn new(
+        check: impl Fn() -> futures::future::BoxFuture<'static, Result<bool>> + Send + Sync + 'static,
+    ) -> Self {
+        CommitGate(std::sync::Arc::new(check))
+    }
+
+    /// `Ok` when the job may publish; a cancellation or the gate's error otherwise.
+    pub async fn check(&self) -> Result<()> {
+        match (self.0)().await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::cancelled(
+                "this node lost the job's lease (another node runs it now); nothing was published",
+            )),
+            Err(e) => Err(e.context(
+                "cannot confirm the job's lease before publishing; nothing was published",
+            )),
+        }
+    }
+}
+
+impl std::fmt::Debug for CommitGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitGate")
+    }
 }
 
 impl JobSettings {
@@ -154,6 +193,7 @@ impl JobSettings {
             max_attempts: NonZeroU32::new(DEFAULT_MAX_ATTEMPTS).unwrap_or(NonZeroU32::MIN),
             initial_backoff: DEFAULT_INITIAL_BACKOFF.0,
             max_backoff: DEFAULT_MAX_BACKOFF.0,
+            commit_gate: None,
         }
     }
 }
@@ -219,6 +259,7 @@ impl<Src, Snk> JobSpec<Src, Snk> {
             max_attempts,
             initial_backoff: self.retry.initial_backoff.0,
             max_backoff: self.retry.max_backoff.0,
+            commit_gate: None,
         })
     }
 }

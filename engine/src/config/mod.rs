@@ -9,5 +9,5 @@ pub mod job;
 pub mod units;
 
 pub use connection::{Connections, Secret};
-pub use job::{FaultTolerance, JobSettings, JobSpec, RetryPolicy};
+pub use job::{CommitGate, FaultTolerance, JobSettings, JobSpec, RetryPolicy};
 pub use units::{ByteSize, HumanDuration};
