@@ -329,8 +329,9 @@ pub fn run(ferry: &Path) -> Result<()> {
          instead of 8x. Nodes behave like slots: 3 nodes of 2 slots (6 slots) give {:.2}x, between \
          the 4-slot and 8-slot points of one node, because the nodes here share the same cores; on \
          separate machines nodes add cores as well as slots. The Azure queue costs {} in time against \
-         the local channel at 1, 2 and 3 nodes: a receive, an update (which records the node in the \
-         message), a report blob and a delete per job, all against an emulator on the same cores.\n",
+         the local channel at 1, 2 and 3 nodes: a receive, two updates (one records the node in the \
+         message, one confirms the lease before publishing), a report blob and a delete per job, all \
+         against an emulator on the same cores.\n",
         speedup(&slots[1]),
         speedup(&slots[2]),
         slots[3].mb / slots[3].secs,
