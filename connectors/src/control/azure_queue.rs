@@ -683,6 +683,64 @@ impl AzureQueueChannel {
             .ok_or_else(|| Error::store("the queue service returned no message id"))
     }
 
+    /// The queued jobs a peek shows (the next 32) and the running jobs of live nodes, by id.
+    async fn unfinished(&self) -> Result<HashMap<String, JobState>> {
+        let mut out: HashMap<String, JobState> = HashMap::new();
+        let options = QueueClientPeekMessagesOptions {
+            number_of_messages: Some(MAX_RECEIVE as i32),
+            ..Default::default()
+        };
+        let peeked = self
+            .jobs_queue()?
+            .peek_messages(Some(options))
+            .await
+            .map_err(|e| queue_error("peek at the queued jobs", e))?
+            .into_model()
+            .map_err(|e| queue_error("read the queued jobs", e))?;
+        for message in peeked.items.unwrap_or_default() {
+            let message_id = message.message_id.unwrap_or_default();
+            let text = message.message_text.unwrap_or_default();
+            let (id, name, attempt) = match envelope_of(&message_id, &text) {
+                Ok(e) => {
+                    let count = message.dequeue_count.unwrap_or(0) as u32;
+                    (
+                        e.id,
+                        super::job_name(&e.job),
+                        count.saturating_sub(e.released),
+                    )
+                }
+                Err(_) => (message_id, "(not a job)".to_string(), 0),
+            };
+            out.insert(
+                id.clone(),
+                JobState {
+                    id,
+                    state: "queued".into(),
+                    name,
+                    node: None,
+                    attempt,
+                },
+            );
+        }
+        let fresh = self.settings.lease_timeout.as_millis() as u64;
+        for node in self.nodes().await? {
+            if now_ms().saturating_sub(node.heartbeat_ms) > fresh {
+                continue;
+            }
+            for job in node.running_jobs {
+                out.insert(
+                    job.id.clone(),
+                    JobState {
+                        state: "running".into(),
+                        node: Some(node.node.clone()),
+                        ..job
+                    },
+                );
+            }
+        }
+        Ok(out)
+    }
+
     fn register(&self, id: &str, lease: Lease) {
         if let Ok(mut leases) = self.leases.lock() {
             leases.insert(id.to_string(), Arc::new(tokio::sync::Mutex::new(lease)));
@@ -910,7 +968,7 @@ impl ControlChannel for AzureQueueChannel {
                 "job {id} has already finished"
             )));
         }
-        let known = self.jobs().await?.into_iter().find(|j| j.id == id);
+        let known = self.unfinished().await?.remove(id);
         let what = match known {
             Some(j) if j.state == "running" => {
                 "cancellation requested; the node running it stops it".to_string()
@@ -993,59 +1051,7 @@ impl ControlChannel for AzureQueueChannel {
     }
 
     async fn jobs(&self) -> Result<Vec<JobState>> {
-        let mut out: HashMap<String, JobState> = HashMap::new();
-        let options = QueueClientPeekMessagesOptions {
-            number_of_messages: Some(MAX_RECEIVE as i32),
-            ..Default::default()
-        };
-        let peeked = self
-            .jobs_queue()?
-            .peek_messages(Some(options))
-            .await
-            .map_err(|e| queue_error("peek at the queued jobs", e))?
-            .into_model()
-            .map_err(|e| queue_error("read the queued jobs", e))?;
-        for message in peeked.items.unwrap_or_default() {
-            let message_id = message.message_id.unwrap_or_default();
-            let text = message.message_text.unwrap_or_default();
-            let (id, name, attempt) = match envelope_of(&message_id, &text) {
-                Ok(e) => {
-                    let count = message.dequeue_count.unwrap_or(0) as u32;
-                    (
-                        e.id,
-                        super::job_name(&e.job),
-                        count.saturating_sub(e.released),
-                    )
-                }
-                Err(_) => (message_id, "(not a job)".to_string(), 0),
-            };
-            out.insert(
-                id.clone(),
-                JobState {
-                    id,
-                    state: "queued".into(),
-                    name,
-                    node: None,
-                    attempt,
-                },
-            );
-        }
-        let fresh = self.settings.lease_timeout.as_millis() as u64;
-        for node in self.nodes().await? {
-            if now_ms().saturating_sub(node.heartbeat_ms) > fresh {
-                continue;
-            }
-            for job in node.running_jobs {
-                out.insert(
-                    job.id.clone(),
-                    JobState {
-                        state: "running".into(),
-                        node: Some(node.node.clone()),
-                        ..job
-                    },
-                );
-            }
-        }
+        let mut out = self.unfinished().await?;
         for finished in self.recent_reports(JOBS_REPORTS).await? {
             out.insert(
                 finished.id.clone(),
