@@ -118,8 +118,8 @@ impl Envelope {
 }
 
 impl FinishedJob {
-    /// A failed job's record, written by the channel itself (its node died too often, or its
-    /// message is not a job).
+    /// A failed job's record, written by the channel itself: its nodes died during each of
+    /// its runs.
     pub fn failed(id: &str, node: &str, attempt: u32, message: &str) -> Self {
         FinishedJob {
             id: id.to_string(),
@@ -127,7 +127,7 @@ impl FinishedJob {
             attempt,
             reports: vec![serde_json::json!({
                 "job": id, "status": "failed",
-                "error": {"kind": "invalid_input", "message": message},
+                "error": {"kind": "internal", "message": message},
             })],
             status: "failed".into(),
         }
