@@ -169,11 +169,10 @@ impl JobIntake {
         NodeInfo {
             node: self.node.clone(),
             max_concurrent_jobs: self.max_jobs,
-            running: self.running.keys().cloned().collect(),
             draining: self.draining_since.is_some(),
             heartbeat_ms: now_ms(),
             admin: self.admin.clone(),
-            running_jobs: self
+            running: self
                 .running
                 .iter()
                 .map(|(id, slot)| JobState {

@@ -727,15 +727,8 @@ impl AzureQueueChannel {
             if now_ms().saturating_sub(node.heartbeat_ms) > fresh {
                 continue;
             }
-            for job in node.running_jobs {
-                out.insert(
-                    job.id.clone(),
-                    JobState {
-                        state: "running".into(),
-                        node: Some(node.node.clone()),
-                        ..job
-                    },
-                );
+            for job in node.running {
+                out.insert(job.id.clone(), job);
             }
         }
         Ok(out)

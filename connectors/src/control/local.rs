@@ -357,11 +357,6 @@ impl LocalChannel {
         }
         Ok(nodes)
     }
-
-    /// The lease timeout.
-    pub fn lease_timeout(&self) -> Duration {
-        self.lease_timeout
-    }
 }
 
 #[async_trait::async_trait]

@@ -65,8 +65,8 @@ pub struct NodeInfo {
     pub node: String,
     /// Its concurrent-jobs limit.
     pub max_concurrent_jobs: usize,
-    /// Jobs it runs now.
-    pub running: Vec<String>,
+    /// The jobs it runs now (id, name, run).
+    pub running: Vec<JobState>,
     /// Whether it is draining (no new leases).
     pub draining: bool,
     /// Last heartbeat (ms since the epoch).
@@ -74,9 +74,6 @@ pub struct NodeInfo {
     /// Its admin address, if it serves one.
     #[serde(default)]
     pub admin: Option<String>,
-    /// The jobs it runs now, with their names and runs.
-    #[serde(default)]
-    pub running_jobs: Vec<JobState>,
 }
 
 /// Where a job stands.
