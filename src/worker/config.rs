@@ -118,9 +118,18 @@ pub fn log_settings(path: &Path) -> Option<(LogConfig, Option<PathBuf>)> {
     }
     let text = std::fs::read_to_string(path).ok()?;
     let partial: Partial = toml::from_str(&text).ok()?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let logs = partial.state_dir.map(|d| base.join(d).join("logs"));
+    let logs = partial.state_dir.map(|d| logs_dir(path, &d));
     Some((partial.log, logs))
+}
+
+/// Where a node writes its log files: `logs/` in its `state_dir`, which is relative to the
+/// configuration file `config` unless absolute.
+fn logs_dir(config: &Path, state_dir: &Path) -> PathBuf {
+    config
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join(state_dir)
+        .join("logs")
 }
 
 /// The control channel of a node.
@@ -322,7 +331,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
             )
         }
     };
-    let logs_dir = config.state_dir.as_deref().map(|d| resolve(d).join("logs"));
+    let logs_dir = config.state_dir.as_deref().map(|d| logs_dir(path, d));
     Ok(Loaded {
         logs_dir,
         config,
