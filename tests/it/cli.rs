@@ -165,18 +165,12 @@ fn every_example_job_validates() {
         {
             continue;
         }
-        let out = ferry()
-            .arg("validate")
-            .arg(&path)
-            .arg("--connections")
-            .arg(examples.join("connections.json"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}: {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
+        crate::support::succeed(
+            ferry()
+                .arg("validate")
+                .arg(&path)
+                .arg("--connections")
+                .arg(examples.join("connections.json")),
         );
         checked += 1;
     }
@@ -214,17 +208,12 @@ fn the_example_node_configuration_loads() {
         dir.path().join("connections.json"),
     )
     .unwrap();
-    let out = ferry()
-        .args(["nodes", "--config"])
-        .arg(dir.path().join("ferry.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let listed = crate::support::succeed(
+        ferry()
+            .args(["nodes", "--config"])
+            .arg(dir.path().join("ferry.toml")),
     );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("node"));
+    assert!(listed.starts_with("node"));
     assert!(dir.path().join("spool/queue").is_dir());
 }
 
@@ -254,18 +243,12 @@ fn the_example_azure_node_configuration_works_against_azurite() {
     )
     .unwrap();
     let run = |args: &[&str]| {
-        let out = ferry()
-            .args(args)
-            .arg("--config")
-            .arg(dir.path().join("ferry.toml"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        crate::support::succeed(
+            ferry()
+                .args(args)
+                .arg("--config")
+                .arg(dir.path().join("ferry.toml")),
+        )
     };
     let id = run(&["jobs", "submit", job.to_str().unwrap()]);
     let listed = run(&["jobs", "list"]);

@@ -14,7 +14,7 @@ use ferry_connectors::control::{
 };
 
 use crate::support::azurite::{self, azurite};
-use crate::support::{js, read_parquet};
+use crate::support::{ferry, js, read_parquet, succeed};
 
 /// The lease timeout of the Azure queue tests: long enough that a node on a loaded CI machine
 /// (tests run side by side with one emulator) always extends in time.
@@ -172,7 +172,7 @@ impl Runtime {
             ),
         )
         .unwrap();
-        crate::support::ferry()
+        ferry()
             .args(["worker", "--config"])
             .arg(&config)
             .stdout(Stdio::null())
@@ -337,19 +337,14 @@ fn thirty_jobs_on_three_nodes(kind: Kind) {
             .to_string(),
     )
     .unwrap();
-    let out = crate::support::ferry()
-        .args(["jobs", "submit"])
-        .arg(&first)
-        .arg("--config")
-        .arg(rt.config("a"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let submitted = succeed(
+        ferry()
+            .args(["jobs", "submit"])
+            .arg(&first)
+            .arg("--config")
+            .arg(rt.config("a")),
     );
-    let mut ids = vec![String::from_utf8(out.stdout).unwrap().trim().to_string()];
+    let mut ids = vec![submitted.trim().to_string()];
     for i in 1..30 {
         let job = rt.job(
             &format!("job-{i}"),
@@ -369,12 +364,7 @@ fn thirty_jobs_on_three_nodes(kind: Kind) {
     for i in 0..30 {
         assert_eq!(rows(&rt.path().join(format!("out/job-{i}.parquet"))), 2_000);
     }
-    let listed = crate::support::ferry()
-        .args(["nodes", "--config"])
-        .arg(rt.config("a"))
-        .output()
-        .unwrap();
-    let listed = String::from_utf8(listed.stdout).unwrap();
+    let listed = succeed(ferry().args(["nodes", "--config"]).arg(rt.config("a")));
     for n in ["a", "b", "c"] {
         assert!(
             listed
@@ -386,12 +376,11 @@ fn thirty_jobs_on_three_nodes(kind: Kind) {
     for node in nodes {
         assert!(stop(node).success());
     }
-    let listed = crate::support::ferry()
-        .args(["jobs", "list", "--config"])
-        .arg(rt.config("a"))
-        .output()
-        .unwrap();
-    let listed = String::from_utf8(listed.stdout).unwrap();
+    let listed = succeed(
+        ferry()
+            .args(["jobs", "list", "--config"])
+            .arg(rt.config("a")),
+    );
     assert_eq!(listed.matches("succeeded").count(), 30, "{listed}");
     assert!(
         !listed.contains("queued") && !listed.contains("running"),
@@ -511,15 +500,10 @@ fn drain_and_cancel(kind: Kind) {
     let id = rt.submit(rt.job("cancelled", &big, &out));
     let node = rt.node("a", 1);
     rt.wait_running(&id);
-    let cancel = crate::support::ferry()
-        .args(["jobs", "cancel", &id, "--config"])
-        .arg(rt.config("a"))
-        .output()
-        .unwrap();
-    assert!(
-        cancel.status.success(),
-        "{}",
-        String::from_utf8_lossy(&cancel.stderr)
+    succeed(
+        ferry()
+            .args(["jobs", "cancel", &id, "--config"])
+            .arg(rt.config("a")),
     );
     let done = rt.wait(std::slice::from_ref(&id), Duration::from_secs(60));
     assert_eq!(done[0].status, "cancelled", "{:?}", done[0]);
@@ -837,17 +821,12 @@ fn diagnostics_archive_holds_reports_and_no_secret() {
     )
     .unwrap();
     let archive = rt.path().join("diag.tar.gz");
-    let out = crate::support::ferry()
-        .args(["diagnostics", "--config"])
-        .arg(&config)
-        .arg("--output")
-        .arg(&archive)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        ferry()
+            .args(["diagnostics", "--config"])
+            .arg(&config)
+            .arg("--output")
+            .arg(&archive),
     );
     let mut names = Vec::new();
     let mut all = String::new();

@@ -72,15 +72,10 @@ impl Azurite {
 
     /// Creates a container (idempotent).
     pub fn container(&self, name: &str) -> String {
-        let out = Command::new("python3")
-            .arg(repo_root().join("scripts/azure-container.py"))
-            .args(["create", &self.endpoint(), ACCOUNT, KEY, name])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        super::succeed(
+            Command::new("python3")
+                .arg(repo_root().join("scripts/azure-container.py"))
+                .args(["create", &self.endpoint(), ACCOUNT, KEY, name]),
         );
         name.to_string()
     }
@@ -92,17 +87,13 @@ impl Azurite {
 
     /// An account SAS token for `services` (`b`, `q`, `bq`) with `permissions`.
     pub fn sas_for(&self, permissions: &str, services: &str) -> String {
-        let out = Command::new("python3")
-            .arg(repo_root().join("scripts/azure-container.py"))
-            .args(["sas", &self.endpoint(), ACCOUNT, KEY, permissions, services])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+        super::succeed(
+            Command::new("python3")
+                .arg(repo_root().join("scripts/azure-container.py"))
+                .args(["sas", &self.endpoint(), ACCOUNT, KEY, permissions, services]),
+        )
+        .trim()
+        .to_string()
     }
 
     /// The JSON of an `azure_blob` connection with shared-key auth (and `extra` members).

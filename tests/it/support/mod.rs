@@ -161,6 +161,18 @@ pub fn stop_when_tests_end(script: &Path, dir: &Path) {
         .unwrap();
 }
 
+/// Runs `command` and returns its standard output; fails the test, with the command and its
+/// standard error, unless it succeeds.
+pub fn succeed(command: &mut std::process::Command) -> String {
+    let out = command.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// The `ferry` binary under test.
 pub fn ferry() -> std::process::Command {
     std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
