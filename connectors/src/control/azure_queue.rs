@@ -479,6 +479,11 @@ impl AzureQueueChannel {
         format!("{}/{kind}/{name}", self.settings.queue)
     }
 
+    /// The blob name of job `id`'s record.
+    fn report_key(&self, id: &str) -> String {
+        self.key("reports", &format!("{id}.json"))
+    }
+
     fn lease_secs(&self) -> i32 {
         self.settings
             .lease_timeout
@@ -635,8 +640,7 @@ impl AzureQueueChannel {
                 envelope.last_error.as_deref().unwrap_or("none")
             );
             let failed = FinishedJob::failed(&id, node, attempt - 1, &why);
-            self.put_json(&self.key("reports", &format!("{id}.json")), &failed)
-                .await?;
+            self.put_json(&self.report_key(&id), &failed).await?;
             self.forget(&id);
             self.to_poison(&id, &text, &why).await?;
             self.delete(&message_id, &pop_receipt).await?;
@@ -668,17 +672,28 @@ impl AzureQueueChannel {
         Ok(Some(Ok(envelope)))
     }
 
-    /// Sends `text` as one message, as it is (a control plane's job file or envelope);
-    /// returns the message id.
+    /// Sends `text` as one message, as it is (an envelope, or a control plane's job file);
+    /// returns the message id. Messages never expire: a job waits until a node takes it.
     pub async fn send_text(&self, text: &str) -> Result<String> {
+        // The service takes messages of up to 64 KiB (XML-escaped).
+        if text.len() > 60 * 1024 {
+            return Err(Error::invalid_input(format!(
+                "the job is {} KiB as JSON; a queue message holds at most 64 KiB: move long SQL into a view",
+                text.len() / 1024
+            )));
+        }
+        let options = azure_storage_queue::models::QueueClientSendMessageOptions {
+            message_time_to_live: Some(-1),
+            ..Default::default()
+        };
         let sent = self
             .jobs_queue()?
-            .send_message(message_body(text.to_string())?, None)
+            .send_message(message_body(text.to_string())?, Some(options))
             .await
-            .map_err(|e| queue_error("send a message", e))?
+            .map_err(|e| queue_error("submit a job", e))?
             .into_model()
             .and_then(|m| m.into_message())
-            .map_err(|e| queue_error("read the sent message", e))?;
+            .map_err(|e| queue_error("read the submitted message", e))?;
         sent.message_id
             .ok_or_else(|| Error::store("the queue service returned no message id"))
     }
@@ -810,25 +825,8 @@ impl ControlChannel for AzureQueueChannel {
 
     async fn submit(&self, job: serde_json::Value) -> Result<String> {
         let envelope = Envelope::new(super::new_job_id(&job), job);
-        let id = envelope.id.clone();
-        let text = to_json(&envelope)?;
-        // The service takes messages of up to 64 KiB (XML-escaped).
-        if text.len() > 60 * 1024 {
-            return Err(Error::invalid_input(format!(
-                "the job is {} KiB as JSON; a queue message holds at most 64 KiB: move long SQL into a view",
-                text.len() / 1024
-            )));
-        }
-        // Messages never expire (-1): a job waits until a node takes it.
-        let options = azure_storage_queue::models::QueueClientSendMessageOptions {
-            message_time_to_live: Some(-1),
-            ..Default::default()
-        };
-        self.jobs_queue()?
-            .send_message(message_body(text)?, Some(options))
-            .await
-            .map_err(|e| queue_error("submit a job", e))?;
-        Ok(id)
+        self.send_text(&to_json(&envelope)?).await?;
+        Ok(envelope.id)
     }
 
     async fn lease(&self, node: &str, max: usize) -> Result<Vec<Leased>> {
@@ -898,8 +896,7 @@ impl ControlChannel for AzureQueueChannel {
 
     async fn complete(&self, finished: &FinishedJob) -> Result<()> {
         let id = &finished.id;
-        self.put_json(&self.key("reports", &format!("{id}.json")), finished)
-            .await?;
+        self.put_json(&self.report_key(id), finished).await?;
         if let Some(lease) = self.lease_of(id) {
             let lease = lease.lock().await;
             if let Some((text, why)) = &lease.poison {
@@ -1023,8 +1020,7 @@ impl ControlChannel for AzureQueueChannel {
         if id.contains(['/', '\\']) {
             return Ok(None);
         }
-        self.get_json(&self.key("reports", &format!("{id}.json")))
-            .await
+        self.get_json(&self.report_key(id)).await
     }
 
     async fn recent_reports(&self, n: usize) -> Result<Vec<FinishedJob>> {
