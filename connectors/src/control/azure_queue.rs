@@ -300,6 +300,11 @@ fn parse_text(text: &str) -> std::result::Result<serde_json::Value, String> {
     serde_json::from_str(&json).map_err(|e| format!("the message is not valid JSON: {e}"))
 }
 
+/// Whether `id` can name a job's blobs: not empty, no path separator, not overlong.
+fn usable_id(id: &str) -> bool {
+    !id.is_empty() && !id.contains(['/', '\\']) && id.len() <= 200
+}
+
 /// Reads a message's text as an envelope; a bare job file gets the message id.
 fn envelope_of(message_id: &str, text: &str) -> std::result::Result<Envelope, String> {
     let value = parse_text(text)?;
@@ -315,7 +320,7 @@ fn envelope_of(message_id: &str, text: &str) -> std::result::Result<Envelope, St
     if envelope.id.is_empty() {
         envelope.id = message_id.to_string();
     }
-    if envelope.id.contains(['/', '\\']) || envelope.id.len() > 200 {
+    if !usable_id(&envelope.id) {
         return Err(format!("`{}` is not a usable job id", envelope.id));
     }
     Ok(envelope)
@@ -950,7 +955,7 @@ impl ControlChannel for AzureQueueChannel {
     }
 
     async fn cancel(&self, id: &str) -> Result<String> {
-        if id.is_empty() || id.contains(['/', '\\']) {
+        if !usable_id(id) {
             return Err(Error::invalid_input(format!("`{id}` is not a job id")));
         }
         if self.report(id).await?.is_some() {
@@ -1017,7 +1022,7 @@ impl ControlChannel for AzureQueueChannel {
     }
 
     async fn report(&self, id: &str) -> Result<Option<FinishedJob>> {
-        if id.contains(['/', '\\']) {
+        if !usable_id(id) {
             return Ok(None);
         }
         self.get_json(&self.report_key(id)).await
