@@ -113,17 +113,13 @@ impl JobIntake {
         // Renew leases and beat well inside the timeout.
         let beat = (self.channel.lease_timeout() / 4).min(Duration::from_secs(5));
         let due = self.last_beat.is_none_or(|at| at.elapsed() >= beat);
-        let renew: Vec<String> = if due {
-            self.running.keys().cloned().collect()
-        } else {
-            Vec::new()
-        };
+        let running: Vec<String> = self.running.keys().cloned().collect();
+        let renew = if due { running.clone() } else { Vec::new() };
         let info = (due || self.changed).then(|| self.node_info());
         if info.is_some() {
             self.last_beat = Some(Instant::now());
             self.changed = false;
         }
-        let running: Vec<String> = self.running.keys().cloned().collect();
         let free = if self.draining_since.is_some() {
             0
         } else {
