@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 mod azure;
 mod postgres;
@@ -26,47 +26,34 @@ struct Cli {
 #[derive(Subcommand)]
 enum Scenario {
     /// Local CSV -> Parquet: ferry vs DuckDB vs pyarrow, and ferry's memory bound.
-    CsvToParquet {
-        /// TPC-H scale factor of the lineitem input (1 = 6M rows, ~760 MB).
-        #[arg(long, default_value_t = 1.0)]
-        scale: f64,
-        /// Runs of each tool; the table shows min, median and max.
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        /// The ferry binary to measure.
-        #[arg(long, default_value = "target/release/ferry")]
-        ferry: PathBuf,
-    },
+    CsvToParquet(Lineitem),
     /// Azure Blob (Azurite): binary upload vs the Python SDK; postgres -> blob direct vs staged.
-    Azure {
-        /// TPC-H scale factor of lineitem.
-        #[arg(long, default_value_t = 1.0)]
-        scale: f64,
-        /// Runs of each tool.
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        /// The ferry binary to measure.
-        #[arg(long, default_value = "target/release/ferry")]
-        ferry: PathBuf,
-    },
+    Azure(Lineitem),
     /// Worker nodes: jobs per minute against max_concurrent_jobs and the number of nodes.
-    Worker {
-        /// The ferry binary to measure.
-        #[arg(long, default_value = "target/release/ferry")]
-        ferry: PathBuf,
-    },
+    Worker(Binary),
     /// PostgreSQL -> Parquet and PostgreSQL -> PostgreSQL: ferry vs ADBC, ConnectorX, psql.
-    Postgres {
-        /// TPC-H scale factor of lineitem loaded into the server.
-        #[arg(long, default_value_t = 1.0)]
-        scale: f64,
-        /// Runs of each tool.
-        #[arg(long, default_value_t = 3)]
-        runs: usize,
-        /// The ferry binary to measure.
-        #[arg(long, default_value = "target/release/ferry")]
-        ferry: PathBuf,
-    },
+    Postgres(Lineitem),
+}
+
+/// The ferry binary a scenario measures.
+#[derive(Args)]
+struct Binary {
+    /// The ferry binary to measure.
+    #[arg(long, default_value = "target/release/ferry")]
+    ferry: PathBuf,
+}
+
+/// A scenario on TPC-H lineitem, run several times.
+#[derive(Args)]
+struct Lineitem {
+    /// TPC-H scale factor of lineitem (1 = 6M rows, ~760 MB as CSV).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// Runs of each tool; the table shows min, median and max.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    #[command(flatten)]
+    binary: Binary,
 }
 
 /// One measured process run.
@@ -359,9 +346,9 @@ fn csv_to_parquet(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
 
 fn main() -> Result<()> {
     match Cli::parse().scenario {
-        Scenario::CsvToParquet { scale, runs, ferry } => csv_to_parquet(scale, runs, &ferry),
-        Scenario::Postgres { scale, runs, ferry } => postgres::run(scale, runs, &ferry),
-        Scenario::Azure { scale, runs, ferry } => azure::run(scale, runs, &ferry),
-        Scenario::Worker { ferry } => worker::run(&ferry),
+        Scenario::CsvToParquet(s) => csv_to_parquet(s.scale, s.runs, &s.binary.ferry),
+        Scenario::Postgres(s) => postgres::run(s.scale, s.runs, &s.binary.ferry),
+        Scenario::Azure(s) => azure::run(s.scale, s.runs, &s.binary.ferry),
+        Scenario::Worker(b) => worker::run(&b.ferry),
     }
 }
