@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
-use ferry_engine::config::{Connections, JobSettings};
+use ferry_engine::config::{Access, Connections, JobSettings, LocalFiles};
 use ferry_engine::report::{JobFailure, JobStatus};
 use ferry_engine::{Error, JobReport, Result};
 use futures::{StreamExt, TryStreamExt};
@@ -98,12 +98,21 @@ fn listing_root(path: &str, is_single_file: bool) -> String {
 async fn source_endpoint(
     spec: &SourceSpec,
     connections: &Connections,
+    local: &LocalFiles,
 ) -> Result<(Endpoint, Vec<InputFile>)> {
     match spec {
         SourceSpec::File(s) => {
-            let path = file::resolve(&s.path, s.connection.as_deref(), connections)?;
+            let path = file::resolve(
+                &s.path,
+                s.connection.as_deref(),
+                connections,
+                local,
+                Access::Read,
+                "file source",
+            )?;
             let store = file::local_store();
             let files = file::list_inputs(&store, &path, &s.path).await?;
+            file::check_inputs(&files, local)?;
             let text = path.to_string_lossy().to_string();
             let single = path.is_file();
             Ok((
@@ -139,10 +148,21 @@ async fn source_endpoint(
 }
 
 /// The sink side, with its part size and part concurrency.
-fn sink_endpoint(spec: &SinkSpec, connections: &Connections) -> Result<(Endpoint, usize, usize)> {
+fn sink_endpoint(
+    spec: &SinkSpec,
+    connections: &Connections,
+    local: &LocalFiles,
+) -> Result<(Endpoint, usize, usize)> {
     match spec {
         SinkSpec::File(s) => {
-            let dir = file::resolve(&s.path, s.connection.as_deref(), connections)?;
+            let dir = file::resolve(
+                &s.path,
+                s.connection.as_deref(),
+                connections,
+                local,
+                Access::Write,
+                "file sink",
+            )?;
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
             Ok((
@@ -303,8 +323,9 @@ pub async fn run(spec: &JobFile, settings: JobSettings, connections: &Connection
     let in_job = |e: Error| e.context(format!("job {name}"));
     let prepared = async {
         validate(spec)?;
-        let (source, files) = source_endpoint(&spec.source, connections).await?;
-        let (sink, part_size, concurrency) = sink_endpoint(&spec.sink, connections)?;
+        let (source, files) = source_endpoint(&spec.source, connections, &settings.local).await?;
+        let (sink, part_size, concurrency) =
+            sink_endpoint(&spec.sink, connections, &settings.local)?;
         let options = match sink_format(&spec.sink) {
             Some(FormatSpec::Binary(b)) => b.clone(),
             _ => BinaryFormat::default(),

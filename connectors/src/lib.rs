@@ -6,11 +6,13 @@ pub mod binary;
 pub mod control;
 pub mod file;
 pub mod format;
+pub mod policy;
 pub mod postgres;
 pub mod registry;
 pub mod staged;
 pub mod tpch;
 
+pub use policy::{NodePolicy, PolicyConfig, PolicyContext};
 pub use registry::{
     JobFile, SinkSpec, SourceSpec, build_job, check_connection, check_connections, parse_job,
 };

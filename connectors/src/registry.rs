@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ferry_engine::config::{Connections, JobSettings, JobSpec};
+use ferry_engine::config::{Access, Connections, JobSettings, JobSpec};
 use ferry_engine::{Error, Job, Result, Sink, Source};
 use serde::{Deserialize, Serialize};
 
@@ -91,15 +91,20 @@ pub fn check_connections(spec: &JobFile, connections: &Connections) -> Result<()
     Ok(())
 }
 
-/// A file source over the files that `path` names in `store` (`shown` in messages).
+/// A file source over the files that `path` names in `store` (`shown` in messages); local
+/// files are checked against the job's allowed paths once listed.
 async fn file_source(
     store: Arc<dyn object_store::ObjectStore>,
     path: &std::path::Path,
     shown: &str,
     format: &crate::format::FormatSpec,
     settings: &JobSettings,
+    local: bool,
 ) -> Result<FileSource> {
     let files = file::list_inputs(&store, path, shown).await?;
+    if local {
+        file::check_inputs(&files, &settings.local)?;
+    }
     FileSource::new(
         store,
         files,
@@ -113,18 +118,45 @@ async fn file_source(
 /// Builds the source and sink of a validated job (reads metadata, infers schemas).
 pub async fn build_job(
     spec: &JobFile,
-    settings: JobSettings,
+    mut settings: JobSettings,
     connections: &Connections,
 ) -> Result<Job> {
     let in_job = |e: Error| e.context(format!("job {}", settings.name));
+    if let Some(log) = &settings.fault_tolerance.log_path {
+        let log = log.to_string_lossy().to_string();
+        let checked = file::resolve(
+            &log,
+            None,
+            connections,
+            &settings.local,
+            Access::Write,
+            "fault log",
+        )
+        .map_err(in_job)?;
+        settings.fault_tolerance.log_path = Some(checked);
+    }
     let source: Arc<dyn Source> = match &spec.source {
         SourceSpec::File(s) => {
-            let path =
-                file::resolve(&s.path, s.connection.as_deref(), connections).map_err(in_job)?;
+            let path = file::resolve(
+                &s.path,
+                s.connection.as_deref(),
+                connections,
+                &settings.local,
+                Access::Read,
+                "file source",
+            )
+            .map_err(in_job)?;
             Arc::new(
-                file_source(file::local_store(), &path, &s.path, &s.format, &settings)
-                    .await
-                    .map_err(in_job)?,
+                file_source(
+                    file::local_store(),
+                    &path,
+                    &s.path,
+                    &s.format,
+                    &settings,
+                    true,
+                )
+                .await
+                .map_err(in_job)?,
             )
         }
         SourceSpec::Tpch(s) => Arc::new(TpchSource::new(s.clone(), settings.batch_rows.get())),
@@ -143,7 +175,7 @@ pub async fn build_job(
             let shown = format!("azure_blob {}/{}", s.container, s.path);
             let path = std::path::PathBuf::from(format!("/{}", s.path.trim_start_matches('/')));
             Arc::new(
-                file_source(store, &path, &shown, &s.format, &settings)
+                file_source(store, &path, &shown, &s.format, &settings, false)
                     .await
                     .map_err(in_job)?
                     .with_connector("azure_blob"),
@@ -153,8 +185,15 @@ pub async fn build_job(
     let sink: Arc<dyn Sink> = match &spec.sink {
         SinkSpec::File(s) => {
             let is_dir = s.path.ends_with('/');
-            let path =
-                file::resolve(&s.path, s.connection.as_deref(), connections).map_err(in_job)?;
+            let path = file::resolve(
+                &s.path,
+                s.connection.as_deref(),
+                connections,
+                &settings.local,
+                Access::Write,
+                "file sink",
+            )
+            .map_err(in_job)?;
             let (dir, name) = if is_dir {
                 (path.clone(), None)
             } else {
@@ -173,16 +212,19 @@ pub async fn build_job(
                     Some(name),
                 )
             };
-            Arc::new(FileSink::new(
-                file::local_store(),
-                file::object_path(&dir).map_err(in_job)?,
-                Some(dir),
-                name,
-                s.format.clone(),
-                s.mode,
-                &settings.name,
-                &s.path,
-            ))
+            Arc::new(
+                FileSink::new(
+                    file::local_store(),
+                    file::object_path(&dir).map_err(in_job)?,
+                    Some(dir),
+                    name,
+                    s.format.clone(),
+                    s.mode,
+                    &settings.name,
+                    &s.path,
+                )
+                .with_file_mode(settings.local.output_mode()),
+            )
         }
         SinkSpec::Postgres(s) => {
             let connector =
@@ -287,7 +329,14 @@ pub async fn check_connection(
             ));
         }
         "file" => {
-            let root = file::resolve(".", Some(name), connections)?;
+            let root = file::resolve(
+                ".",
+                Some(name),
+                connections,
+                &ferry_engine::config::LocalFiles::unrestricted(),
+                Access::Read,
+                "file connection root",
+            )?;
             let entries = std::fs::read_dir(&root)
                 .map_err(|e| Error::io(format!("cannot read {}", root.display()), e))?
                 .count();

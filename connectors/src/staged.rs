@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use ferry_engine::config::{Connections, JobSettings};
+use ferry_engine::config::{Access, Connections, JobSettings, LocalFiles};
 use ferry_engine::{Error, JobReport, Result, RunningJob};
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -77,7 +77,12 @@ enum Interim {
 }
 
 impl Interim {
-    fn resolve(staging: &StagingSpec, connections: &Connections, run_dir: &str) -> Result<Interim> {
+    fn resolve(
+        staging: &StagingSpec,
+        connections: &Connections,
+        run_dir: &str,
+        local: &LocalFiles,
+    ) -> Result<Interim> {
         let kind = match &staging.connection {
             Some(name) => Some(connections.get(name)?.0.to_string()),
             None => None,
@@ -109,7 +114,14 @@ impl Interim {
                     let _: FileConnection = serde_json::from_value(value.clone())
                         .map_err(|e| Error::config(format!("connection `{name}`: {e}")))?;
                 }
-                let dir = file::resolve(&staging.path, staging.connection.as_deref(), connections)?;
+                let dir = file::resolve(
+                    &staging.path,
+                    staging.connection.as_deref(),
+                    connections,
+                    local,
+                    Access::Write,
+                    "staging directory",
+                )?;
                 Ok(Interim::Local(dir.join(run_dir)))
             }
             (Some(other), _) => Err(Error::config(format!(
@@ -292,7 +304,7 @@ pub async fn run_job(
             .map(|d| d.as_millis())
             .unwrap_or_default()
     );
-    let interim = match Interim::resolve(&staging, connections, &run_dir) {
+    let interim = match Interim::resolve(&staging, connections, &run_dir, &settings.local) {
         Ok(i) => i,
         Err(e) => {
             return vec![JobReport::failed(

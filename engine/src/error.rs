@@ -36,6 +36,8 @@ pub enum ErrorKind {
     Cancelled,
     /// A bug in ferry: an invariant did not hold.
     Internal,
+    /// The node's policy does not allow what the job asks (a path, a connection, a limit).
+    Forbidden,
 }
 
 /// An error of the engine or a connector.
@@ -84,6 +86,11 @@ impl Error {
     /// The job was cancelled.
     pub fn cancelled(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Cancelled, message)
+    }
+
+    /// A job the node's policy does not allow.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Forbidden, message)
     }
 
     /// An internal error (a bug).
@@ -147,10 +154,11 @@ impl Error {
         self.retryable
     }
 
-    /// The process exit code for this error: 2 for invalid input or configuration, else 1.
+    /// The process exit code for this error: 2 for invalid input, configuration or a job the
+    /// policy forbids, else 1.
     pub fn exit_code(&self) -> i32 {
         match self.kind {
-            ErrorKind::InvalidInput | ErrorKind::Config => 2,
+            ErrorKind::InvalidInput | ErrorKind::Config | ErrorKind::Forbidden => 2,
             _ => 1,
         }
     }

@@ -42,6 +42,8 @@ pub(crate) struct JobContext {
 pub(crate) struct FaultLog {
     job: String,
     path: Option<std::path::PathBuf>,
+    /// Mode of the file when it is created.
+    mode: u32,
     state: Mutex<FaultState>,
 }
 
@@ -52,10 +54,11 @@ struct FaultState {
 }
 
 impl FaultLog {
-    pub fn new(job: &str, path: Option<std::path::PathBuf>) -> Self {
+    pub fn new(job: &str, path: Option<std::path::PathBuf>, mode: u32) -> Self {
         Self {
             job: job.to_string(),
             path,
+            mode,
             state: Mutex::default(),
         }
     }
@@ -79,9 +82,11 @@ impl FaultLog {
             return Ok(());
         };
         if state.file.is_none() {
+            use std::os::unix::fs::OpenOptionsExt;
             let file = File::options()
                 .create(true)
                 .append(true)
+                .mode(self.mode)
                 .open(path)
                 .map_err(|e| Error::io(format!("open fault log {}", path.display()), e))?;
             state.file = Some(BufWriter::new(file));

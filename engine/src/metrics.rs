@@ -1,4 +1,6 @@
-//! Every metric ferry records, in one place. Labels are bounded: job, stage, connector.
+//! Every metric ferry records, in one place. Labels are bounded: source and sink connector
+//! kinds, stage, status. Job names and ids are never labels (anyone who can submit a job
+//! would otherwise add series without limit); reports carry them.
 
 /// Rows read from sources.
 pub const ROWS_READ_TOTAL: &str = "ferry_rows_read_total";

@@ -208,6 +208,21 @@ impl AzureBlobSinkSpec {
     }
 }
 
+/// Checks an endpoint (blob or queue): HTTPS, or plain HTTP to a loopback address when
+/// `allow_http` says so.
+pub(crate) fn check_endpoint(endpoint: &str, allow_http: bool) -> Result<()> {
+    match endpoint_kind(endpoint)? {
+        EndpointKind::Https => Ok(()),
+        EndpointKind::LoopbackHttp if allow_http => Ok(()),
+        EndpointKind::LoopbackHttp => Err(Error::config(
+            "the endpoint is plain HTTP: use HTTPS, or set `allow_http: true` for an emulator on a loopback address",
+        )),
+        EndpointKind::RemoteHttp => Err(Error::config(
+            "plain HTTP is allowed only to a loopback emulator (127.0.0.1, localhost, [::1]); use HTTPS",
+        )),
+    }
+}
+
 /// Container names: 3-63 characters, lower-case letters, digits and single hyphens.
 fn check_container(name: &str) -> Result<()> {
     check_storage_name(name, "container")
@@ -232,16 +247,57 @@ pub(crate) fn check_storage_name(name: &str, what: &str) -> Result<()> {
     }
 }
 
-fn is_loopback(endpoint: &str) -> bool {
-    let rest = endpoint
-        .strip_prefix("http://")
-        .or_else(|| endpoint.strip_prefix("https://"))
-        .unwrap_or(endpoint);
-    let host = match rest.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => rest.split(['/', ':']).next().unwrap_or(""),
-    };
-    matches!(host, "127.0.0.1" | "localhost" | "::1")
+/// What an endpoint URL allows, decided on the parsed URL (scheme in any case, user info,
+/// IPv6, names), never on a prefix of the text.
+#[derive(Debug, PartialEq, Eq)]
+enum EndpointKind {
+    /// `https://...`.
+    Https,
+    /// `http://` to a loopback address: an emulator on this machine.
+    LoopbackHttp,
+    /// `http://` anywhere else.
+    RemoteHttp,
+}
+
+/// Parses an endpoint and says what it is; user info, other schemes and unparsable text are
+/// refused (a URL such as `http://127.0.0.1:1@evil.example/` goes to evil.example).
+fn endpoint_kind(endpoint: &str) -> Result<EndpointKind> {
+    let url = url::Url::parse(endpoint)
+        .map_err(|e| Error::config(format!("the endpoint `{endpoint}` is not a URL: {e}")))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(Error::config(
+            "the endpoint holds user information (`user@` or `user:password@`); give the account's URL without it",
+        ));
+    }
+    match url.scheme() {
+        "https" => Ok(EndpointKind::Https),
+        "http" if is_loopback_host(&url) => Ok(EndpointKind::LoopbackHttp),
+        "http" => Ok(EndpointKind::RemoteHttp),
+        other => Err(Error::config(format!(
+            "the endpoint's scheme is `{other}`: use https"
+        ))),
+    }
+}
+
+/// Whether the URL's host is a loopback address: 127.0.0.0/8, ::1, or `localhost` when every
+/// address it resolves to is one (a name that resolves elsewhere is not loopback).
+fn is_loopback_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) if name.eq_ignore_ascii_case("localhost") => {
+            use std::net::ToSocketAddrs;
+            let port = url.port_or_known_default().unwrap_or(80);
+            match (name, port).to_socket_addrs() {
+                Ok(addrs) => {
+                    let addrs: Vec<_> = addrs.collect();
+                    !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+                }
+                Err(_) => false,
+            }
+        }
+        _ => false,
+    }
 }
 
 impl AzureBlobConnection {
@@ -269,26 +325,16 @@ impl AzureBlobConnection {
         Self::from_connections(connections, name)?.store(name, container)
     }
 
-    /// Checks the settings without I/O.
+    /// Checks the settings (without I/O, but for resolving `localhost`): HTTPS, or plain
+    /// HTTP only to a loopback emulator with `allow_http`.
     pub fn check(&self) -> Result<()> {
-        if let Some(endpoint) = &self.endpoint {
-            let http = endpoint.starts_with("http://");
-            if http && !self.allow_http {
-                return Err(Error::config(
-                    "the endpoint is plain HTTP: use HTTPS, or set `allow_http: true` for an emulator on a loopback address",
-                ));
-            }
-            if http && !is_loopback(endpoint) {
-                return Err(Error::config(
-                    "plain HTTP is allowed only to a loopback emulator (127.0.0.1, localhost, [::1]); use HTTPS",
-                ));
-            }
-        } else if self.allow_http {
-            return Err(Error::config(
+        match &self.endpoint {
+            Some(endpoint) => check_endpoint(endpoint, self.allow_http),
+            None if self.allow_http => Err(Error::config(
                 "`allow_http` needs a loopback `endpoint` (an emulator)",
-            ));
+            )),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// An object store over `container` (reads secrets; no network I/O).
@@ -413,6 +459,39 @@ mod tests {
                 .check()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn loopback_is_decided_on_the_parsed_url() {
+        for bypass in [
+            "http://127.0.0.1:1@evil.example/a",
+            "http://user:pw@127.0.0.1:10000/a",
+            "http://127.0.0.1.evil.example/a",
+            "http://localhost.evil.example:10000/a",
+            "http://[::ffff:8.8.8.8]:10000/a",
+            "http://10.0.0.1:10000/a",
+            "ftp://127.0.0.1/a",
+            "HTTP://evil.example/a",
+            "http:evil.example",
+        ] {
+            let err = check_endpoint(bypass, true);
+            assert!(err.is_err(), "{bypass} passed");
+        }
+        for ok in [
+            "http://127.0.0.1:10000/a",
+            "HTTP://127.0.0.1:10000/a",
+            "http://127.0.0.2:10000/a",
+            "http://[::1]:10000/a",
+            "http://localhost:10000/a",
+            "https://evil.example/a",
+            "HTTPS://account.blob.core.windows.net",
+        ] {
+            check_endpoint(ok, true).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let err = check_endpoint("http://127.0.0.1:10000/a", false).unwrap_err();
+        assert!(err.to_string().contains("allow_http"), "{err}");
+        let err = check_endpoint("http://127.0.0.1:1@evil.example/", true).unwrap_err();
+        assert!(err.to_string().contains("user information"), "{err}");
     }
 
     #[test]

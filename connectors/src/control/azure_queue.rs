@@ -248,7 +248,11 @@ fn http_client(
     name: &str,
 ) -> Result<Arc<dyn azure_core::http::HttpClient>> {
     let in_conn = |e: String| Error::config(format!("connection `{name}`: {e}"));
+    // HTTPS only, unless the connection allows plain HTTP to a loopback emulator (checked
+    // on the parsed endpoint): a SAS token in a query string must never cross a network in
+    // clear text.
     let mut builder = reqwest::Client::builder()
+        .https_only(!conn.allow_http)
         .connect_timeout(Duration::from_secs(15))
         .timeout(conn.timeout.map_or(Duration::from_secs(60), |t| t.0));
     builder = match &conn.proxy {
@@ -300,11 +304,6 @@ fn parse_text(text: &str) -> std::result::Result<serde_json::Value, String> {
     serde_json::from_str(&json).map_err(|e| format!("the message is not valid JSON: {e}"))
 }
 
-/// Whether `id` can name a job's blobs: not empty, no path separator, not overlong.
-fn usable_id(id: &str) -> bool {
-    !id.is_empty() && !id.contains(['/', '\\']) && id.len() <= 200
-}
-
 /// Reads a message's text as an envelope; a bare job file gets the message id.
 fn envelope_of(message_id: &str, text: &str) -> std::result::Result<Envelope, String> {
     let value = parse_text(text)?;
@@ -320,8 +319,8 @@ fn envelope_of(message_id: &str, text: &str) -> std::result::Result<Envelope, St
     if envelope.id.is_empty() {
         envelope.id = message_id.to_string();
     }
-    if !usable_id(&envelope.id) {
-        return Err(format!("`{}` is not a usable job id", envelope.id));
+    if let Err(e) = super::check_job_id(&envelope.id) {
+        return Err(e.to_string());
     }
     Ok(envelope)
 }
@@ -955,9 +954,7 @@ impl ControlChannel for AzureQueueChannel {
     }
 
     async fn cancel(&self, id: &str) -> Result<String> {
-        if !usable_id(id) {
-            return Err(Error::invalid_input(format!("`{id}` is not a job id")));
-        }
+        super::check_job_id(id)?;
         if self.report(id).await?.is_some() {
             return Err(Error::invalid_input(format!(
                 "job {id} has already finished"
@@ -1022,7 +1019,7 @@ impl ControlChannel for AzureQueueChannel {
     }
 
     async fn report(&self, id: &str) -> Result<Option<FinishedJob>> {
-        if !usable_id(id) {
+        if !super::valid_job_id(id) {
             return Ok(None);
         }
         self.get_json(&self.report_key(id)).await

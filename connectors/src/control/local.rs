@@ -21,7 +21,11 @@ use std::time::Duration;
 use ferry_engine::{Error, Result};
 use serde::{Deserialize, Serialize};
 
-use super::{ControlChannel, Envelope, FinishedJob, JobState, Leased, NodeInfo, now_ms};
+use ferry_engine::config::local::{check_private_dir, create_private_dir};
+
+use super::{
+    ControlChannel, Envelope, FinishedJob, JobState, Leased, NodeInfo, check_job_id, now_ms,
+};
 
 /// The lease file's content.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -42,10 +46,21 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::io(what, e)
 }
 
-/// Writes `bytes` to `path` atomically (temporary file, then rename).
+/// Writes `bytes` to `path` atomically (temporary file, then rename); the file is readable
+/// by the service account only (0600), whatever the umask.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension(format!("tmp-{}-{}", std::process::id(), now_ms()));
-    std::fs::write(&tmp, bytes).map_err(io(format!("write {}", tmp.display())))?;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp-{}-{}-{seq}", std::process::id(), now_ms()));
+    std::fs::File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(io(format!("write {}", tmp.display())))?;
     std::fs::rename(&tmp, path).map_err(io(format!("write {}", path.display())))
 }
 
@@ -87,19 +102,20 @@ fn ids_in(dir: &Path, suffix: &str) -> Result<Vec<String>> {
 }
 
 impl LocalChannel {
-    /// Opens (and creates) the spool at `root`.
+    /// Opens (and creates, mode 0700) the spool at `root`. A spool that other users may
+    /// write is refused: anyone who can write it can run jobs on every node that polls it.
     pub fn open(
         root: impl Into<PathBuf>,
         lease_timeout: Duration,
         max_attempts: u32,
     ) -> Result<Self> {
         let root = root.into();
-        for sub in ["queue", "running", "claims", "reports", "cancel", "nodes"] {
-            let dir = root.join(sub);
-            std::fs::create_dir_all(&dir).map_err(io(format!(
-                "cannot create the spool directory {}; check the channel's `path`",
-                dir.display()
-            )))?;
+        for dir in std::iter::once(root.clone()).chain(
+            ["queue", "running", "claims", "reports", "cancel", "nodes"].map(|sub| root.join(sub)),
+        ) {
+            create_private_dir(&dir)
+                .map_err(|e| e.context("cannot create the spool; check the channel's `path`"))?;
+            check_private_dir(&dir, "the spool directory")?;
         }
         Ok(Self {
             root,
@@ -153,6 +169,7 @@ impl LocalChannel {
 
     /// Renews `node`'s lease on job `id`.
     pub fn heartbeat(&self, id: &str, node: &str) -> Result<()> {
+        check_job_id(id)?;
         let lease = LeaseFile {
             node: node.to_string(),
             heartbeat_ms: now_ms(),
@@ -163,6 +180,7 @@ impl LocalChannel {
     /// Records a finished job and drops its lease.
     pub fn complete(&self, finished: &FinishedJob) -> Result<()> {
         let id = &finished.id;
+        check_job_id(id)?;
         write_json(&self.path("reports", &format!("{id}.json")), finished)?;
         for p in [
             self.path("running", &format!("{id}.json")),
@@ -176,6 +194,7 @@ impl LocalChannel {
 
     /// Puts a leased job back in the queue without counting the run (graceful shutdown).
     pub fn release(&self, id: &str) -> Result<()> {
+        check_job_id(id)?;
         let running = self.path("running", &format!("{id}.json"));
         if let Some(mut envelope) = read_json::<Envelope>(&running)? {
             envelope.attempt = envelope.attempt.saturating_sub(1);
@@ -247,6 +266,7 @@ impl LocalChannel {
 
     /// Asks for job `id` to be cancelled; a queued job ends at once with a report.
     pub fn cancel(&self, id: &str) -> Result<String> {
+        check_job_id(id)?;
         let queued = self.path("queue", &format!("{id}.json"));
         let claim = self.path("claims", &format!("{id}.json"));
         if std::fs::rename(&queued, &claim).is_ok() {
@@ -278,11 +298,12 @@ impl LocalChannel {
 
     /// Whether cancellation of `id` was requested.
     pub fn cancel_requested(&self, id: &str) -> bool {
-        self.path("cancel", id).exists()
+        super::valid_job_id(id) && self.path("cancel", id).exists()
     }
 
     /// The report of job `id`, if it finished.
     pub fn report(&self, id: &str) -> Result<Option<FinishedJob>> {
+        check_job_id(id)?;
         read_json(&self.path("reports", &format!("{id}.json")))
     }
 
@@ -343,6 +364,12 @@ impl LocalChannel {
 
     /// Records `node`'s heartbeat.
     pub fn node_heartbeat(&self, info: &NodeInfo) -> Result<()> {
+        if !super::valid_job_id(&info.node) {
+            return Err(Error::invalid_input(format!(
+                "`{}` is not a usable node name: use letters, digits, `-`, `_` and `.`",
+                info.node.escape_default()
+            )));
+        }
         write_json(&self.path("nodes", &format!("{}.json", info.node)), info)
     }
 
@@ -385,6 +412,7 @@ impl ControlChannel for LocalChannel {
     }
 
     async fn renew(&self, id: &str, node: &str) -> Result<bool> {
+        check_job_id(id)?;
         // A lease taken back by another node has no lease file, or one of another node.
         let lease: Option<LeaseFile> = read_json(&self.path("running", &format!("{id}.lease")))?;
         if lease.is_none_or(|l| l.node != node) {
@@ -486,5 +514,52 @@ mod tests {
         assert!(ch.cancel(&queued).unwrap().contains("before it started"));
         assert_eq!(ch.report(&queued).unwrap().unwrap().status, "cancelled");
         assert!(ch.cancel("nope").is_err());
+    }
+
+    #[test]
+    fn ids_that_could_escape_the_spool_are_refused_on_every_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        let ch = LocalChannel::open(&spool, Duration::from_secs(60), 3).unwrap();
+        // A file outside the spool that `../../x` would reach from spool/queue/.
+        let victim = dir.path().join("x.json");
+        std::fs::write(&victim, b"{}").unwrap();
+        for id in [
+            "../../x", "../x", "..", ".hidden", "a/b", "a\\b", "", "x\0y",
+        ] {
+            let err = ch.cancel(id).unwrap_err();
+            assert!(err.to_string().contains("is not a job id"), "{id}: {err}");
+            assert!(ch.report(id).is_err(), "{id}");
+            assert!(ch.release(id).is_err(), "{id}");
+            assert!(ch.heartbeat(id, "a").is_err(), "{id}");
+            assert!(!ch.cancel_requested(id), "{id}");
+        }
+        assert_eq!(std::fs::read(&victim).unwrap(), b"{}");
+        let long = "a".repeat(201);
+        assert!(ch.cancel(&long).is_err());
+    }
+
+    #[test]
+    fn the_spool_is_private_and_a_shared_one_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("spool");
+        let ch = LocalChannel::open(&spool, Duration::from_secs(60), 3).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&spool), 0o700);
+        assert_eq!(mode(&spool.join("queue")), 0o700);
+        let id = ch.submit(serde_json::json!({"name": "j"})).unwrap();
+        assert_eq!(mode(&spool.join(format!("queue/{id}.json"))), 0o600);
+        std::fs::set_permissions(spool.join("queue"), std::fs::Permissions::from_mode(0o777))
+            .unwrap();
+        let err = LocalChannel::open(&spool, Duration::from_secs(60), 3)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("queue")
+                && err.contains("writable by other users")
+                && err.contains("chmod"),
+            "{err}"
+        );
     }
 }

@@ -166,6 +166,35 @@ pub fn new_job_id(job: &serde_json::Value) -> String {
     format!("{:013}-{:04x}-{name}", now_ms(), fastrand::u16(..))
 }
 
+/// Longest job id accepted.
+pub const MAX_JOB_ID_LEN: usize = 200;
+
+/// Whether `id` is a job id every channel can use as a file or blob name: 1 to 200 ASCII
+/// letters, digits, `-`, `_` and `.`, not starting with `.` and without `..`. Ids come from
+/// users (the admin API's routes, raw messages), so no channel ever joins an unchecked id
+/// to a path.
+pub fn valid_job_id(id: &str) -> bool {
+    (1..=MAX_JOB_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !id.starts_with('.')
+        && !id.contains("..")
+}
+
+/// [`valid_job_id`] as an error that says what an id may hold.
+pub fn check_job_id(id: &str) -> Result<()> {
+    if valid_job_id(id) {
+        Ok(())
+    } else {
+        let shown: String = id.chars().take(60).collect();
+        Err(Error::invalid_input(format!(
+            "`{}` is not a job id: ids are 1 to {MAX_JOB_ID_LEN} letters, digits, `-`, `_` and `.`",
+            shown.escape_default()
+        )))
+    }
+}
+
 /// A job taken from the channel: its envelope, or the id and error of a message that is not
 /// one (to be reported, not run).
 pub type Leased = std::result::Result<Envelope, (String, Error)>;

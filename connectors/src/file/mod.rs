@@ -9,7 +9,7 @@ mod source;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ferry_engine::config::Connections;
+use ferry_engine::config::{Access, Connections, LocalFiles};
 use ferry_engine::{Error, Result};
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
@@ -98,8 +98,18 @@ impl FileSinkSpec {
     }
 }
 
-/// Resolves a job path against a connection's root or the working directory.
-pub fn resolve(path: &str, connection: Option<&str>, connections: &Connections) -> Result<PathBuf> {
+/// Resolves a job path against a connection's root (or, under a node policy, its first
+/// allowed root; else the working directory), then checks it against `local` for `access`.
+/// Returns the path to open: under a policy, with links and `..` resolved. `what` names the
+/// path's use in messages (`file source`, `staging directory`).
+pub fn resolve(
+    path: &str,
+    connection: Option<&str>,
+    connections: &Connections,
+    local: &LocalFiles,
+    access: Access,
+    what: &str,
+) -> Result<PathBuf> {
     let base = match connection {
         Some(name) => {
             let (kind, value) = connections.get(name)?;
@@ -112,10 +122,32 @@ pub fn resolve(path: &str, connection: Option<&str>, connections: &Connections) 
                 .map_err(|e| Error::config(format!("connection `{name}`: {e}")))?;
             conn.root
         }
-        None => std::env::current_dir().map_err(|e| Error::io("find the working directory", e))?,
+        None => match local.base() {
+            Some(base) => base.to_path_buf(),
+            None => {
+                std::env::current_dir().map_err(|e| Error::io("find the working directory", e))?
+            }
+        },
     };
     let p = PathBuf::from(path);
-    Ok(if p.is_absolute() { p } else { base.join(p) })
+    let joined = if p.is_absolute() { p } else { base.join(p) };
+    local.check(&joined, access, what)
+}
+
+/// Checks every listed local input against `local`: a link inside an allowed directory that
+/// points out of it is refused.
+pub fn check_inputs(files: &[InputFile], local: &LocalFiles) -> Result<()> {
+    if !local.is_restricted() {
+        return Ok(());
+    }
+    for file in files {
+        local.check(
+            std::path::Path::new(&format!("/{}", file.path)),
+            Access::Read,
+            "file source",
+        )?;
+    }
+    Ok(())
 }
 
 /// The local file system as an object store rooted at `/`.

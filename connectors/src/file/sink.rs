@@ -95,6 +95,8 @@ pub struct FileSink {
     connector: &'static str,
     roll: Option<RollOver>,
     boundaries: Mutex<HashMap<usize, Boundaries>>,
+    /// Mode given to local outputs before they are published.
+    file_mode: Option<u32>,
 }
 
 impl FileSink {
@@ -126,7 +128,14 @@ impl FileSink {
             connector: "file",
             roll: None,
             boundaries: Default::default(),
+            file_mode: None,
         }
+    }
+
+    /// Gives local outputs this mode (such as 0o640) before they are published.
+    pub fn with_file_mode(mut self, mode: u32) -> Self {
+        self.file_mode = Some(mode);
+        self
     }
 
     /// Publishes by completing multipart uploads instead of renaming (for blob stores), and
@@ -725,6 +734,13 @@ impl Sink for FileSink {
             );
             match self.publish {
                 Publish::Rename => {
+                    if let (Some(mode), Some(_)) = (self.file_mode, &self.local_dir) {
+                        use std::os::unix::fs::PermissionsExt;
+                        let local = format!("/{from}");
+                        tokio::fs::set_permissions(&local, std::fs::Permissions::from_mode(mode))
+                            .await
+                            .map_err(|e| Error::io(format!("cannot set the mode of {local}"), e))?;
+                    }
                     self.store
                         .rename(&from, &to)
                         .await

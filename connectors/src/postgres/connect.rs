@@ -19,17 +19,20 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use super::guard::GuardedStream;
+
 /// Default time allowed to open a connection.
 pub const DEFAULT_CONNECT_TIMEOUT: HumanDuration = HumanDuration::secs(15);
 
-/// TLS policy, as libpq's `sslmode`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+/// TLS policy, as libpq's `sslmode`. The default is `verify-full`, and `prefer` for a
+/// loopback host (`localhost`, 127.0.0.0/8, ::1) or a Unix socket, where no network lies in
+/// between; the unverified modes are taken only when written, with a warning on every use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SslMode {
     /// Never TLS.
     Disable,
     /// TLS when the server offers it, without checking its certificate (libpq's default).
-    #[default]
     Prefer,
     /// TLS always; the certificate is checked against `ssl_root_cert` only if one is given.
     Require,
@@ -68,7 +71,8 @@ pub struct PostgresConnection {
     /// The password, as a secret reference.
     #[serde(default)]
     pub password: Option<Secret>,
-    /// TLS policy: `disable`, `prefer` (default), `require`, `verify-ca`, `verify-full`.
+    /// TLS policy: `disable`, `prefer`, `require`, `verify-ca`, `verify-full` (default;
+    /// `prefer` for a loopback host). The unverified modes log a warning on every use.
     #[serde(default)]
     pub sslmode: Option<SslMode>,
     /// PEM file of the CA certificates to trust; default: the system's roots.
@@ -98,6 +102,9 @@ pub struct Connector {
     name: String,
     config: tokio_postgres::Config,
     tls: Option<MakeRustlsConnect>,
+    /// Why this connection may be read or altered on the network, if it may: logged as a
+    /// warning at every connect.
+    unverified: Option<&'static str>,
 }
 
 impl fmt::Debug for Connector {
@@ -174,7 +181,26 @@ impl PostgresConnection {
         config.connect_timeout(self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT).0);
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(30));
-        let sslmode = sslmode.unwrap_or_default();
+        let loopback = config.get_hosts().iter().all(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => is_loopback(name),
+            tokio_postgres::config::Host::Unix(_) => true,
+        });
+        let sslmode = sslmode.unwrap_or(if loopback {
+            SslMode::Prefer
+        } else {
+            SslMode::VerifyFull
+        });
+        let unverified = match sslmode {
+            _ if loopback => None,
+            SslMode::Disable => Some("sslmode=disable: the connection is not encrypted"),
+            SslMode::Prefer => Some(
+                "sslmode=prefer: the server's certificate is not checked and the connection may fall back to plain text",
+            ),
+            SslMode::Require if self.ssl_root_cert.is_none() => {
+                Some("sslmode=require: the server's certificate is not checked")
+            }
+            _ => None,
+        };
         let tls = match sslmode {
             SslMode::Disable => {
                 config.ssl_mode(tokio_postgres::config::SslMode::Disable);
@@ -195,8 +221,19 @@ impl PostgresConnection {
             name: name.to_string(),
             config,
             tls,
+            unverified,
         })
     }
+}
+
+/// Whether a host name or address is this machine's loopback.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Removes `sslmode=verify-ca|verify-full` from a connection string and returns the mode.
@@ -397,15 +434,133 @@ impl Connector {
     }
 
     /// Opens a session; its driver task runs on the current runtime until the client drops.
+    ///
+    /// Over TCP the stream is guarded: on a connection that is not encrypted, a server that
+    /// asks for the password in clear text is refused before the password is sent.
     pub async fn connect(&self) -> Result<Client> {
         let what = format!("cannot connect to PostgreSQL (connection `{}`)", self.name);
+        if let Some(why) = self.unverified {
+            tracing::warn!(connection = %self.name, "{why}; set sslmode=verify-full (and ssl_root_cert) to protect the data and the password");
+        }
+        let hosts = self.config.get_hosts();
+        if hosts
+            .iter()
+            .any(|h| matches!(h, tokio_postgres::config::Host::Unix(_)))
+        {
+            // A Unix socket never leaves the machine.
+            return self.connect_via_config(&what).await;
+        }
+        let ports = self.config.get_ports();
+        let timeout = self
+            .config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(DEFAULT_CONNECT_TIMEOUT.0);
+        let mut last = None;
+        for (i, host) in hosts.iter().enumerate() {
+            let tokio_postgres::config::Host::Tcp(host) = host else {
+                continue;
+            };
+            let port = ports.get(i).or(ports.last()).copied().unwrap_or(5432);
+            match self.connect_tcp(host, port, timeout, &what).await {
+                Ok(client) => return Ok(client),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::config(format!("{what}: no host to connect to"))))
+    }
+
+    async fn connect_tcp(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<Client> {
+        let address = format!("{host}:{port}");
+        let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Connect,
+                    format!(
+                        "{what}: {address} did not answer within {timeout:?} (`connect_timeout`)"
+                    ),
+                )
+                .with_retryable(true)
+            })?
+            .map_err(|e| {
+                Error::new(ErrorKind::Connect, format!("{what}: {address}: {e}"))
+                    .with_source(e)
+                    .with_retryable(true)
+            })?;
+        let _ = tcp.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(30));
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+        let refused = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stream = GuardedStream::new(tcp, self.tls.is_some(), refused.clone());
+        let cleartext = |e: tokio_postgres::Error| {
+            if refused.load(std::sync::atomic::Ordering::Relaxed) {
+                Error::new(
+                    ErrorKind::Auth,
+                    format!(
+                        "{what}: the server at {address} asked for the password in clear text over an unencrypted connection, and ferry did not send it; use sslmode=verify-full (or require), or have the server use scram-sha-256"
+                    ),
+                )
+            } else {
+                pg_error(what, e)
+            }
+        };
+        let connected = async {
+            match &self.tls {
+                None => {
+                    let (client, connection) = self
+                        .config
+                        .connect_raw(stream, tokio_postgres::NoTls)
+                        .await
+                        .map_err(cleartext)?;
+                    tokio::spawn(drive(connection));
+                    Ok(client)
+                }
+                Some(tls) => {
+                    use tokio_postgres::tls::MakeTlsConnect;
+                    let connect =
+                        <MakeRustlsConnect as MakeTlsConnect<GuardedStream>>::make_tls_connect(
+                            &mut tls.clone(),
+                            host,
+                        )
+                        .map_err(|e| {
+                            Error::config(format!("{what}: TLS set-up for {host}: {e}"))
+                        })?;
+                    let (client, connection) = self
+                        .config
+                        .connect_raw(stream, connect)
+                        .await
+                        .map_err(cleartext)?;
+                    tokio::spawn(drive(connection));
+                    Ok(client)
+                }
+            }
+        };
+        tokio::time::timeout(timeout, connected)
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorKind::Connect,
+                    format!("{what}: {address} did not finish the start-up within {timeout:?} (`connect_timeout`)"),
+                )
+                .with_retryable(true)
+            })?
+    }
+
+    async fn connect_via_config(&self, what: &str) -> Result<Client> {
         let client = match &self.tls {
             None => {
                 let (client, connection) = self
                     .config
                     .connect(tokio_postgres::NoTls)
                     .await
-                    .map_err(|e| pg_error(&what, e))?;
+                    .map_err(|e| pg_error(what, e))?;
                 tokio::spawn(drive(connection));
                 client
             }
@@ -414,7 +569,7 @@ impl Connector {
                     .config
                     .connect(tls.clone())
                     .await
-                    .map_err(|e| pg_error(&what, e))?;
+                    .map_err(|e| pg_error(what, e))?;
                 tokio::spawn(drive(connection));
                 client
             }

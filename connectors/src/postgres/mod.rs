@@ -10,6 +10,7 @@
 pub mod connect;
 pub mod decode;
 pub mod encode;
+mod guard;
 mod ident;
 pub mod sink;
 pub mod source;

@@ -97,7 +97,7 @@ async fn read_partition(
                     attempt += 1;
                     counts.retries += 1;
                     ctx.progress.retries.fetch_add(1, Relaxed);
-                    metrics::counter!(crate::metrics::RETRIES_TOTAL, "job" => ctx.settings.name.clone(), "stage" => "source").increment(1);
+                    metrics::counter!(crate::metrics::RETRIES_TOTAL, "source" => ctx.source.connector(), "stage" => "source").increment(1);
                     let wait = backoff(
                         attempt,
                         ctx.settings.initial_backoff,

@@ -125,7 +125,11 @@ async fn run_job(job: Job, progress: Arc<JobProgress>, cancel: CancellationToken
     let schema = job.source.schema();
     let ctx = Arc::new(JobContext {
         budget: ByteBudget::new(job.settings.max_buffer_bytes),
-        faults: FaultLog::new(&name, job.settings.fault_tolerance.log_path.clone()),
+        faults: FaultLog::new(
+            &name,
+            job.settings.fault_tolerance.log_path.clone(),
+            job.settings.local.output_mode(),
+        ),
         settings: job.settings,
         source: job.source,
         sink: job.sink,
@@ -149,7 +153,9 @@ async fn run_job(job: Job, progress: Arc<JobProgress>, cancel: CancellationToken
             (status, Committed::default(), Some(e))
         }
     };
-    let label = [("job", name.clone())];
+    // Labels are bounded (connector kinds and stages, never the job's name or id): a channel
+    // anyone can submit to must not grow the node's metric series without limit.
+    let label = [("source", source_name), ("sink", sink_name)];
     metrics::counter!(crate::metrics::JOBS_TOTAL, "status" => format!("{status:?}").to_lowercase())
         .increment(1);
     metrics::histogram!(crate::metrics::JOB_DURATION_SECONDS, &label).record(secs);
@@ -159,7 +165,11 @@ async fn run_job(job: Job, progress: Arc<JobProgress>, cancel: CancellationToken
     metrics::counter!(crate::metrics::BYTES_WRITTEN_TOTAL, &label)
         .increment(snapshot.bytes_written);
     for s in &stages {
-        let labels = [("job", name.clone()), ("stage", s.stage.name().to_string())];
+        let labels = [
+            ("source", source_name),
+            ("sink", sink_name),
+            ("stage", s.stage.name()),
+        ];
         metrics::counter!(crate::metrics::STAGE_BUSY_SECONDS, &labels)
             .increment(s.busy_secs as u64);
         metrics::counter!(crate::metrics::STAGE_WAIT_SECONDS, &labels)

@@ -64,11 +64,76 @@ impl Connections {
 ///
 /// In configuration a secret is an object: `{"env": "VAR"}` reads an environment variable when
 /// the connection is built, so the secret is not stored in the file.
-#[derive(Clone, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, rename_all = "snake_case")]
+#[derive(Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
 pub enum Secret {
     /// Read from this environment variable.
     Env(String),
+}
+
+/// What every refusal of a secret says; it never quotes what was given, since a literal in
+/// that place is most likely the secret itself.
+const SECRET_FORM: &str = "a secret must be a reference such as {\"env\": \"PGPASSWORD_ERP\"} (an environment variable holding it); a literal secret is refused, and the value given is not shown";
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Secret;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a secret reference {\"env\": \"VAR\"}")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Secret, A::Error> {
+                use serde::de::Error as _;
+                let mut secret = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    let value: serde_json::Value = map.next_value()?;
+                    match (key.as_str(), value, &secret) {
+                        ("env", serde_json::Value::String(var), None) if !var.is_empty() => {
+                            secret = Some(Secret::Env(var));
+                        }
+                        _ => return Err(A::Error::custom(SECRET_FORM)),
+                    }
+                }
+                secret.ok_or_else(|| A::Error::custom(SECRET_FORM))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Secret, E> {
+                Err(E::custom(SECRET_FORM))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(E::custom(SECRET_FORM))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(E::custom(SECRET_FORM))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(E::custom(SECRET_FORM))
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(E::custom(SECRET_FORM))
+            }
+
+            fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<Secret, E> {
+                Err(E::custom(SECRET_FORM))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+                use serde::de::Error as _;
+                Err(A::Error::custom(SECRET_FORM))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 impl Secret {
@@ -108,6 +173,31 @@ mod tests {
     fn connection_without_type_is_rejected() {
         let err = Connections::from_json(r#"{"a":{"root":"/x"}}"#).unwrap_err();
         assert!(err.to_string().contains("has no `type`"));
+    }
+
+    #[test]
+    fn a_literal_secret_is_refused_without_quoting_it() {
+        for text in [
+            r#""LiteralPw-hunter2""#,
+            r#"{"env": 12345678}"#,
+            r#"{"value": "LiteralPw-hunter2"}"#,
+            r#"{"env": "A", "value": "LiteralPw-hunter2"}"#,
+            r#"["LiteralPw-hunter2"]"#,
+            "12345678",
+        ] {
+            let err = serde_json::from_str::<Secret>(text)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("a literal secret is refused"), "{text}: {err}");
+            assert!(
+                !err.contains("hunter2") && !err.contains("12345678"),
+                "{text}: {err}"
+            );
+        }
+        assert_eq!(
+            serde_json::from_str::<Secret>(r#"{"env": "PGPASS"}"#).unwrap(),
+            Secret::Env("PGPASS".into())
+        );
     }
 
     #[test]

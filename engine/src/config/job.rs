@@ -27,6 +27,11 @@ pub const DEFAULT_INITIAL_BACKOFF: HumanDuration = HumanDuration::secs(1);
 pub const DEFAULT_MAX_BACKOFF: HumanDuration = HumanDuration::secs(60);
 /// Smallest accepted `max_buffer_bytes`: below it a single batch cannot be held.
 pub const MIN_MAX_BUFFER_BYTES: ByteSize = ByteSize::mib(1);
+/// Largest accepted `batch_rows`, whatever a node's policy says: builders allocate this many
+/// rows up front, and a larger value makes batches that no byte budget can pace.
+pub const MAX_BATCH_ROWS: usize = 1 << 20;
+/// Largest accepted `parallel_copies`, whatever a node's policy says.
+pub const MAX_PARALLEL_COPIES: usize = 1024;
 
 /// A copy job as written in a job file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -141,6 +146,8 @@ pub struct JobSettings {
     pub max_backoff: Duration,
     /// Asked right before the output is published (none outside a worker node).
     pub commit_gate: Option<CommitGate>,
+    /// The local paths the job may touch, and the mode of the files it creates.
+    pub local: std::sync::Arc<super::LocalFiles>,
 }
 
 /// The answer a job needs right before it publishes: may it still? A worker node answers by
@@ -194,6 +201,7 @@ impl JobSettings {
             initial_backoff: DEFAULT_INITIAL_BACKOFF.0,
             max_backoff: DEFAULT_MAX_BACKOFF.0,
             commit_gate: None,
+            local: Default::default(),
         }
     }
 }
@@ -234,6 +242,18 @@ impl<Src, Snk> JobSpec<Src, Snk> {
         })?;
         let batch_rows = NonZeroUsize::new(self.batch_rows)
             .ok_or_else(|| Error::config(format!("job {name}: `batch_rows` must be at least 1")))?;
+        if self.batch_rows > MAX_BATCH_ROWS {
+            return Err(Error::config(format!(
+                "job {name}: `batch_rows` is {}, above the largest accepted {MAX_BATCH_ROWS}; the default {DEFAULT_BATCH_ROWS} is best for most jobs",
+                self.batch_rows
+            )));
+        }
+        if self.parallel_copies > MAX_PARALLEL_COPIES {
+            return Err(Error::config(format!(
+                "job {name}: `parallel_copies` is {}, above the largest accepted {MAX_PARALLEL_COPIES}",
+                self.parallel_copies
+            )));
+        }
         if self.max_buffer_bytes < MIN_MAX_BUFFER_BYTES {
             return Err(Error::config(format!(
                 "job {name}: `max_buffer_bytes` is {}, below the minimum of {}",
@@ -260,6 +280,7 @@ impl<Src, Snk> JobSpec<Src, Snk> {
             initial_backoff: self.retry.initial_backoff.0,
             max_backoff: self.retry.max_backoff.0,
             commit_gate: None,
+            local: Default::default(),
         })
     }
 }
@@ -302,6 +323,14 @@ mod tests {
             (
                 r#"{"name":"j","source":{},"sink":{},"parallel_copies":0}"#,
                 "parallel_copies",
+            ),
+            (
+                r#"{"name":"j","source":{},"sink":{},"batch_rows":1000000000000}"#,
+                "above the largest accepted 1048576",
+            ),
+            (
+                r#"{"name":"j","source":{},"sink":{},"parallel_copies":100000}"#,
+                "above the largest accepted 1024",
             ),
             (
                 r#"{"name":"j","source":{},"sink":{},"max_buffer_bytes":"10KiB"}"#,

@@ -6,8 +6,10 @@
 
 pub mod connection;
 pub mod job;
+pub mod local;
 pub mod units;
 
 pub use connection::{Connections, Secret};
 pub use job::{CommitGate, FaultTolerance, JobSettings, JobSpec, RetryPolicy};
+pub use local::{Access, LocalFiles};
 pub use units::{ByteSize, HumanDuration};
