@@ -84,7 +84,8 @@ fn init_logging(logging: Logging) {
     }];
     let mut file_error = None;
     if let Some((dir, keep)) = logging.files {
-        let appender = std::fs::create_dir_all(&dir)
+        // The state directory and its logs are the service account's alone (0700).
+        let appender = ferry_engine::config::local::create_private_dir(&dir)
             .map_err(|e| e.to_string())
             .and_then(|()| {
                 tracing_appender::rolling::Builder::new()

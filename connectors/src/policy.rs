@@ -172,6 +172,17 @@ impl PolicyConfig {
                 .map(|d| ctx.base.join(d).join("data"))
                 .collect(),
         };
+        let roots = roots
+            .into_iter()
+            .map(|r| {
+                std::path::absolute(&r).map_err(|e| {
+                    Error::io(
+                        format!("[policy] local_roots: cannot resolve {}", r.display()),
+                        e,
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
         let mode = match &self.output_mode {
             None => DEFAULT_OUTPUT_MODE,
             Some(text) => u32::from_str_radix(text.trim_start_matches("0o"), 8)

@@ -18,6 +18,10 @@ pub struct CopyArgs {
     /// File of named connections.
     #[arg(long, env = "FERRY_CONNECTIONS")]
     connections: Option<PathBuf>,
+    /// A policy file (the keys of a node's `[policy]`): confine the job's local paths to its
+    /// `local_roots` and check the job against its rules, as a worker node would.
+    #[arg(long, env = "FERRY_POLICY")]
+    policy: Option<PathBuf>,
     /// How to print the report on stdout.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     report: ReportFormat,
@@ -34,7 +38,11 @@ enum ReportFormat {
 
 /// Runs the command.
 pub fn run(args: CopyArgs) -> u8 {
-    let (spec, settings, connections) = match super::load(&args.job, args.connections.as_deref()) {
+    let (spec, settings, connections) = match super::load(
+        &args.job,
+        args.connections.as_deref(),
+        args.policy.as_deref(),
+    ) {
         Ok(loaded) => loaded,
         Err(e) => return super::fail(&e),
     };

@@ -12,11 +12,23 @@ use ferry_connectors::{JobFile, parse_job};
 use ferry_engine::config::{Connections, JobSettings};
 use ferry_engine::{Error, Result};
 
-/// Reads and validates a job file and the connections file, without I/O to any store.
-pub fn load(job: &Path, connections: Option<&Path>) -> Result<(JobFile, JobSettings, Connections)> {
+/// Reads and validates a job file and the connections file, without I/O to any store; with
+/// a policy file, checks the job against it and confines its local paths to its roots.
+pub fn load(
+    job: &Path,
+    connections: Option<&Path>,
+    policy: Option<&Path>,
+) -> Result<(JobFile, JobSettings, Connections)> {
     let text = std::fs::read_to_string(job)
         .map_err(|e| Error::io(format!("cannot read job file {}", job.display()), e))?;
-    let (spec, settings) = parse_job(&text).map_err(|e| e.context(job.display()))?;
+    let (spec, mut settings) = parse_job(&text).map_err(|e| e.context(job.display()))?;
+    if let Some(path) = policy {
+        let policy = load_policy(path)?;
+        policy
+            .check_job(&spec, &settings, text.len())
+            .map_err(|e| e.context(job.display()))?;
+        settings.local = policy.local_files();
+    }
     let connections = match connections {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
@@ -30,6 +42,28 @@ pub fn load(job: &Path, connections: Option<&Path>) -> Result<(JobFile, JobSetti
         None => Connections::default(),
     };
     Ok((spec, settings, connections))
+}
+
+/// Reads a policy file for `--policy`: the keys of a node's `[policy]` at the top level;
+/// `local_roots` is required, and relative paths start from the file's directory.
+pub fn load_policy(path: &Path) -> Result<ferry_connectors::NodePolicy> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("cannot read policy file {}", path.display()), e))?;
+    let config: ferry_connectors::PolicyConfig =
+        toml::from_str(&text).map_err(|e| Error::config(format!("{}: {e}", path.display())))?;
+    if config.local_roots.is_none() {
+        return Err(Error::config(format!(
+            "{}: give `local_roots`, the directories jobs may read and write",
+            path.display()
+        )));
+    }
+    config
+        .build(&ferry_connectors::PolicyContext {
+            base: path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+            denied: vec![path.to_path_buf()],
+            ..Default::default()
+        })
+        .map_err(|e| e.context(path.display()))
 }
 
 /// Prints an error the way every subcommand does and returns its exit code.

@@ -80,17 +80,13 @@ pub fn run_jobs(command: JobsCommand) -> u8 {
                     ));
                 }
             };
-            let checked = ferry_connectors::parse_job(&text).and_then(|(spec, _)| {
-                ferry_connectors::check_connections(&spec, &loaded.connections)
+            let (connections, policy) = (&loaded.connections, &loaded.policy);
+            let submitted = loaded.with_channel(|channel| async move {
+                worker::submit(channel.as_ref(), &text, connections, policy)
+                    .await
+                    .map_err(|e| e.context(job.display()))
             });
-            if let Err(e) = checked {
-                return super::fail(&e.context(job.display()));
-            }
-            let value: serde_json::Value = match serde_json::from_str(&text) {
-                Ok(v) => v,
-                Err(e) => return super::fail(&ferry_engine::Error::config(e.to_string())),
-            };
-            match loaded.with_channel(|channel| async move { channel.submit(value).await }) {
+            match submitted {
                 Ok(id) => {
                     println!("{id}");
                     0

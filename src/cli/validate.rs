@@ -13,16 +13,23 @@ pub struct ValidateArgs {
     /// File of named connections.
     #[arg(long, env = "FERRY_CONNECTIONS")]
     connections: Option<PathBuf>,
+    /// A policy file (the keys of a node's `[policy]`): confine the job's local paths to its
+    /// `local_roots` and check the job against its rules, as a worker node would.
+    #[arg(long, env = "FERRY_POLICY")]
+    policy: Option<PathBuf>,
 }
 
 /// Runs the command.
 pub fn run(args: ValidateArgs) -> u8 {
-    let loaded = super::load(&args.job, args.connections.as_deref()).and_then(
-        |(spec, settings, connections)| {
-            ferry_connectors::check_connections(&spec, &connections)?;
-            Ok(settings)
-        },
-    );
+    let loaded = super::load(
+        &args.job,
+        args.connections.as_deref(),
+        args.policy.as_deref(),
+    )
+    .and_then(|(spec, settings, connections)| {
+        ferry_connectors::check_connections(&spec, &connections)?;
+        Ok(settings)
+    });
     match loaded {
         Ok(settings) => {
             println!(

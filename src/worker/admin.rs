@@ -67,6 +67,15 @@ struct State {
     view: Arc<NodeView>,
     channel: Arc<dyn ControlChannel>,
     metrics: Option<PrometheusHandle>,
+    admission: Admission,
+}
+
+/// What a submission through the API is checked against: the same as `ferry jobs submit`.
+pub struct Admission {
+    /// The node's connections.
+    pub connections: Arc<ferry_engine::config::Connections>,
+    /// The node's policy.
+    pub policy: Arc<ferry_connectors::NodePolicy>,
 }
 
 async fn status(state: &State) -> StatusJson {
@@ -172,20 +181,35 @@ async fn api_jobs(state: web::Data<State>) -> HttpResponse {
 }
 
 async fn api_submit(state: web::Data<State>, body: String) -> HttpResponse {
-    if let Err(e) = ferry_connectors::parse_job(&body) {
-        return HttpResponse::BadRequest().body(format!("{e}\n"));
-    }
-    let value: serde_json::Value = match serde_json::from_str(&body) {
-        Ok(v) => v,
-        Err(e) => return HttpResponse::BadRequest().body(format!("{e}\n")),
-    };
-    match state.channel.submit(value).await {
+    let submitted = super::submit(
+        state.channel.as_ref(),
+        &body,
+        &state.admission.connections,
+        &state.admission.policy,
+    )
+    .await;
+    match submitted {
         Ok(id) => HttpResponse::Created().json(serde_json::json!({ "id": id })),
-        Err(e) => HttpResponse::InternalServerError().body(e.to_string()),
+        Err(e) => error_response(&e),
+    }
+}
+
+/// The HTTP answer to an error: 400 for a bad request, 403 for what the policy forbids,
+/// 500 for the rest.
+fn error_response(e: &ferry_engine::Error) -> HttpResponse {
+    use ferry_engine::ErrorKind;
+    let body = format!("{e}\n");
+    match e.kind() {
+        ErrorKind::InvalidInput | ErrorKind::Config => HttpResponse::BadRequest().body(body),
+        ErrorKind::Forbidden => HttpResponse::Forbidden().body(body),
+        _ => HttpResponse::InternalServerError().body(body),
     }
 }
 
 async fn api_cancel(state: web::Data<State>, id: web::Path<String>) -> HttpResponse {
+    if let Err(e) = ferry_connectors::control::check_job_id(&id) {
+        return HttpResponse::BadRequest().body(format!("{e}\n"));
+    }
     match state.channel.cancel(&id).await {
         Ok(what) => {
             HttpResponse::Ok().json(serde_json::json!({ "id": id.as_str(), "result": what }))
@@ -209,11 +233,13 @@ pub fn start(
     view: Arc<NodeView>,
     channel: Arc<dyn ControlChannel>,
     metrics: Option<PrometheusHandle>,
+    admission: Admission,
 ) -> std::io::Result<std::net::SocketAddr> {
     let state = web::Data::new(State {
         view,
         channel,
         metrics,
+        admission,
     });
     let server = HttpServer::new(move || {
         App::new()

@@ -35,6 +35,10 @@
 //! poll_interval = "1s"
 //! ```
 //!
+//! What jobs may do on the node is `[policy]` (see `ferry_connectors::policy`): by default
+//! local paths only below `state_dir/data`, every connection but the channel's own, no
+//! `pre_copy_sql`, `truncate` or `overwrite`, and bounded batch sizes, parallelism and memory.
+//!
 //! Relative paths are relative to the configuration file.
 
 use std::path::{Path, PathBuf};
@@ -44,7 +48,9 @@ use std::sync::Arc;
 use ferry_connectors::azure_blob::AzureBlobConnection;
 use ferry_connectors::control::azure_queue::AzureQueueSettings;
 use ferry_connectors::control::{AzureQueueChannel, ControlChannel, LocalChannel, OnIoRuntime};
+use ferry_connectors::{NodePolicy, PolicyConfig, PolicyContext};
 use ferry_engine::config::Connections;
+use ferry_engine::config::local::{check_private_dir, create_private_dir};
 use ferry_engine::config::units::HumanDuration;
 use ferry_engine::{Error, Result};
 use serde::Deserialize;
@@ -84,6 +90,9 @@ pub struct WorkerConfig {
     /// Log settings.
     #[serde(default)]
     pub log: LogConfig,
+    /// What jobs may do on this node.
+    #[serde(default)]
+    pub policy: PolicyConfig,
     /// The control channel.
     pub channel: ChannelConfig,
 }
@@ -209,6 +218,26 @@ pub struct Loaded {
     pub poll: std::time::Duration,
     /// Where the node writes its daily log files, if it does.
     pub logs_dir: Option<PathBuf>,
+    /// What jobs may do on this node.
+    pub policy: NodePolicy,
+    /// The node's own directory, resolved.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Loaded {
+    /// Creates the node's private directories (mode 0700): the state directory and the local
+    /// roots jobs may use. Run by the node itself, not by commands that only read the
+    /// configuration.
+    pub fn create_dirs(&self) -> Result<()> {
+        if let Some(dir) = &self.state_dir {
+            create_private_dir(dir)?;
+            check_private_dir(dir, "the node's `state_dir`")?;
+        }
+        for root in self.policy.local_files().roots().unwrap_or_default() {
+            create_private_dir(root)?;
+        }
+        Ok(())
+    }
 }
 
 impl Loaded {
@@ -265,10 +294,10 @@ pub fn load(path: &Path) -> Result<Loaded> {
             base.join(p)
         }
     };
-    let connections = match &config.connections {
+    let connections_file = config.connections.as_deref().map(resolve);
+    let connections = match &connections_file {
         Some(p) => {
-            let p = resolve(p);
-            let text = std::fs::read_to_string(&p).map_err(|e| {
+            let text = std::fs::read_to_string(p).map_err(|e| {
                 Error::io(format!("cannot read connections file {}", p.display()), e)
             })?;
             Connections::from_json(&text).map_err(|e| e.context(p.display()))?
@@ -284,9 +313,9 @@ pub fn load(path: &Path) -> Result<Loaded> {
         )));
     }
     let node = config.node.clone().unwrap_or_else(host_name);
-    if node.is_empty() || node.contains(['/', '\\']) {
+    if !ferry_connectors::control::valid_job_id(&node) {
         return Err(Error::config(format!(
-            "{}: `node` must be a plain name",
+            "{}: `node` must be a plain name of letters, digits, `-`, `_` and `.`",
             path.display()
         )));
     }
@@ -332,7 +361,34 @@ pub fn load(path: &Path) -> Result<Loaded> {
         }
     };
     let logs_dir = config.state_dir.as_deref().map(|d| logs_dir(path, d));
+    let state_dir = config.state_dir.as_deref().map(resolve);
+    if let Some(dir) = state_dir.as_ref().filter(|d| d.exists()) {
+        // The node's logs (and, later, keys) live here: private to the service account.
+        check_private_dir(dir, "the node's `state_dir`")?;
+    }
+    let mut denied: Vec<PathBuf> = vec![path.to_path_buf()];
+    denied.extend(connections_file);
+    denied.extend(logs_dir.clone());
+    denied.extend(state_dir.as_ref().map(|d| d.join("keys")));
+    let channel_connection = match &config.channel {
+        ChannelConfig::Local { path: spool, .. } => {
+            denied.push(resolve(spool));
+            None
+        }
+        ChannelConfig::AzureQueue { connection, .. } => Some(connection.clone()),
+    };
+    let policy = config
+        .policy
+        .build(&PolicyContext {
+            state_dir: state_dir.clone(),
+            denied,
+            channel_connection,
+            base: base.to_path_buf(),
+        })
+        .map_err(|e| e.context(path.display()))?;
     Ok(Loaded {
+        state_dir,
+        policy,
         logs_dir,
         config,
         node,

@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
+use ferry_connectors::NodePolicy;
 use ferry_connectors::control::{ControlChannel, FinishedJob, JobState, Leased, NodeInfo, now_ms};
-use ferry_engine::config::{CommitGate, Connections};
+use ferry_engine::config::{CommitGate, Connections, JobSettings};
 use ferry_engine::{JobReport, JobStatus, RunningJob};
 use tokio_util::sync::CancellationToken;
 
@@ -25,6 +26,8 @@ use tokio_util::sync::CancellationToken;
 struct Slot {
     name: String,
     attempt: u32,
+    /// Its `max_buffer_bytes`, counted against the policy's `memory_limit`.
+    budget: u64,
     cancel: Arc<Mutex<Option<CancellationToken>>>,
 }
 
@@ -41,6 +44,7 @@ pub struct JobIntake {
     node: String,
     channel: Arc<dyn ControlChannel>,
     connections: Arc<Connections>,
+    policy: Arc<NodePolicy>,
     max_jobs: usize,
     poll: Duration,
     grace: Duration,
@@ -55,6 +59,8 @@ pub struct JobIntake {
     ticking: bool,
     /// The node's state changed since its last heartbeat.
     changed: bool,
+    /// A job did not fit in the policy's `memory_limit`: lease nothing until a job ends.
+    memory_full: bool,
     draining_since: Option<Instant>,
     last_beat: Option<Instant>,
     view: Arc<admin::NodeView>,
@@ -120,7 +126,7 @@ impl JobIntake {
             self.last_beat = Some(Instant::now());
             self.changed = false;
         }
-        let free = if self.draining_since.is_some() {
+        let free = if self.draining_since.is_some() || self.memory_full {
             0
         } else {
             self.max_jobs.saturating_sub(self.running.len())
@@ -231,12 +237,56 @@ impl JobIntake {
         }));
     }
 
+    /// Parses a leased job and checks it against the node's policy; a job that fails is
+    /// recorded as failed, with the reason, and never runs.
+    fn admit(
+        &mut self,
+        envelope: &ferry_connectors::control::Envelope,
+        ctx: &mut Context<Self>,
+    ) -> Option<(ferry_connectors::JobFile, JobSettings)> {
+        let id = &envelope.id;
+        let text = envelope.job.to_string();
+        let admitted = ferry_connectors::parse_job(&text).and_then(|(spec, mut settings)| {
+            self.policy.check_job(&spec, &settings, text.len())?;
+            ferry_connectors::check_connections(&spec, &self.connections)?;
+            settings.local = self.policy.local_files();
+            Ok((spec, settings))
+        });
+        match admitted {
+            Ok(job) => Some(job),
+            Err(e) => {
+                let e = e.context(format!("job {id}"));
+                tracing::error!(job = %id, error = %e, "job refused; it does not run");
+                metrics::counter!(ferry_engine::metrics::JOBS_TOTAL, "status" => "failed")
+                    .increment(1);
+                let report =
+                    JobReport::failed(&ferry_connectors::control::job_name(&envelope.job), e);
+                let finished = finished(id, &self.node, envelope.attempt, &[report]);
+                let channel = self.channel.clone();
+                self.write(ctx, async move { channel.complete(&finished).await });
+                None
+            }
+        }
+    }
+
     fn start(&mut self, envelope: ferry_connectors::control::Envelope, ctx: &mut Context<Self>) {
         let id = envelope.id.clone();
         let name = ferry_connectors::control::job_name(&envelope.job);
         tracing::info!(job = %id, node = %self.node, attempt = envelope.attempt, "job leased");
         if let Some(last) = &envelope.last_error {
             tracing::warn!(job = %id, previous = %last, "job runs again");
+        }
+        let Some((spec, mut settings)) = self.admit(&envelope, ctx) else {
+            return;
+        };
+        let budget = settings.max_buffer_bytes;
+        let held: u64 = self.running.values().map(|s| s.budget).sum();
+        if !self.policy.fits_in_memory(held, budget) {
+            tracing::info!(job = %id, held, budget, "the job does not fit in the node's free memory_limit; handed back until a running job ends");
+            self.memory_full = true;
+            let channel = self.channel.clone();
+            self.write(ctx, async move { channel.release(&id).await });
+            return;
         }
         let cancel: Arc<Mutex<Option<CancellationToken>>> = Arc::default();
         if let Ok(mut jobs) = self.view.jobs.lock() {
@@ -255,6 +305,7 @@ impl JobIntake {
             Slot {
                 name,
                 attempt: envelope.attempt,
+                budget,
                 cancel: cancel.clone(),
             },
         );
@@ -288,24 +339,19 @@ impl JobIntake {
         let arbiter = actix::Arbiter::new();
         let spawned = arbiter.spawn_fn(move || {
             actix::spawn(async move {
-                let text = envelope.job.to_string();
-                let reports = match ferry_connectors::parse_job(&text) {
-                    Err(e) => vec![JobReport::failed(&id, e.context(format!("job {id}")))],
-                    Ok((spec, mut settings)) => {
-                        settings.commit_gate = Some(gate);
-                        let observe = |running: &RunningJob| {
-                            if let Ok(mut slot) = cancel.lock() {
-                                *slot = Some(running.cancel.clone());
-                            }
-                            if let Ok(mut jobs) = view.jobs.lock()
-                                && let Some(job) = jobs.get_mut(&id)
-                            {
-                                job.progress = Some(running.progress.clone());
-                            }
-                        };
-                        ferry_connectors::run_job(&spec, settings, &connections, &observe).await
+                settings.commit_gate = Some(gate);
+                let observe = |running: &RunningJob| {
+                    if let Ok(mut slot) = cancel.lock() {
+                        *slot = Some(running.cancel.clone());
+                    }
+                    if let Ok(mut jobs) = view.jobs.lock()
+                        && let Some(job) = jobs.get_mut(&id)
+                    {
+                        job.progress = Some(running.progress.clone());
                     }
                 };
+                let reports =
+                    ferry_connectors::run_job(&spec, settings, &connections, &observe).await;
                 intake.do_send(JobEnded { id, reports });
                 actix::Arbiter::current().stop();
             });
@@ -379,6 +425,7 @@ impl Handler<JobEnded> for JobIntake {
         let id = msg.id;
         let attempt = self.running.remove(&id).map_or(1, |slot| slot.attempt);
         self.changed = true;
+        self.memory_full = false;
         if let Ok(mut jobs) = self.view.jobs.lock() {
             jobs.remove(&id);
         }
@@ -395,6 +442,32 @@ impl Handler<JobEnded> for JobIntake {
         }
         self.tick(ctx);
     }
+}
+
+/// Checks a job as every way in does (it parses and validates, the connections it names
+/// exist, the node's policy allows it, and the channel is not full) and puts it in the
+/// channel; returns its id. `ferry jobs submit` and `POST /api/jobs` both submit here.
+pub async fn submit(
+    channel: &dyn ControlChannel,
+    text: &str,
+    connections: &Connections,
+    policy: &NodePolicy,
+) -> ferry_engine::Result<String> {
+    let (spec, settings) = ferry_connectors::parse_job(text)?;
+    ferry_connectors::check_connections(&spec, connections)?;
+    policy.check_job(&spec, &settings, text.len())?;
+    let limit = policy.limits().queued_jobs;
+    if limit < usize::MAX {
+        let queued = channel.queued().await?;
+        if queued >= limit {
+            return Err(ferry_engine::Error::forbidden(format!(
+                "node policy: {queued} jobs already wait in the channel (`max_queued_jobs` is {limit}); submit again once some have run"
+            )));
+        }
+    }
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| ferry_engine::Error::invalid_input(format!("invalid job: {e}")))?;
+    channel.submit(value).await
 }
 
 /// Runs a node until it is drained; returns the exit code.
@@ -415,6 +488,10 @@ pub fn run(loaded: config::Loaded) -> u8 {
         jobs: Mutex::default(),
         draining: Default::default(),
     });
+    if let Err(e) = loaded.create_dirs() {
+        eprintln!("error: {e}");
+        return e.exit_code() as u8;
+    }
     let system = actix::System::new();
     let started = system.block_on(async move {
         let address = loaded.config.admin_address.clone();
@@ -423,7 +500,18 @@ pub fn run(loaded: config::Loaded) -> u8 {
             .await
             .map_err(|e| format!("cannot open the control channel: {e}"))?;
         tracing::info!(node = %loaded.node, channel = %channel.describe(), "control channel open");
-        let bound = admin::start(&address, view.clone(), channel.clone(), metrics)
+        let policy = Arc::new(loaded.policy);
+        let connections = Arc::new(loaded.connections);
+        let bound = admin::start(
+            &address,
+            view.clone(),
+            channel.clone(),
+            metrics,
+            admin::Admission {
+                connections: connections.clone(),
+                policy: policy.clone(),
+            },
+        )
             .map_err(|e| {
                 format!(
                     "cannot serve the admin API on {address}: {e}; set another `admin_address` (port 0 picks a free one)"
@@ -433,7 +521,8 @@ pub fn run(loaded: config::Loaded) -> u8 {
         let intake = JobIntake {
             node: loaded.node,
             channel,
-            connections: Arc::new(loaded.connections),
+            connections,
+            policy,
             max_jobs: loaded.config.max_concurrent_jobs,
             poll: loaded.poll,
             grace,
@@ -443,6 +532,7 @@ pub fn run(loaded: config::Loaded) -> u8 {
             writing: 0,
             ticking: false,
             changed: true,
+            memory_full: false,
             draining_since: None,
             last_beat: None,
             view,

@@ -232,7 +232,7 @@ fn the_example_azure_node_configuration_works_against_azurite() {
     std::fs::write(dir.path().join("ferry.toml"), config).unwrap();
     std::fs::write(
         dir.path().join("connections.json"),
-        format!(r#"{{"lake": {}}}"#, az.connection()),
+        format!(r#"{{"control": {}}}"#, az.connection()),
     )
     .unwrap();
     az.container("ferry-control");

@@ -8,6 +8,7 @@ mod azure;
 mod cli;
 mod files;
 mod pipeline;
+mod policy;
 mod postgres;
 mod support;
 mod worker;

@@ -585,6 +585,89 @@ fn tls_modes_verify_what_they_promise() {
     );
 }
 
+#[test]
+fn secure_defaults_verify_the_server_and_never_send_a_cleartext_password() {
+    let pg = server();
+    let db = pg.database("securedefaults");
+    pg.sql(
+        &db,
+        "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 10) g",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let sink = format!(
+        r#"{{"type": "file", "path": {}, "format": {{"type": "csv"}}}}"#,
+        js(&dir.path().join("t.csv"))
+    );
+    let job = pg_job(
+        "securedefaults",
+        r#"{"type": "postgres", "connection": "pg", "table": "t"}"#,
+        &sink,
+        "",
+    );
+    let ca = pg.dir.join("ca.pem");
+    unsafe_env_set("FERRY_IT_PG_CLEAR", PASSWORD);
+    let run = |fields: &str| {
+        run_job_with(
+            &job,
+            &format!(
+                r#"{{"pg": {{"type": "postgres", "port": {}, "database": "{db}", {fields}}}}}"#,
+                pg.port
+            ),
+        )
+    };
+    // A host that is not loopback by name (reached at 127.0.0.1 through `hostaddr`) gets
+    // verify-full without asking: the test CA is not a system root, so the server's
+    // certificate is refused and nothing is read.
+    let remote = r#""host": "db.ferry.test", "hostaddr": "127.0.0.1", "user": "postgres""#;
+    let untrusted = run(remote)
+        .error
+        .expect("an untrusted certificate is refused");
+    assert_eq!(untrusted.kind, ErrorKind::Connect, "{}", untrusted.message);
+    assert!(
+        untrusted.message.contains("certificate") && untrusted.message.contains("sslmode"),
+        "{}",
+        untrusted.message
+    );
+    assert!(!dir.path().join("t.csv").exists());
+    // With the CA trusted, verify-full still checks the name (the certificate names
+    // `localhost`); verify-ca, asked for, accepts the chain.
+    let trusted = format!(r#"{remote}, "ssl_root_cert": {}"#, js(&ca));
+    let mismatch = run(&trusted).error.expect("the name is checked");
+    assert!(
+        mismatch.message.contains("certificate"),
+        "{}",
+        mismatch.message
+    );
+    let chain = run(&format!(r#"{trusted}, "sslmode": "verify-ca""#));
+    assert_eq!(chain.status, JobStatus::Succeeded, "{chain}");
+
+    // A server that asks for the password in clear text over a plain connection gets
+    // nothing: the connection ends before the password is sent. (A server, or a man in the
+    // middle, that declines TLS under `prefer` meets the same check: see postgres::guard.)
+    let clear =
+        r#""host": "127.0.0.1", "user": "ferry_clear", "password": {"env": "FERRY_IT_PG_CLEAR"}"#;
+    let report = run(&format!(r#"{clear}, "sslmode": "disable""#));
+    let error = report
+        .error
+        .expect("a cleartext password request is refused");
+    assert_eq!(error.kind, ErrorKind::Auth, "{}", error.message);
+    assert!(
+        error
+            .message
+            .contains("in clear text over an unencrypted connection")
+            && error.message.contains("sslmode=verify-full"),
+        "{}",
+        error.message
+    );
+    assert!(!error.message.contains(PASSWORD), "{}", error.message);
+    // Over verified TLS the same server may have the password.
+    let verified = run(&format!(
+        r#""host": "localhost", "user": "ferry_clear", "password": {{"env": "FERRY_IT_PG_CLEAR"}}, "sslmode": "verify-full", "ssl_root_cert": {}"#,
+        js(&ca)
+    ));
+    assert_eq!(verified.status, JobStatus::Succeeded, "{verified}");
+}
+
 /// Terminates ferry's COPY sessions (`pattern` matches their query) once `min_rows` rows
 /// have gone through, `times` times.
 fn terminate_copies(

@@ -22,7 +22,7 @@ const AZURE_LEASE: Duration = Duration::from_secs(5);
 
 /// Which channel the nodes of a test share.
 #[derive(Clone, Copy, Debug, PartialEq)]
-enum Kind {
+pub(crate) enum Kind {
     Local,
     /// Azurite; the connection authenticates with the shared key, or with a SAS token.
     Azure {
@@ -31,13 +31,15 @@ enum Kind {
 }
 
 /// A channel shared by the nodes of one test, and their configuration files.
-struct Runtime {
+pub(crate) struct Runtime {
     dir: tempfile::TempDir,
     kind: Kind,
     /// The Azure queue's name (empty for the local channel).
     queue: String,
     /// The `[channel]` table of every node's configuration.
     channel_toml: String,
+    /// The `[policy]` table of every node's configuration: jobs may use the test's directory.
+    pub(crate) policy_toml: String,
     channel: Arc<dyn ControlChannel>,
     /// The Azure channel itself, to send raw messages as a control plane would.
     azure: Option<Arc<AzureQueueChannel>>,
@@ -52,11 +54,11 @@ fn unique() -> String {
 }
 
 impl Runtime {
-    fn new() -> Runtime {
+    pub(crate) fn new() -> Runtime {
         Runtime::with(Kind::Local)
     }
 
-    fn with(kind: Kind) -> Runtime {
+    pub(crate) fn with(kind: Kind) -> Runtime {
         let dir = tempfile::tempdir().unwrap();
         let tokio = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -145,30 +147,32 @@ impl Runtime {
             kind,
             queue,
             channel_toml,
+            policy_toml: "[policy]\nlocal_roots = [\".\"]\n".to_string(),
             channel,
             azure,
             tokio,
         }
     }
 
-    fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         self.dir.path()
     }
 
     /// Writes the configuration of node `name` and starts it.
-    fn node(&self, name: &str, max_jobs: usize) -> Child {
+    pub(crate) fn node(&self, name: &str, max_jobs: usize) -> Child {
         let config = self.path().join(format!("{name}.toml"));
-        let connections = if self.kind == Kind::Local {
-            ""
-        } else {
-            "connections = \"connections.json\"\n"
-        };
+        let connections =
+            if self.kind == Kind::Local && !self.path().join("connections.json").exists() {
+                ""
+            } else {
+                "connections = \"connections.json\"\n"
+            };
         std::fs::write(
             &config,
             format!(
                 "node = \"{name}\"\nmax_concurrent_jobs = {max_jobs}\ngrace_period = \"60s\"\n\
-                 admin_address = \"127.0.0.1:0\"\nstate_dir = \"state-{name}\"\n{connections}{}",
-                self.channel_toml
+                 admin_address = \"127.0.0.1:0\"\nstate_dir = \"state-{name}\"\n{connections}{}{}",
+                self.channel_toml, self.policy_toml
             ),
         )
         .unwrap();
@@ -181,33 +185,33 @@ impl Runtime {
             .unwrap()
     }
 
-    fn config(&self, name: &str) -> PathBuf {
+    pub(crate) fn config(&self, name: &str) -> PathBuf {
         self.path().join(format!("{name}.toml"))
     }
 
-    fn lease_timeout(&self) -> Duration {
+    pub(crate) fn lease_timeout(&self) -> Duration {
         self.channel.lease_timeout()
     }
 
-    fn submit(&self, job: serde_json::Value) -> String {
+    pub(crate) fn submit(&self, job: serde_json::Value) -> String {
         self.tokio.block_on(self.channel.submit(job)).unwrap()
     }
 
-    fn report(&self, id: &str) -> Option<FinishedJob> {
+    pub(crate) fn report(&self, id: &str) -> Option<FinishedJob> {
         self.tokio.block_on(self.channel.report(id)).unwrap()
     }
 
-    fn jobs(&self) -> Vec<JobState> {
+    pub(crate) fn jobs(&self) -> Vec<JobState> {
         self.tokio.block_on(self.channel.jobs()).unwrap()
     }
 
-    fn nodes(&self) -> Vec<NodeInfo> {
+    pub(crate) fn nodes(&self) -> Vec<NodeInfo> {
         self.tokio.block_on(self.channel.nodes()).unwrap()
     }
 
     /// Puts a raw message (text) in the channel as a control plane would; returns the id its
     /// job is reported under.
-    fn send_raw(&self, text: &str) -> String {
+    pub(crate) fn send_raw(&self, text: &str) -> String {
         match &self.azure {
             Some(azure) => self.tokio.block_on(azure.send_text(text)).unwrap(),
             None => {
@@ -219,7 +223,7 @@ impl Runtime {
     }
 
     /// Checks that no node's log shows the account key or a SAS signature.
-    fn assert_no_secret_in_logs(&self) {
+    pub(crate) fn assert_no_secret_in_logs(&self) {
         let mut secrets = vec![azurite::KEY.to_string()];
         for (name, value) in std::env::vars() {
             if name.starts_with("FERRY_IT_QUEUE_SAS_") {
@@ -248,7 +252,7 @@ impl Runtime {
     }
 
     /// A CSV -> Parquet job of `input` into `out`.
-    fn job(&self, name: &str, input: &Path, out: &Path) -> serde_json::Value {
+    pub(crate) fn job(&self, name: &str, input: &Path, out: &Path) -> serde_json::Value {
         serde_json::from_str(&format!(
             r#"{{"name": "{name}", "source": {{"type": "file", "path": {}, "format": {{"type": "csv"}}}},
                 "sink": {{"type": "file", "path": {}, "format": {{"type": "parquet"}}}}, "parallel_copies": 1}}"#,
@@ -259,7 +263,7 @@ impl Runtime {
     }
 
     /// Waits until `ids` all have reports.
-    fn wait(&self, ids: &[String], within: Duration) -> Vec<FinishedJob> {
+    pub(crate) fn wait(&self, ids: &[String], within: Duration) -> Vec<FinishedJob> {
         let deadline = Instant::now() + within;
         loop {
             let done: Vec<FinishedJob> = ids.iter().filter_map(|id| self.report(id)).collect();
@@ -278,7 +282,7 @@ impl Runtime {
     }
 
     /// Waits until job `id` runs on some node; returns the node.
-    fn wait_running(&self, id: &str) -> String {
+    pub(crate) fn wait_running(&self, id: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let jobs = self.jobs();
@@ -294,7 +298,7 @@ impl Runtime {
     }
 }
 
-fn write_csv(path: &Path, rows: usize) {
+pub(crate) fn write_csv(path: &Path, rows: usize) {
     let mut text = String::from("id,name,amount\n");
     for i in 0..rows {
         text.push_str(&format!("{i},name {i},{}.{:02}\n", i * 7, i % 100));
@@ -302,11 +306,11 @@ fn write_csv(path: &Path, rows: usize) {
     std::fs::write(path, text).unwrap();
 }
 
-fn rows(path: &Path) -> usize {
+pub(crate) fn rows(path: &Path) -> usize {
     read_parquet(path).iter().map(|b| b.num_rows()).sum()
 }
 
-fn stop(mut child: Child) -> std::process::ExitStatus {
+pub(crate) fn stop(mut child: Child) -> std::process::ExitStatus {
     // SIGTERM, as a service manager stops a node.
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -512,7 +516,7 @@ fn drain_and_cancel(kind: Kind) {
 }
 
 /// Adds the test PostgreSQL server as connection `pg` to the nodes' connections file.
-fn add_postgres(rt: &Runtime) {
+pub(crate) fn add_postgres(rt: &Runtime) {
     let pg = crate::support::postgres::server();
     let connections = rt.path().join("connections.json");
     let mut all: serde_json::Value =
@@ -654,7 +658,7 @@ fn an_azure_queue_hands_back_without_counting_and_poisons_after_max_attempts() {
 }
 
 /// A plain HTTP/1.0 request to the node's admin server; returns (status, body).
-fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+pub(crate) fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     write!(
@@ -812,14 +816,13 @@ fn diagnostics_archive_holds_reports_and_no_secret() {
     let node = rt.node("a", 1);
     rt.wait(std::slice::from_ref(&id), Duration::from_secs(60));
     assert!(stop(node).success());
-    // The node's configuration names the connections file.
+    // The node's configuration names the connections file (written before it started).
     let config = rt.config("a");
-    let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!("connections = \"connections.json\"\n{text}"),
-    )
-    .unwrap();
+    assert!(
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .contains("connections = \"connections.json\"")
+    );
     let archive = rt.path().join("diag.tar.gz");
     succeed(
         ferry()

@@ -702,6 +702,20 @@ impl AzureQueueChannel {
             .ok_or_else(|| Error::store("the queue service returned no message id"))
     }
 
+    /// The service's count of messages in the jobs queue (leased ones included; never lower
+    /// than the real number).
+    async fn queue_length(&self) -> Result<u64> {
+        Ok(self
+            .jobs_queue()?
+            .get_properties(None)
+            .await
+            .map_err(|e| queue_error("read the queue's length", e))?
+            .approximate_messages_count()
+            .ok()
+            .flatten()
+            .map_or(u64::MAX, |n| n.max(0) as u64))
+    }
+
     /// The queued jobs a peek shows (the next 32) and the running jobs of live nodes, by id.
     async fn unfinished(&self) -> Result<HashMap<String, JobState>> {
         let mut out: HashMap<String, JobState> = HashMap::new();
@@ -968,16 +982,8 @@ impl ControlChannel for AzureQueueChannel {
             Some(_) => "cancellation requested; the job stops as soon as a node takes it".into(),
             None => {
                 // A peek shows 32 messages: with no more in the queue, the id is unknown.
-                let count = self
-                    .jobs_queue()?
-                    .get_properties(None)
-                    .await
-                    .map_err(|e| queue_error("read the queue's length", e))?
-                    .approximate_messages_count()
-                    .ok()
-                    .flatten()
-                    .unwrap_or(i64::MAX);
-                if count <= MAX_RECEIVE as i64 {
+                let count = self.queue_length().await?;
+                if count <= MAX_RECEIVE as u64 {
                     return Err(Error::invalid_input(format!("no job {id} in the channel")));
                 }
                 format!(
@@ -1039,6 +1045,10 @@ impl ControlChannel for AzureQueueChannel {
             .try_collect()
             .await?;
         Ok(reports.into_iter().flatten().collect())
+    }
+
+    async fn queued(&self) -> Result<usize> {
+        Ok(usize::try_from(self.queue_length().await?).unwrap_or(usize::MAX))
     }
 
     async fn jobs(&self) -> Result<Vec<JobState>> {

@@ -457,6 +457,10 @@ impl ControlChannel for LocalChannel {
         LocalChannel::jobs(self)
     }
 
+    async fn queued(&self) -> Result<usize> {
+        Ok(ids_in(&self.root.join("queue"), ".json")?.len())
+    }
+
     async fn node_heartbeat(&self, info: &NodeInfo) -> Result<()> {
         LocalChannel::node_heartbeat(self, info)
     }

@@ -248,6 +248,17 @@ pub trait ControlChannel: Send + Sync + 'static {
     /// The jobs the channel knows: queued, running and finished, oldest first.
     async fn jobs(&self) -> Result<Vec<JobState>>;
 
+    /// How many jobs wait to be leased (for the policy's `max_queued_jobs`). The default
+    /// counts [`jobs`](Self::jobs); a channel that can count cheaper says so.
+    async fn queued(&self) -> Result<usize> {
+        Ok(self
+            .jobs()
+            .await?
+            .iter()
+            .filter(|j| j.state == "queued")
+            .count())
+    }
+
     /// Records a node's heartbeat.
     async fn node_heartbeat(&self, info: &NodeInfo) -> Result<()>;
 
@@ -364,6 +375,11 @@ impl ControlChannel for OnIoRuntime {
     async fn jobs(&self) -> Result<Vec<JobState>> {
         let c = self.0.clone();
         on_io(async move { c.jobs().await }).await
+    }
+
+    async fn queued(&self) -> Result<usize> {
+        let c = self.0.clone();
+        on_io(async move { c.queued().await }).await
     }
 
     async fn node_heartbeat(&self, info: &NodeInfo) -> Result<()> {

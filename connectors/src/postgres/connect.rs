@@ -59,6 +59,10 @@ pub struct PostgresConnection {
     /// Host name or IP address.
     #[serde(default)]
     pub host: Option<String>,
+    /// IP address to connect to without resolving `host` (libpq's `hostaddr`); TLS still
+    /// verifies the certificate against `host`, and the sslmode default follows `host`.
+    #[serde(default)]
+    pub hostaddr: Option<std::net::IpAddr>,
     /// Port (default 5432).
     #[serde(default)]
     pub port: Option<u16>,
@@ -87,6 +91,7 @@ impl fmt::Debug for PostgresConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PostgresConnection")
             .field("host", &self.host)
+            .field("hostaddr", &self.hostaddr)
             .field("port", &self.port)
             .field("database", &self.database)
             .field("user", &self.user)
@@ -159,6 +164,9 @@ impl PostgresConnection {
         }
         if config.get_hosts().is_empty() {
             config.host("localhost");
+        }
+        if let Some(address) = self.hostaddr {
+            config.hostaddr(address);
         }
         if let Some(port) = self.port {
             config.port(port);
@@ -451,6 +459,7 @@ impl Connector {
             return self.connect_via_config(&what).await;
         }
         let ports = self.config.get_ports();
+        let addresses = self.config.get_hostaddrs();
         let timeout = self
             .config
             .get_connect_timeout()
@@ -462,7 +471,8 @@ impl Connector {
                 continue;
             };
             let port = ports.get(i).or(ports.last()).copied().unwrap_or(5432);
-            match self.connect_tcp(host, port, timeout, &what).await {
+            let address = addresses.get(i).copied();
+            match self.connect_tcp(host, address, port, timeout, &what).await {
                 Ok(client) => return Ok(client),
                 Err(e) => last = Some(e),
             }
@@ -470,16 +480,25 @@ impl Connector {
         Err(last.unwrap_or_else(|| Error::config(format!("{what}: no host to connect to"))))
     }
 
+    /// One attempt at `host` (at `ip` when given, as libpq's `hostaddr`).
     async fn connect_tcp(
         &self,
         host: &str,
+        ip: Option<std::net::IpAddr>,
         port: u16,
         timeout: Duration,
         what: &str,
     ) -> Result<Client> {
         let address = format!("{host}:{port}");
-        let tcp = tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port)))
-            .await
+        let tcp = match ip {
+            Some(ip) => {
+                tokio::time::timeout(timeout, tokio::net::TcpStream::connect((ip, port))).await
+            }
+            None => {
+                tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host, port))).await
+            }
+        };
+        let tcp = tcp
             .map_err(|_| {
                 Error::new(
                     ErrorKind::Connect,

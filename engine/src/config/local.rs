@@ -59,10 +59,10 @@ impl LocalFiles {
         }
     }
 
-    /// Only paths below `roots` and never below `denied`; `setting` names the configuration
-    /// key that lists the roots (for messages). Roots that do not exist are created (0700).
+    /// Only paths below `roots` (absolute) and never below `denied`; `setting` names the
+    /// configuration key that lists the roots (for messages). Roots and denied paths are
+    /// resolved when a path is checked, so they may be created later.
     pub fn restricted(roots: &[PathBuf], denied: &[PathBuf], setting: &str) -> Result<Self> {
-        let mut canonical = Vec::with_capacity(roots.len());
         for root in roots {
             if !root.is_absolute() {
                 return Err(Error::config(format!(
@@ -70,17 +70,10 @@ impl LocalFiles {
                     root.display()
                 )));
             }
-            create_private_dir(root)?;
-            canonical.push(root.canonicalize().map_err(|e| {
-                Error::io(format!("{setting}: cannot resolve {}", root.display()), e)
-            })?);
         }
         Ok(Self {
-            roots: Some(canonical),
-            denied: denied
-                .iter()
-                .map(|d| d.canonicalize().unwrap_or_else(|_| d.clone()))
-                .collect(),
+            roots: Some(roots.to_vec()),
+            denied: denied.to_vec(),
             output_mode: DEFAULT_OUTPUT_MODE,
             setting: setting.to_string(),
         })
@@ -100,6 +93,11 @@ impl LocalFiles {
     /// Whether only some paths are allowed.
     pub fn is_restricted(&self) -> bool {
         self.roots.is_some()
+    }
+
+    /// The roots, when restricted.
+    pub fn roots(&self) -> Option<&[PathBuf]> {
+        self.roots.as_deref()
     }
 
     /// The directory relative job paths start from: the first root when restricted.
@@ -141,7 +139,8 @@ impl LocalFiles {
                 resolve_for_write(&head).map_err(|reason| self.refused(what, path, &reason))?
             }
         };
-        if !roots.iter().any(|r| resolved.starts_with(r)) {
+        let real = |p: &PathBuf| p.canonicalize().unwrap_or_else(|_| p.clone());
+        if !roots.iter().any(|r| resolved.starts_with(real(r))) {
             let why = if resolved.as_path() != head.as_path() {
                 format!(
                     "it resolves to {}, outside the allowed roots",
@@ -152,7 +151,7 @@ impl LocalFiles {
             };
             return Err(self.refused(what, path, &why));
         }
-        if let Some(d) = self.denied.iter().find(|d| resolved.starts_with(d)) {
+        if let Some(d) = self.denied.iter().find(|d| resolved.starts_with(real(d))) {
             return Err(self.refused(
                 what,
                 path,
@@ -265,6 +264,7 @@ mod tests {
     fn restricted_admits_only_paths_below_a_root_after_resolving() {
         let dir = tempfile_dir();
         let root = dir.join("data");
+        std::fs::create_dir_all(&root).unwrap();
         let outside = dir.join("outside");
         std::fs::create_dir_all(&outside).unwrap();
         std::fs::write(outside.join("secret.txt"), "s").unwrap();

@@ -108,6 +108,7 @@ impl Postgres {
              hostssl all ferry_tls 127.0.0.1/32 trust\n\
              hostnossl all ferry_tls 127.0.0.1/32 reject\n\
              host all ferry_pw 127.0.0.1/32 scram-sha-256\n\
+             host all ferry_clear 127.0.0.1/32 password\n\
              host all all 127.0.0.1/32 trust\n",
         )
         .unwrap();
@@ -115,6 +116,7 @@ impl Postgres {
             "postgres",
             &format!(
                 "SELECT pg_reload_conf(); CREATE ROLE ferry_pw LOGIN SUPERUSER PASSWORD '{PASSWORD}'; \
+                 CREATE ROLE ferry_clear LOGIN SUPERUSER PASSWORD '{PASSWORD}'; \
                  CREATE ROLE ferry_tls LOGIN SUPERUSER;"
             ),
         );
