@@ -207,6 +207,8 @@ struct Copier {
     bytes_written: AtomicU64,
     /// Asked before each file is published.
     gate: Option<ferry_engine::config::CommitGate>,
+    /// Mode given to local copies once published.
+    file_mode: Option<u32>,
 }
 
 impl Copier {
@@ -277,6 +279,13 @@ impl Copier {
             .complete()
             .await
             .map_err(|e| store_error("publish", target, e))?;
+        if let Some(mode) = self.file_mode {
+            use std::os::unix::fs::PermissionsExt;
+            let local = format!("/{target}");
+            tokio::fs::set_permissions(&local, std::fs::Permissions::from_mode(mode))
+                .await
+                .map_err(|e| Error::io(format!("cannot set the mode of {local}"), e))?;
+        }
         let meta = dst
             .head(target)
             .await
@@ -326,6 +335,7 @@ pub async fn run(spec: &JobFile, settings: JobSettings, connections: &Connection
         let (source, files) = source_endpoint(&spec.source, connections, &settings.local).await?;
         let (sink, part_size, concurrency) =
             sink_endpoint(&spec.sink, connections, &settings.local)?;
+        let file_mode = (sink.connector == "file").then(|| settings.local.output_mode());
         let options = match sink_format(&spec.sink) {
             Some(FormatSpec::Binary(b)) => b.clone(),
             _ => BinaryFormat::default(),
@@ -340,6 +350,7 @@ pub async fn run(spec: &JobFile, settings: JobSettings, connections: &Connection
                 bytes_read: AtomicU64::new(0),
                 bytes_written: AtomicU64::new(0),
                 gate: settings.commit_gate.clone(),
+                file_mode,
             },
             files,
         ))

@@ -482,3 +482,155 @@ impl NodePolicy {
         held.saturating_add(budget) <= self.limits.memory_limit
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(json: &str) -> (JobFile, JobSettings, usize) {
+        let (spec, settings) = crate::parse_job(json).unwrap();
+        (spec, settings, json.len())
+    }
+
+    fn policy(toml_like: PolicyConfig, channel: Option<&str>) -> NodePolicy {
+        let dir = std::env::temp_dir();
+        toml_like
+            .build(&PolicyContext {
+                state_dir: Some(dir.join("ferry-policy-test-state")),
+                channel_connection: channel.map(str::to_string),
+                base: dir,
+                ..Default::default()
+            })
+            .unwrap()
+    }
+
+    fn refused(p: &NodePolicy, json: &str) -> String {
+        let (spec, settings, len) = job(json);
+        let err = p.check_job(&spec, &settings, len).unwrap_err();
+        assert_eq!(err.kind(), ferry_engine::ErrorKind::Forbidden, "{err}");
+        err.to_string()
+    }
+
+    const BLOB_SINK: &str = r#"{"type": "azure_blob", "connection": "lake", "container": "raw", "path": "o/", "format": {"type": "parquet"}}"#;
+
+    #[test]
+    fn the_channel_s_connection_is_never_a_job_s() {
+        let p = policy(PolicyConfig::default(), Some("control"));
+        let err = refused(
+            &p,
+            &format!(
+                r#"{{"name": "j", "source": {{"type": "tpch", "table": "nation", "scale_factor": 0.01}}, "sink": {}}}"#,
+                BLOB_SINK.replace("lake", "control")
+            ),
+        );
+        assert!(err.contains("the control channel uses"), "{err}");
+        // Listing it is a configuration error, caught when the node starts.
+        let listed = PolicyConfig {
+            connections: Some(vec!["control".into()]),
+            ..Default::default()
+        };
+        let err = listed
+            .build(&PolicyContext {
+                channel_connection: Some("control".into()),
+                base: std::env::temp_dir(),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("never use it"), "{err}");
+    }
+
+    #[test]
+    fn containers_staging_connections_and_defaults() {
+        let mut rules = BTreeMap::new();
+        rules.insert(
+            "lake".to_string(),
+            ConnectionRules {
+                containers: Some(vec!["raw".into()]),
+                ..Default::default()
+            },
+        );
+        let p = policy(
+            PolicyConfig {
+                connection: rules,
+                ..Default::default()
+            },
+            None,
+        );
+        let ok = format!(
+            r#"{{"name": "j", "source": {{"type": "tpch", "table": "nation", "scale_factor": 0.01}}, "sink": {BLOB_SINK}}}"#
+        );
+        let (spec, settings, len) = job(&ok);
+        p.check_job(&spec, &settings, len).unwrap();
+        let err = refused(&p, &ok.replace("\"raw\"", "\"curated\""));
+        assert!(
+            err.contains("container `curated`") && err.contains("connection.lake.containers"),
+            "{err}"
+        );
+        // A staging area in a container the policy does not list.
+        let staged = ok.replace(
+            r#""sink""#,
+            r#""staging": {"connection": "lake", "path": "secret/stage"}, "sink""#,
+        );
+        let err = refused(&p, &staged);
+        assert!(err.contains("container `secret`"), "{err}");
+        // Defaults: queries allowed, destructive modes and pre-copy SQL not.
+        let pg = |sink_extra: &str| {
+            format!(
+                r#"{{"name": "j", "source": {{"type": "postgres", "connection": "db", "query": "select 1"}}, "sink": {{"type": "postgres", "connection": "db", "table": "t"{sink_extra}}}}}"#
+            )
+        };
+        let (spec, settings, len) = job(&pg(""));
+        p.check_job(&spec, &settings, len).unwrap();
+        assert!(refused(&p, &pg(r#", "mode": "truncate""#)).contains("truncate"));
+        assert!(refused(&p, &pg(r#", "mode": "overwrite""#)).contains("overwrite"));
+        assert!(refused(&p, &pg(r#", "pre_copy_sql": "select 1""#)).contains("pre_copy_sql"));
+        // Without a policy, everything the hard limits allow.
+        let open = NodePolicy::unrestricted();
+        let (spec, settings, len) =
+            job(&pg(r#", "mode": "overwrite", "pre_copy_sql": "select 1""#));
+        open.check_job(&spec, &settings, len).unwrap();
+        assert!(!open.local_files().is_restricted());
+    }
+
+    #[test]
+    fn bad_settings_are_refused_at_load() {
+        let base = PolicyContext {
+            base: std::env::temp_dir(),
+            ..Default::default()
+        };
+        for (config, needle) in [
+            (
+                PolicyConfig {
+                    output_mode: Some("0666".into()),
+                    ..Default::default()
+                },
+                "world-write",
+            ),
+            (
+                PolicyConfig {
+                    output_mode: Some("rw-r-----".into()),
+                    ..Default::default()
+                },
+                "octal",
+            ),
+            (
+                PolicyConfig {
+                    max_batch_rows: Some(0),
+                    ..Default::default()
+                },
+                "max_batch_rows",
+            ),
+            (
+                PolicyConfig {
+                    max_buffer_bytes: Some(ByteSize::mib(512)),
+                    memory_limit: Some(ByteSize::mib(256)),
+                    ..Default::default()
+                },
+                "no job could ever run",
+            ),
+        ] {
+            let err = config.build(&base).unwrap_err().to_string();
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+}

@@ -429,6 +429,14 @@ fn binary_copy_of_a_tree_is_byte_for_byte_and_resumes() {
     assert_eq!(down.status, JobStatus::Succeeded, "{down}");
     for (name, data) in &files {
         assert_eq!(&std::fs::read(back.join(name)).unwrap(), data, "{name}");
+        // Local copies get the default output mode, whatever the umask.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(back.join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o640, "{name}");
     }
 
     // A re-run copies only what is missing.

@@ -259,3 +259,59 @@ fn the_example_azure_node_configuration_works_against_azurite() {
     assert!(run(&["jobs", "cancel", id.trim()]).contains("cancellation requested"));
     assert!(run(&["nodes"]).starts_with("node"));
 }
+
+#[test]
+fn copy_with_a_policy_file_keeps_the_job_inside_its_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let allowed = dir.path().join("allowed");
+    std::fs::create_dir_all(&allowed).unwrap();
+    std::fs::write(allowed.join("in.csv"), "id,name\n1,a\n2,b\n").unwrap();
+    std::fs::write(
+        dir.path().join("policy.toml"),
+        "local_roots = [\"allowed\"]\nmax_parallel_copies = 2\n",
+    )
+    .unwrap();
+    let copy = |job: &str| {
+        let path = dir.path().join("job.json");
+        std::fs::write(&path, job).unwrap();
+        ferry()
+            .arg("copy")
+            .arg(&path)
+            .arg("--policy")
+            .arg(dir.path().join("policy.toml"))
+            .output()
+            .unwrap()
+    };
+    let outside = copy(
+        r#"{"name": "steal", "source": {"type": "file", "path": "/etc/hostname", "format": {"type": "csv", "header": false}},
+            "sink": {"type": "file", "path": "out.csv", "format": {"type": "csv"}}, "parallel_copies": 1}"#,
+    );
+    assert_eq!(outside.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&outside.stderr).to_string()
+        + &String::from_utf8_lossy(&outside.stdout);
+    assert!(
+        text.contains("node policy") && text.contains("outside the allowed roots"),
+        "{text}"
+    );
+    assert!(!allowed.join("out.csv").exists());
+    let limit = copy(
+        r#"{"name": "wide", "source": {"type": "file", "path": "in.csv", "format": {"type": "csv"}},
+            "sink": {"type": "file", "path": "out.csv", "format": {"type": "csv"}}, "parallel_copies": 8}"#,
+    );
+    assert_eq!(limit.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&limit.stderr).contains("max_parallel_copies"));
+    // Inside the roots, relative paths start from the first root.
+    let inside = copy(
+        r#"{"name": "keep", "source": {"type": "file", "path": "in.csv", "format": {"type": "csv"}},
+            "sink": {"type": "file", "path": "out.csv", "format": {"type": "csv"}}, "parallel_copies": 1}"#,
+    );
+    assert!(
+        inside.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inside.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(allowed.join("out.csv")).unwrap(),
+        "id,name\n1,a\n2,b\n"
+    );
+}

@@ -109,6 +109,14 @@ fn a_node_refuses_what_its_policy_forbids_and_keeps_serving() {
             "fault log",
         ),
         (
+            with(
+                csv_job("staging", &input, &good_out, ""),
+                "staging",
+                serde_json::json!({ "path": outside.join("stage") }),
+            ),
+            "staging directory",
+        ),
+        (
             csv_job("batch", &input, &good_out, r#", "batch_rows": 500000"#),
             "max_batch_rows",
         ),
@@ -352,4 +360,49 @@ fn a_spool_or_state_directory_others_can_write_is_refused() {
         );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700)).unwrap();
     }
+}
+
+#[test]
+fn submissions_stop_at_max_queued_jobs() {
+    let rt = runtime();
+    std::fs::create_dir_all(rt.path().join("data")).unwrap();
+    // A configuration to submit with; no node runs, so jobs stay queued.
+    let config = rt.path().join("submit.toml");
+    std::fs::write(
+        &config,
+        "connections = \"connections.json\"\n[channel]\ntype = \"local\"\npath = \"spool\"\n\
+         [policy]\nlocal_roots = [\"data\"]\nmax_queued_jobs = 2\n",
+    )
+    .unwrap();
+    let job = rt.path().join("job.json");
+    std::fs::write(
+        &job,
+        csv_job("queued", "\"in.csv\"", "\"out.parquet\"", "").to_string(),
+    )
+    .unwrap();
+    let submit = || {
+        ferry()
+            .args(["jobs", "submit"])
+            .arg(&job)
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let out = submit();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = submit();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("2 jobs already wait") && stderr.contains("max_queued_jobs"),
+        "{stderr}"
+    );
+    assert_eq!(rt.jobs().len(), 2);
 }
