@@ -293,6 +293,20 @@ fn a_bad_row_fails_with_its_location_and_leaves_no_output() {
         ["keep.txt"],
         "no partial output, no temporary files"
     );
+    // A destination the failed run had to create is gone too, and an existing one stays.
+    let fresh = tmp.path().join("fresh");
+    let report = run_job(&job(
+        "bad",
+        file(&input, CSV),
+        dir(&fresh.join("new/deep"), PARQUET),
+        r#","batch_rows":1000"#,
+    ));
+    assert!(report.error.is_some());
+    assert!(
+        !fresh.exists(),
+        "the directories the run created are removed"
+    );
+    assert!(out.is_dir());
 
     // With skipping, the row goes to the fault log and the report.
     let log = tmp.path().join("faults.jsonl");

@@ -16,6 +16,8 @@ CREATE TABLE everything (
   id int8 PRIMARY KEY,
   b bool, i2 int2, i4 int4, f4 float4, f8 float8,
   n152 numeric(15,2), n38 numeric(38,10), n50 numeric(50,5), nfree numeric,
+  n3802 numeric(38,2), n3837 numeric(38,37), n3838 numeric(38,38), n7609 numeric(76,9),
+  n7610 numeric(76,10),
   t text, vc varchar(25), ch char(5), nm name, by bytea,
   d date, tm time, ts timestamp, tstz timestamptz, iv interval,
   u uuid, j json, jb jsonb, ip inet, net cidr, m mood, dom posint,
@@ -23,21 +25,30 @@ CREATE TABLE everything (
 );
 INSERT INTO everything VALUES
  (1, true, -32768, 2147483647, 1.5, -0.1,
-  1234567890123.45, 99999999999999999999999999.9999999999,
+  1234567890123.45, 1234567890123456789012345678.0123456789,
   -123456789012345678901234567890123456789012345.67891, 'NaN',
+  999999999999999999999999999999999999.99, 9.9999999999999999999999999999999999999,
+  0.99999999999999999999999999999999999999,
+  9999999999999999999999999999999999999999999999999999999999999999999.999999999,
+  9999999999999999999999999999999999999999999999999999999999999999.9999999999,
   E'h\u00e9llo, "world"\n\ttab', 'x', 'ab', 'pg_name', '\x00ff10',
   '2024-02-29', '23:59:59.999999', '1999-12-31 23:59:59.5', '2024-06-01 12:00:00+02',
   '1 year 2 mons 3 days 04:05:06.789', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
   '{"a": [1, 2]}', '{"b": {"c": null}}', '192.168.0.1/24', '10.0.0.0/8', 'happy', 7,
   '{1,NULL,3}', '{"a","b c",NULL}', '{1.50,-2.25}', '{2000-01-01}', '{"2020-01-01 00:00:00+00"}'),
  (2, false, 0, 0, 'NaN', 'Infinity',
-  0, -0.0000000001, 0, '-Infinity',
+  0, -9999999999999999999999999999.9999999999, 0, '-Infinity',
+  -999999999999999999999999999999999999.99, -0.0000000000000000000000000000000000001,
+  -0.00000000000000000000000000000000000001,
+  -9999999999999999999999999999999999999999999999999999999999999999999.999999999,
+  -0.0000000001,
   '', '', ' ', '', '',
   '0001-01-01', '00:00', '1900-01-01 00:00:00', '1970-01-01 00:00:00+00',
   '-1 days -00:00:00.000001', '00000000-0000-0000-0000-000000000000',
   '[]', '{}', '::1', '2001:db8::/32', 'sad', 1,
   '{}', '{}', '{}', '{}', '{}'),
  (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+  NULL, NULL, NULL, NULL, NULL,
   NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
   NULL, NULL, NULL, NULL, NULL);
 INSERT INTO everything (id, i4, n152, nfree, t, d, tstz, u, jb, ai)
@@ -49,7 +60,8 @@ FROM generate_series(4, 5000) g;
 
 /// The columns compared with EXCEPT: json has no equality operator (compared as text),
 /// enums and domains come back as text and integer.
-const COMPARED: &str = "id, b, i2, i4, f4, f8, n152, n38, n50, nfree, t, vc, ch, nm, by, d, tm, ts, tstz, \
+const COMPARED: &str = "id, b, i2, i4, f4, f8, n152, n38, n50, nfree, n3802, n3837, n3838, n7609, n7610, \
+    t, vc, ch, nm, by, d, tm, ts, tstz, \
     iv, u, j::text, jb, ip, net, m::text, dom::int4, ai, at, an, ad, ats";
 
 fn assert_same_rows(pg: &Postgres, db: &str, a: &str, b: &str, columns: &str) {
@@ -91,6 +103,27 @@ fn every_type_round_trips_through_parquet() {
     );
     assert_eq!(report.status, JobStatus::Succeeded, "{report}");
     assert_eq!(report.rows_written, 5000);
+    // Readers other than ferry (DuckDB, polars, Spark) see uuid and json by the files' own
+    // logical types.
+    let part = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "parquet"))
+        .unwrap();
+    let reader =
+        parquet::file::reader::SerializedFileReader::new(std::fs::File::open(&part).unwrap())
+            .unwrap();
+    use parquet::file::reader::FileReader;
+    let schema = reader.metadata().file_metadata().schema_descr_ptr();
+    let logical = |name: &str| {
+        schema
+            .columns()
+            .iter()
+            .find(|c| c.name() == name)
+            .and_then(|c| c.logical_type_ref().cloned())
+    };
+    assert_eq!(logical("u"), Some(parquet::basic::LogicalType::Uuid));
+    assert_eq!(logical("jb"), Some(parquet::basic::LogicalType::Json));
 
     let report = run_job_with(
         &pg_job(
@@ -107,7 +140,8 @@ fn every_type_round_trips_through_parquet() {
     assert_eq!(report.status, JobStatus::Succeeded, "{report}");
     assert_same_rows(pg, &db, "everything", "copied", COMPARED);
 
-    // The recreated columns have the source's types, enums and domains aside.
+    // The recreated columns have the source's types (an enum that exists at the destination
+    // included), domains aside.
     let types = pg.query(
         &db,
         "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute \
@@ -116,6 +150,11 @@ fn every_type_round_trips_through_parquet() {
     let types: Vec<String> = types.iter().map(|r| format!("{} {}", r[0], r[1])).collect();
     for expected in [
         "n152 numeric(15,2)",
+        "n38 numeric(38,10)",
+        "n3837 numeric(38,37)",
+        "n3838 numeric(38,38)",
+        "n7609 numeric(76,9)",
+        "n7610 numeric(76,10)",
         "n50 numeric(50,5)",
         "nfree numeric",
         "vc character varying(25)",
@@ -126,7 +165,7 @@ fn every_type_round_trips_through_parquet() {
         "jb jsonb",
         "ip inet",
         "net cidr",
-        "m text",
+        "m mood",
         "dom integer",
         "an numeric(10,2)[]",
         "ats timestamp with time zone[]",
@@ -583,6 +622,51 @@ fn tls_modes_verify_what_they_promise() {
         "{}",
         plain.message
     );
+}
+
+#[test]
+fn infinite_dates_and_timestamps_read_as_text_load_back() {
+    let pg = server();
+    let db = pg.database("infinity");
+    pg.sql(
+        &db,
+        "CREATE TABLE inf (id int, d date, ts timestamp, tstz timestamptz);
+         INSERT INTO inf VALUES
+           (1, 'infinity', 'infinity', 'infinity'),
+           (2, '-infinity', '-infinity', '-infinity'),
+           (3, '2024-02-29', '2024-02-29 12:34:56.789012', '2024-02-29 12:34:56.789012+05:30'),
+           (4, '0001-01-01', '1900-01-01 00:00:00', '1970-01-01 00:00:00+00'),
+           (5, NULL, NULL, NULL);
+         CREATE TABLE inf_copy (LIKE inf);",
+    );
+    let conns = pg.connections(&db, "");
+    let sink =
+        r#"{"type": "postgres", "connection": "pg", "table": "inf_copy", "create_table": false}"#;
+    // Read as they are, the infinite values have no Arrow value: the error says what to do.
+    let direct = run_job_with(
+        &pg_job(
+            "inf-direct",
+            r#"{"type": "postgres", "connection": "pg", "table": "inf"}"#,
+            sink,
+            "",
+        ),
+        &conns,
+    );
+    let error = direct.error.expect("infinity has no Arrow value");
+    assert!(error.message.contains("col::text"), "{}", error.message);
+    assert_eq!(pg.count(&db, "SELECT count(*) FROM inf_copy"), 0);
+    // And what it suggests loads back exactly, infinities included.
+    let report = run_job_with(
+        &pg_job(
+            "inf-text",
+            r#"{"type": "postgres", "connection": "pg", "query": "select id, d::text as d, ts::text as ts, tstz::text as tstz from inf"}"#,
+            sink,
+            "",
+        ),
+        &conns,
+    );
+    assert_eq!(report.status, JobStatus::Succeeded, "{report}");
+    assert_same_rows(pg, &db, "inf", "inf_copy", "id, d, ts, tstz");
 }
 
 #[test]

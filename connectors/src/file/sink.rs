@@ -97,6 +97,9 @@ pub struct FileSink {
     boundaries: Mutex<HashMap<usize, Boundaries>>,
     /// Mode given to local outputs before they are published.
     file_mode: Option<u32>,
+    /// The directories `prepare` created for the destination, deepest first: a job that
+    /// fails removes them again when they are empty, leaving no trace.
+    created: Mutex<Vec<PathBuf>>,
 }
 
 impl FileSink {
@@ -129,6 +132,7 @@ impl FileSink {
             roll: None,
             boundaries: Default::default(),
             file_mode: None,
+            created: Mutex::default(),
         }
     }
 
@@ -603,6 +607,14 @@ impl Sink for FileSink {
         self.remove_temp_dir().await?;
         if let Some(local) = &self.local_dir {
             let temp = local.join(format!("_ferry_tmp_{}", self.job));
+            let missing: Vec<PathBuf> = local
+                .ancestors()
+                .take_while(|d| !d.exists())
+                .map(PathBuf::from)
+                .collect();
+            if let Ok(mut created) = self.created.lock() {
+                *created = missing;
+            }
             tokio::fs::create_dir_all(&temp).await.map_err(|e| {
                 Error::io(
                     format!(
@@ -796,9 +808,19 @@ impl Sink for FileSink {
                 Err(e) => return Err(store_error("remove staged output", &path, e)),
             }
         }
-        // Other outputs may still be writing: remove the directory only once it is empty.
-        if let Some(local) = &self.local_dir {
-            let _ = tokio::fs::remove_dir(local.join(format!("_ferry_tmp_{}", self.job))).await;
+        // Other outputs may still be writing: remove the directory only once it is empty,
+        // and then the destination directories this run created, if they are empty too.
+        if let Some(local) = &self.local_dir
+            && tokio::fs::remove_dir(local.join(format!("_ferry_tmp_{}", self.job)))
+                .await
+                .is_ok()
+        {
+            let created = self.created.lock().map(|c| c.clone()).unwrap_or_default();
+            for dir in created {
+                if tokio::fs::remove_dir(&dir).await.is_err() {
+                    break;
+                }
+            }
         }
         Ok(())
     }

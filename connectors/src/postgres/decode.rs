@@ -150,7 +150,7 @@ impl Column {
             Column::Date(b) => {
                 let days = i32::from_be_bytes(be(v)?);
                 if days == i32::MAX || days == i32::MIN {
-                    return Err("date is ±infinity, which Arrow cannot hold; cast the column to text or filter the row".into());
+                    return Err("date is ±infinity, which Arrow cannot hold; read the column as text (`col::text`: a PostgreSQL sink loads `infinity` back) or filter the row".into());
                 }
                 b.append_value(days.checked_add(EPOCH_DAYS).ok_or("date out of range")?)
             }
@@ -158,7 +158,7 @@ impl Column {
             Column::Timestamp(b, _) => {
                 let micros = i64::from_be_bytes(be(v)?);
                 if micros == i64::MAX || micros == i64::MIN {
-                    return Err("timestamp is ±infinity, which Arrow cannot hold; cast the column to text or filter the row".into());
+                    return Err("timestamp is ±infinity, which Arrow cannot hold; read the column as text (`col::text`: a PostgreSQL sink loads `infinity` back) or filter the row".into());
                 }
                 b.append_value(
                     micros
@@ -347,6 +347,12 @@ fn special(sign: u16) -> Option<&'static str> {
 }
 
 /// A binary numeric as the unscaled integer of a decimal with `scale`; exact or an error.
+///
+/// The decimal digits are taken one at a time, from the most significant, into
+/// `value * 10^scale`: only digits at or above the scale's last place are accumulated (the
+/// ones below must be zero), so the accumulator never holds more digits than the result. A
+/// value that uses every digit of its column (numeric(38,10) with 28 integer digits) fits,
+/// however PostgreSQL pads its base-10000 groups.
 fn numeric_to_decimal<T: ArrowNativeTypeOp + From<i16>>(v: &[u8], scale: i8) -> Result<T, String> {
     let n = numeric_parts(v)?;
     if let Some(s) = special(n.sign) {
@@ -355,33 +361,30 @@ fn numeric_to_decimal<T: ArrowNativeTypeOp + From<i16>>(v: &[u8], scale: i8) -> 
         ));
     }
     let overflow = || "numeric value does not fit its decimal column".to_string();
-    let ten_thousand = T::from(10_000i16);
     let ten = T::from(10i16);
     let mut acc = T::ZERO;
+    // The power of ten of the next digit in `value * 10^scale`.
+    let mut place = 4 * (n.weight as i32 + 1) - 1 + scale as i32;
     for pair in n.digits.chunks_exact(2) {
-        let d = i16::from_be_bytes([pair[0], pair[1]]);
-        acc = acc
-            .mul_checked(ten_thousand)
-            .and_then(|a| a.add_checked(T::from(d)))
-            .map_err(|_| overflow())?;
-    }
-    // acc holds value * 10000^(ndigits - 1 - weight); bring it to value * 10^scale.
-    let ndigits = (n.digits.len() / 2) as i32;
-    let exp = 4 * (n.weight as i32 - ndigits + 1) + scale as i32;
-    if exp >= 0 {
-        for _ in 0..exp {
-            acc = acc.mul_checked(ten).map_err(|_| overflow())?;
-        }
-    } else {
-        for _ in 0..(-exp) {
-            let q = acc.div_wrapping(ten);
-            if q.mul_wrapping(ten) != acc {
+        let group = i16::from_be_bytes([pair[0], pair[1]]);
+        for divisor in [1000i16, 100, 10, 1] {
+            let digit = (group / divisor) % 10;
+            if place >= 0 {
+                acc = acc
+                    .mul_checked(ten)
+                    .and_then(|a| a.add_checked(T::from(digit)))
+                    .map_err(|_| overflow())?;
+            } else if digit != 0 {
                 return Err(format!(
                     "numeric has more than {scale} decimal places; cast the column"
                 ));
             }
-            acc = q;
+            place -= 1;
         }
+    }
+    // Digits not stored are zeros down to the scale's last place.
+    for _ in 0..=place.max(-1) {
+        acc = acc.mul_checked(ten).map_err(|_| overflow())?;
     }
     if n.sign == NUMERIC_NEG {
         acc = acc.neg_checked().map_err(|_| overflow())?;
@@ -702,6 +705,90 @@ mod tests {
             numeric_to_text(&numeric(&[1], 2, 0, 0)).unwrap(),
             "100000000"
         );
+    }
+
+    /// The binary form PostgreSQL sends for decimal `text`: base-10000 groups aligned on the
+    /// decimal point, leading and trailing zero groups dropped.
+    fn pg_numeric(text: &str) -> Vec<u8> {
+        let (sign, text) = match text.strip_prefix('-') {
+            Some(t) => (NUMERIC_NEG, t),
+            None => (0, text),
+        };
+        let (int, frac) = text.split_once('.').unwrap_or((text, ""));
+        let int = format!("{}{int}", "0".repeat((4 - int.len() % 4) % 4));
+        let frac_padded = format!("{frac}{}", "0".repeat((4 - frac.len() % 4) % 4));
+        let mut groups: Vec<i16> = int
+            .as_bytes()
+            .chunks(4)
+            .chain(frac_padded.as_bytes().chunks(4))
+            .map(|c| std::str::from_utf8(c).unwrap().parse().unwrap())
+            .collect();
+        let mut weight = (int.len() / 4) as i16 - 1;
+        while groups.first() == Some(&0) {
+            groups.remove(0);
+            weight -= 1;
+        }
+        while groups.last() == Some(&0) {
+            groups.pop();
+        }
+        numeric(&groups, weight, sign, frac.len() as u16)
+    }
+
+    #[test]
+    fn every_digit_of_a_column_fits() {
+        let unscaled = |text: &str| text.replace('.', "");
+        for (text, scale) in [
+            ("1234567890123456789012345678.0123456789", 10),
+            ("9999999999999999999999999999.9999999999", 10),
+            ("-9999999999999999999999999999.9999999999", 10),
+            ("999999999999999999999999999999999999.99", 2),
+            ("-999999999999999999999999999999999999.99", 2),
+            ("9.9999999999999999999999999999999999999", 37),
+            ("-0.0000000000000000000000000000000000001", 37),
+            ("0.99999999999999999999999999999999999999", 38),
+            ("-0.00000000000000000000000000000000000001", 38),
+            ("99999999999999999999999999999999999999", 0),
+            ("170141183460469231731687303715884105727", 0),
+        ] {
+            let v = pg_numeric(text);
+            let expected: i128 = unscaled(text).parse().unwrap();
+            assert_eq!(
+                numeric_to_decimal::<i128>(&v, scale),
+                Ok(expected),
+                "{text}"
+            );
+            // The same value in a wider column: trailing zeros appended.
+            if scale < 38 && expected.unsigned_abs() < 10u128.pow(37) {
+                assert_eq!(
+                    numeric_to_decimal::<i128>(&v, scale + 1),
+                    Ok(expected * 10),
+                    "{text}"
+                );
+            }
+        }
+        // One past i128 fails cleanly instead of wrapping.
+        let v = pg_numeric("170141183460469231731687303715884105728");
+        assert!(numeric_to_decimal::<i128>(&v, 0).is_err());
+        for (text, scale) in [
+            (
+                "9999999999999999999999999999999999999999999999999999999999999999999.999999999",
+                9,
+            ),
+            (
+                "-999999999999999999999999999999999999999999999999999999999999999999.9999999999",
+                10,
+            ),
+        ] {
+            let v = pg_numeric(text);
+            let expected = i256::from_string(&unscaled(text)).unwrap();
+            assert_eq!(
+                numeric_to_decimal::<i256>(&v, scale),
+                Ok(expected),
+                "{text}"
+            );
+        }
+        // Digits below the scale are refused, never rounded.
+        assert!(numeric_to_decimal::<i128>(&pg_numeric("1.005"), 2).is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! emits the binary send format. The cast is free when the types already agree.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use arrow::array::{
     Array, ArrayRef, AsArray, BinaryArray, BooleanArray, Date32Array, Decimal128Array,
@@ -99,11 +100,84 @@ fn conform(array: &ArrayRef, target: &Target) -> Result<ArrayRef> {
     if target.kind == PgType::Interval && is_string(array.data_type()) {
         return interval_from_text(array, &target.name);
     }
+    if matches!(
+        target.kind,
+        PgType::Date | PgType::Timestamp | PgType::Timestamptz
+    ) && is_string(array.data_type())
+    {
+        return time_from_text(array, &to, &target.name);
+    }
     if target.kind == PgType::Uuid && is_string(array.data_type()) {
         return cast_with_options(array, &DataType::Utf8, &strict())
             .map_err(|e| cast_error(&target.name, e));
     }
     cast_with_options(array, &to, &strict()).map_err(|e| cast_error(&target.name, e))
+}
+
+/// The value a date or timestamp column holds for PostgreSQL's `infinity` (`-infinity` is
+/// the minimum): PostgreSQL's own binary form of them, passed through by the writer. No
+/// Arrow value read from elsewhere is this far out (PostgreSQL refuses such dates anyway).
+const INFINITY_DAYS: i32 = i32::MAX;
+const INFINITY_MICROS: i64 = i64::MAX;
+
+/// Whether `text` is PostgreSQL's `infinity` (`Some(true)`) or `-infinity` (`Some(false)`).
+fn infinity(text: &str) -> Option<bool> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "infinity" | "+infinity" => Some(true),
+        "-infinity" => Some(false),
+        _ => None,
+    }
+}
+
+/// Text dates and timestamps (what `col::text` yields: ISO with an offset) into `to`,
+/// keeping `infinity` and `-infinity` so that a column read as text loads back as it was.
+fn time_from_text(array: &ArrayRef, to: &DataType, column: &str) -> Result<ArrayRef> {
+    let text =
+        cast_with_options(array, &DataType::Utf8, &strict()).map_err(|e| cast_error(column, e))?;
+    let text = text.as_string::<i32>();
+    let infinities: Vec<Option<bool>> = text.iter().map(|v| v.and_then(infinity)).collect();
+    if infinities.iter().all(Option::is_none) {
+        return cast_with_options(array, to, &strict()).map_err(|e| cast_error(column, e));
+    }
+    let finite: StringArray = text
+        .iter()
+        .zip(&infinities)
+        .map(|(v, inf)| if inf.is_some() { None } else { v })
+        .collect();
+    let cast = cast_with_options(&(Arc::new(finite) as ArrayRef), to, &strict())
+        .map_err(|e| cast_error(column, e))?;
+    let out: ArrayRef = match to {
+        DataType::Date32 => {
+            let days = cast.as_primitive::<arrow::datatypes::Date32Type>();
+            Arc::new(
+                days.iter()
+                    .zip(&infinities)
+                    .map(|(v, inf)| match inf {
+                        Some(true) => Some(INFINITY_DAYS),
+                        Some(false) => Some(-INFINITY_DAYS - 1),
+                        None => v,
+                    })
+                    .collect::<Date32Array>(),
+            )
+        }
+        DataType::Timestamp(_, tz) => {
+            let micros = cast.as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+            Arc::new(
+                micros
+                    .iter()
+                    .zip(&infinities)
+                    .map(|(v, inf)| match inf {
+                        Some(true) => Some(INFINITY_MICROS),
+                        Some(false) => Some(-INFINITY_MICROS - 1),
+                        None => v,
+                    })
+                    .collect::<TimestampMicrosecondArray>()
+                    .with_timezone_opt(tz.clone()),
+            )
+        }
+        _ => cast,
+    };
+    Ok(out)
 }
 
 /// Text intervals: ISO 8601 (as ferry writes them to Parquet) or Arrow's interval syntax.
@@ -293,13 +367,22 @@ impl<'a> Writer<'a> {
             Writer::Int8(a) => fixed!(a.value(i).to_be_bytes()),
             Writer::Float4(a) => fixed!(a.value(i).to_be_bytes()),
             Writer::Float8(a) => fixed!(a.value(i).to_be_bytes()),
-            Writer::Date(a) => fixed!((a.value(i) - EPOCH_DAYS).to_be_bytes()),
+            Writer::Date(a) => fixed!(
+                match a.value(i) {
+                    v @ (INFINITY_DAYS | i32::MIN) => v,
+                    v => v.checked_sub(EPOCH_DAYS).ok_or("date out of range")?,
+                }
+                .to_be_bytes()
+            ),
             Writer::Time(a) => fixed!(a.value(i).to_be_bytes()),
             Writer::Timestamp(a) => fixed!(
-                a.value(i)
-                    .checked_sub(EPOCH_MICROS)
-                    .ok_or("timestamp out of range")?
-                    .to_be_bytes()
+                match a.value(i) {
+                    v @ (INFINITY_MICROS | i64::MIN) => v,
+                    v => v
+                        .checked_sub(EPOCH_MICROS)
+                        .ok_or("timestamp out of range")?,
+                }
+                .to_be_bytes()
             ),
             Writer::Text(a) => {
                 let v = a.value(i).as_bytes();

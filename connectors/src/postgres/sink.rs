@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Mutex;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{DataType, SchemaRef};
 use bytes::Bytes;
 use ferry_engine::{Committed, Encoder, Error, OutputLayout, OutputWriter, Result, Sink, Staged};
 use futures::SinkExt;
@@ -21,7 +21,7 @@ use tokio_postgres::{Client, CopyInSink};
 use super::connect::{Connector, pg_error};
 use super::encode::{CopyEncoder, Target, check_compatible};
 use super::ident::{self, quote, quote_qualified};
-use super::types::{columns_of, sql_type_for};
+use super::types::{PG_TYPE_KEY, columns_of, sql_type_for};
 use super::{PostgresSinkSpec, PostgresWriteMode};
 
 /// What `prepare` found out, used by every attempt of the load.
@@ -66,21 +66,58 @@ impl PostgresSink {
             .ok_or_else(|| Error::internal("postgres sink used before prepare"))
     }
 
-    /// The column definitions of `CREATE TABLE` for the source's schema.
-    fn create_columns(schema: &SchemaRef) -> Result<String> {
+    /// The column definitions of `CREATE TABLE` for the source's schema; `enums` maps a
+    /// field's recorded type to the destination's enum type of that name, where one exists.
+    fn create_columns(schema: &SchemaRef, enums: &HashMap<String, String>) -> Result<String> {
         let columns = schema
             .fields()
             .iter()
             .map(|f| {
                 let not_null = if f.is_nullable() { "" } else { " NOT NULL" };
-                Ok(format!(
-                    "{} {}{not_null}",
-                    quote(f.name()),
-                    sql_type_for(f)?
-                ))
+                let sql_type = match f.metadata().get(PG_TYPE_KEY).and_then(|t| enums.get(t)) {
+                    Some(enum_type) => enum_type.clone(),
+                    None => sql_type_for(f)?,
+                };
+                Ok(format!("{} {sql_type}{not_null}", quote(f.name())))
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(columns.join(", "))
+    }
+
+    /// The enum types (or arrays of them) at the destination that text fields were read
+    /// from, by their recorded type name: a table ferry creates keeps them enums.
+    async fn destination_enums(client: &Client, schema: &SchemaRef) -> HashMap<String, String> {
+        let mut enums = HashMap::new();
+        for field in schema.fields() {
+            let Some(hint) = field.metadata().get(PG_TYPE_KEY) else {
+                continue;
+            };
+            let text = match field.data_type() {
+                DataType::List(f) | DataType::LargeList(f) => f.data_type(),
+                other => other,
+            };
+            if !matches!(
+                text,
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            ) || enums.contains_key(hint)
+            {
+                continue;
+            }
+            // to_regtype only parses the name; a name that is no type (or a malformed one)
+            // leaves the column text.
+            let found = client
+                .query_opt(
+                    "SELECT format_type(t.oid, NULL) FROM pg_type t \
+                     LEFT JOIN pg_type e ON e.oid = t.typelem \
+                     WHERE t.oid = to_regtype($1) AND (t.typtype = 'e' OR e.typtype = 'e')",
+                    &[hint],
+                )
+                .await;
+            if let Ok(Some(row)) = found {
+                enums.insert(hint.clone(), row.get::<_, String>(0));
+            }
+        }
+        enums
     }
 }
 
@@ -109,7 +146,12 @@ impl Sink for PostgresSink {
         };
         // The target's column types: from the catalog, or from a temporary table built with
         // the DDL that the load will run (which also checks that DDL before data moves).
-        let columns_sql = Self::create_columns(schema)?;
+        let enums = if create {
+            Self::destination_enums(&client, schema).await
+        } else {
+            HashMap::new()
+        };
+        let columns_sql = Self::create_columns(schema, &enums)?;
         let create_sql = format!("CREATE TABLE {} ({columns_sql})", self.table);
         let oid: i64 = if create {
             let temp = format!("CREATE TEMP TABLE ferry_probe ({columns_sql})");

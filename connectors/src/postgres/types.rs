@@ -47,6 +47,8 @@ use super::connect::pg_error;
 pub const PG_TYPE_KEY: &str = "ferry.pg_type";
 /// Arrow's extension-name metadata key.
 pub const EXTENSION_KEY: &str = "ARROW:extension:name";
+/// Arrow's field metadata key of an extension type's metadata.
+pub const EXTENSION_METADATA_KEY: &str = "ARROW:extension:metadata";
 
 /// A PostgreSQL type ferry can move, with what decides its binary form.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,6 +252,9 @@ pub fn arrow_field(column: &PgColumn, kind: &PgType, not_null: bool) -> Field {
         }
         PgType::Json | PgType::Jsonb => {
             metadata.insert(EXTENSION_KEY.to_string(), "arrow.json".to_string());
+            // The canonical JSON extension has empty metadata; without it readers (and the
+            // Parquet writer) do not take the field for JSON.
+            metadata.insert(EXTENSION_METADATA_KEY.to_string(), String::new());
         }
         _ => {}
     }
