@@ -275,8 +275,16 @@ async fn run_one(
             observe(&running);
             (running.report().await, Some(schema))
         }
-        Err(e) => (JobReport::failed(&name, e), None),
+        Err(e) => (failed_before_start(&name, e), None),
     }
+}
+
+/// The report of a job that failed before the engine ran it. The engine counts the jobs it
+/// runs; one that fails while it is built (a wrong password, a missing file, a path the
+/// policy refuses, unusable staging) is counted here.
+fn failed_before_start(name: &str, e: Error) -> JobReport {
+    metrics::counter!(ferry_engine::metrics::JOBS_TOTAL, "status" => "failed").increment(1);
+    JobReport::failed(name, e)
 }
 
 /// Runs a validated job, directly or staged; returns one report per phase (one for a direct
@@ -293,7 +301,7 @@ pub async fn run_job(
     let staging = match StagingSpec::from_job(spec) {
         Ok(None) => return vec![run_one(spec, settings, connections, observe).await.0],
         Ok(Some(s)) => s,
-        Err(e) => return vec![JobReport::failed(&settings.name, e)],
+        Err(e) => return vec![failed_before_start(&settings.name, e)],
     };
     let run_dir = format!(
         "{}-{:x}{:x}",
@@ -307,7 +315,7 @@ pub async fn run_job(
     let interim = match Interim::resolve(&staging, connections, &run_dir, &settings.local) {
         Ok(i) => i,
         Err(e) => {
-            return vec![JobReport::failed(
+            return vec![failed_before_start(
                 &settings.name,
                 e.context(format!("job {}: staging", settings.name)),
             )];
@@ -315,7 +323,7 @@ pub async fn run_job(
     };
     let write_format = match interim_format(&staging, None) {
         Ok(f) => f,
-        Err(e) => return vec![JobReport::failed(&settings.name, e)],
+        Err(e) => return vec![failed_before_start(&settings.name, e)],
     };
     let mut first = spec.clone();
     first.staging = None;

@@ -438,6 +438,12 @@ impl Handler<JobEnded> for JobIntake {
             self.write(ctx, async move { channel.release(&id).await });
         } else {
             let finished = finished(&id, &self.node, attempt, &msg.reports);
+            match msg.reports.iter().find_map(|r| r.error.as_ref()) {
+                None => tracing::info!(job = %id, status = %finished.status, "job finished"),
+                Some(error) => {
+                    tracing::error!(job = %id, status = %finished.status, error = %error.message, "job failed")
+                }
+            }
             self.write(ctx, async move { channel.complete(&finished).await });
         }
         self.tick(ctx);

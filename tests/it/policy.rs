@@ -231,8 +231,31 @@ fn a_node_refuses_what_its_policy_forbids_and_keeps_serving() {
         mode, 0o640,
         "outputs are created with the policy's output_mode"
     );
+    // A job within the rules that fails while it is built (its input is missing) is logged
+    // and counted like every other failure.
+    let missing = rt.submit(csv_job("missing", "\"nope.csv\"", "\"out/m.parquet\"", ""));
+    let done = rt.wait(std::slice::from_ref(&missing), Duration::from_secs(60));
+    assert_eq!(done[0].status, "failed");
     let log = std::fs::read_to_string(rt.path().join("a.log")).unwrap();
     assert!(log.contains("job refused"), "refusals are logged: {log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("job failed") && l.contains(&missing)),
+        "the failure is logged with the job's id: {log}"
+    );
+    let (_, metrics) = http(&admin_address(&rt), "GET", "/metrics", "");
+    let count = |status: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("ferry_jobs_total{{status=\"{status}\"}} ")))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    assert_eq!(count("failed"), Some(ids.len() as u64 + 1), "{metrics}");
+    assert_eq!(count("succeeded"), Some(1), "{metrics}");
+    assert!(
+        !metrics.contains("job=\""),
+        "no job names in labels: {metrics}"
+    );
     assert!(stop(node).success());
 }
 
