@@ -180,7 +180,9 @@ pub fn run_nodes(config: ConfigArg) -> u8 {
             );
             for n in nodes {
                 let age = now_ms().saturating_sub(n.heartbeat_ms);
-                let status = if age > timeout {
+                let status = if n.stopped {
+                    "stopped"
+                } else if age > timeout {
                     "offline"
                 } else if n.draining {
                     "draining"

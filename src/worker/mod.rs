@@ -61,6 +61,8 @@ pub struct JobIntake {
     changed: bool,
     /// A job did not fit in the policy's `memory_limit`: lease nothing until a job ends.
     memory_full: bool,
+    /// Drained: the last heartbeat is on its way, then the node stops.
+    stopping: bool,
     draining_since: Option<Instant>,
     last_beat: Option<Instant>,
     view: Arc<admin::NodeView>,
@@ -99,8 +101,26 @@ impl JobIntake {
     fn tick(&mut self, ctx: &mut Context<Self>) {
         if let Some(since) = self.draining_since {
             if self.running.is_empty() && self.writing == 0 && !self.ticking {
-                tracing::info!(node = %self.node, "drained; stopping");
-                actix::System::current().stop_with_code(0);
+                if self.stopping {
+                    return;
+                }
+                // Say in a last heartbeat that this node left, then stop.
+                self.stopping = true;
+                let mut info = self.node_info();
+                info.stopped = true;
+                let (channel, node) = (self.channel.clone(), self.node.clone());
+                ctx.spawn(
+                    async move {
+                        if let Err(e) = channel.node_heartbeat(&info).await {
+                            tracing::warn!(error = %e, "cannot record that the node stopped");
+                        }
+                    }
+                    .into_actor(self)
+                    .map(move |(), _, _| {
+                        tracing::info!(node = %node, "drained; stopping");
+                        actix::System::current().stop_with_code(0);
+                    }),
+                );
                 return;
             }
             if since.elapsed() >= self.grace {
@@ -174,6 +194,7 @@ impl JobIntake {
             draining: self.draining_since.is_some(),
             heartbeat_ms: now_ms(),
             admin: self.admin.clone(),
+            stopped: false,
             running: self
                 .running
                 .iter()
@@ -539,6 +560,7 @@ pub fn run(loaded: config::Loaded) -> u8 {
             ticking: false,
             changed: true,
             memory_full: false,
+            stopping: false,
             draining_since: None,
             last_beat: None,
             view,

@@ -496,6 +496,14 @@ fn drain_and_cancel(kind: Kind) {
         .expect("the job finished before the node stopped");
     assert_eq!(report.status, "succeeded");
     assert_eq!(rows(&out), 150_000);
+    // The drained node said it left: `ferry nodes` shows it stopped at once.
+    let nodes = succeed(ferry().args(["nodes", "--config"]).arg(rt.config("a")));
+    assert!(
+        nodes
+            .lines()
+            .any(|l| l.starts_with("a ") && l.contains("stopped")),
+        "{nodes}"
+    );
 
     // `ferry jobs cancel` stops a running job; nothing is published.
     let big = rt.path().join("big.csv");

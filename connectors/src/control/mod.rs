@@ -74,6 +74,10 @@ pub struct NodeInfo {
     /// Its admin address, if it serves one.
     #[serde(default)]
     pub admin: Option<String>,
+    /// It stopped (drained and exited): its last heartbeat says so, so it is not shown
+    /// online until the heartbeat goes stale.
+    #[serde(default)]
+    pub stopped: bool,
 }
 
 /// Where a job stands.
