@@ -574,3 +574,51 @@ fn test_connection_lists_the_container() {
     let err = String::from_utf8_lossy(&missing.stderr);
     assert!(err.contains("container does not exist"), "{err}");
 }
+
+#[test]
+fn proxy_none_connects_directly_whatever_the_environment_says() {
+    let az = azurite();
+    let container = az.container("proxynone");
+    let dir = tempfile::tempdir().unwrap();
+    // A proxy that refuses every connection, as the environment names it.
+    let closed = format!("http://127.0.0.1:{}", crate::support::free_port());
+    let check = |proxy: &str| {
+        let conns = dir.path().join(format!("{proxy}.json"));
+        std::fs::write(
+            &conns,
+            format!(
+                r#"{{"az": {}}}"#,
+                az.connection().replace(
+                    r#""allow_http": true"#,
+                    &format!(r#""allow_http": true, "proxy": {{"type": "{proxy}"}}"#)
+                )
+            ),
+        )
+        .unwrap();
+        crate::support::ferry()
+            .args([
+                "test-connection",
+                "az",
+                "--container",
+                &container,
+                "--connections",
+            ])
+            .arg(&conns)
+            .env("HTTP_PROXY", &closed)
+            .env("HTTPS_PROXY", &closed)
+            .env("ALL_PROXY", &closed)
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy")
+            .output()
+            .unwrap()
+    };
+    let direct = check("none");
+    assert!(
+        direct.status.success(),
+        "{}",
+        String::from_utf8_lossy(&direct.stderr)
+    );
+    // The environment's proxy is used by default, and here it refuses.
+    let system = check("system");
+    assert!(!system.status.success(), "the system proxy was not used");
+}

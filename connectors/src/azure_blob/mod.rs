@@ -360,10 +360,12 @@ impl AzureBlobConnection {
             ProxySetting::System => {}
             // reqwest reads the environment's proxy unless one is set: set one that every
             // host bypasses.
+            // Its excludes must match every host: `*` covers names, the two networks cover
+            // IP-address endpoints (an emulator, a private endpoint by address).
             ProxySetting::None => {
                 options = options
                     .with_proxy_url("http://127.0.0.1:9")
-                    .with_proxy_excludes("*");
+                    .with_proxy_excludes("*,0.0.0.0/0,::/0");
             }
             ProxySetting::Custom {
                 url,
