@@ -212,13 +212,17 @@ pub async fn build_job(
                     Some(name),
                 )
             };
+            let format = match &name {
+                Some(name) => s.format.for_output_name(name),
+                None => s.format.clone(),
+            };
             Arc::new(
                 FileSink::new(
                     file::local_store(),
                     file::object_path(&dir).map_err(in_job)?,
                     Some(dir),
                     name,
-                    s.format.clone(),
+                    format,
                     s.mode,
                     &settings.name,
                     &s.path,
@@ -244,13 +248,17 @@ pub async fn build_job(
             };
             let dir = object_store::path::Path::parse(&dir)
                 .map_err(|e| in_job(Error::config(format!("sink path `{}`: {e}", s.path))))?;
+            let format = match &name {
+                Some(name) => s.format.for_output_name(name),
+                None => s.format.clone(),
+            };
             Arc::new(
                 FileSink::new(
                     store,
                     dir,
                     None,
                     name,
-                    s.format.clone(),
+                    format,
                     s.mode,
                     &settings.name,
                     &format!("azure_blob {}/{}", s.container, s.path),

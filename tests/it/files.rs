@@ -210,6 +210,34 @@ fn gzip_and_zstd_text_round_trip() {
         read_parquet(&tmp.path().join("from-gz.parquet")),
         read_parquet(&tmp.path().join("from-zst.parquet"))
     );
+    // Without `compression`, the name decides when writing too, as when reading.
+    for (name, format) in [
+        ("named.csv.gz", CSV),
+        ("named.jsonl.gz", r#"{"type":"jsonl"}"#),
+        ("named.csv.zst", CSV),
+        ("named.jsonl.zst", r#"{"type":"jsonl"}"#),
+    ] {
+        let packed = tmp.path().join(name);
+        run_ok(&job("named", file(&input, CSV), file(&packed, format), ""));
+        let raw = std::fs::read(&packed).unwrap();
+        if name.ends_with(".gz") {
+            // An independent decoder reads it whole.
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&raw[..]), &mut text)
+                .unwrap_or_else(|e| panic!("{name} is not gzip: {e}"));
+            assert!(text.contains("name 19999"), "{name}");
+        } else {
+            assert_eq!(&raw[..4], [0x28, 0xb5, 0x2f, 0xfd], "{name} is zstd");
+        }
+        let back = tmp.path().join(format!("{name}.parquet"));
+        let report = run_ok(&job(
+            "back",
+            file(&packed, format),
+            file(&back, PARQUET),
+            "",
+        ));
+        assert_eq!(report.rows_written, 20_000, "{name}");
+    }
 }
 
 #[test]

@@ -276,6 +276,23 @@ impl FormatSpec {
         explicit.unwrap_or_else(|| Compression::from_name(name))
     }
 
+    /// The format for writing a file named `name`: text formats without an explicit
+    /// `compression` take it from the name (`.gz`, `.zst`), as reading does, so what ferry
+    /// writes it reads back.
+    pub fn for_output_name(&self, name: &str) -> FormatSpec {
+        let mut format = self.clone();
+        match &mut format {
+            FormatSpec::Csv(c) if c.compression.is_none() => {
+                c.compression = Some(Compression::from_name(name));
+            }
+            FormatSpec::Jsonl(j) if j.compression.is_none() => {
+                j.compression = Some(Compression::from_name(name));
+            }
+            _ => {}
+        }
+        format
+    }
+
     /// A new encoder for one output file.
     pub fn encoder(&self, schema: &SchemaRef) -> Result<Box<dyn Encoder>> {
         let (inner, compression): (Box<dyn Encoder>, Compression) = match self {
@@ -407,6 +424,19 @@ mod tests {
         let f: FormatSpec =
             serde_json::from_str(r#"{"type":"csv","delimiter":";","header":false}"#).unwrap();
         assert_eq!(f.extension(), "csv");
+        // Writing takes the compression from the name, as reading does.
+        for (name, suffix) in [
+            ("o.csv.gz", "csv.gz"),
+            ("o.csv.zst", "csv.zst"),
+            ("o.csv", "csv"),
+        ] {
+            assert_eq!(f.for_output_name(name).extension(), suffix, "{name}");
+            assert_eq!(
+                f.for_output_name(name).compression_of(name),
+                f.compression_of(name),
+                "{name}"
+            );
+        }
         assert!(!matches!(&f, FormatSpec::Csv(c) if c.dialect().header));
         let err =
             serde_json::from_str::<FormatSpec>(r#"{"type":"csv","delimeter":";"}"#).unwrap_err();
