@@ -15,6 +15,7 @@ pub mod tpch;
 pub use policy::{NodePolicy, PolicyConfig, PolicyContext};
 pub use registry::{
     JobFile, SinkSpec, SourceSpec, build_job, check_connection, check_connections, parse_job,
+    validate_connections,
 };
 pub use staged::run_job;
 

@@ -68,25 +68,44 @@ pub fn parse_job(text: &str) -> Result<(JobFile, JobSettings)> {
 }
 
 /// Checks that the connections a job names exist, have the right type and parse; reads no
-/// secret and does no I/O.
+/// secret and does no I/O (a submitter may lack the node's secrets).
 pub fn check_connections(spec: &JobFile, connections: &Connections) -> Result<()> {
+    check_named_connections(spec, connections, false)
+}
+
+/// [`check_connections`], and the connections are usable as they stand here: their
+/// settings hold and the environment variables of their secrets are set. Reads the
+/// environment, never files or the network (`ferry validate`, a node taking a job).
+pub fn validate_connections(spec: &JobFile, connections: &Connections) -> Result<()> {
+    check_named_connections(spec, connections, true)
+}
+
+fn check_named_connections(spec: &JobFile, connections: &Connections, usable: bool) -> Result<()> {
     let in_job = |e: Error| e.context(format!("job {}", spec.name));
-    if let SourceSpec::Postgres(s) = &spec.source {
-        PostgresConnection::from_connections(connections, &s.connection).map_err(in_job)?;
+    let postgres = |name: &str| {
+        let conn = PostgresConnection::from_connections(connections, name)?;
+        if usable { conn.validate(name) } else { Ok(()) }
+    };
+    let azure = |name: &str| {
+        let conn = AzureBlobConnection::from_connections(connections, name)?;
+        if usable { conn.validate(name) } else { Ok(()) }
+    };
+    match &spec.source {
+        SourceSpec::Postgres(s) => postgres(&s.connection),
+        SourceSpec::AzureBlob(s) => azure(&s.connection),
+        SourceSpec::File(_) | SourceSpec::Tpch(_) => Ok(()),
     }
-    if let SinkSpec::Postgres(s) = &spec.sink {
-        PostgresConnection::from_connections(connections, &s.connection).map_err(in_job)?;
+    .map_err(in_job)?;
+    match &spec.sink {
+        SinkSpec::Postgres(s) => postgres(&s.connection),
+        SinkSpec::AzureBlob(s) => azure(&s.connection),
+        SinkSpec::File(_) => Ok(()),
     }
-    if let SourceSpec::AzureBlob(s) = &spec.source {
-        AzureBlobConnection::from_connections(connections, &s.connection).map_err(in_job)?;
-    }
+    .map_err(in_job)?;
     if let Some(staging) = crate::staged::StagingSpec::from_job(spec)?
         && let Some(name) = &staging.connection
     {
         connections.get(name).map_err(in_job)?;
-    }
-    if let SinkSpec::AzureBlob(s) = &spec.sink {
-        AzureBlobConnection::from_connections(connections, &s.connection).map_err(in_job)?;
     }
     Ok(())
 }

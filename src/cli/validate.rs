@@ -27,7 +27,7 @@ pub fn run(args: ValidateArgs) -> u8 {
         args.policy.as_deref(),
     )
     .and_then(|(spec, settings, connections)| {
-        ferry_connectors::check_connections(&spec, &connections)?;
+        ferry_connectors::validate_connections(&spec, &connections)?;
         Ok(settings)
     });
     match loaded {

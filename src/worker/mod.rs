@@ -269,7 +269,7 @@ impl JobIntake {
         let text = envelope.job.to_string();
         let admitted = ferry_connectors::parse_job(&text).and_then(|(spec, mut settings)| {
             self.policy.check_job(&spec, &settings, text.len())?;
-            ferry_connectors::check_connections(&spec, &self.connections)?;
+            ferry_connectors::validate_connections(&spec, &self.connections)?;
             settings.local = self.policy.local_files();
             Ok((spec, settings))
         });

@@ -170,11 +170,55 @@ fn every_example_job_validates() {
                 .arg("validate")
                 .arg(&path)
                 .arg("--connections")
-                .arg(examples.join("connections.json")),
+                .arg(examples.join("connections.json"))
+                .env("ERP_PASSWORD", "example")
+                .env("LAKE_SAS", "sv=2024-01-01&sig=example")
+                .env("CONTROL_SAS", "sv=2024-01-01&sig=example"),
         );
         checked += 1;
     }
     assert!(checked >= 4, "only {checked} examples found");
+    // What `ferry copy` would refuse as invalid input, `ferry validate` refuses too, without
+    // connecting: an unset secret, a password in a URL, a literal secret (never quoted).
+    let tmp = tempfile::tempdir().unwrap();
+    let pg_job = tmp.path().join("pg.json");
+    std::fs::write(
+        &pg_job,
+        r#"{"name":"j","source":{"type":"postgres","connection":"db","table":"t"},"sink":{"type":"file","path":"x.csv","format":{"type":"csv"}}}"#,
+    )
+    .unwrap();
+    for (connection, needle) in [
+        (
+            r#"{"type":"postgres","host":"db.example","user":"u","password":{"env":"FERRY_IT_UNSET_PW"}}"#,
+            "`FERRY_IT_UNSET_PW` that holds a secret is not set",
+        ),
+        (
+            r#"{"type":"postgres","url":"postgres://u:Hunter2-pw@db.example/erp"}"#,
+            "holds a password",
+        ),
+        (
+            r#"{"type":"postgres","host":"db.example","user":"u","password":"Hunter2-pw"}"#,
+            "a literal secret is refused",
+        ),
+    ] {
+        let conns = tmp.path().join("conns.json");
+        std::fs::write(&conns, format!(r#"{{"db": {connection}}}"#)).unwrap();
+        let out = ferry()
+            .arg("validate")
+            .arg(&pg_job)
+            .arg("--connections")
+            .arg(&conns)
+            .env_remove("FERRY_IT_UNSET_PW")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{connection}: {stderr}");
+        assert!(stderr.contains(needle), "{connection}: {stderr}");
+        assert!(
+            !stderr.contains("Hunter2"),
+            "a secret is never shown: {stderr}"
+        );
+    }
     // A job naming a connection the file lacks is invalid.
     let dir = tempfile::tempdir().unwrap();
     let job = dir.path().join("job.json");

@@ -337,6 +337,20 @@ impl AzureBlobConnection {
         }
     }
 
+    /// Checks the settings and that every secret the connection names is set (no I/O).
+    pub fn validate(&self, name: &str) -> Result<()> {
+        self.check()
+            .and_then(|()| match &self.auth {
+                AzureAuth::SharedKey { key } => key.expose().map(drop),
+                AzureAuth::Sas { token } => token.expose().map(drop),
+                AzureAuth::ServicePrincipal { client_secret, .. } => {
+                    client_secret.expose().map(drop)
+                }
+                AzureAuth::ManagedIdentity { .. } => Ok(()),
+            })
+            .map_err(|e| e.context(format!("connection `{name}`")))
+    }
+
     /// An object store over `container` (reads secrets; no network I/O).
     pub fn store(&self, name: &str, container: &str) -> Result<Arc<dyn ObjectStore>> {
         crate::install_crypto_provider();

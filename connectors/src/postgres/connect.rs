@@ -136,8 +136,45 @@ impl PostgresConnection {
         Self::from_connections(connections, name)?.connector(name)
     }
 
+    /// Checks the connection without I/O: the URL parses and holds no password, a user is
+    /// given, the password's environment variable is set.
+    pub fn validate(&self, name: &str) -> Result<()> {
+        self.settings(name).map(|_| ())
+    }
+
     /// Builds the connector (reads the password and the CA file; no network I/O).
     pub fn connector(&self, name: &str) -> Result<Connector> {
+        let in_conn = |e: Error| e.context(format!("connection `{name}`"));
+        let (mut config, sslmode, unverified) = self.settings(name)?;
+        let tls = match sslmode {
+            SslMode::Disable => {
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                None
+            }
+            mode => {
+                config.ssl_mode(if mode == SslMode::Prefer {
+                    tokio_postgres::config::SslMode::Prefer
+                } else {
+                    tokio_postgres::config::SslMode::Require
+                });
+                Some(MakeRustlsConnect::new(
+                    tls_config(mode, self.ssl_root_cert.as_ref()).map_err(in_conn)?,
+                ))
+            }
+        };
+        Ok(Connector {
+            name: name.to_string(),
+            config,
+            tls,
+            unverified,
+        })
+    }
+
+    /// The driver's settings, the TLS mode, and why the connection is unverified (if it is).
+    fn settings(
+        &self,
+        name: &str,
+    ) -> Result<(tokio_postgres::Config, SslMode, Option<&'static str>)> {
         let in_conn = |e: Error| e.context(format!("connection `{name}`"));
         let mut sslmode = self.sslmode;
         let mut config = match &self.url {
@@ -209,28 +246,7 @@ impl PostgresConnection {
             }
             _ => None,
         };
-        let tls = match sslmode {
-            SslMode::Disable => {
-                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                None
-            }
-            mode => {
-                config.ssl_mode(if mode == SslMode::Prefer {
-                    tokio_postgres::config::SslMode::Prefer
-                } else {
-                    tokio_postgres::config::SslMode::Require
-                });
-                Some(MakeRustlsConnect::new(
-                    tls_config(mode, self.ssl_root_cert.as_ref()).map_err(in_conn)?,
-                ))
-            }
-        };
-        Ok(Connector {
-            name: name.to_string(),
-            config,
-            tls,
-            unverified,
-        })
+        Ok((config, sslmode, unverified))
     }
 }
 
