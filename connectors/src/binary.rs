@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use ferry_engine::config::{Access, Connections, JobSettings, LocalFiles};
-use ferry_engine::report::{JobFailure, JobStatus};
+use ferry_engine::report::{CountUnit, JobFailure, JobStatus};
 use ferry_engine::{Error, JobReport, Result};
 use futures::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
@@ -467,6 +467,8 @@ pub async fn run(spec: &JobFile, settings: JobSettings, connections: &Connection
             exit_code: e.exit_code(),
             message: e.to_string(),
         }),
+        prepare_secs: 0.0,
+        unit: CountUnit::Files,
     }
 }
 

@@ -42,6 +42,22 @@ pub enum SinkSpec {
 /// A job file.
 pub type JobFile = JobSpec<SourceSpec, SinkSpec>;
 
+/// The kinds of a job's source and sink, as reports name them (`postgres`, `azure_blob`).
+pub fn kinds(spec: &JobFile) -> (&'static str, &'static str) {
+    let source = match &spec.source {
+        SourceSpec::File(_) => "file",
+        SourceSpec::Tpch(_) => "tpch",
+        SourceSpec::Postgres(_) => "postgres",
+        SourceSpec::AzureBlob(_) => "azure_blob",
+    };
+    let sink = match &spec.sink {
+        SinkSpec::File(_) => "file",
+        SinkSpec::Postgres(_) => "postgres",
+        SinkSpec::AzureBlob(_) => "azure_blob",
+    };
+    (source, sink)
+}
+
 /// Parses and validates a job file without I/O.
 pub fn parse_job(text: &str) -> Result<(JobFile, JobSettings)> {
     let spec = JobFile::from_json(text)?;

@@ -268,14 +268,22 @@ async fn run_one(
     observe: &(dyn Fn(&RunningJob) + Sync),
 ) -> (JobReport, Option<arrow::datatypes::SchemaRef>) {
     let name = settings.name.clone();
+    let preparing = std::time::Instant::now();
     match build_job(spec, settings, connections).await {
         Ok(job) => {
+            // Reading metadata, inferring schemas and setting up generators can take seconds:
+            // the report counts them.
+            let prepared = preparing.elapsed().as_secs_f64();
             let schema = job.source.schema();
             let running = ferry_engine::start(job);
             observe(&running);
-            (running.report().await, Some(schema))
+            let report = running.report().await.with_preparation(prepared);
+            (report, Some(schema))
         }
-        Err(e) => (failed_before_start(&name, e), None),
+        Err(e) => {
+            let (source, sink) = crate::registry::kinds(spec);
+            (failed_before_start(&name, e).with_kinds(source, sink), None)
+        }
     }
 }
 

@@ -74,6 +74,31 @@ pub struct JobReport {
     pub removed: Vec<String>,
     /// Why the job failed.
     pub error: Option<JobFailure>,
+    /// Seconds spent preparing the job before it ran (reading metadata, inferring schemas,
+    /// setting up generators); included in `duration_secs`.
+    pub prepare_secs: f64,
+    /// What `rows_*` count: rows, or whole files for a binary copy.
+    pub unit: CountUnit,
+}
+
+/// What a report's counts count.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CountUnit {
+    /// Rows (records).
+    #[default]
+    Rows,
+    /// Files copied byte for byte.
+    Files,
+}
+
+impl CountUnit {
+    fn word(self) -> &'static str {
+        match self {
+            CountUnit::Rows => "rows",
+            CountUnit::Files => "files",
+        }
+    }
 }
 
 impl JobReport {
@@ -108,15 +133,41 @@ impl JobReport {
                 exit_code: e.exit_code(),
                 message: e.to_string(),
             }),
+            prepare_secs: 0.0,
+            unit: CountUnit::Rows,
         }
     }
 
-    /// The stage with the highest share of busy time, if any stage did work.
+    /// The same report with `secs` of preparation before the job ran counted in its time.
+    pub fn with_preparation(mut self, secs: f64) -> Self {
+        self.prepare_secs = secs;
+        self.duration_secs += secs;
+        if self.duration_secs > 0.0 {
+            self.rows_per_sec = self.rows_written as f64 / self.duration_secs;
+            self.read_mib_per_sec = self.bytes_read as f64 / (1 << 20) as f64 / self.duration_secs;
+        }
+        self
+    }
+
+    /// The same report naming the source and sink kinds (`postgres`, `file`).
+    pub fn with_kinds(mut self, source: &str, sink: &str) -> Self {
+        self.source = source.to_string();
+        self.sink = sink.to_string();
+        self
+    }
+
+    /// The stage that worked longest, if any stage did work: behind bounded queues the
+    /// slowest stage is busy while the others wait for it. (A stage's share of busy time
+    /// misleads on short jobs: a source that read for 60 ms and never waited is 100% busy.)
     pub fn find_bottleneck(stages: &[StageTimes]) -> Option<Stage> {
         stages
             .iter()
             .filter(|s| s.busy_secs > 0.0)
-            .max_by(|a, b| a.utilization().total_cmp(&b.utilization()))
+            .max_by(|a, b| {
+                a.busy_secs
+                    .total_cmp(&b.busy_secs)
+                    .then(a.utilization().total_cmp(&b.utilization()))
+            })
             .map(|s| s.stage)
     }
 
@@ -137,14 +188,35 @@ impl fmt::Display for JobReport {
             JobStatus::Failed => "FAILED",
             JobStatus::Cancelled => "cancelled",
         };
+        let kinds = if self.source.is_empty() && self.sink.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} -> {})", self.source, self.sink)
+        };
+        if self.partitions == 0 && self.stages.is_empty() && self.status != JobStatus::Succeeded {
+            // It never started: no figures to show, only why.
+            writeln!(f, "job {} {status} before it started{kinds}", self.job)?;
+            if let Some(e) = &self.error {
+                writeln!(f, "  error     {}", e.message)?;
+            }
+            return Ok(());
+        }
         writeln!(
             f,
-            "job {} {status} in {:.2}s ({} -> {})",
-            self.job, self.duration_secs, self.source, self.sink
+            "job {} {status} in {:.2}s{kinds}",
+            self.job, self.duration_secs
         )?;
+        let unit = self.unit.word();
+        if self.prepare_secs >= 0.01 {
+            writeln!(
+                f,
+                "  prepare   {:.2}s before the copy started (metadata, schemas, generators)",
+                self.prepare_secs
+            )?;
+        }
         writeln!(
             f,
-            "  rows      read {}  written {}  skipped {}",
+            "  {unit:<9} read {}  written {}  skipped {}",
             self.rows_read, self.rows_written, self.rows_skipped
         )?;
         writeln!(
@@ -155,7 +227,7 @@ impl fmt::Display for JobReport {
         )?;
         writeln!(
             f,
-            "  speed     {:.0} rows/s  {:.1} MiB/s read",
+            "  speed     {:.0} {unit}/s  {:.1} MiB/s read",
             self.rows_per_sec, self.read_mib_per_sec
         )?;
         writeln!(
@@ -163,6 +235,13 @@ impl fmt::Display for JobReport {
             "  partitions {}  retries {}",
             self.partitions, self.retries
         )?;
+        if self.partitions > 1 && !self.stages.is_empty() {
+            writeln!(
+                f,
+                "  stages    times summed over the {} partitions (several run at once)",
+                self.partitions
+            )?;
+        }
         for s in &self.stages {
             writeln!(
                 f,
@@ -216,5 +295,13 @@ mod tests {
         ];
         assert_eq!(JobReport::find_bottleneck(&stages), Some(Stage::Encode));
         assert_eq!(JobReport::find_bottleneck(&[]), None);
+        // A short job: the source read briefly and never waited (100% busy), the sink worked
+        // far longer while waiting too; the sink is where the time went.
+        let short = vec![
+            times(Stage::Source, 0.06, 0.0),
+            times(Stage::Encode, 0.02, 0.3),
+            times(Stage::Sink, 0.33, 0.1),
+        ];
+        assert_eq!(JobReport::find_bottleneck(&short), Some(Stage::Sink));
     }
 }

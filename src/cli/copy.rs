@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use ferry_engine::{JobProgress, JobReport, RunningJob};
 use indicatif::{ProgressBar, ProgressStyle};
+use tokio_util::sync::CancellationToken;
 
 /// Arguments of `ferry copy`.
 #[derive(Args)]
@@ -44,44 +45,49 @@ pub fn run(args: CopyArgs) -> u8 {
         args.policy.as_deref(),
     ) {
         Ok(loaded) => loaded,
-        Err(e) => return super::fail(&e),
+        Err(e) => {
+            let code = super::fail(&e);
+            if let ReportFormat::Json = args.report {
+                // A script reading the JSON report gets one for an invalid job file too.
+                let name = args
+                    .job
+                    .file_stem()
+                    .map_or_else(|| "?".to_string(), |s| s.to_string_lossy().to_string());
+                if let Ok(json) = serde_json::to_string_pretty(&JobReport::failed(&name, e)) {
+                    println!("{json}");
+                }
+            }
+            return code;
+        }
     };
     let name = settings.name.clone();
     let show_progress = !args.no_progress && std::io::stderr().is_terminal();
     let system = actix::System::new();
     let reports = system.block_on(async move {
-        // One progress bar and one Ctrl-C handler per phase (a staged job has two).
-        let shown: Mutex<Option<(ProgressBar, tokio::task::JoinHandle<()>)>> = Mutex::new(None);
-        let ctrl_c: Mutex<Option<tokio::task::JoinHandle<()>>> = Mutex::new(None);
+        // One Ctrl-C handler for the whole command, from its first moment (see
+        // `watch_ctrl_c`): before the job runs it ends the process, since nothing was
+        // written yet; once a phase runs, it cancels that phase.
+        let running = watch_ctrl_c(&name);
+        // Until a phase runs, a spinner says what ferry is doing; then a progress bar.
+        let shown: Mutex<Option<(ProgressBar, tokio::task::JoinHandle<()>)>> =
+            Mutex::new(show_progress.then(spawn_preparing));
         let clear = |shown: &Mutex<Option<(ProgressBar, tokio::task::JoinHandle<()>)>>| {
             if let Some((bar, ticker)) = shown.lock().ok().and_then(|mut s| s.take()) {
                 ticker.abort();
                 bar.finish_and_clear();
             }
         };
-        let observe = |running: &RunningJob| {
-            let cancel = running.cancel.clone();
-            let handler = tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    eprintln!("cancelling: nothing will be published");
-                    cancel.cancel();
-                }
-            });
-            if let Ok(mut slot) = ctrl_c.lock()
-                && let Some(old) = slot.replace(handler)
-            {
-                old.abort();
+        let observe = |job: &RunningJob| {
+            if let Ok(mut slot) = running.lock() {
+                *slot = Some(job.cancel.clone());
             }
             clear(&shown);
             if show_progress && let Ok(mut slot) = shown.lock() {
-                *slot = Some(spawn_progress(running.progress.clone()));
+                *slot = Some(spawn_progress(job.progress.clone()));
             }
         };
         let reports = ferry_connectors::run_job(&spec, settings, &connections, &observe).await;
         clear(&shown);
-        if let Some(handler) = ctrl_c.lock().ok().and_then(|mut s| s.take()) {
-            handler.abort();
-        }
         if reports.is_empty() {
             vec![JobReport::failed(
                 &name,
@@ -120,22 +126,91 @@ pub fn run(args: CopyArgs) -> u8 {
     }
     let last = reports.last().unwrap_or(&reports[0]);
     let failed = reports.iter().find(|r| r.error.is_some()).unwrap_or(last);
-    if let Some(e) = &failed.error {
+    // The text report on a terminal already shows the error; a JSON report, or output
+    // that goes elsewhere, gets it on stderr too.
+    if let Some(e) = &failed.error
+        && (matches!(args.report, ReportFormat::Json) || !std::io::stdout().is_terminal())
+    {
         eprintln!("error: {}", e.message);
     }
     failed.exit_code() as u8
 }
 
-fn spawn_progress(progress: Arc<JobProgress>) -> (ProgressBar, tokio::task::JoinHandle<()>) {
-    let bar = ProgressBar::new(0);
+/// Listens for Ctrl-C on a thread of its own, registered before this returns, so that a
+/// Ctrl-C while the job is still being prepared (which may keep the main thread busy for
+/// seconds) is handled too. Returns the slot where the running phase's cancel token goes.
+fn watch_ctrl_c(job: &str) -> Arc<Mutex<Option<CancellationToken>>> {
+    let running: Arc<Mutex<Option<CancellationToken>>> = Arc::default();
+    let (ready, registered) = std::sync::mpsc::channel();
+    let (slot, job) = (running.clone(), job.to_string());
+    let spawned = std::thread::Builder::new()
+        .name("ctrl-c".into())
+        .spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                let _ = ready.send(());
+                return;
+            };
+            runtime.block_on(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let interrupt = signal(SignalKind::interrupt());
+                let _ = ready.send(());
+                let Ok(mut interrupt) = interrupt else { return };
+                while interrupt.recv().await.is_some() {
+                    eprintln!("cancelling: nothing will be published");
+                    match slot.lock().ok().and_then(|r| r.clone()) {
+                        Some(token) => token.cancel(),
+                        None => {
+                            eprintln!("job {job} cancelled before it started; nothing was written");
+                            std::process::exit(1);
+                        }
+                    }
+                }
+            });
+        });
+    if spawned.is_ok() {
+        let _ = registered.recv();
+    }
+    running
+}
+
+/// A spinner while the job is prepared (metadata read, schemas inferred, partitions planned).
+fn spawn_preparing() -> (ProgressBar, tokio::task::JoinHandle<()>) {
+    let bar = ProgressBar::new_spinner();
     bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {percent:>3}% {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
+    bar.set_message("preparing the job (reading metadata, planning partitions)");
+    let shown = bar.clone();
+    let ticker = tokio::spawn(async move {
+        loop {
+            shown.tick();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (bar, ticker)
+}
+
+fn spawn_progress(progress: Arc<JobProgress>) -> (ProgressBar, tokio::task::JoinHandle<()>) {
+    // A spinner until a total is known: a bar of length 0 would show 100%.
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    let bar_style =
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {percent:>3}% {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
     let shown = bar.clone();
     let ticker = tokio::spawn(async move {
         loop {
             let s = progress.snapshot();
+            if (s.input_bytes_total > 0 || s.partitions_total > 0) && shown.length().is_none() {
+                shown.set_style(bar_style.clone());
+            }
             if s.input_bytes_total > 0 {
                 shown.set_length(s.input_bytes_total);
                 shown.set_position(s.input_bytes_read.min(s.input_bytes_total));

@@ -427,6 +427,12 @@ fn binary_copy_of_a_tree_is_byte_for_byte_and_resumes() {
         &connections(""),
     );
     assert_eq!(down.status, JobStatus::Succeeded, "{down}");
+    // A binary copy counts files, and says so.
+    let text = format!("{down}");
+    assert!(
+        text.contains("files     read 6") && text.contains("files/s") && !text.contains("rows"),
+        "{text}"
+    );
     for (name, data) in &files {
         assert_eq!(&std::fs::read(back.join(name)).unwrap(), data, "{name}");
         // Local copies get the default output mode, whatever the umask.

@@ -359,3 +359,74 @@ fn copy_with_a_policy_file_keeps_the_job_inside_its_roots() {
         "id,name\n1,a\n2,b\n"
     );
 }
+
+/// Whether process `pid` has a handler for SIGINT installed (its `SigCgt` mask).
+fn catches_sigint(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("SigCgt:"))
+                .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        })
+        .is_some_and(|mask| mask & (1 << (libc::SIGINT - 1)) != 0)
+}
+
+#[test]
+fn ctrl_c_while_a_job_is_prepared_ends_it_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.json");
+    let out = dir.path().join("lineitem.parquet");
+    // Generating lineitem at scale 1 takes seconds to set up before any row is copied.
+    std::fs::write(
+        &job,
+        format!(
+            r#"{{"name": "prep", "source": {{"type": "tpch", "table": "lineitem", "scale_factor": 1}},
+                "sink": {{"type": "file", "path": {}, "format": {{"type": "parquet"}}}}}}"#,
+            js(&out)
+        ),
+    )
+    .unwrap();
+    let mut child = ferry()
+        .arg("copy")
+        .arg(&job)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !catches_sigint(child.id()) {
+        assert!(
+            Instant::now() < deadline,
+            "ferry never installed its Ctrl-C handler"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "ends by its own exit, not by the signal: {stderr}"
+    );
+    assert!(
+        stderr.contains("cancelling: nothing will be published")
+            && stderr.contains("cancelled before it started"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    let mut left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["job.json"], "nothing written");
+}

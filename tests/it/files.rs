@@ -316,6 +316,28 @@ fn a_bad_row_fails_with_its_location_and_leaves_no_output() {
         "{}",
         error.message
     );
+    assert!(
+        error.message.contains("it was inferred"),
+        "{}",
+        error.message
+    );
+    // With the type declared, the hint does not ask to declare it.
+    let declared = r#"{"type":"csv","schema":[{"name":"id","type":"int64"},{"name":"amount","type":"float64"}]}"#;
+    let report = run_job(&job(
+        "bad",
+        file(&input, declared),
+        file(&target, PARQUET),
+        r#","batch_rows":1000"#,
+    ));
+    let error = report.error.expect("the job fails");
+    assert!(
+        error
+            .message
+            .contains("change the column's type in format.schema")
+            && !error.message.contains("declare"),
+        "{}",
+        error.message
+    );
     assert_eq!(
         tree(&out),
         ["keep.txt"],

@@ -517,17 +517,20 @@ impl ReadTask {
         };
         let mut reader = compression.reader(raw)?;
         let mut decoder = match &self.format {
-            FormatSpec::Csv(c) => Text::Csv(Box::new(CsvDecoder::new(
-                self.schema.clone(),
-                c.dialect(),
-                Origin {
-                    file: label.clone(),
-                    first_line: line,
-                    skip_header: header,
-                },
-                self.batch_rows,
-                self.skip_bad_rows,
-            ))),
+            FormatSpec::Csv(c) => Text::Csv(Box::new(
+                CsvDecoder::new(
+                    self.schema.clone(),
+                    c.dialect(),
+                    Origin {
+                        file: label.clone(),
+                        first_line: line,
+                        skip_header: header,
+                    },
+                    self.batch_rows,
+                    self.skip_bad_rows,
+                )
+                .with_declared_schema(c.schema.is_some()),
+            )),
             _ => Text::Jsonl(Box::new(JsonlDecoder::new(
                 self.schema.clone(),
                 self.batch_rows,

@@ -123,6 +123,9 @@ pub struct CsvDecoder {
     origin: Origin,
     batch_rows: usize,
     skip_bad_rows: bool,
+    /// Whether the schema was declared (`format.schema`) rather than inferred: the hint of a
+    /// bad value differs.
+    schema_declared: bool,
     started: bool,
     // Fields of the complete records of the batch, then of the record being read.
     data: Vec<u8>,
@@ -146,6 +149,12 @@ pub struct CsvDecoder {
 }
 
 impl CsvDecoder {
+    /// Says that the schema was declared in `format.schema`, not inferred.
+    pub fn with_declared_schema(mut self, declared: bool) -> Self {
+        self.schema_declared = declared;
+        self
+    }
+
     /// A decoder for one partition.
     pub fn new(
         schema: SchemaRef,
@@ -164,6 +173,7 @@ impl CsvDecoder {
             origin,
             batch_rows: batch_rows.max(1),
             skip_bad_rows,
+            schema_declared: false,
             started: false,
             data: Vec::new(),
             ends: Vec::new(),
@@ -414,11 +424,12 @@ impl CsvDecoder {
         let mut skipped = std::mem::take(&mut self.skipped);
         for (row, reason) in reasons {
             let line = self.lines[row];
-            self.reject(
-                line,
-                reason,
-                "fix the value or declare the column's type in format.schema",
-            )?;
+            let hint = if self.schema_declared {
+                "fix the value, or change the column's type in format.schema"
+            } else {
+                "fix the value, or declare the column's type in format.schema (it was inferred from the first rows)"
+            };
+            self.reject(line, reason, hint)?;
         }
         skipped.append(&mut self.skipped);
         let mut batch = RecordBatch::try_new_with_options(

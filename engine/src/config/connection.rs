@@ -38,14 +38,16 @@ impl Connections {
     pub fn get(&self, name: &str) -> Result<(&str, &serde_json::Value)> {
         let value = self.0.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.0.keys().map(String::as_str).collect();
-            Error::config(format!(
-                "unknown connection `{name}`; the connections file defines: {}",
-                if known.is_empty() {
-                    "none".to_string()
-                } else {
+            if known.is_empty() {
+                Error::config(format!(
+                    "unknown connection `{name}`: no connections are defined; give a connections file (`--connections FILE` or FERRY_CONNECTIONS; `connections` in a node's ferry.toml)"
+                ))
+            } else {
+                Error::config(format!(
+                    "unknown connection `{name}`; the connections file defines: {}",
                     known.join(", ")
-                }
-            ))
+                ))
+            }
         })?;
         let kind = value
             .get("type")
@@ -167,6 +169,8 @@ mod tests {
         assert_eq!(c.get("a").unwrap().0, "file");
         let err = c.get("b").unwrap_err();
         assert!(err.to_string().contains("defines: a"), "{err}");
+        let err = Connections::default().get("b").unwrap_err();
+        assert!(err.to_string().contains("--connections FILE"), "{err}");
     }
 
     #[test]

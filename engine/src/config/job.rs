@@ -206,6 +206,17 @@ impl JobSettings {
     }
 }
 
+/// A deserialization error with the path of the field it is about (`parallel_copies:
+/// invalid type: string "four", expected usize at line 1 column 30`).
+pub fn path_error(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let path = e.path().to_string();
+    if matches!(path.as_str(), "." | "?" | "") {
+        e.inner().to_string()
+    } else {
+        format!("{path}: {}", e.inner())
+    }
+}
+
 impl<Src, Snk> JobSpec<Src, Snk> {
     /// Parses a job from JSON; unknown fields and wrong types are errors naming the field.
     pub fn from_json(text: &str) -> Result<Self>
@@ -213,7 +224,9 @@ impl<Src, Snk> JobSpec<Src, Snk> {
         Src: serde::de::DeserializeOwned,
         Snk: serde::de::DeserializeOwned,
     {
-        serde_json::from_str(text).map_err(|e| Error::config(format!("invalid job: {e}")))
+        let mut de = serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| Error::config(format!("invalid job: {}", path_error(&e))))
     }
 
     /// Checks the engine's part of the job without I/O and returns its typed settings.
@@ -309,6 +322,18 @@ mod tests {
             err.to_string().contains("unknown field `paralel_copies`"),
             "{err}"
         );
+        // A wrong type names the field it is about.
+        let err = Spec::from_json(r#"{"name":"j","source":{},"sink":{},"parallel_copies":"four"}"#)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("invalid job: parallel_copies: invalid type: string \"four\""),
+            "{err}"
+        );
+        let err =
+            Spec::from_json(r#"{"name":"j","source":{},"sink":{},"retry":{"max_attempts":-1}}"#)
+                .unwrap_err();
+        assert!(err.to_string().contains("retry.max_attempts:"), "{err}");
         assert_eq!(err.exit_code(), 2);
     }
 
