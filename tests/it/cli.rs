@@ -388,7 +388,7 @@ fn ctrl_c_while_a_job_is_prepared_ends_it_cleanly() {
         ),
     )
     .unwrap();
-    let mut child = ferry()
+    let child = ferry()
         .arg("copy")
         .arg(&job)
         .stdout(Stdio::piped())
