@@ -111,6 +111,9 @@ pub struct JobProgress {
     pub input_bytes_total: AtomicU64,
     /// Input bytes consumed.
     pub input_bytes_read: AtomicU64,
+    /// Rows handed to the encoders (a Parquet writer holds a row group's rows before it
+    /// writes them, so this moves before `rows_written` does).
+    pub rows_encoded: AtomicU64,
     /// Rows written to the sink.
     pub rows_written: AtomicU64,
     /// Bytes written to the sink.
@@ -143,6 +146,7 @@ impl JobProgress {
             partitions_total: self.partitions_total.load(Relaxed),
             partitions_done: self.partitions_done.load(Relaxed),
             records_read: self.records_read.load(Relaxed),
+            rows_encoded: self.rows_encoded.load(Relaxed),
             rows_written: self.rows_written.load(Relaxed),
             rows_skipped: self.rows_skipped.load(Relaxed),
             input_bytes_total: self.input_bytes_total.load(Relaxed),
@@ -169,6 +173,8 @@ pub struct ProgressSnapshot {
     pub partitions_done: u64,
     /// Records read.
     pub records_read: u64,
+    /// Rows handed to the encoders.
+    pub rows_encoded: u64,
     /// Rows written.
     pub rows_written: u64,
     /// Rows skipped.

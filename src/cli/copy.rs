@@ -219,8 +219,9 @@ fn spawn_progress(progress: Arc<JobProgress>) -> (ProgressBar, tokio::task::Join
                 shown.set_position(s.partitions_done);
             }
             shown.set_message(format!(
-                "{} rows read, {} written, {} skipped, partitions {}/{}",
+                "{} rows read, {} encoded, {} written, {} skipped, partitions {}/{}",
                 s.records_read,
+                s.rows_encoded,
                 s.rows_written,
                 s.rows_skipped,
                 s.partitions_done,

@@ -355,6 +355,13 @@ async fn run_output_with_retry(
                         .min(ctx.progress.rows_written.load(Relaxed)),
                     Relaxed,
                 );
+                ctx.progress.rows_encoded.fetch_sub(
+                    counts
+                        .records
+                        .saturating_sub(counts.skipped)
+                        .min(ctx.progress.rows_encoded.load(Relaxed)),
+                    Relaxed,
+                );
                 if !e.is_retryable()
                     || attempt >= ctx.settings.max_attempts.get()
                     || cancel.is_cancelled()
