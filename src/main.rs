@@ -2,6 +2,7 @@
 //!
 //! Exit codes: 0 success, 1 the job failed, 2 invalid input (job, connections, arguments).
 
+#[macro_use]
 mod cli;
 mod worker;
 
@@ -46,6 +47,17 @@ enum Command {
     TestConnection(cli::test_connection::TestConnectionArgs),
     /// Writes an archive for a support ticket (configuration, reports), secrets redacted.
     Diagnostics(cli::diagnostics::DiagnosticsArgs),
+    /// Prints a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Writes man pages (ferry.1 and one per subcommand) into a directory.
+    #[command(hide = true)]
+    Manpages {
+        /// The directory (created if missing).
+        dir: std::path::PathBuf,
+    },
 }
 
 /// How the process logs.
@@ -135,6 +147,27 @@ fn limit_malloc_arenas() {
     }
 }
 
+/// Writes `ferry.1` and `ferry-<subcommand>.1` into `dir` from the command-line definition.
+fn write_manpages(dir: &std::path::Path) -> u8 {
+    use clap::CommandFactory;
+    let write = || -> std::io::Result<usize> {
+        std::fs::create_dir_all(dir)?;
+        let command = Cli::command();
+        clap_mangen::generate_to(command, dir)?;
+        Ok(std::fs::read_dir(dir)?.count())
+    };
+    match write() {
+        Ok(n) => {
+            outln!("wrote {n} man pages to {}", dir.display());
+            0
+        }
+        Err(e) => cli::fail(&ferry_engine::Error::io(
+            format!("cannot write man pages to {}", dir.display()),
+            e,
+        )),
+    }
+}
+
 fn main() -> ExitCode {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     limit_malloc_arenas();
@@ -176,6 +209,14 @@ fn main() -> ExitCode {
         Command::Nodes(args) => cli::node::run_nodes(args),
         Command::TestConnection(args) => cli::test_connection::run(args),
         Command::Diagnostics(args) => cli::diagnostics::run(args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "ferry", &mut script);
+            outln!("{}", String::from_utf8_lossy(&script).trim_end());
+            0
+        }
+        Command::Manpages { dir } => write_manpages(&dir),
     };
     ExitCode::from(code)
 }

@@ -54,7 +54,7 @@ pub fn run(args: CopyArgs) -> u8 {
                     .file_stem()
                     .map_or_else(|| "?".to_string(), |s| s.to_string_lossy().to_string());
                 if let Ok(json) = serde_json::to_string_pretty(&JobReport::failed(&name, e)) {
-                    println!("{json}");
+                    outln!("{json}");
                 }
             }
             return code;
@@ -107,9 +107,9 @@ pub fn run(args: CopyArgs) -> u8 {
                     } else {
                         "staging -> sink"
                     };
-                    println!("phase {} of 2 ({what})", i + 1);
+                    outln!("phase {} of 2 ({what})", i + 1);
                 }
-                print!("{report}");
+                outln!("{}", report.to_string().trim_end());
             }
         }
         ReportFormat::Json => {
@@ -119,7 +119,7 @@ pub fn run(args: CopyArgs) -> u8 {
                 serde_json::to_string_pretty(&reports[0])
             };
             match json {
-                Ok(json) => println!("{json}"),
+                Ok(json) => outln!("{json}"),
                 Err(e) => eprintln!("error: cannot print the report: {e}"),
             }
         }

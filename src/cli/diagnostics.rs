@@ -214,7 +214,7 @@ fn add(
 pub fn run(args: DiagnosticsArgs) -> u8 {
     match write(&args) {
         Ok(()) => {
-            println!("wrote {}", args.output.display());
+            outln!("wrote {}", args.output.display());
             0
         }
         Err(e) => super::fail(&e),

@@ -1,5 +1,13 @@
 //! One module per subcommand; each turns arguments into engine calls and an exit code.
 
+/// `println!` for command output that may go to a pipe closed early (`ferry jobs list |
+/// head`): see [`print_line`].
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::print_line(format_args!($($arg)*))
+    };
+}
+
 pub mod copy;
 pub mod diagnostics;
 pub mod node;
@@ -64,6 +72,20 @@ pub fn load_policy(path: &Path) -> Result<ferry_connectors::NodePolicy> {
             ..Default::default()
         })
         .map_err(|e| e.context(path.display()))
+}
+
+/// Writes one line of output. When the reader has gone (a closed pipe), ends the process as
+/// a shell tool ends on SIGPIPE (exit 141) instead of panicking.
+pub fn print_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(line).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(141);
+        }
+        eprintln!("error: cannot write the output: {e}");
+        std::process::exit(1);
+    }
 }
 
 /// Prints an error the way every subcommand does and returns its exit code.

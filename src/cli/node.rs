@@ -88,7 +88,7 @@ pub fn run_jobs(command: JobsCommand) -> u8 {
             });
             match submitted {
                 Ok(id) => {
-                    println!("{id}");
+                    outln!("{id}");
                     0
                 }
                 Err(e) => super::fail(&e),
@@ -98,12 +98,15 @@ pub fn run_jobs(command: JobsCommand) -> u8 {
             let Ok(loaded) = load(&config) else { return 2 };
             match loaded.with_channel(|channel| async move { channel.jobs().await }) {
                 Ok(jobs) => {
-                    println!(
+                    outln!(
                         "{:<48} {:<10} {:<8} {:<14} name",
-                        "id", "state", "attempt", "node"
+                        "id",
+                        "state",
+                        "attempt",
+                        "node"
                     );
                     for j in jobs {
-                        println!(
+                        outln!(
                             "{:<48} {:<10} {:<8} {:<14} {}",
                             j.id,
                             j.state,
@@ -130,13 +133,13 @@ pub fn run_jobs(command: JobsCommand) -> u8 {
             match found {
                 Ok(Ok(finished)) => match serde_json::to_string_pretty(&finished) {
                     Ok(json) => {
-                        println!("{json}");
+                        outln!("{json}");
                         0
                     }
                     Err(e) => super::fail(&ferry_engine::Error::internal(e.to_string())),
                 },
                 Ok(Err(Some(j))) => {
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::json!({"id": j.id, "status": j.state, "node": j.node, "attempt": j.attempt})
                     );
@@ -156,7 +159,7 @@ pub fn run_jobs(command: JobsCommand) -> u8 {
             };
             match asked {
                 Ok(what) => {
-                    println!("{id}: {what}");
+                    outln!("{id}: {what}");
                     0
                 }
                 Err(e) => super::fail(&e),
@@ -174,9 +177,12 @@ pub fn run_nodes(config: ConfigArg) -> u8 {
     match listed {
         Ok((timeout, nodes)) => {
             let timeout = timeout.as_millis() as u64;
-            println!(
+            outln!(
                 "{:<20} {:<9} {:>5} {:>5}  last heartbeat",
-                "node", "status", "busy", "slots"
+                "node",
+                "status",
+                "busy",
+                "slots"
             );
             for n in nodes {
                 let age = now_ms().saturating_sub(n.heartbeat_ms);
@@ -191,7 +197,7 @@ pub fn run_nodes(config: ConfigArg) -> u8 {
                 } else {
                     "online"
                 };
-                println!(
+                outln!(
                     "{:<20} {:<9} {:>5} {:>5}  {:.1}s ago",
                     n.node,
                     status,

@@ -44,9 +44,9 @@ pub fn run(args: TestConnectionArgs) -> u8 {
     match result {
         Ok(steps) => {
             for step in steps {
-                println!("{step}");
+                outln!("{step}");
             }
-            println!("connection `{}`: ok", args.name);
+            outln!("connection `{}`: ok", args.name);
             0
         }
         Err(e) => super::fail(&e.context(format!("connection `{}` failed its check", args.name))),

@@ -32,7 +32,7 @@ pub fn run(args: ValidateArgs) -> u8 {
     });
     match loaded {
         Ok(settings) => {
-            println!(
+            outln!(
                 "job {} is valid (parallel_copies {}, max_buffer_bytes {})",
                 settings.name,
                 settings.parallel_copies,

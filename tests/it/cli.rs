@@ -430,3 +430,45 @@ fn ctrl_c_while_a_job_is_prepared_ends_it_cleanly() {
     left.sort();
     assert_eq!(left, ["job.json"], "nothing written");
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_command_line_definition() {
+    let bash = crate::support::succeed(ferry().args(["completions", "bash"]));
+    assert!(
+        bash.contains("_ferry()") && bash.contains("test-connection"),
+        "{bash}"
+    );
+    let zsh = crate::support::succeed(ferry().args(["completions", "zsh"]));
+    assert!(zsh.contains("#compdef ferry"), "{zsh}");
+    let dir = tempfile::tempdir().unwrap();
+    crate::support::succeed(ferry().arg("manpages").arg(dir.path()));
+    for page in [
+        "ferry.1",
+        "ferry-copy.1",
+        "ferry-worker.1",
+        "ferry-jobs-submit.1",
+    ] {
+        let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+        assert!(text.contains(".TH"), "{page} is a man page");
+    }
+    let copy = std::fs::read_to_string(dir.path().join("ferry-copy.1")).unwrap();
+    assert!(copy.contains("policy"), "options are documented: {copy}");
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = ferry()
+        .args(["completions", "bash"])
+        .stdout(writer)
+        .output()
+        .unwrap();
+    // As a shell tool on SIGPIPE (`ferry jobs list | head`), never a panic.
+    assert_eq!(out.status.code(), Some(141));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -64,9 +64,10 @@ fn encode_output(msg: EncodeOutput) -> StageExit {
         let Some(item) = item else { break };
         held.merge(item.reservation);
         pending_rows += item.batch.num_rows() as u64;
-        progress
-            .rows_encoded
-            .fetch_add(item.batch.num_rows() as u64, std::sync::atomic::Ordering::Relaxed);
+        progress.rows_encoded.fetch_add(
+            item.batch.num_rows() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let (encoded, busy) = timed(|| {
             let mut out = encoder.encode(&item.batch)?;
             if out.is_none() && encoder.buffered_bytes() > max_buffered {
