@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
-use ferry_engine::config::{Access, Connections, JobSettings, LocalFiles};
+use ferry_engine::config::{Connections, JobSettings, LocalFiles};
 use ferry_engine::report::{CountUnit, JobFailure, JobStatus};
 use ferry_engine::{Error, JobReport, Result};
 use futures::{StreamExt, TryStreamExt};
@@ -102,14 +102,7 @@ async fn source_endpoint(
 ) -> Result<(Endpoint, Vec<InputFile>)> {
     match spec {
         SourceSpec::File(s) => {
-            let path = file::resolve(
-                &s.path,
-                s.connection.as_deref(),
-                connections,
-                local,
-                Access::Read,
-                "file source",
-            )?;
+            let path = s.local_path(connections, local)?;
             let store = file::local_store();
             let files = file::list_inputs(&store, &path, &s.path).await?;
             file::check_inputs(&files, local)?;
@@ -155,14 +148,7 @@ fn sink_endpoint(
 ) -> Result<(Endpoint, usize, usize)> {
     match spec {
         SinkSpec::File(s) => {
-            let dir = file::resolve(
-                &s.path,
-                s.connection.as_deref(),
-                connections,
-                local,
-                Access::Write,
-                "file sink",
-            )?;
+            let dir = s.local_path(connections, local)?;
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
             Ok((

@@ -172,15 +172,7 @@ pub async fn build_job(
     }
     let source: Arc<dyn Source> = match &spec.source {
         SourceSpec::File(s) => {
-            let path = file::resolve(
-                &s.path,
-                s.connection.as_deref(),
-                connections,
-                &settings.local,
-                Access::Read,
-                "file source",
-            )
-            .map_err(in_job)?;
+            let path = s.local_path(connections, &settings.local).map_err(in_job)?;
             Arc::new(
                 file_source(
                     file::local_store(),
@@ -220,15 +212,7 @@ pub async fn build_job(
     let sink: Arc<dyn Sink> = match &spec.sink {
         SinkSpec::File(s) => {
             let is_dir = s.path.ends_with('/');
-            let path = file::resolve(
-                &s.path,
-                s.connection.as_deref(),
-                connections,
-                &settings.local,
-                Access::Write,
-                "file sink",
-            )
-            .map_err(in_job)?;
+            let path = s.local_path(connections, &settings.local).map_err(in_job)?;
             let (dir, name) = if is_dir {
                 (path.clone(), None)
             } else {

@@ -544,13 +544,13 @@ fn unsafe_env_set(key: &str, value: &str) {
     };
 }
 
-#[test]
-fn tls_modes_verify_what_they_promise() {
-    let pg = server();
-    let db = pg.database("tls");
+/// A new database `name` with a table `t` of `rows` ids, and a job (named `name`) that copies
+/// it to `t.csv` in a new directory; returns the database, the directory and the job.
+fn table_to_csv(pg: &Postgres, name: &str, rows: u32) -> (String, tempfile::TempDir, String) {
+    let db = pg.database(name);
     pg.sql(
         &db,
-        "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 100) g",
+        &format!("CREATE TABLE t AS SELECT g AS id FROM generate_series(1, {rows}) g"),
     );
     let dir = tempfile::tempdir().unwrap();
     let sink = format!(
@@ -558,11 +558,18 @@ fn tls_modes_verify_what_they_promise() {
         js(&dir.path().join("t.csv"))
     );
     let job = pg_job(
-        "tls",
+        name,
         r#"{"type": "postgres", "connection": "pg", "table": "t"}"#,
         &sink,
         "",
     );
+    (db, dir, job)
+}
+
+#[test]
+fn tls_modes_verify_what_they_promise() {
+    let pg = server();
+    let (db, _dir, job) = table_to_csv(pg, "tls", 100);
     let ca = pg.dir.join("ca.pem");
     let other = tempfile::tempdir().unwrap();
     make_certificates(other.path(), &["localhost"]);
@@ -672,22 +679,7 @@ fn infinite_dates_and_timestamps_read_as_text_load_back() {
 #[test]
 fn secure_defaults_verify_the_server_and_never_send_a_cleartext_password() {
     let pg = server();
-    let db = pg.database("securedefaults");
-    pg.sql(
-        &db,
-        "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 10) g",
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let sink = format!(
-        r#"{{"type": "file", "path": {}, "format": {{"type": "csv"}}}}"#,
-        js(&dir.path().join("t.csv"))
-    );
-    let job = pg_job(
-        "securedefaults",
-        r#"{"type": "postgres", "connection": "pg", "table": "t"}"#,
-        &sink,
-        "",
-    );
+    let (db, dir, job) = table_to_csv(pg, "securedefaults", 10);
     let ca = pg.dir.join("ca.pem");
     unsafe_env_set("FERRY_IT_PG_CLEAR", PASSWORD);
     let run = |fields: &str| {

@@ -83,7 +83,35 @@ impl FileSourceSpec {
     }
 }
 
+impl FileSourceSpec {
+    /// The local path to read: resolved against the connection's root and checked against
+    /// the job's allowed paths.
+    pub fn local_path(&self, connections: &Connections, local: &LocalFiles) -> Result<PathBuf> {
+        resolve(
+            &self.path,
+            self.connection.as_deref(),
+            connections,
+            local,
+            Access::Read,
+            "file source",
+        )
+    }
+}
+
 impl FileSinkSpec {
+    /// The local path to write: resolved against the connection's root and checked against
+    /// the job's allowed paths.
+    pub fn local_path(&self, connections: &Connections, local: &LocalFiles) -> Result<PathBuf> {
+        resolve(
+            &self.path,
+            self.connection.as_deref(),
+            connections,
+            local,
+            Access::Write,
+            "file sink",
+        )
+    }
+
     /// Checks the spec without I/O.
     pub fn validate(&self) -> Result<()> {
         if self.path.trim().is_empty() || self.path.trim() == "/" {
