@@ -17,4 +17,4 @@ gzip -9n "$out"/man/*.1
 ./target/release/ferry completions bash >"$out/completions/ferry.bash"
 ./target/release/ferry completions zsh >"$out/completions/_ferry"
 ./target/release/ferry completions fish >"$out/completions/ferry.fish"
-cargo deb --no-build --output target/debian/ 2>&1 | tail -1
+cargo deb --no-build --strip --output target/debian/ 2>&1 | tail -1
