@@ -134,6 +134,13 @@ fn kill_9_leaves_no_partial_output_and_the_next_run_cleans_up() {
         temp.exists(),
         "the temporary directory is what a killed run leaves"
     );
+    // A reader globbing the destination for the format (`out/**/*.csv`) finds nothing of the
+    // killed run: uncommitted files do not carry the output's extension.
+    let left = tree(&out_dir);
+    assert!(
+        !left.is_empty() && left.iter().all(|p| !p.ends_with(".csv")),
+        "{left:?}"
+    );
 
     let status = ferry()
         .arg("copy")

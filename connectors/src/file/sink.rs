@@ -2,8 +2,10 @@
 //!
 //! - [`Publish::Rename`] (local files): every output is written under a temporary directory
 //!   beside the destination (`_ferry_tmp_<job>/`) and renamed into place only when the whole
-//!   job succeeded. A killed run leaves only that directory, which the next run of the job
-//!   removes before it writes anything.
+//!   job succeeded. Until then each file's name ends in `.partial`, so a reader's pattern for
+//!   the format (`dest/**/*.parquet`) never reaches uncommitted data, even that of a killed
+//!   run. A killed run leaves only that directory, which the next run of the job removes
+//!   before it writes anything.
 //! - [`Publish::CompleteUpload`] (blob stores): every output is a multipart (block) upload to
 //!   its final name whose parts go up as the output streams; the uploads are completed (the
 //!   block list committed) only when the whole job succeeded. Until then no object exists,
@@ -717,7 +719,8 @@ impl Sink for FileSink {
                 naming: (self.dir.clone(), base, ext),
             }));
         }
-        let temporary = self.temp_dir().join(format!("{}-{name}", self.run));
+        // Not the output's own extension: globbing the destination must not find it.
+        let temporary = self.temp_dir().join(format!("{}-{name}.partial", self.run));
         let writer =
             BufWriter::with_capacity(self.store.clone(), temporary.clone(), WRITE_BUFFER_BYTES)
                 .with_max_concurrency(2);
