@@ -65,15 +65,42 @@ impl StagingSpec {
     }
 }
 
-/// Where interim files go, resolved.
-enum Interim {
+/// A staged run's marker in its directory, rewritten every [`RUN_HEARTBEAT`] while the run
+/// lives: a run of the same job whose marker is older than [`DEAD_RUN_AFTER`] died (kill -9,
+/// a lost node), and the next run removes its interim files.
+const RUN_MARKER: &str = "_ferry_run";
+/// How often a staged run rewrites its marker.
+const RUN_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(60);
+/// A run whose marker is older than this is dead.
+pub const DEAD_RUN_AFTER: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
+/// Where interim files go, resolved: this run's directory `<job>-<hex>` under the staging
+/// location, through an object store (the local file system or a blob container).
+struct Interim {
+    store: Arc<dyn ObjectStore>,
+    /// The staging location: every run of every job has its directory below it.
+    base: object_store::path::Path,
+    /// This run's directory name.
+    run: String,
+    place: Place,
+}
+
+/// What the phases' specs name.
+enum Place {
+    /// A local staging directory.
     Local(std::path::PathBuf),
+    /// A blob container, through a connection.
     Blob {
-        store: Arc<dyn ObjectStore>,
         connection: String,
         container: String,
-        prefix: String,
     },
+}
+
+/// Whether directory `name` is a run of `job`: `<job>-<hex>`.
+fn is_run_of(name: &str, job: &str) -> bool {
+    name.strip_prefix(job)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|hex| !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 impl Interim {
@@ -96,16 +123,16 @@ impl Interim {
                     .map(|(c, p)| (c.to_string(), p.to_string()))
                     .unwrap_or((staging.path.trim_matches('/').to_string(), String::new()));
                 let store = AzureBlobConnection::open_store(connections, name, &container)?;
-                let prefix = if prefix.is_empty() {
-                    run_dir.to_string()
-                } else {
-                    format!("{prefix}/{run_dir}")
-                };
-                Ok(Interim::Blob {
+                let base = object_store::path::Path::parse(&prefix)
+                    .map_err(|e| Error::config(format!("staging path `{}`: {e}", staging.path)))?;
+                Ok(Interim {
                     store,
-                    connection: name.clone(),
-                    container,
-                    prefix,
+                    base,
+                    run: run_dir.to_string(),
+                    place: Place::Blob {
+                        connection: name.clone(),
+                        container,
+                    },
                 })
             }
             (None | Some("file"), _) => {
@@ -122,7 +149,12 @@ impl Interim {
                     Access::Write,
                     "staging directory",
                 )?;
-                Ok(Interim::Local(dir.join(run_dir)))
+                Ok(Interim {
+                    store: file::local_store(),
+                    base: file::object_path(&dir)?,
+                    run: run_dir.to_string(),
+                    place: Place::Local(dir),
+                })
             }
             (Some(other), _) => Err(Error::config(format!(
                 "staging: a `{other}` connection cannot hold interim files; use a `file` or `azure_blob` connection"
@@ -130,24 +162,36 @@ impl Interim {
         }
     }
 
+    /// This run's directory in the store.
+    fn dir(&self) -> object_store::path::Path {
+        self.base.clone().join(self.run.as_str())
+    }
+
+    /// This run's directory as a sink or source path (`container/prefix/` is not included
+    /// for blobs: the spec names the container).
+    fn path(&self) -> String {
+        match &self.place {
+            Place::Local(base) => format!("{}/", base.join(&self.run).display()),
+            Place::Blob { .. } => format!("{}/", self.dir()),
+        }
+    }
+
     fn sink(&self, format: FormatSpec) -> SinkSpec {
-        match self {
-            Interim::Local(dir) => SinkSpec::File(FileSinkSpec {
+        match &self.place {
+            Place::Local(_) => SinkSpec::File(FileSinkSpec {
                 connection: None,
-                path: format!("{}/", dir.display()),
-                format: format.clone(),
+                path: self.path(),
+                format,
                 mode: WriteMode::Overwrite,
             }),
-            Interim::Blob {
+            Place::Blob {
                 connection,
                 container,
-                prefix,
-                ..
             } => SinkSpec::AzureBlob(AzureBlobSinkSpec {
                 connection: connection.clone(),
                 container: container.clone(),
-                path: format!("{prefix}/"),
-                format: format.clone(),
+                path: self.path(),
+                format,
                 mode: WriteMode::Overwrite,
                 block_size: None,
                 max_concurrency: None,
@@ -158,53 +202,126 @@ impl Interim {
     }
 
     fn source(&self, format: FormatSpec) -> SourceSpec {
-        match self {
-            Interim::Local(dir) => SourceSpec::File(FileSourceSpec {
+        match &self.place {
+            Place::Local(_) => SourceSpec::File(FileSourceSpec {
                 connection: None,
-                path: format!("{}/", dir.display()),
-                format: format.clone(),
+                path: self.path(),
+                format,
             }),
-            Interim::Blob {
+            Place::Blob {
                 connection,
                 container,
-                prefix,
-                ..
             } => SourceSpec::AzureBlob(AzureBlobSourceSpec {
                 connection: connection.clone(),
                 container: container.clone(),
-                path: format!("{prefix}/"),
-                format: format.clone(),
+                path: self.path(),
+                format,
             }),
         }
     }
 
-    /// Deletes every interim file; nothing to delete is fine.
+    /// Writes this run's marker now, then every [`RUN_HEARTBEAT`] until the returned task is
+    /// aborted (at the end of the run).
+    async fn keep_alive(&self) -> Result<tokio::task::JoinHandle<()>> {
+        let (store, marker) = (self.store.clone(), self.dir().join(RUN_MARKER));
+        let beat = move || {
+            let (store, marker) = (store.clone(), marker.clone());
+            async move {
+                let now = crate::control::now_ms().to_string();
+                store
+                    .put(&marker, object_store::PutPayload::from(now.into_bytes()))
+                    .await
+                    .map(drop)
+                    .map_err(|e| crate::format::io::store_error("write", &marker, e))
+            }
+        };
+        beat().await?;
+        Ok(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(RUN_HEARTBEAT).await;
+                if let Err(e) = beat().await {
+                    tracing::warn!(error = %e, "cannot renew the staged run's marker");
+                }
+            }
+        }))
+    }
+
+    /// Removes the interim files of dead runs of `job` (their marker, or newest file when
+    /// they have none, older than [`DEAD_RUN_AFTER`]); returns their directory names. Runs
+    /// of other jobs, and live runs of this one, are left alone.
+    async fn remove_dead_runs(&self, job: &str) -> Result<Vec<String>> {
+        let listed = match self.store.list_with_delimiter(Some(&self.base)).await {
+            Ok(listed) => listed.common_prefixes,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(crate::format::io::store_error("list", &self.base, e)),
+        };
+        let now = crate::control::now_ms() as i64;
+        let mut removed = Vec::new();
+        for dir in listed {
+            let Some(name) = dir.filename().map(str::to_string) else {
+                continue;
+            };
+            if name == self.run || !is_run_of(&name, job) {
+                continue;
+            }
+            let files: Vec<_> = self
+                .store
+                .list(Some(&dir))
+                .try_collect()
+                .await
+                .map_err(|e| crate::format::io::store_error("list", &dir, e))?;
+            let marker = files
+                .iter()
+                .find(|m| m.location.filename() == Some(RUN_MARKER))
+                .or_else(|| files.iter().max_by_key(|m| m.last_modified));
+            let dead = marker.is_none_or(|m| {
+                now.saturating_sub(m.last_modified.timestamp_millis())
+                    > DEAD_RUN_AFTER.as_millis() as i64
+            });
+            if !dead {
+                continue;
+            }
+            for file in &files {
+                self.store
+                    .delete(&file.location)
+                    .await
+                    .map_err(|e| crate::format::io::store_error("delete", &file.location, e))?;
+            }
+            if let Place::Local(base) = &self.place {
+                let _ = tokio::fs::remove_dir_all(base.join(&name)).await;
+            }
+            removed.push(name);
+        }
+        Ok(removed)
+    }
+
+    /// Deletes every interim file of this run; nothing to delete is fine.
     async fn clean_up(&self) -> Result<()> {
-        match self {
-            Interim::Local(dir) => match tokio::fs::remove_dir_all(dir).await {
+        if let Place::Local(base) = &self.place {
+            let dir = base.join(&self.run);
+            return match tokio::fs::remove_dir_all(&dir).await {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(Error::io(
                     format!("remove interim files in {}", dir.display()),
                     e,
                 )),
-            },
-            Interim::Blob { store, prefix, .. } => {
-                let path = object_store::path::Path::from(prefix.as_str());
-                let listed: Vec<_> = store
-                    .list(Some(&path))
-                    .try_collect()
-                    .await
-                    .map_err(|e| crate::format::io::store_error("list", &path, e))?;
-                for meta in listed {
-                    store
-                        .delete(&meta.location)
-                        .await
-                        .map_err(|e| crate::format::io::store_error("delete", &meta.location, e))?;
-                }
-                Ok(())
-            }
+            };
         }
+        let dir = self.dir();
+        let listed: Vec<_> = self
+            .store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(|e| crate::format::io::store_error("list", &dir, e))?;
+        for meta in listed {
+            self.store
+                .delete(&meta.location)
+                .await
+                .map_err(|e| crate::format::io::store_error("delete", &meta.location, e))?;
+        }
+        Ok(())
     }
 }
 
@@ -333,6 +450,24 @@ pub async fn run_job(
         Ok(f) => f,
         Err(e) => return vec![failed_before_start(&settings.name, e)],
     };
+    match interim.remove_dead_runs(&settings.name).await {
+        Ok(removed) if !removed.is_empty() => {
+            tracing::info!(job = %settings.name, runs = ?removed, "removed the interim files of dead runs");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(job = %settings.name, error = %e, "cannot remove the interim files of dead runs");
+        }
+    }
+    let heartbeat = match interim.keep_alive().await {
+        Ok(task) => task,
+        Err(e) => {
+            return vec![failed_before_start(
+                &settings.name,
+                e.context(format!("job {}: staging", settings.name)),
+            )];
+        }
+    };
     let mut first = spec.clone();
     first.staging = None;
     first.name = format!("{}-to-staging", spec.name);
@@ -376,6 +511,7 @@ pub async fn run_job(
         }
         reports.push(two);
     }
+    heartbeat.abort();
     if let Err(e) = interim.clean_up().await {
         tracing::warn!(job = %spec.name, error = %e, "could not remove the interim files");
         if let Some(last) = reports.last_mut()

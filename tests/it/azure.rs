@@ -628,3 +628,66 @@ fn proxy_none_connects_directly_whatever_the_environment_says() {
     let system = check("system");
     assert!(!system.status.success(), "the system proxy was not used");
 }
+
+#[test]
+fn a_staged_run_removes_the_interim_files_of_dead_runs_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("in.csv");
+    write_csv(&csv, 1_000);
+    let staging = dir.path().join("interim");
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    // Leftovers: a dead run of this job (its marker an hour old), one from before markers
+    // (only old files), a live run of this job (a fresh marker), and old runs of other jobs.
+    let leftovers = [
+        ("staged-dead01", true, true),
+        ("staged-01d", false, true),
+        ("staged-be0f02", true, false),
+        ("staged-b-dead03", true, true),
+        ("other-dead04", true, true),
+    ];
+    for (name, marker, old) in leftovers {
+        let run = staging.join(name);
+        std::fs::create_dir_all(&run).unwrap();
+        let mut files = vec![run.join("part-00000.parquet")];
+        if marker {
+            files.push(run.join("_ferry_run"));
+        }
+        for file in files {
+            std::fs::write(&file, b"x").unwrap();
+            if old {
+                std::fs::File::options()
+                    .write(true)
+                    .open(&file)
+                    .unwrap()
+                    .set_modified(hour_ago)
+                    .unwrap();
+            }
+        }
+    }
+    let out = dir.path().join("out.parquet");
+    let phases = run_phases(
+        &format!(
+            r#"{{"name": "staged", "source": {{"type": "file", "path": {}, "format": {{"type": "csv", "schema": {SCHEMA}}}}},
+                "sink": {{"type": "file", "path": {}, "format": {{"type": "parquet"}}}},
+                "staging": {{"path": {}}}}}"#,
+            js(&csv),
+            js(&out),
+            js(&staging)
+        ),
+        "{}",
+    );
+    assert!(
+        phases.iter().all(|p| p.status == JobStatus::Succeeded),
+        "{phases:?}"
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&staging)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["other-dead04", "staged-b-dead03", "staged-be0f02"],
+        "the dead runs of this job are gone, its own run cleaned up, the rest untouched"
+    );
+}
