@@ -185,8 +185,8 @@ fn main() -> ExitCode {
         _ => None,
     };
     let (log, files) = settings.unwrap_or_default();
-    let format = cli.log_format.unwrap_or(match log.format.as_deref() {
-        Some("json") => LogFormat::Json,
+    let format = cli.log_format.unwrap_or(match log.format {
+        Some(worker::config::LogFileFormat::Json) => LogFormat::Json,
         _ => LogFormat::Text,
     });
     init_logging(Logging {

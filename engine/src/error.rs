@@ -194,14 +194,31 @@ impl std::error::Error for Error {
 }
 
 impl From<arrow::error::ArrowError> for Error {
+    /// Arrow's I/O failures are I/O (and may be retried, by their OS kind); external errors
+    /// keep their message; the rest is about the data.
     fn from(err: arrow::error::ArrowError) -> Self {
-        Error::data(err.to_string())
+        match err {
+            arrow::error::ArrowError::IoError(what, e) => Error::io(what, e),
+            other => Error::data(other.to_string()),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arrow_io_errors_are_io_errors() {
+        let e: Error = arrow::error::ArrowError::IoError(
+            "read block".into(),
+            std::io::Error::new(std::io::ErrorKind::ConnectionReset, "reset"),
+        )
+        .into();
+        assert_eq!(e.kind(), ErrorKind::Io);
+        let e: Error = arrow::error::ArrowError::CastError("bad".into()).into();
+        assert_eq!(e.kind(), ErrorKind::Data);
+    }
 
     #[test]
     fn io_errors_classify_by_os_kind() {

@@ -10,9 +10,10 @@ pub const ROWS_WRITTEN_TOTAL: &str = "ferry_rows_written_total";
 pub const ROWS_SKIPPED_TOTAL: &str = "ferry_rows_skipped_total";
 /// Bytes written to sinks.
 pub const BYTES_WRITTEN_TOTAL: &str = "ferry_bytes_written_total";
-/// Seconds a stage spent working.
+/// Seconds a stage spent working, one observation per job (a histogram: counters hold whole
+/// numbers, and a stage's fraction of a second would be lost).
 pub const STAGE_BUSY_SECONDS: &str = "ferry_stage_busy_seconds";
-/// Seconds a stage spent waiting for input or for room downstream.
+/// Seconds a stage spent waiting for input or for room downstream, one observation per job.
 pub const STAGE_WAIT_SECONDS: &str = "ferry_stage_wait_seconds";
 /// Retries of partitions or outputs.
 pub const RETRIES_TOTAL: &str = "ferry_retries_total";
@@ -32,15 +33,15 @@ pub fn describe() {
         "rows skipped as incompatible"
     );
     describe_counter!(BYTES_WRITTEN_TOTAL, Unit::Bytes, "bytes written to sinks");
-    describe_counter!(
+    describe_histogram!(
         STAGE_BUSY_SECONDS,
         Unit::Seconds,
-        "time a stage spent working"
+        "time a stage spent working, per job (its sum is the total, in fractional seconds)"
     );
-    describe_counter!(
+    describe_histogram!(
         STAGE_WAIT_SECONDS,
         Unit::Seconds,
-        "time a stage spent waiting"
+        "time a stage spent waiting, per job (its sum is the total, in fractional seconds)"
     );
     describe_counter!(RETRIES_TOTAL, Unit::Count, "retried partitions and outputs");
     describe_counter!(JOBS_TOTAL, Unit::Count, "jobs finished, by status");

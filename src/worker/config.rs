@@ -87,8 +87,10 @@ pub struct WorkerConfig {
     /// The node's own files (daily log files under `logs/`); none by default.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
-    /// Log settings.
+    /// Log settings. Read before anything else by [`log_settings`]; parsed here too, so
+    /// that a wrong value fails the load with the file's name.
     #[serde(default)]
+    #[allow(dead_code)]
     pub log: LogConfig,
     /// What jobs may do on this node.
     #[serde(default)]
@@ -104,12 +106,22 @@ pub struct LogConfig {
     /// Tracing directives (`info`, `warn,ferry=debug`); `-v` and `RUST_LOG` override.
     #[serde(default)]
     pub level: Option<String>,
-    /// `text` or `json`; `--log-format` overrides.
+    /// `text` or `json`; `--log-format` overrides. A typo fails when the file loads.
     #[serde(default)]
-    pub format: Option<String>,
+    pub format: Option<LogFileFormat>,
     /// Daily log files kept under `state_dir/logs` (default 7).
     #[serde(default)]
     pub keep_days: Option<usize>,
+}
+
+/// The format of a node's log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFileFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for a log collector.
+    Json,
 }
 
 /// Default number of daily log files kept.
@@ -304,14 +316,6 @@ pub fn load(path: &Path) -> Result<Loaded> {
         }
         None => Connections::default(),
     };
-    if let Some(format) = &config.log.format
-        && !matches!(format.as_str(), "text" | "json")
-    {
-        return Err(Error::config(format!(
-            "{}: [log] `format` is `text` or `json`, not `{format}`",
-            path.display()
-        )));
-    }
     let node = config.node.clone().unwrap_or_else(host_name);
     if !ferry_connectors::control::valid_job_id(&node) {
         return Err(Error::config(format!(
@@ -411,8 +415,8 @@ mod tests {
         std::fs::write(&path, config).unwrap();
         let (log, logs) = log_settings(&path).unwrap();
         assert_eq!(
-            (log.level.as_deref(), log.format.as_deref()),
-            (Some("debug"), Some("json"))
+            (log.level.as_deref(), log.format),
+            (Some("debug"), Some(LogFileFormat::Json))
         );
         assert_eq!(logs.unwrap(), dir.path().join("state/logs"));
         assert_eq!(

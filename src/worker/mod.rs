@@ -509,6 +509,8 @@ pub fn run(loaded: config::Loaded) -> u8 {
         .install_recorder()
         .map_err(|e| tracing::warn!(error = %e, "no Prometheus recorder"))
         .ok();
+    // Units and help texts of every metric, for the exposition.
+    ferry_engine::metrics::describe();
     let view = Arc::new(admin::NodeView {
         node: loaded.node.clone(),
         max_concurrent_jobs: loaded.config.max_concurrent_jobs,

@@ -24,6 +24,14 @@ use crate::format::FormatSpec;
 pub const DEFAULT_BLOCK_SIZE: ByteSize = ByteSize::mib(8);
 /// Default number of blocks uploaded at once per output.
 pub const DEFAULT_MAX_CONCURRENCY: usize = 4;
+/// Default time allowed for one request (a block upload is one request): `timeout`.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// Time allowed to open a connection to the service.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Retries of a failed request (with backoff), and the time they may take in all.
+pub const MAX_RETRIES: usize = 4;
+/// See [`MAX_RETRIES`].
+pub const RETRY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How ferry authenticates to the storage account.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -359,8 +367,8 @@ impl AzureBlobConnection {
             .with_account(&self.account)
             .with_container_name(container)
             .with_retry(RetryConfig {
-                max_retries: 4,
-                retry_timeout: Duration::from_secs(120),
+                max_retries: MAX_RETRIES,
+                retry_timeout: RETRY_TIMEOUT,
                 ..Default::default()
             });
         if let Some(endpoint) = &self.endpoint {
@@ -368,8 +376,8 @@ impl AzureBlobConnection {
         }
         let mut options = ClientOptions::new()
             .with_allow_http(self.allow_http)
-            .with_timeout(self.timeout.map_or(Duration::from_secs(300), |t| t.0))
-            .with_connect_timeout(Duration::from_secs(15));
+            .with_timeout(self.timeout.map_or(DEFAULT_REQUEST_TIMEOUT, |t| t.0))
+            .with_connect_timeout(CONNECT_TIMEOUT);
         match &self.proxy {
             ProxySetting::System => {}
             // reqwest reads the environment's proxy unless one is set: set one that every

@@ -242,6 +242,9 @@ fn account_sas(
     Ok(query.finish())
 }
 
+/// Default time allowed for one queue request (the connection's `timeout` overrides it).
+pub const QUEUE_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The HTTP client for the queue service, with the connection's proxy setting.
 fn http_client(
     conn: &AzureBlobConnection,
@@ -253,8 +256,8 @@ fn http_client(
     // clear text.
     let mut builder = reqwest::Client::builder()
         .https_only(!conn.allow_http)
-        .connect_timeout(Duration::from_secs(15))
-        .timeout(conn.timeout.map_or(Duration::from_secs(60), |t| t.0));
+        .connect_timeout(crate::azure_blob::CONNECT_TIMEOUT)
+        .timeout(conn.timeout.map_or(QUEUE_REQUEST_TIMEOUT, |t| t.0));
     builder = match &conn.proxy {
         ProxySetting::System => builder,
         ProxySetting::None => builder.no_proxy(),

@@ -105,7 +105,10 @@ pub struct FileSink {
 }
 
 impl FileSink {
-    /// A sink writing to `target` (a file, or a directory if `is_dir`).
+    /// A sink writing into directory `dir` of `store`: the file `file_name`, or one
+    /// `part-NNNNN` file per partition when `file_name` is `None`. `local_dir` is `dir` on
+    /// the local file system when the store is it (outputs are then renamed into place);
+    /// `job` names the temporary directory and `shown` is the destination in messages.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn ObjectStore>,

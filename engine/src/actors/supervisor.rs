@@ -170,10 +170,9 @@ async fn run_job(job: Job, progress: Arc<JobProgress>, cancel: CancellationToken
             ("sink", sink_name),
             ("stage", s.stage.name()),
         ];
-        metrics::counter!(crate::metrics::STAGE_BUSY_SECONDS, &labels)
-            .increment(s.busy_secs as u64);
-        metrics::counter!(crate::metrics::STAGE_WAIT_SECONDS, &labels)
-            .increment((s.wait_input_secs + s.wait_output_secs) as u64);
+        metrics::histogram!(crate::metrics::STAGE_BUSY_SECONDS, &labels).record(s.busy_secs);
+        metrics::histogram!(crate::metrics::STAGE_WAIT_SECONDS, &labels)
+            .record(s.wait_input_secs + s.wait_output_secs);
     }
     let report = JobReport {
         job: name.clone(),
