@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use actix::Actor;
 
-pub use actors::{CancelJob, JobSupervisor, Observe, RunJob};
+pub use actors::{JobSupervisor, RunJob};
 pub use encode::Encoder;
 pub use error::{Error, ErrorKind, Result};
 pub use job::Job;

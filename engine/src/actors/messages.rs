@@ -1,8 +1,9 @@
 //! Messages between the actors, and the items that travel on the data channels.
 //!
-//! Commands are imperative (`RunJob`, `CancelJob`, `EncodeOutput`), queries ask (`Observe`).
-//! Batches never travel through mailboxes: they go over bounded channels, and only the
-//! command that hands a stage its channels is a message.
+//! Commands are imperative (`RunJob`, `EncodeOutput`). Batches never travel through
+//! mailboxes: they go over bounded channels, and only the command that hands a stage its
+//! channels is a message. A running job is cancelled and observed through its
+//! [`RunningJob`](crate::RunningJob) (a cancel token and shared counters), one API for both.
 
 use std::fmt;
 
@@ -16,22 +17,11 @@ use crate::channel::Reservation;
 use crate::encode::Encoder;
 use crate::error::Error;
 use crate::report::JobReport;
-use crate::stats::ProgressSnapshot;
 
 /// Runs the job the supervisor was built for; answers with its report.
 #[derive(Message)]
 #[rtype(result = "JobReport")]
 pub struct RunJob;
-
-/// Cancels the job: every stage stops and nothing is published.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct CancelJob;
-
-/// Asks for the job's progress.
-#[derive(Message)]
-#[rtype(result = "ProgressSnapshot")]
-pub struct Observe;
 
 /// A batch on its way from a reader to an encoder, with the budget it holds.
 pub struct BatchItem {

@@ -12,5 +12,5 @@ mod supervisor;
 mod writer;
 
 pub use encoder::ChunkEncoder;
-pub use messages::{CancelJob, Observe, RunJob, StageExit};
+pub use messages::{RunJob, StageExit};
 pub use supervisor::{BATCH_CHANNEL_CAPACITY, CHUNK_CHANNEL_CAPACITY, JobSupervisor};

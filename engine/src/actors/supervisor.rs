@@ -18,7 +18,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use super::encoder::ChunkEncoder;
-use super::messages::{CancelJob, EncodeOutput, Observe, RunJob, StageExit};
+use super::messages::{EncodeOutput, RunJob, StageExit};
 use super::reader::{ReaderCounts, SourceReader};
 use super::writer::{SinkWriter, WriterResult};
 use crate::channel::ByteBudget;
@@ -83,22 +83,6 @@ impl Handler<RunJob> for JobSupervisor {
             }
             .into_actor(self),
         )
-    }
-}
-
-impl Handler<CancelJob> for JobSupervisor {
-    type Result = ();
-
-    fn handle(&mut self, _: CancelJob, _: &mut Self::Context) {
-        self.cancel.cancel();
-    }
-}
-
-impl Handler<Observe> for JobSupervisor {
-    type Result = actix::MessageResult<Observe>;
-
-    fn handle(&mut self, _: Observe, _: &mut Self::Context) -> Self::Result {
-        actix::MessageResult(self.progress.snapshot())
     }
 }
 
