@@ -29,7 +29,7 @@ fn runtime() -> Runtime {
 }
 
 /// Starts node `a` of `rt` (its configuration names the connections file).
-fn start_node(rt: &Runtime, max_jobs: usize) -> std::process::Child {
+fn start_node(rt: &Runtime, max_jobs: usize) -> crate::worker::Node {
     rt.node("a", max_jobs)
 }
 

@@ -159,7 +159,7 @@ impl Runtime {
     }
 
     /// Writes the configuration of node `name` and starts it.
-    pub(crate) fn node(&self, name: &str, max_jobs: usize) -> Child {
+    pub(crate) fn node(&self, name: &str, max_jobs: usize) -> Node {
         let config = self.path().join(format!("{name}.toml"));
         let connections =
             if self.kind == Kind::Local && !self.path().join("connections.json").exists() {
@@ -176,21 +176,19 @@ impl Runtime {
             ),
         )
         .unwrap();
-        ferry()
-            .args(["worker", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.path().join(format!("{name}.log"))).unwrap())
-            .spawn()
-            .unwrap()
+        Node(Some(
+            ferry()
+                .args(["worker", "--config"])
+                .arg(&config)
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(self.path().join(format!("{name}.log"))).unwrap())
+                .spawn()
+                .unwrap(),
+        ))
     }
 
     pub(crate) fn config(&self, name: &str) -> PathBuf {
         self.path().join(format!("{name}.toml"))
-    }
-
-    pub(crate) fn lease_timeout(&self) -> Duration {
-        self.channel.lease_timeout()
     }
 
     pub(crate) fn submit(&self, job: serde_json::Value) -> String {
@@ -310,7 +308,36 @@ pub(crate) fn rows(path: &Path) -> usize {
     read_parquet(path).iter().map(|b| b.num_rows()).sum()
 }
 
-pub(crate) fn stop(mut child: Child) -> std::process::ExitStatus {
+/// A `ferry worker` process of a test, killed when dropped: a test that panics leaves no node
+/// running.
+pub(crate) struct Node(Option<Child>);
+
+impl std::ops::Deref for Node {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        self.0.as_ref().expect("a node's process")
+    }
+}
+
+impl std::ops::DerefMut for Node {
+    fn deref_mut(&mut self) -> &mut Child {
+        self.0.as_mut().expect("a node's process")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take()
+            && child.try_wait().ok().flatten().is_none()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub(crate) fn stop(mut child: Node) -> std::process::ExitStatus {
     // SIGTERM, as a service manager stops a node.
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -332,7 +359,7 @@ fn thirty_jobs_on_three_nodes(kind: Kind) {
     let rt = Runtime::with(kind);
     let input = rt.path().join("in.csv");
     write_csv(&input, 2_000);
-    let nodes: Vec<Child> = ["a", "b", "c"].iter().map(|n| rt.node(n, 2)).collect();
+    let nodes: Vec<Node> = ["a", "b", "c"].iter().map(|n| rt.node(n, 2)).collect();
     // One job through the command line, the others straight into the channel.
     let first = rt.path().join("job-0.json");
     std::fs::write(
@@ -410,7 +437,28 @@ fn killed_node(kind: Kind) {
     let id = rt.submit(rt.job("big", &input, &out));
     let mut a = rt.node("a", 1);
     assert_eq!(rt.wait_running(&id), "a");
-    std::thread::sleep(Duration::from_millis(300));
+    // Mid-copy, observably: the node's status shows input read, and no record yet.
+    let reading = || {
+        let Some(address) = rt.nodes().into_iter().find_map(|n| n.admin) else {
+            return false;
+        };
+        let (_, body) = http(&address, "GET", "/api/status", "");
+        serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|s| {
+            s["running"][0]["bytes_read"]
+                .as_u64()
+                .is_some_and(|b| b > 0)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !reading() {
+        assert!(
+            rt.report(&id).is_none(),
+            "the job finished before it could be killed; give it more rows"
+        );
+        assert!(Instant::now() < deadline, "the job never started writing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(rt.report(&id).is_none(), "the job is still running");
     a.kill().unwrap(); // SIGKILL: no chance to clean up or hand the job back
     a.wait().unwrap();
     let b = rt.node("b", 1);
@@ -462,11 +510,18 @@ fn malformed_jobs(kind: Kind) {
         "{}",
         message(&done[1])
     );
-    // Not retried: nothing is queued or running a while later (past the lease timeout).
-    std::thread::sleep(rt.lease_timeout() + Duration::from_secs(1));
+    // Not retried: with their records written, nothing of them is queued or leased, so no
+    // lease can expire and bring them back.
     let jobs = rt.jobs();
     assert!(jobs.iter().all(|j| j.state == "failed"), "{jobs:?}");
     assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert_eq!(rt.tokio.block_on(rt.channel.queued()).unwrap(), 0);
+    if kind == Kind::Local {
+        let leases = std::fs::read_dir(rt.path().join("spool/running"))
+            .unwrap()
+            .count();
+        assert_eq!(leases, 0, "no lease left to expire");
+    }
     assert!(stop(node).success());
 }
 
@@ -620,16 +675,35 @@ fn an_azure_queue_hands_back_without_counting_and_poisons_after_max_attempts() {
     rt.tokio.block_on(rt.channel.release(&id)).unwrap();
     let taken = lease("ghost-1").pop().unwrap().unwrap();
     assert_eq!((taken.id.as_str(), taken.attempt), (id.as_str(), 1));
+    // The job comes back once the dead taker's lease expires (waited for, not slept on).
+    let lease_again = |node: &str| {
+        let deadline = Instant::now() + 3 * AZURE_LEASE + Duration::from_secs(10);
+        loop {
+            if let Some(taken) = lease(node).pop() {
+                return taken;
+            }
+            assert!(Instant::now() < deadline, "the job never came back");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
     // Nodes that take the job and die (never extend the lease): each run counts.
     for run in 2..=3 {
-        std::thread::sleep(AZURE_LEASE + Duration::from_millis(500));
-        let taken = lease(&format!("ghost-{run}")).pop().unwrap().unwrap();
+        let taken = lease_again(&format!("ghost-{run}")).unwrap();
         assert_eq!(taken.attempt, run);
         let last = taken.last_error.unwrap();
         assert!(last.contains(&format!("ghost-{}", run - 1)), "{last}");
     }
-    // Out of attempts: a failed record, the message in the poison queue, nothing to run.
-    std::thread::sleep(AZURE_LEASE + Duration::from_millis(500));
+    // Out of attempts: once the last lease expires, the next taker writes a failed record
+    // and moves the message to the poison queue; nothing is left to run.
+    let deadline = Instant::now() + 3 * AZURE_LEASE + Duration::from_secs(10);
+    while rt.report(&id).is_none() {
+        assert!(
+            lease("survivor").is_empty(),
+            "a job out of attempts never runs"
+        );
+        assert!(Instant::now() < deadline, "no failed record");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert!(lease("survivor").is_empty());
     let report = rt.report(&id).expect("a failed record");
     assert_eq!(report.status, "failed");
@@ -797,11 +871,22 @@ fn the_status_page_shows_a_running_job_in_a_browser() {
         cell.split('%').next()?.trim().parse().ok()
     };
     let before = percent(&first);
-    std::thread::sleep(Duration::from_millis(700));
-    let later = render(&address);
-    let after = percent(&later);
-    if rt.report(&id).is_none() {
-        assert!(after > before, "progress advanced: {before:?} -> {after:?}");
+    // A later rendering shows it further on; the job must still be running to show it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let after = percent(&render(&address));
+        if after > before {
+            break;
+        }
+        assert!(
+            rt.report(&id).is_none(),
+            "the job ended before the page showed progress ({before:?} -> {after:?}); give it more rows"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "progress never advanced: {before:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
     rt.wait(std::slice::from_ref(&id), Duration::from_secs(120));
     let done = render(&address);
