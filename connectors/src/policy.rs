@@ -280,7 +280,7 @@ impl<'a> Use<'a> {
     }
 }
 
-fn uses(spec: &JobFile) -> Result<Vec<Use<'_>>> {
+fn uses(spec: &JobFile) -> Vec<Use<'_>> {
     let mut out = Vec::new();
     match &spec.source {
         SourceSpec::File(s) => out.extend(s.connection.as_deref().map(|c| Use::plain("source", c))),
@@ -316,7 +316,7 @@ fn uses(spec: &JobFile) -> Result<Vec<Use<'_>>> {
             ..Use::plain("staging", name)
         });
     }
-    Ok(out)
+    out
 }
 
 impl NodePolicy {
@@ -401,7 +401,7 @@ impl NodePolicy {
                 ));
             }
         }
-        for u in uses(spec)? {
+        for u in uses(spec) {
             self.check_use(&u, &refuse)?;
         }
         Ok(())

@@ -281,12 +281,7 @@ impl Interim {
             if !dead {
                 continue;
             }
-            for file in &files {
-                self.store
-                    .delete(&file.location)
-                    .await
-                    .map_err(|e| crate::format::io::store_error("delete", &file.location, e))?;
-            }
+            crate::format::io::delete_listed(self.store.as_ref(), &files).await?;
             if let Place::Local(base) = &self.place {
                 let _ = tokio::fs::remove_dir_all(base.join(&name)).await;
             }
@@ -308,20 +303,7 @@ impl Interim {
                 )),
             };
         }
-        let dir = self.dir();
-        let listed: Vec<_> = self
-            .store
-            .list(Some(&dir))
-            .try_collect()
-            .await
-            .map_err(|e| crate::format::io::store_error("list", &dir, e))?;
-        for meta in listed {
-            self.store
-                .delete(&meta.location)
-                .await
-                .map_err(|e| crate::format::io::store_error("delete", &meta.location, e))?;
-        }
-        Ok(())
+        crate::format::io::delete_under(self.store.as_ref(), &self.dir()).await
     }
 }
 

@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
 use ferry_engine::{Committed, Encoder, Error, OutputLayout, OutputWriter, Result, Sink, Staged};
-use futures::TryStreamExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
@@ -192,20 +191,7 @@ impl FileSink {
                 )),
             };
         }
-        let temp = self.temp_dir();
-        let leftovers: Vec<_> = self
-            .store
-            .list(Some(&temp))
-            .try_collect()
-            .await
-            .map_err(|e| store_error("list", &temp, e))?;
-        for meta in leftovers {
-            self.store
-                .delete(&meta.location)
-                .await
-                .map_err(|e| store_error("delete", &meta.location, e))?;
-        }
-        Ok(())
+        crate::format::io::delete_under(self.store.as_ref(), &self.temp_dir()).await
     }
 
     /// Earlier `part-NNNNN.<ext>` files of a directory destination.

@@ -17,6 +17,31 @@ use tokio::task::JoinHandle;
 /// Bytes fetched per ranged GET.
 pub const DEFAULT_READ_BLOCK: u64 = 2 << 20;
 
+/// Deletes `files` from `store`.
+pub async fn delete_listed(
+    store: &dyn ObjectStore,
+    files: &[object_store::ObjectMeta],
+) -> Result<()> {
+    for file in files {
+        store
+            .delete(&file.location)
+            .await
+            .map_err(|e| store_error("delete", &file.location, e))?;
+    }
+    Ok(())
+}
+
+/// Deletes every object under `prefix`; nothing there is fine.
+pub async fn delete_under(store: &dyn ObjectStore, prefix: &Path) -> Result<()> {
+    use futures::TryStreamExt;
+    let listed: Vec<_> = store
+        .list(Some(prefix))
+        .try_collect()
+        .await
+        .map_err(|e| store_error("list", prefix, e))?;
+    delete_listed(store, &listed).await
+}
+
 /// Folds an object store error into the engine's error, naming the path.
 pub fn store_error(what: &str, path: &Path, e: object_store::Error) -> Error {
     // Some backends report HTTP failures as `Generic` with the status in the text.
