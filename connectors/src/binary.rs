@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
-use ferry_engine::config::{Connections, JobSettings, LocalFiles};
+use ferry_engine::config::{JobSettings, LocalFiles};
 use ferry_engine::report::{CountUnit, JobFailure, JobStatus};
 use ferry_engine::{Error, JobReport, Result};
 use futures::{StreamExt, TryStreamExt};
@@ -21,11 +21,12 @@ use md5::{Digest, Md5};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
-use crate::azure_blob::{AzureBlobConnection, DEFAULT_BLOCK_SIZE, DEFAULT_MAX_CONCURRENCY};
+use crate::azure_blob::{DEFAULT_BLOCK_SIZE, DEFAULT_MAX_CONCURRENCY};
+use crate::connection::Connections;
 use crate::file::{self, InputFile, PartUploader};
 use crate::format::io::store_error;
 use crate::format::{BinaryFormat, FormatSpec, Hierarchy};
-use crate::registry::{JobFile, SinkSpec, SourceSpec};
+use crate::job::{JobFile, SinkSpec, SourceSpec};
 
 /// One side of a binary copy.
 struct Endpoint {
@@ -37,44 +38,23 @@ struct Endpoint {
 
 /// Whether a job is a binary copy (its source or sink format is `binary`).
 pub fn is_binary(spec: &JobFile) -> bool {
-    source_format(&spec.source).is_some_and(|f| matches!(f, FormatSpec::Binary(_)))
-        || sink_format(&spec.sink).is_some_and(|f| matches!(f, FormatSpec::Binary(_)))
-}
-
-fn source_format(spec: &SourceSpec) -> Option<&FormatSpec> {
-    match spec {
-        SourceSpec::File(s) => Some(&s.format),
-        SourceSpec::AzureBlob(s) => Some(&s.format),
-        _ => None,
-    }
-}
-
-fn sink_format(spec: &SinkSpec) -> Option<&FormatSpec> {
-    match spec {
-        SinkSpec::File(s) => Some(&s.format),
-        SinkSpec::AzureBlob(s) => Some(&s.format),
-        _ => None,
-    }
+    matches!(spec.source.format(), Some(FormatSpec::Binary(_)))
+        || matches!(spec.sink.format(), Some(FormatSpec::Binary(_)))
 }
 
 /// Checks a binary job without I/O: binary on both sides, a directory as the sink.
 pub fn validate(spec: &JobFile) -> Result<()> {
-    let both = matches!(source_format(&spec.source), Some(FormatSpec::Binary(_)))
-        && matches!(sink_format(&spec.sink), Some(FormatSpec::Binary(_)));
+    let both = matches!(spec.source.format(), Some(FormatSpec::Binary(_)))
+        && matches!(spec.sink.format(), Some(FormatSpec::Binary(_)));
     if !both {
         return Err(crate::format::binary_only());
     }
-    let sink_path = match &spec.sink {
-        SinkSpec::File(s) => &s.path,
-        SinkSpec::AzureBlob(s) => &s.path,
-        _ => return Err(crate::format::binary_only()),
-    };
-    if !sink_path.ends_with('/') {
+    if !spec.sink.path().is_some_and(file::is_directory_path) {
         return Err(Error::config(
             "binary copy: the sink `path` must be a directory (or blob prefix) ending with `/`",
         ));
     }
-    if spec.staging.as_ref().is_some_and(|s| !s.is_null()) {
+    if spec.staging.is_some() {
         return Err(Error::config(
             "binary copy: `staging` does not apply; remove it",
         ));
@@ -118,7 +98,9 @@ async fn source_endpoint(
             ))
         }
         SourceSpec::AzureBlob(s) => {
-            let store = AzureBlobConnection::open_store(connections, &s.connection, &s.container)?;
+            let store = connections
+                .azure_blob(&s.connection)?
+                .store(&s.connection, &s.container)?;
             let text = format!("/{}", s.path.trim_start_matches('/'));
             let files = file::list_inputs(
                 &store,
@@ -136,7 +118,7 @@ async fn source_endpoint(
                 files,
             ))
         }
-        _ => Err(crate::format::binary_only()),
+        SourceSpec::Tpch(_) | SourceSpec::Postgres(_) => Err(crate::format::binary_only()),
     }
 }
 
@@ -162,7 +144,9 @@ fn sink_endpoint(
             ))
         }
         SinkSpec::AzureBlob(s) => {
-            let store = AzureBlobConnection::open_store(connections, &s.connection, &s.container)?;
+            let store = connections
+                .azure_blob(&s.connection)?
+                .store(&s.connection, &s.container)?;
             Ok((
                 Endpoint {
                     store,
@@ -173,7 +157,7 @@ fn sink_endpoint(
                 s.concurrency(),
             ))
         }
-        _ => Err(crate::format::binary_only()),
+        SinkSpec::Postgres(_) => Err(crate::format::binary_only()),
     }
 }
 
@@ -322,7 +306,7 @@ pub async fn run(spec: &JobFile, settings: JobSettings, connections: &Connection
         let (sink, part_size, concurrency) =
             sink_endpoint(&spec.sink, connections, &settings.local)?;
         let file_mode = (sink.connector == "file").then(|| settings.local.output_mode());
-        let options = match sink_format(&spec.sink) {
+        let options = match spec.sink.format() {
             Some(FormatSpec::Binary(b)) => b.clone(),
             _ => BinaryFormat::default(),
         };

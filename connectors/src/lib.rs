@@ -3,19 +3,22 @@
 
 pub mod azure_blob;
 pub mod binary;
+pub mod connection;
 pub mod control;
 pub mod file;
 pub mod format;
+pub mod job;
 pub mod policy;
 pub mod postgres;
 pub mod registry;
 pub mod staged;
 pub mod tpch;
 
+pub use connection::{ConnectionSpec, Connections};
+pub use job::{JobFile, SinkSpec, SourceSpec, StagingSpec};
 pub use policy::{NodePolicy, PolicyConfig, PolicyContext};
 pub use registry::{
-    JobFile, SinkSpec, SourceSpec, build_job, check_connection, check_connections, parse_job,
-    validate_connections,
+    build_job, check_connection, check_connections, parse_job, validate_connections,
 };
 pub use staged::run_job;
 

@@ -37,8 +37,8 @@ use ferry_engine::config::{ByteSize, JobSettings, LocalFiles};
 use ferry_engine::{Error, Result};
 use serde::Deserialize;
 
+use crate::job::{JobFile, SinkSpec, SourceSpec};
 use crate::postgres::PostgresWriteMode;
-use crate::registry::{JobFile, SinkSpec, SourceSpec};
 
 /// Default bound on `batch_rows` on a node.
 pub const DEFAULT_MAX_BATCH_ROWS: usize = 262_144;
@@ -307,12 +307,10 @@ fn uses(spec: &JobFile) -> Vec<Use<'_>> {
         }),
     }
     if let Some(staging) = &spec.staging
-        && let Some(name) = staging.get("connection").and_then(|c| c.as_str())
+        && let Some(name) = &staging.connection
     {
-        let path = staging.get("path").and_then(|p| p.as_str()).unwrap_or("");
-        let container = path.trim_matches('/').split('/').next();
         out.push(Use {
-            container,
+            container: Some(staging.container_and_prefix().0),
             ..Use::plain("staging", name)
         });
     }

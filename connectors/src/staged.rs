@@ -11,59 +11,18 @@
 
 use std::sync::Arc;
 
-use ferry_engine::config::{Access, Connections, JobSettings, LocalFiles};
+use ferry_engine::config::{Access, JobSettings, LocalFiles};
 use ferry_engine::{Error, JobReport, Result, RunningJob};
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
-use serde::{Deserialize, Serialize};
 
-use crate::azure_blob::{AzureBlobConnection, AzureBlobSinkSpec, AzureBlobSourceSpec};
-use crate::file::{self, FileConnection, FileSinkSpec, FileSourceSpec, WriteMode};
+use crate::azure_blob::{AzureBlobSinkSpec, AzureBlobSourceSpec};
+use crate::connection::{ConnectionSpec, Connections};
+use crate::file::{self, FileSinkSpec, FileSourceSpec, WriteMode};
 use crate::format::parquet::ParquetCodec;
 use crate::format::{Compression, CsvFormat, FormatSpec, ParquetFormat};
-use crate::registry::{JobFile, SinkSpec, SourceSpec, build_job};
-
-/// The `staging` section of a job.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct StagingSpec {
-    /// A `file` or `azure_blob` connection; none for a local path.
-    #[serde(default)]
-    pub connection: Option<String>,
-    /// A directory (local or under the `file` connection's root), or `container/prefix` for
-    /// an `azure_blob` connection.
-    pub path: String,
-    /// Format of the interim files: `parquet` (default: typed, compact) or `csv` (the
-    /// classic delimited text; every column type must have a CSV type name).
-    #[serde(default)]
-    pub format: InterimFormat,
-    /// Compression of the interim files: zstd (default), gzip, snappy (Parquet only) or none.
-    #[serde(default)]
-    pub compression: Option<ParquetCodec>,
-}
-
-/// The format of interim files.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum InterimFormat {
-    /// Parquet.
-    #[default]
-    Parquet,
-    /// CSV (header, PostgreSQL null convention).
-    Csv,
-}
-
-impl StagingSpec {
-    /// Parses and checks a job's `staging` value.
-    pub fn from_job(spec: &JobFile) -> Result<Option<StagingSpec>> {
-        match &spec.staging {
-            None | Some(serde_json::Value::Null) => Ok(None),
-            Some(value) => serde_json::from_value(value.clone())
-                .map(Some)
-                .map_err(|e| Error::config(format!("job {}: invalid `staging`: {e}", spec.name))),
-        }
-    }
-}
+use crate::job::{InterimFormat, JobFile, SinkSpec, SourceSpec, StagingSpec};
+use crate::registry::build_job;
 
 /// A staged run's marker in its directory, rewritten every [`RUN_HEARTBEAT`] while the run
 /// lives: a run of the same job whose marker is older than [`DEAD_RUN_AFTER`] died (kill -9,
@@ -110,20 +69,15 @@ impl Interim {
         run_dir: &str,
         local: &LocalFiles,
     ) -> Result<Interim> {
-        let kind = match &staging.connection {
-            Some(name) => Some(connections.get(name)?.0.to_string()),
+        let connection = match &staging.connection {
+            Some(name) => Some((name, connections.get(name)?)),
             None => None,
         };
-        match (kind.as_deref(), &staging.connection) {
-            (Some("azure_blob"), Some(name)) => {
-                let (container, prefix) = staging
-                    .path
-                    .trim_matches('/')
-                    .split_once('/')
-                    .map(|(c, p)| (c.to_string(), p.to_string()))
-                    .unwrap_or((staging.path.trim_matches('/').to_string(), String::new()));
-                let store = AzureBlobConnection::open_store(connections, name, &container)?;
-                let base = object_store::path::Path::parse(&prefix)
+        match connection {
+            Some((name, ConnectionSpec::AzureBlob(conn))) => {
+                let (container, prefix) = staging.container_and_prefix();
+                let store = conn.store(name, container)?;
+                let base = object_store::path::Path::parse(prefix)
                     .map_err(|e| Error::config(format!("staging path `{}`: {e}", staging.path)))?;
                 Ok(Interim {
                     store,
@@ -131,16 +85,11 @@ impl Interim {
                     run: run_dir.to_string(),
                     place: Place::Blob {
                         connection: name.clone(),
-                        container,
+                        container: container.to_string(),
                     },
                 })
             }
-            (None | Some("file"), _) => {
-                if let (Some(name), Some(_)) = (&staging.connection, &kind) {
-                    let (_, value) = connections.get(name)?;
-                    let _: FileConnection = serde_json::from_value(value.clone())
-                        .map_err(|e| Error::config(format!("connection `{name}`: {e}")))?;
-                }
+            None | Some((_, ConnectionSpec::File(_))) => {
                 let dir = file::resolve(
                     &staging.path,
                     staging.connection.as_deref(),
@@ -156,8 +105,9 @@ impl Interim {
                     place: Place::Local(dir),
                 })
             }
-            (Some(other), _) => Err(Error::config(format!(
-                "staging: a `{other}` connection cannot hold interim files; use a `file` or `azure_blob` connection"
+            Some((_, other @ ConnectionSpec::Postgres(_))) => Err(Error::config(format!(
+                "staging: a `{}` connection cannot hold interim files; use a `file` or `azure_blob` connection",
+                other.kind()
             ))),
         }
     }
@@ -380,8 +330,11 @@ async fn run_one(
             (report, Some(schema))
         }
         Err(e) => {
-            let (source, sink) = crate::registry::kinds(spec);
-            (failed_before_start(&name, e).with_kinds(source, sink), None)
+            let report = failed_before_start(&name, e);
+            (
+                report.with_kinds(spec.source.kind(), spec.sink.kind()),
+                None,
+            )
         }
     }
 }
@@ -405,10 +358,8 @@ pub async fn run_job(
     if crate::binary::is_binary(spec) {
         return vec![crate::binary::run(spec, settings, connections).await];
     }
-    let staging = match StagingSpec::from_job(spec) {
-        Ok(None) => return vec![run_one(spec, settings, connections, observe).await.0],
-        Ok(Some(s)) => s,
-        Err(e) => return vec![failed_before_start(&settings.name, e)],
+    let Some(staging) = &spec.staging else {
+        return vec![run_one(spec, settings, connections, observe).await.0];
     };
     let run_dir = format!(
         "{}-{:x}{:x}",
@@ -419,7 +370,7 @@ pub async fn run_job(
             .map(|d| d.as_millis())
             .unwrap_or_default()
     );
-    let interim = match Interim::resolve(&staging, connections, &run_dir, &settings.local) {
+    let interim = match Interim::resolve(staging, connections, &run_dir, &settings.local) {
         Ok(i) => i,
         Err(e) => {
             return vec![failed_before_start(
@@ -428,7 +379,7 @@ pub async fn run_job(
             )];
         }
     };
-    let write_format = match interim_format(&staging, None) {
+    let write_format = match interim_format(staging, None) {
         Ok(f) => f,
         Err(e) => return vec![failed_before_start(&settings.name, e)],
     };
@@ -469,7 +420,7 @@ pub async fn run_job(
     let staged_rows = one.rows_written;
     reports.push(one);
     let read_format = if first_ok {
-        match interim_format(&staging, schema.as_deref()) {
+        match interim_format(staging, schema.as_deref()) {
             Ok(f) => Some(f),
             Err(e) => {
                 reports.push(JobReport::failed(&second.name, e));

@@ -16,8 +16,9 @@ pub mod validate;
 
 use std::path::Path;
 
+use ferry_connectors::Connections;
 use ferry_connectors::{JobFile, parse_job};
-use ferry_engine::config::{Connections, JobSettings};
+use ferry_engine::config::JobSettings;
 use ferry_engine::{Error, Result};
 
 /// Reads and validates a job file and the connections file, without I/O to any store; with

@@ -30,7 +30,7 @@ pub fn run(args: TestConnectionArgs) -> u8 {
                 e,
             )
         })
-        .and_then(|t| ferry_engine::config::Connections::from_json(&t))
+        .and_then(|t| ferry_connectors::Connections::from_json(&t))
     {
         Ok(c) => c,
         Err(e) => return super::fail(&e),

@@ -73,7 +73,7 @@ struct State {
 /// What a submission through the API is checked against: the same as `ferry jobs submit`.
 pub struct Admission {
     /// The node's connections.
-    pub connections: Arc<ferry_engine::config::Connections>,
+    pub connections: Arc<ferry_connectors::Connections>,
     /// The node's policy.
     pub policy: Arc<ferry_connectors::NodePolicy>,
 }

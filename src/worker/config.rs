@@ -45,11 +45,10 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
-use ferry_connectors::azure_blob::AzureBlobConnection;
+use ferry_connectors::Connections;
 use ferry_connectors::control::azure_queue::AzureQueueSettings;
 use ferry_connectors::control::{AzureQueueChannel, ControlChannel, LocalChannel, OnIoRuntime};
 use ferry_connectors::{NodePolicy, PolicyConfig, PolicyContext};
-use ferry_engine::config::Connections;
 use ferry_engine::config::local::{check_private_dir, create_private_dir};
 use ferry_engine::config::units::HumanDuration;
 use ferry_engine::{Error, Result};
@@ -347,7 +346,9 @@ pub fn load(path: &Path) -> Result<Loaded> {
             max_attempts,
             poll_interval,
         } => {
-            let conn = AzureBlobConnection::from_connections(&connections, connection)
+            let conn = connections
+                .azure_blob(connection)
+                .cloned()
                 .map_err(|e| e.context(format!("{}: [channel]", path.display())))?;
             (
                 ChannelSpec::AzureQueue(Box::new(AzureQueueSettings {

@@ -16,9 +16,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, WrapFuture};
+use ferry_connectors::Connections;
 use ferry_connectors::NodePolicy;
 use ferry_connectors::control::{ControlChannel, FinishedJob, JobState, Leased, NodeInfo, now_ms};
-use ferry_engine::config::{CommitGate, Connections, JobSettings};
+use ferry_engine::config::{CommitGate, JobSettings};
 use ferry_engine::{JobReport, JobStatus, RunningJob};
 use tokio_util::sync::CancellationToken;
 

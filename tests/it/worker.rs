@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_connectors::azure_blob::AzureBlobConnection;
+use ferry_connectors::ConnectionSpec;
 use ferry_connectors::control::azure_queue::AzureQueueSettings;
 use ferry_connectors::control::{
     AzureQueueChannel, ControlChannel, FinishedJob, JobState, LocalChannel, NodeInfo, OnIoRuntime,
@@ -117,8 +117,10 @@ impl Runtime {
                     }
                     let settings = AzureQueueSettings {
                         connection_name: "control".into(),
-                        connection: serde_json::from_str::<AzureBlobConnection>(&connection)
-                            .unwrap(),
+                        connection: match serde_json::from_str(&connection).unwrap() {
+                            ConnectionSpec::AzureBlob(c) => c,
+                            other => panic!("not azure_blob: {other:?}"),
+                        },
                         queue_endpoint: Some(az.queue_endpoint()),
                         queue: queue.clone(),
                         poison_queue: None,

@@ -11,13 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_engine::config::units::{ByteSize, HumanDuration};
-use ferry_engine::config::{Connections, Secret};
+use ferry_engine::config::{JobSettings, Secret};
 use ferry_engine::{Error, Result};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::file::WriteMode;
+use crate::connection::Connections;
+use crate::file::{self, FileSink, FileSource, Publish, RollOver, WriteMode};
 use crate::format::FormatSpec;
 
 /// Default size of one uploaded block.
@@ -90,9 +91,6 @@ pub enum ProxySetting {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AzureBlobConnection {
-    /// Always `azure_blob`.
-    #[serde(rename = "type")]
-    pub kind: String,
     /// Storage account name.
     pub account: String,
     /// Account endpoint for emulators and sovereign clouds
@@ -167,6 +165,63 @@ impl AzureBlobSourceSpec {
     }
 }
 
+impl AzureBlobSourceSpec {
+    /// Builds the source: lists the blobs and reads their schema.
+    pub async fn build(
+        &self,
+        connections: &Connections,
+        settings: &JobSettings,
+    ) -> Result<FileSource> {
+        let store = connections
+            .azure_blob(&self.connection)?
+            .store(&self.connection, &self.container)?;
+        let shown = format!("azure_blob {}/{}", self.container, self.path);
+        let path = std::path::PathBuf::from(format!("/{}", self.path.trim_start_matches('/')));
+        Ok(
+            file::open_files(store, &path, &shown, &self.format, settings, false)
+                .await?
+                .with_connector("azure_blob"),
+        )
+    }
+}
+
+impl AzureBlobSinkSpec {
+    /// Builds the sink (no I/O yet): blocks uploaded to each blob, committed together.
+    pub fn build(&self, connections: &Connections, settings: &JobSettings) -> Result<FileSink> {
+        let store = connections
+            .azure_blob(&self.connection)?
+            .store(&self.connection, &self.container)?;
+        let (dir, name) = file::split_sink_path(&self.path);
+        let dir = object_store::path::Path::parse(dir)
+            .map_err(|e| Error::config(format!("sink path `{}`: {e}", self.path)))?;
+        let format = match name {
+            Some(name) => self.format.for_output_name(name),
+            None => self.format.clone(),
+        };
+        Ok(FileSink::new(
+            store,
+            dir,
+            None,
+            name.map(str::to_string),
+            format,
+            self.mode,
+            &settings.name,
+            &format!("azure_blob {}/{}", self.container, self.path),
+        )
+        .with_publish(
+            Publish::CompleteUpload {
+                part_size: self.block_bytes(),
+                concurrency: self.concurrency(),
+            },
+            "azure_blob",
+        )
+        .with_roll_over(RollOver {
+            max_rows: self.max_rows_per_blob,
+            max_bytes: self.max_bytes_per_blob.map(|b| b.bytes()),
+        }))
+    }
+}
+
 impl AzureBlobSinkSpec {
     /// Checks the spec without I/O.
     pub fn validate(&self) -> Result<()> {
@@ -177,7 +232,7 @@ impl AzureBlobSinkSpec {
             ));
         }
         if (self.max_rows_per_blob.is_some() || self.max_bytes_per_blob.is_some())
-            && !self.path.ends_with('/')
+            && !crate::file::is_directory_path(&self.path)
         {
             return Err(Error::config(
                 "azure_blob sink: rolling over (`max_rows_per_blob`, `max_bytes_per_blob`) needs a prefix `path` ending with `/`",
@@ -309,28 +364,29 @@ fn is_loopback_host(url: &url::Url) -> bool {
 }
 
 impl AzureBlobConnection {
-    /// Looks up connection `name` and checks that it is an `azure_blob` one.
-    pub fn from_connections(connections: &Connections, name: &str) -> Result<Self> {
-        let (kind, value) = connections.get(name)?;
-        if kind != "azure_blob" {
-            return Err(Error::config(format!(
-                "connection `{name}` is a `{kind}` connection, an `azure_blob` one is needed"
-            )));
-        }
-        let conn: Self = serde_json::from_value(value.clone())
-            .map_err(|e| Error::config(format!("connection `{name}`: {e}")))?;
-        conn.check()
-            .map_err(|e| e.context(format!("connection `{name}`")))?;
-        Ok(conn)
-    }
-
-    /// The object store of `container` through connection `name` of `connections`.
-    pub fn open_store(
-        connections: &Connections,
+    /// The health check of connection `name` against `container`: reach, authenticate and
+    /// list the container's top level. Returns one line per step that passed.
+    pub async fn check_container(
+        &self,
         name: &str,
-        container: &str,
-    ) -> Result<Arc<dyn ObjectStore>> {
-        Self::from_connections(connections, name)?.store(name, container)
+        container: Option<&str>,
+    ) -> Result<Vec<String>> {
+        let container = container.ok_or_else(|| {
+            Error::config(
+                "an azure_blob connection is checked against a container: give --container",
+            )
+        })?;
+        let store = self.store(name, container)?;
+        let mut steps = vec!["configuration: ok".to_string()];
+        let listed = store.list_with_delimiter(None).await.map_err(|e| {
+            crate::format::io::store_error("list", &object_store::path::Path::from(container), e)
+        })?;
+        steps.push(format!(
+            "reach, authentication and listing of container {container}: ok ({} blobs and {} prefixes at the top)",
+            listed.objects.len(),
+            listed.common_prefixes.len()
+        ));
+        Ok(steps)
     }
 
     /// Checks the settings (without I/O, but for resolving `localhost`): HTTPS, or plain
@@ -363,6 +419,7 @@ impl AzureBlobConnection {
     pub fn store(&self, name: &str, container: &str) -> Result<Arc<dyn ObjectStore>> {
         crate::install_crypto_provider();
         let in_conn = |e: Error| e.context(format!("connection `{name}`"));
+        self.check().map_err(in_conn)?;
         let mut builder = MicrosoftAzureBuilder::new()
             .with_account(&self.account)
             .with_container_name(container)
@@ -445,7 +502,10 @@ mod tests {
     use super::*;
 
     fn conn(json: &str) -> AzureBlobConnection {
-        serde_json::from_str(json).unwrap()
+        match serde_json::from_str(json).unwrap() {
+            crate::connection::ConnectionSpec::AzureBlob(c) => c,
+            other => panic!("not azure_blob: {other:?}"),
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod source;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use ferry_engine::config::{Access, Connections, LocalFiles};
+use ferry_engine::config::{Access, JobSettings, LocalFiles};
 use ferry_engine::{Error, Result};
 use futures::TryStreamExt;
 use object_store::local::LocalFileSystem;
@@ -21,6 +21,7 @@ pub(crate) use sink::PartUploader;
 pub use sink::{FileSink, Publish, RollOver, WriteMode};
 pub use source::{FileSource, InputFile};
 
+use crate::connection::Connections;
 use crate::format::FormatSpec;
 use crate::format::io::store_error;
 
@@ -28,11 +29,21 @@ use crate::format::io::store_error;
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConnection {
-    /// Always `file`.
-    #[serde(rename = "type")]
-    pub kind: String,
     /// Directory that relative paths start from.
     pub root: PathBuf,
+}
+
+impl FileConnection {
+    /// The health check: the root is a readable directory.
+    pub fn check(&self) -> Result<Vec<String>> {
+        let entries = std::fs::read_dir(&self.root)
+            .map_err(|e| Error::io(format!("cannot read {}", self.root.display()), e))?
+            .count();
+        Ok(vec![format!(
+            "directory {} readable: ok ({entries} entries)",
+            self.root.display()
+        )])
+    }
 }
 
 /// The `file` source of a job.
@@ -126,6 +137,107 @@ impl FileSinkSpec {
     }
 }
 
+impl FileSourceSpec {
+    /// Builds the source: resolves and checks the path, lists the files, reads their schema.
+    pub async fn build(
+        &self,
+        connections: &Connections,
+        settings: &JobSettings,
+    ) -> Result<FileSource> {
+        let path = self.local_path(connections, &settings.local)?;
+        open_files(
+            local_store(),
+            &path,
+            &self.path,
+            &self.format,
+            settings,
+            true,
+        )
+        .await
+    }
+}
+
+impl FileSinkSpec {
+    /// Builds the sink: resolves and checks the path (nothing is written yet).
+    pub fn build(&self, connections: &Connections, settings: &JobSettings) -> Result<FileSink> {
+        let path = self.local_path(connections, &settings.local)?;
+        let (dir, name) = if is_directory_path(&self.path) {
+            (path, None)
+        } else {
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| {
+                    Error::config(format!("sink path `{}` has no file name", self.path))
+                })?
+                .to_string();
+            (
+                path.parent().map(|p| p.to_path_buf()).unwrap_or_default(),
+                Some(name),
+            )
+        };
+        let format = match &name {
+            Some(name) => self.format.for_output_name(name),
+            None => self.format.clone(),
+        };
+        Ok(FileSink::new(
+            local_store(),
+            object_path(&dir)?,
+            Some(dir),
+            name,
+            format,
+            self.mode,
+            &settings.name,
+            &self.path,
+        )
+        .with_file_mode(settings.local.output_mode()))
+    }
+}
+
+/// Whether a sink path names a directory (or blob prefix) that gets one `part-NNNNN` output
+/// per partition: it ends with `/`. Otherwise it names one output. The one place that
+/// decides what a sink path means.
+pub fn is_directory_path(path: &str) -> bool {
+    path.ends_with('/')
+}
+
+/// A sink path in an object store, split into its directory and, for a single output, its
+/// name (`a/b/out.csv` -> `a/b`, `out.csv`; `a/b/` -> `a/b`, none).
+pub fn split_sink_path(path: &str) -> (&str, Option<&str>) {
+    let trimmed = path.trim_start_matches('/');
+    if is_directory_path(trimmed) {
+        return (trimmed.trim_end_matches('/'), None);
+    }
+    match trimmed.rsplit_once('/') {
+        Some((dir, name)) => (dir, Some(name)),
+        None => ("", Some(trimmed)),
+    }
+}
+
+/// A file source over the files that `path` names in `store` (`shown` in messages); local
+/// files are checked against the job's allowed paths once listed.
+pub async fn open_files(
+    store: Arc<dyn ObjectStore>,
+    path: &std::path::Path,
+    shown: &str,
+    format: &FormatSpec,
+    settings: &JobSettings,
+    local: bool,
+) -> Result<FileSource> {
+    let files = list_inputs(&store, path, shown).await?;
+    if local {
+        check_inputs(&files, &settings.local)?;
+    }
+    FileSource::new(
+        store,
+        files,
+        format.clone(),
+        settings.batch_rows.get(),
+        settings.fault_tolerance.skip_incompatible_rows,
+    )
+    .await
+}
+
 /// Resolves a job path against a connection's root (or, under a node policy, its first
 /// allowed root; else the working directory), then checks it against `local` for `access`.
 /// Returns the path to open: under a policy, with links and `..` resolved. `what` names the
@@ -139,17 +251,7 @@ pub fn resolve(
     what: &str,
 ) -> Result<PathBuf> {
     let base = match connection {
-        Some(name) => {
-            let (kind, value) = connections.get(name)?;
-            if kind != "file" {
-                return Err(Error::config(format!(
-                    "connection `{name}` is a `{kind}` connection, not `file`"
-                )));
-            }
-            let conn: FileConnection = serde_json::from_value(value.clone())
-                .map_err(|e| Error::config(format!("connection `{name}`: {e}")))?;
-            conn.root
-        }
+        Some(name) => connections.file(name)?.root.clone(),
         None => match local.base() {
             Some(base) => base.to_path_buf(),
             None => {

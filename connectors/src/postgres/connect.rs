@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferry_engine::config::Secret;
 use ferry_engine::config::units::HumanDuration;
-use ferry_engine::config::{Connections, Secret};
 use ferry_engine::{Error, ErrorKind, Result};
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -56,9 +56,6 @@ pub enum SslMode {
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConnection {
-    /// Always `postgres`.
-    #[serde(rename = "type")]
-    pub kind: String,
     /// A connection string: URL or key=value form, without the password.
     #[serde(default)]
     pub url: Option<String>,
@@ -125,21 +122,29 @@ impl fmt::Debug for Connector {
 }
 
 impl PostgresConnection {
-    /// Looks up connection `name` in `connections` and checks that it is a `postgres` one.
-    pub fn from_connections(connections: &Connections, name: &str) -> Result<Self> {
-        let (kind, value) = connections.get(name)?;
-        if kind != "postgres" {
-            return Err(Error::config(format!(
-                "connection `{name}` is a `{kind}` connection, a `postgres` one is needed"
-            )));
-        }
-        serde_json::from_value(value.clone())
-            .map_err(|e| Error::config(format!("connection `{name}`: {e}")))
-    }
-
-    /// The connector of connection `name` of `connections`.
-    pub fn open_connector(connections: &Connections, name: &str) -> Result<Connector> {
-        Self::from_connections(connections, name)?.connector(name)
+    /// The health check of connection `name`: reach, TLS and authentication, then the
+    /// catalog. Returns one line per step that passed.
+    pub async fn check(&self, name: &str) -> Result<Vec<String>> {
+        let connector = self.connector(name)?;
+        let mut steps = vec!["configuration: ok".to_string()];
+        let client = connector.connect().await?;
+        steps.push("reach, TLS and authentication: ok".to_string());
+        let row = client
+            .query_one(
+                "SELECT version(), current_database()::text, current_user::text, \
+                 (SELECT count(*) FROM information_schema.tables \
+                  WHERE table_schema NOT IN ('pg_catalog', 'information_schema'))",
+                &[],
+            )
+            .await
+            .map_err(|e| pg_error("cannot read the catalog", e))?;
+        let (version, db, user, tables): (String, String, String, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        steps.push(format!(
+            "metadata: ok (database {db} as {user}, {tables} tables visible; {})",
+            version.split(" on ").next().unwrap_or(&version)
+        ));
+        Ok(steps)
     }
 
     /// Checks the connection without I/O: the URL parses and holds no password, a user is
@@ -692,7 +697,10 @@ mod tests {
     use super::*;
 
     fn conn(json: &str) -> PostgresConnection {
-        serde_json::from_str(json).unwrap()
+        match serde_json::from_str(json).unwrap() {
+            crate::connection::ConnectionSpec::Postgres(c) => c,
+            other => panic!("not postgres: {other:?}"),
+        }
     }
 
     #[test]

@@ -18,7 +18,10 @@ pub mod types;
 
 use std::num::NonZeroUsize;
 
+use ferry_engine::config::JobSettings;
 use ferry_engine::{Error, Result};
+
+use crate::connection::Connections;
 use serde::{Deserialize, Serialize};
 
 pub use connect::{PostgresConnection, SslMode};
@@ -95,6 +98,30 @@ pub struct PostgresSinkSpec {
 
 fn default_true() -> bool {
     true
+}
+
+impl PostgresSourceSpec {
+    /// Builds the source: connects, resolves the table or describes the query.
+    pub async fn build(
+        &self,
+        connections: &Connections,
+        settings: &JobSettings,
+    ) -> Result<PostgresSource> {
+        let connector = connections
+            .postgres(&self.connection)?
+            .connector(&self.connection)?;
+        PostgresSource::new(self, connector, settings.batch_rows.get()).await
+    }
+}
+
+impl PostgresSinkSpec {
+    /// Builds the sink (no I/O yet).
+    pub fn build(&self, connections: &Connections) -> Result<PostgresSink> {
+        let connector = connections
+            .postgres(&self.connection)?
+            .connector(&self.connection)?;
+        PostgresSink::new(self.clone(), connector)
+    }
 }
 
 impl PostgresSourceSpec {

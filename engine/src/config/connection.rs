@@ -1,66 +1,13 @@
-//! Named connections, kept apart from jobs.
+//! Secrets of connections: the connectors define the connections themselves.
 //!
-//! A connection holds a store's endpoint and credentials. Jobs name a connection; the file of
-//! connections lives on the node. Secrets are never printed: [`Secret`]'s `Debug` and
-//! `Display` redact, and a secret is given either as a reference to an environment variable or
-//! in encrypted form.
+//! Secrets are never printed: [`Secret`]'s `Debug` redacts, and a secret is given as a
+//! reference to an environment variable, never as a literal.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-
-/// A file of named connections: `{ "name": { "type": "...", ... } }`.
-///
-/// Each entry is kept as JSON here; the connector named by its `type` parses and validates it.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(transparent)]
-pub struct Connections(BTreeMap<String, serde_json::Value>);
-
-impl Connections {
-    /// Parses a connections file.
-    pub fn from_json(text: &str) -> Result<Self> {
-        let connections: Self = serde_json::from_str(text)
-            .map_err(|e| Error::config(format!("invalid connections file: {e}")))?;
-        for (name, value) in &connections.0 {
-            if value.get("type").and_then(|t| t.as_str()).is_none() {
-                return Err(Error::config(format!(
-                    "invalid connections file: connection `{name}` has no `type`"
-                )));
-            }
-        }
-        Ok(connections)
-    }
-
-    /// The raw entry of connection `name`, with its `type`.
-    pub fn get(&self, name: &str) -> Result<(&str, &serde_json::Value)> {
-        let value = self.0.get(name).ok_or_else(|| {
-            let known: Vec<&str> = self.0.keys().map(String::as_str).collect();
-            if known.is_empty() {
-                Error::config(format!(
-                    "unknown connection `{name}`: no connections are defined; give a connections file (`--connections FILE` or FERRY_CONNECTIONS; `connections` in a node's ferry.toml)"
-                ))
-            } else {
-                Error::config(format!(
-                    "unknown connection `{name}`; the connections file defines: {}",
-                    known.join(", ")
-                ))
-            }
-        })?;
-        let kind = value
-            .get("type")
-            .and_then(|t| t.as_str())
-            .unwrap_or_default();
-        Ok((kind, value))
-    }
-
-    /// Names of all connections.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.0.keys().map(String::as_str)
-    }
-}
 
 /// A secret value (password, key, token) that is never printed.
 ///
@@ -162,22 +109,6 @@ impl fmt::Debug for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unknown_connection_lists_the_known_ones() {
-        let c = Connections::from_json(r#"{"a":{"type":"file","root":"/x"}}"#).unwrap();
-        assert_eq!(c.get("a").unwrap().0, "file");
-        let err = c.get("b").unwrap_err();
-        assert!(err.to_string().contains("defines: a"), "{err}");
-        let err = Connections::default().get("b").unwrap_err();
-        assert!(err.to_string().contains("--connections FILE"), "{err}");
-    }
-
-    #[test]
-    fn connection_without_type_is_rejected() {
-        let err = Connections::from_json(r#"{"a":{"root":"/x"}}"#).unwrap_err();
-        assert!(err.to_string().contains("has no `type`"));
-    }
 
     #[test]
     fn a_literal_secret_is_refused_without_quoting_it() {

@@ -33,20 +33,21 @@ pub const MAX_BATCH_ROWS: usize = 1 << 20;
 /// Largest accepted `parallel_copies`, whatever a node's policy says.
 pub const MAX_PARALLEL_COPIES: usize = 1024;
 
-/// A copy job as written in a job file.
+/// A copy job as written in a job file. `Src`, `Snk` and `Stg` are the connectors' typed
+/// `source`, `sink` and `staging` sections.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct JobSpec<Src, Snk> {
+pub struct JobSpec<Src, Snk, Stg> {
     /// Name of the job: used in logs, reports, metrics and temporary file names.
     pub name: String,
     /// Where data is read from; its `type` selects the connector.
     pub source: Src,
     /// Where data is written to; its `type` selects the connector.
     pub sink: Snk,
-    /// Staged copy through interim files: `{connection, path, compression}`, interpreted by
-    /// the connectors (the engine runs each phase as an ordinary job).
-    #[serde(default)]
-    pub staging: Option<serde_json::Value>,
+    /// Staged copy through interim files, as the connectors define it (the engine runs each
+    /// phase as an ordinary job).
+    #[serde(default = "Option::default")]
+    pub staging: Option<Stg>,
     /// How many partitions are copied at once.
     #[serde(default = "default_parallel_copies")]
     pub parallel_copies: usize,
@@ -217,12 +218,13 @@ pub fn path_error(e: &serde_path_to_error::Error<serde_json::Error>) -> String {
     }
 }
 
-impl<Src, Snk> JobSpec<Src, Snk> {
+impl<Src, Snk, Stg> JobSpec<Src, Snk, Stg> {
     /// Parses a job from JSON; unknown fields and wrong types are errors naming the field.
     pub fn from_json(text: &str) -> Result<Self>
     where
         Src: serde::de::DeserializeOwned,
         Snk: serde::de::DeserializeOwned,
+        Stg: serde::de::DeserializeOwned,
     {
         let mut de = serde_json::Deserializer::from_str(text);
         serde_path_to_error::deserialize(&mut de)
@@ -302,7 +304,7 @@ impl<Src, Snk> JobSpec<Src, Snk> {
 mod tests {
     use super::*;
 
-    type Spec = JobSpec<serde_json::Value, serde_json::Value>;
+    type Spec = JobSpec<serde_json::Value, serde_json::Value, serde_json::Value>;
 
     #[test]
     fn defaults_apply_and_validate() {

@@ -104,10 +104,17 @@ impl Azurite {
         )
     }
 
+    /// [`Azurite::connection`], parsed as the connections file parses it.
+    pub fn blob_connection(&self) -> ferry_connectors::azure_blob::AzureBlobConnection {
+        match serde_json::from_str(&self.connection()).unwrap() {
+            ferry_connectors::ConnectionSpec::AzureBlob(c) => c,
+            other => panic!("not an azure_blob connection: {other:?}"),
+        }
+    }
+
     /// Every blob name in `container` under `prefix`, sorted.
     pub fn list(&self, container: &str, prefix: &str) -> Vec<String> {
-        let conn: ferry_connectors::azure_blob::AzureBlobConnection =
-            serde_json::from_str(&self.connection()).unwrap();
+        let conn = self.blob_connection();
         let store = conn.store("az", container).unwrap();
         let prefix = object_store::path::Path::from(prefix);
         let mut names: Vec<String> = tokio::runtime::Builder::new_current_thread()

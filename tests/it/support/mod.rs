@@ -121,7 +121,7 @@ pub fn run_job_with(json: &str, connections: &str) -> JobReport {
 
 /// Runs a job given as JSON in-process; one report per phase.
 pub fn run_phases(json: &str, connections: &str) -> Vec<JobReport> {
-    let connections = ferry_engine::config::Connections::from_json(connections).unwrap();
+    let connections = ferry_connectors::Connections::from_json(connections).unwrap();
     let (spec, settings) = ferry_connectors::parse_job(json).expect("job parses");
     actix::System::new().block_on(async move {
         ferry_connectors::run_job(&spec, settings, &connections, &|_| {}).await
