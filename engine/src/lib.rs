@@ -4,12 +4,12 @@
 //! ```text
 //! JobSupervisor ── plan(partitions) ──> for each output, <= parallel_copies partitions at once:
 //!
-//!   SourceReader ──RecordBatch──> ChunkEncoder ──Bytes──> SinkWriter ──finish──> Staged
+//!   SourceReader ──RecordBatch──> ChunkEncoder ──Bytes──> SinkWriter ──finish──> StagedOutput
 //!    (async I/O)   bounded chan    (CPU thread)  bounded   (async I/O)
 //!        └── reserves byte budget ─────────── travels with the data ──── released when written
 //!
-//! all outputs staged ──> row accounting checked ──> Sink::commit (the only publish step)
-//! any failure        ──> kill switch stops every stage ──> Sink::abort (nothing published)
+//! all outputs staged ──> row accounting checked ──> PreparedSink::commit (the only publish)
+//! any failure        ──> kill switch stops every stage ──> PreparedSink::abort (nothing published)
 //! ```
 //!
 //! The engine names no concrete store: connectors implement [`Source`], [`Sink`] and
@@ -39,7 +39,9 @@ pub use encode::Encoder;
 pub use error::{Error, ErrorKind, Result};
 pub use job::Job;
 pub use report::{JobReport, JobStatus};
-pub use sink::{Committed, OutputLayout, OutputWriter, Sink, Staged};
+pub use sink::{
+    Committed, OpenOutput, OutputLayout, OutputWriter, PreparedSink, Sink, StagedOutput,
+};
 pub use source::{BatchStream, Checkpoint, Partition, SkippedRow, Source, SourceBatch};
 pub use stats::{JobProgress, ProgressSnapshot, Stage};
 

@@ -14,7 +14,9 @@ use bytes::Bytes;
 
 use crate::encode::Encoder;
 use crate::error::{Error, Result};
-use crate::sink::{Committed, OutputLayout, OutputWriter, Sink, Staged};
+use crate::sink::{
+    Committed, OpenOutput, OutputLayout, OutputWriter, PreparedSink, Sink, StagedOutput,
+};
 use crate::source::{BatchStream, Checkpoint, Partition, Source, SourceBatch};
 
 /// Counts batches produced by [`MemorySource`] and chunks written by [`MemorySink`] (one per
@@ -318,7 +320,7 @@ impl OutputWriter for MemoryWriter {
         Ok(())
     }
 
-    async fn finish(self: Box<Self>) -> Result<Staged> {
+    async fn finish(self: Box<Self>) -> Result<Box<dyn StagedOutput>> {
         let mut state = self
             .sink
             .state
@@ -327,12 +329,12 @@ impl OutputWriter for MemoryWriter {
         state
             .temporary
             .insert(self.name.clone(), self.bytes.clone());
-        Ok(Staged {
+        Ok(Box::new(MemoryStaged {
+            state: self.sink.state.clone(),
             output: self.output,
             temporary: self.name.clone(),
-            target: format!("output-{:05}", self.output),
             bytes: self.bytes.len() as u64,
-        })
+        }))
     }
 
     async fn abort(self: Box<Self>) -> Result<()> {
@@ -346,55 +348,86 @@ impl OutputWriter for MemoryWriter {
     }
 }
 
+/// An output of a [`MemorySink`] written under its temporary name.
+struct MemoryStaged {
+    state: Arc<Mutex<SinkState>>,
+    output: usize,
+    temporary: String,
+    bytes: u64,
+}
+
+impl std::fmt::Debug for MemoryStaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "memory output {} ({})", self.output, self.temporary)
+    }
+}
+
+#[async_trait::async_trait]
+impl StagedOutput for MemoryStaged {
+    fn output(&self) -> usize {
+        self.output
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    async fn publish(self: Box<Self>) -> Result<Vec<String>> {
+        let mut state = self.state.lock().map_err(|_| Error::internal("lock"))?;
+        let bytes = state
+            .temporary
+            .remove(&self.temporary)
+            .ok_or_else(|| Error::internal(format!("staged output {} is gone", self.temporary)))?;
+        let target = format!("output-{:05}", self.output);
+        state.published.insert(target.clone(), bytes);
+        Ok(vec![target])
+    }
+
+    async fn discard(self: Box<Self>) -> Result<()> {
+        let mut state = self.state.lock().map_err(|_| Error::internal("lock"))?;
+        state.temporary.remove(&self.temporary);
+        Ok(())
+    }
+}
+
 #[async_trait::async_trait]
 impl Sink for MemorySink {
-    async fn prepare(&self, _schema: &SchemaRef) -> Result<()> {
-        Ok(())
-    }
-
-    fn layout(&self) -> OutputLayout {
-        self.layout
-    }
-
-    fn encoder(&self, schema: &SchemaRef, _output: usize) -> Result<Box<dyn Encoder>> {
-        Ok(Box::new(IpcStreamEncoder::new(schema)?))
-    }
-
-    async fn open(&self, output: usize) -> Result<Box<dyn OutputWriter>> {
-        Ok(Box::new(MemoryWriter {
-            sink: self.clone(),
-            output,
-            name: format!("tmp-{output:05}-{}", fastrand::u32(..)),
-            bytes: Vec::new(),
-        }))
-    }
-
-    async fn commit(&self, staged: Vec<Staged>) -> Result<Committed> {
-        let mut state = self.state.lock().map_err(|_| Error::internal("lock"))?;
-        let mut outputs = Vec::new();
-        for s in staged {
-            let bytes = state
-                .temporary
-                .remove(&s.temporary)
-                .ok_or_else(|| Error::internal(format!("staged output {} is gone", s.temporary)))?;
-            state.published.insert(s.target.clone(), bytes);
-            outputs.push(s.target);
-        }
-        Ok(Committed {
-            outputs,
-            removed: vec![],
-        })
-    }
-
-    async fn abort(&self, staged: Vec<Staged>) -> Result<()> {
-        let mut state = self.state.lock().map_err(|_| Error::internal("lock"))?;
-        for s in staged {
-            state.temporary.remove(&s.temporary);
-        }
-        Ok(())
+    async fn prepare(&self, _schema: &SchemaRef) -> Result<Box<dyn PreparedSink>> {
+        Ok(Box::new(self.clone()))
     }
 
     fn connector(&self) -> &'static str {
         "memory"
+    }
+}
+
+#[async_trait::async_trait]
+impl PreparedSink for MemorySink {
+    fn layout(&self) -> OutputLayout {
+        self.layout
+    }
+
+    async fn open(&self, schema: &SchemaRef, output: usize) -> Result<OpenOutput> {
+        Ok(OpenOutput {
+            encoder: Box::new(IpcStreamEncoder::new(schema)?),
+            writer: Box::new(MemoryWriter {
+                sink: self.clone(),
+                output,
+                name: format!("tmp-{output:05}-{}", fastrand::u32(..)),
+                bytes: Vec::new(),
+            }),
+        })
+    }
+
+    async fn commit(&self, staged: Vec<Box<dyn StagedOutput>>) -> Result<Committed> {
+        Ok(Committed {
+            outputs: crate::sink::publish_all(staged).await?,
+            removed: vec![],
+        })
+    }
+
+    async fn abort(&self, staged: Vec<Box<dyn StagedOutput>>) -> Result<()> {
+        crate::sink::discard_all(staged).await;
+        Ok(())
     }
 }

@@ -11,13 +11,15 @@
 //!   block list committed) only when the whole job succeeded. Until then no object exists,
 //!   and the parts of a failed or killed run are discarded by the store.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use arrow::datatypes::SchemaRef;
 use bytes::Bytes;
-use ferry_engine::{Committed, Encoder, Error, OutputLayout, OutputWriter, Result, Sink, Staged};
+use ferry_engine::{
+    Committed, Encoder, Error, OpenOutput, OutputLayout, OutputWriter, PreparedSink, Result, Sink,
+    StagedOutput,
+};
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
@@ -57,10 +59,6 @@ pub enum Publish {
     },
 }
 
-/// Uploads whose parts are all stored, waiting for the commit: per output, each file it
-/// rolled over into, in order.
-type PendingUploads = Arc<Mutex<HashMap<usize, Vec<FileUpload>>>>;
-
 /// One file's upload, with its name.
 type FileUpload = (Path, Box<dyn MultipartUpload>);
 
@@ -78,6 +76,7 @@ pub struct RollOver {
 }
 
 /// A sink of files in one format.
+#[derive(Clone)]
 pub struct FileSink {
     store: Arc<dyn ObjectStore>,
     /// The destination directory (the file's parent, or the directory itself).
@@ -92,15 +91,10 @@ pub struct FileSink {
     run: String,
     shown: String,
     publish: Publish,
-    pending: PendingUploads,
     connector: &'static str,
     roll: Option<RollOver>,
-    boundaries: Mutex<HashMap<usize, Boundaries>>,
     /// Mode given to local outputs before they are published.
     file_mode: Option<u32>,
-    /// The directories `prepare` created for the destination, deepest first: a job that
-    /// fails removes them again when they are empty, leaving no trace.
-    created: Mutex<Vec<PathBuf>>,
 }
 
 impl FileSink {
@@ -131,12 +125,9 @@ impl FileSink {
             run,
             shown: shown.to_string(),
             publish: Publish::Rename,
-            pending: Default::default(),
             connector: "file",
             roll: None,
-            boundaries: Default::default(),
             file_mode: None,
-            created: Mutex::default(),
         }
     }
 
@@ -160,12 +151,6 @@ impl FileSink {
             self.roll = Some(roll);
         }
         self
-    }
-
-    fn take_pending(&self) -> Result<HashMap<usize, Vec<FileUpload>>> {
-        Ok(std::mem::take(&mut *self.pending.lock().map_err(|_| {
-            Error::internal("file sink: lock poisoned")
-        })?))
     }
 
     fn temp_dir(&self) -> Path {
@@ -232,11 +217,14 @@ fn fastrand_u16() -> u16 {
 }
 
 struct FileOutputWriter {
+    store: Arc<dyn ObjectStore>,
     writer: BufWriter,
     output: usize,
     temporary: Path,
     target: Path,
     bytes: u64,
+    /// Mode given to the local file before it is published.
+    file_mode: Option<u32>,
 }
 
 #[async_trait::async_trait]
@@ -249,16 +237,18 @@ impl OutputWriter for FileOutputWriter {
             .map_err(|e| store_error("write", &self.temporary, e))
     }
 
-    async fn finish(mut self: Box<Self>) -> Result<Staged> {
+    async fn finish(mut self: Box<Self>) -> Result<Box<dyn StagedOutput>> {
         self.writer.shutdown().await.map_err(|e| {
             Error::io(format!("complete {}", self.temporary), e).with_retryable(true)
         })?;
-        Ok(Staged {
+        Ok(Box::new(TemporaryFile {
+            store: self.store,
             output: self.output,
-            temporary: self.temporary.to_string(),
-            target: self.target.to_string(),
+            temporary: self.temporary,
+            target: self.target,
             bytes: self.bytes,
-        })
+            file_mode: self.file_mode,
+        }))
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
@@ -266,6 +256,98 @@ impl OutputWriter for FileOutputWriter {
             .abort()
             .await
             .map_err(|e| store_error("discard", &self.temporary, e))
+    }
+}
+
+/// An output complete under its temporary name, published by renaming it.
+struct TemporaryFile {
+    store: Arc<dyn ObjectStore>,
+    output: usize,
+    temporary: Path,
+    target: Path,
+    bytes: u64,
+    file_mode: Option<u32>,
+}
+
+impl std::fmt::Debug for TemporaryFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "/{} (for /{})", self.temporary, self.target)
+    }
+}
+
+#[async_trait::async_trait]
+impl StagedOutput for TemporaryFile {
+    fn output(&self) -> usize {
+        self.output
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    async fn publish(self: Box<Self>) -> Result<Vec<String>> {
+        if let Some(mode) = self.file_mode {
+            use std::os::unix::fs::PermissionsExt;
+            let local = format!("/{}", self.temporary);
+            tokio::fs::set_permissions(&local, std::fs::Permissions::from_mode(mode))
+                .await
+                .map_err(|e| Error::io(format!("cannot set the mode of {local}"), e))?;
+        }
+        self.store
+            .rename(&self.temporary, &self.target)
+            .await
+            .map_err(|e| store_error("publish", &self.target, e))?;
+        Ok(vec![format!("/{}", self.target)])
+    }
+
+    async fn discard(self: Box<Self>) -> Result<()> {
+        match self.store.delete(&self.temporary).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(store_error("remove staged output", &self.temporary, e)),
+        }
+    }
+}
+
+/// An output's uploads with every part stored, published by completing them: each file it
+/// rolled over into, in order.
+#[derive(Debug)]
+struct StoredUploads {
+    output: usize,
+    files: Vec<FileUpload>,
+    bytes: u64,
+}
+
+#[async_trait::async_trait]
+impl StagedOutput for StoredUploads {
+    fn output(&self) -> usize {
+        self.output
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    async fn publish(mut self: Box<Self>) -> Result<Vec<String>> {
+        let mut published = Vec::with_capacity(self.files.len());
+        let mut files = std::mem::take(&mut self.files).into_iter();
+        while let Some((path, mut upload)) = files.next() {
+            if let Err(e) = upload.complete().await {
+                for (_, mut rest) in files {
+                    let _ = rest.abort().await;
+                }
+                return Err(store_error("publish", &path, e));
+            }
+            published.push(format!("/{path}"));
+        }
+        Ok(published)
+    }
+
+    async fn discard(mut self: Box<Self>) -> Result<()> {
+        // Uncommitted blocks are never visible; the store discards them.
+        for (_, mut upload) in self.files.drain(..) {
+            let _ = upload.abort().await;
+        }
+        Ok(())
     }
 }
 
@@ -369,7 +451,6 @@ struct UploadWriter {
     output: usize,
     target: Path,
     bytes: u64,
-    pending: PendingUploads,
     /// Where files end in this output's stream (rolling over), and the files done so far.
     boundaries: Option<Boundaries>,
     written: u64,
@@ -458,21 +539,13 @@ impl OutputWriter for UploadWriter {
         Ok(())
     }
 
-    async fn finish(mut self: Box<Self>) -> Result<Staged> {
+    async fn finish(mut self: Box<Self>) -> Result<Box<dyn StagedOutput>> {
         self.close_file().await?;
-        let done = std::mem::take(&mut self.done);
-        let first = done.first().map(|(p, _)| p.to_string()).unwrap_or_default();
-        let files = done.len();
-        self.pending
-            .lock()
-            .map_err(|_| Error::internal("file sink: lock poisoned"))?
-            .insert(self.output, done);
-        Ok(Staged {
+        Ok(Box::new(StoredUploads {
             output: self.output,
-            temporary: format!("{files} uncommitted upload(s) starting with {first}"),
-            target: first,
+            files: std::mem::take(&mut self.done),
             bytes: self.bytes,
-        })
+        }))
     }
 
     async fn abort(mut self: Box<Self>) -> Result<()> {
@@ -562,7 +635,7 @@ impl Encoder for RollingEncoder {
 
 #[async_trait::async_trait]
 impl Sink for FileSink {
-    async fn prepare(&self, _schema: &SchemaRef) -> Result<()> {
+    async fn prepare(&self, _schema: &SchemaRef) -> Result<Box<dyn PreparedSink>> {
         if self.mode == WriteMode::ErrorIfExists {
             let exists = match &self.file_name {
                 Some(name) => self
@@ -579,77 +652,90 @@ impl Sink for FileSink {
                 )));
             }
         }
-        if let Publish::CompleteUpload { .. } = self.publish {
-            // Reach the store and the container before any data moves.
-            return match self.store.list_with_delimiter(Some(&self.dir)).await {
-                Ok(_) => Ok(()),
-                Err(e)
-                    if matches!(e, object_store::Error::NotFound { .. })
-                        || e.to_string().contains("ContainerNotFound") =>
-                {
-                    Err(Error::invalid_input(format!(
-                        "{}: the container does not exist; create it first",
-                        self.shown
-                    )))
-                }
-                Err(e) => Err(store_error("list", &self.dir, e)),
-            };
-        }
-        self.remove_temp_dir().await?;
-        if let Some(local) = &self.local_dir {
-            let temp = local.join(format!("_ferry_tmp_{}", self.job));
-            let missing: Vec<PathBuf> = local
-                .ancestors()
-                .take_while(|d| !d.exists())
-                .map(PathBuf::from)
-                .collect();
-            if let Ok(mut created) = self.created.lock() {
-                *created = missing;
+        let created = match self.publish {
+            Publish::CompleteUpload { .. } => {
+                self.check_container().await?;
+                Vec::new()
             }
-            tokio::fs::create_dir_all(&temp).await.map_err(|e| {
-                Error::io(
-                    format!(
-                        "cannot write to {}; check that the directory is writable",
-                        local.display()
-                    ),
-                    e,
-                )
-            })?;
-            if local.join(self.file_name.as_deref().unwrap_or("")).is_dir()
-                && self.file_name.is_some()
+            Publish::Rename => {
+                self.remove_temp_dir().await?;
+                self.create_temp_dir().await?
+            }
+        };
+        Ok(Box::new(PreparedFiles {
+            sink: self.clone(),
+            created,
+        }))
+    }
+
+    fn connector(&self) -> &'static str {
+        self.connector
+    }
+}
+
+impl FileSink {
+    /// Reaches the store and the container before any data moves.
+    async fn check_container(&self) -> Result<()> {
+        match self.store.list_with_delimiter(Some(&self.dir)).await {
+            Ok(_) => Ok(()),
+            Err(e)
+                if matches!(e, object_store::Error::NotFound { .. })
+                    || e.to_string().contains("ContainerNotFound") =>
             {
-                return Err(Error::invalid_input(format!(
-                    "{} is a directory; end the sink path with `/` to write part files into it",
+                Err(Error::invalid_input(format!(
+                    "{}: the container does not exist; create it first",
                     self.shown
-                )));
+                )))
             }
-        }
-        Ok(())
-    }
-
-    fn layout(&self) -> OutputLayout {
-        if self.file_name.is_some() {
-            OutputLayout::Single
-        } else {
-            OutputLayout::PerPartition
+            Err(e) => Err(store_error("list", &self.dir, e)),
         }
     }
 
-    fn encoder(&self, schema: &SchemaRef, output: usize) -> Result<Box<dyn Encoder>> {
+    /// Creates the local temporary directory beside the destination; returns the
+    /// destination directories it had to create, deepest first (a failed job removes them
+    /// again when they are empty, leaving no trace).
+    async fn create_temp_dir(&self) -> Result<Vec<PathBuf>> {
+        let Some(local) = &self.local_dir else {
+            return Ok(Vec::new());
+        };
+        let temp = local.join(format!("_ferry_tmp_{}", self.job));
+        let missing: Vec<PathBuf> = local
+            .ancestors()
+            .take_while(|d| !d.exists())
+            .map(PathBuf::from)
+            .collect();
+        tokio::fs::create_dir_all(&temp).await.map_err(|e| {
+            Error::io(
+                format!(
+                    "cannot write to {}; check that the directory is writable",
+                    local.display()
+                ),
+                e,
+            )
+        })?;
+        if self.file_name.is_some() && local.join(self.file_name.as_deref().unwrap_or("")).is_dir()
+        {
+            return Err(Error::invalid_input(format!(
+                "{} is a directory; end the sink path with `/` to write part files into it",
+                self.shown
+            )));
+        }
+        Ok(missing)
+    }
+
+    fn encoder(
+        &self,
+        schema: &SchemaRef,
+        boundaries: Option<&Boundaries>,
+    ) -> Result<Box<dyn Encoder>> {
         let inner = self.format.encoder(schema)?;
-        let boundaries = self
-            .boundaries
-            .lock()
-            .map_err(|_| Error::internal("file sink: lock poisoned"))?
-            .get(&output)
-            .cloned();
         Ok(match (self.roll, boundaries) {
             (Some(roll), Some(boundaries)) => Box::new(RollingEncoder {
                 inner,
                 format: self.format.clone(),
                 schema: schema.clone(),
                 roll,
-                boundaries,
+                boundaries: boundaries.clone(),
                 emitted: 0,
                 file_rows: 0,
                 file_bytes: 0,
@@ -658,166 +744,171 @@ impl Sink for FileSink {
         })
     }
 
-    async fn open(&self, output: usize) -> Result<Box<dyn OutputWriter>> {
+    /// A writer that uploads output `output` to its final name, in parts.
+    async fn upload_writer(
+        &self,
+        output: usize,
+        part_size: usize,
+        concurrency: usize,
+        boundaries: Option<Boundaries>,
+    ) -> Result<Box<dyn OutputWriter>> {
         let name = self.target_name(output);
-        if let Publish::CompleteUpload {
-            part_size,
-            concurrency,
-        } = self.publish
-        {
-            let target = self.dir.clone().join(name.as_str());
-            let upload = self
-                .store
-                .put_multipart(&target)
-                .await
-                .map_err(|e| store_error("start uploading", &target, e))?;
-            // A fresh list of file ends for this attempt of the output; its encoder fills it.
-            let boundaries = match self.roll {
-                Some(_) if self.file_name.is_none() => {
-                    let b: Boundaries = Default::default();
-                    self.boundaries
-                        .lock()
-                        .map_err(|_| Error::internal("file sink: lock poisoned"))?
-                        .insert(output, b.clone());
-                    Some(b)
-                }
-                _ => None,
-            };
-            let ext = self.format.extension();
-            let base = name
-                .strip_suffix(&format!(".{ext}"))
-                .unwrap_or(&name)
-                .to_string();
-            return Ok(Box::new(UploadWriter {
-                store: self.store.clone(),
-                current: Some(PartUploader::new(
-                    upload,
-                    target.clone(),
-                    part_size,
-                    concurrency,
-                )),
+        let target = self.dir.clone().join(name.as_str());
+        let upload = self
+            .store
+            .put_multipart(&target)
+            .await
+            .map_err(|e| store_error("start uploading", &target, e))?;
+        let ext = self.format.extension();
+        let base = name
+            .strip_suffix(&format!(".{ext}"))
+            .unwrap_or(&name)
+            .to_string();
+        Ok(Box::new(UploadWriter {
+            store: self.store.clone(),
+            current: Some(PartUploader::new(
+                upload,
+                target.clone(),
                 part_size,
                 concurrency,
-                output,
-                target,
-                bytes: 0,
-                pending: self.pending.clone(),
-                boundaries,
-                written: 0,
-                done: Vec::new(),
-                naming: (self.dir.clone(), base, ext),
-            }));
-        }
+            )),
+            part_size,
+            concurrency,
+            output,
+            target,
+            bytes: 0,
+            boundaries,
+            written: 0,
+            done: Vec::new(),
+            naming: (self.dir.clone(), base, ext),
+        }))
+    }
+
+    /// A writer of output `output` under a temporary name, renamed into place on commit.
+    fn temporary_writer(&self, output: usize) -> Box<dyn OutputWriter> {
+        let name = self.target_name(output);
         // Not the output's own extension: globbing the destination must not find it.
         let temporary = self.temp_dir().join(format!("{}-{name}.partial", self.run));
         let writer =
             BufWriter::with_capacity(self.store.clone(), temporary.clone(), WRITE_BUFFER_BYTES)
                 .with_max_concurrency(2);
-        Ok(Box::new(FileOutputWriter {
+        Box::new(FileOutputWriter {
+            store: self.store.clone(),
             writer,
             output,
             temporary,
             target: self.dir.clone().join(name.as_str()),
             bytes: 0,
-        }))
+            file_mode: self.local_dir.as_ref().and(self.file_mode),
+        })
+    }
+}
+
+/// One run of a [`FileSink`]: what `prepare` created, and the outputs' writers.
+struct PreparedFiles {
+    sink: FileSink,
+    /// The destination directories `prepare` created, deepest first.
+    created: Vec<PathBuf>,
+}
+
+#[async_trait::async_trait]
+impl PreparedSink for PreparedFiles {
+    fn layout(&self) -> OutputLayout {
+        if self.sink.file_name.is_some() {
+            OutputLayout::Single
+        } else {
+            OutputLayout::PerPartition
+        }
     }
 
-    async fn commit(&self, staged: Vec<Staged>) -> Result<Committed> {
-        let mut committed = Committed::default();
-        let stale: Vec<Path> = if self.file_name.is_none() {
-            self.existing_parts().await?
-        } else {
-            vec![]
-        };
-        let mut uploads = self.take_pending()?;
-        let mut published = std::collections::HashSet::new();
-        for s in &staged {
-            let (from, to) = (
-                Path::from(s.temporary.as_str()),
-                Path::from(s.target.as_str()),
-            );
-            match self.publish {
-                Publish::Rename => {
-                    if let (Some(mode), Some(_)) = (self.file_mode, &self.local_dir) {
-                        use std::os::unix::fs::PermissionsExt;
-                        let local = format!("/{from}");
-                        tokio::fs::set_permissions(&local, std::fs::Permissions::from_mode(mode))
-                            .await
-                            .map_err(|e| Error::io(format!("cannot set the mode of {local}"), e))?;
-                    }
-                    self.store
-                        .rename(&from, &to)
-                        .await
-                        .map_err(|e| store_error("publish", &to, e))?;
-                    committed.outputs.push(format!("/{to}"));
-                    published.insert(to.to_string());
-                }
-                Publish::CompleteUpload { .. } => {
-                    let files = uploads.remove(&s.output).ok_or_else(|| {
-                        Error::internal(format!("no pending upload for output {}", s.output))
-                    })?;
-                    for (path, mut upload) in files {
-                        upload
-                            .complete()
-                            .await
-                            .map_err(|e| store_error("publish", &path, e))?;
-                        committed.outputs.push(format!("/{path}"));
-                        published.insert(path.to_string());
-                    }
+    async fn open(&self, schema: &SchemaRef, output: usize) -> Result<OpenOutput> {
+        let sink = &self.sink;
+        match sink.publish {
+            Publish::CompleteUpload {
+                part_size,
+                concurrency,
+            } => {
+                // The encoder records where each rolled-over file ends; the writer cuts there.
+                let boundaries: Option<Boundaries> = match sink.roll {
+                    Some(_) if sink.file_name.is_none() => Some(Boundaries::default()),
+                    _ => None,
+                };
+                Ok(OpenOutput {
+                    encoder: sink.encoder(schema, boundaries.as_ref())?,
+                    writer: sink
+                        .upload_writer(output, part_size, concurrency, boundaries)
+                        .await?,
+                })
+            }
+            Publish::Rename => Ok(OpenOutput {
+                encoder: sink.encoder(schema, None)?,
+                writer: sink.temporary_writer(output),
+            }),
+        }
+    }
+
+    async fn commit(&self, staged: Vec<Box<dyn StagedOutput>>) -> Result<Committed> {
+        let sink = &self.sink;
+        let stale = if sink.file_name.is_none() {
+            match sink.existing_parts().await {
+                Ok(stale) => stale,
+                Err(e) => {
+                    ferry_engine::sink::discard_all(staged).await;
+                    return Err(e);
                 }
             }
-        }
-        for old in stale
+        } else {
+            Vec::new()
+        };
+        let mut committed = Committed {
+            outputs: ferry_engine::sink::publish_all(staged).await?,
+            removed: Vec::new(),
+        };
+        let published: std::collections::HashSet<&str> = committed
+            .outputs
+            .iter()
+            .map(|p| p.trim_start_matches('/'))
+            .collect();
+        let stale: Vec<Path> = stale
             .into_iter()
             .filter(|p| !published.contains(p.as_ref() as &str))
-        {
-            self.store
+            .collect();
+        for old in stale {
+            sink.store
                 .delete(&old)
                 .await
                 .map_err(|e| store_error("remove earlier output", &old, e))?;
             committed.removed.push(format!("/{old}"));
         }
-        if let Publish::Rename = self.publish {
-            self.remove_temp_dir().await?;
+        if let Publish::Rename = sink.publish {
+            sink.remove_temp_dir().await?;
         }
         Ok(committed)
     }
 
-    async fn abort(&self, staged: Vec<Staged>) -> Result<()> {
-        if let Publish::CompleteUpload { .. } = self.publish {
-            // Uncommitted blocks are never visible; the store discards them.
-            for (_, files) in self.take_pending()? {
-                for (_, mut upload) in files {
-                    let _ = upload.abort().await;
-                }
+    async fn abort(&self, staged: Vec<Box<dyn StagedOutput>>) -> Result<()> {
+        let mut failure = None;
+        for output in staged {
+            if let Err(e) = output.discard().await {
+                failure.get_or_insert(e);
             }
-            return Ok(());
         }
-        for s in staged {
-            let path = Path::from(s.temporary.as_str());
-            match self.store.delete(&path).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(store_error("remove staged output", &path, e)),
-            }
+        if let Some(e) = failure {
+            return Err(e);
         }
         // Other outputs may still be writing: remove the directory only once it is empty,
         // and then the destination directories this run created, if they are empty too.
-        if let Some(local) = &self.local_dir
-            && tokio::fs::remove_dir(local.join(format!("_ferry_tmp_{}", self.job)))
+        if let Some(local) = &self.sink.local_dir
+            && tokio::fs::remove_dir(local.join(format!("_ferry_tmp_{}", self.sink.job)))
                 .await
                 .is_ok()
         {
-            let created = self.created.lock().map(|c| c.clone()).unwrap_or_default();
-            for dir in created {
-                if tokio::fs::remove_dir(&dir).await.is_err() {
+            for dir in &self.created {
+                if tokio::fs::remove_dir(dir).await.is_err() {
                     break;
                 }
             }
         }
         Ok(())
-    }
-
-    fn connector(&self) -> &'static str {
-        self.connector
     }
 }

@@ -10,11 +10,14 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use arrow::datatypes::{DataType, SchemaRef};
 use bytes::Bytes;
-use ferry_engine::{Committed, Encoder, Error, OutputLayout, OutputWriter, Result, Sink, Staged};
+use ferry_engine::{
+    Committed, Error, OpenOutput, OutputLayout, OutputWriter, PreparedSink, Result, Sink,
+    StagedOutput,
+};
 use futures::SinkExt;
 use tokio_postgres::{Client, CopyInSink};
 
@@ -40,9 +43,6 @@ pub struct PostgresSink {
     connector: Connector,
     spec: PostgresSinkSpec,
     table: String,
-    plan: Mutex<Option<LoadPlan>>,
-    /// Sessions whose COPY has finished and whose transaction waits for the commit.
-    open: std::sync::Arc<Mutex<HashMap<usize, Client>>>,
 }
 
 impl PostgresSink {
@@ -53,17 +53,7 @@ impl PostgresSink {
             connector,
             spec,
             table,
-            plan: Mutex::new(None),
-            open: Default::default(),
         })
-    }
-
-    fn plan(&self) -> Result<LoadPlan> {
-        self.plan
-            .lock()
-            .map_err(|_| Error::internal("postgres sink: plan lock poisoned"))?
-            .clone()
-            .ok_or_else(|| Error::internal("postgres sink used before prepare"))
     }
 
     /// The column definitions of `CREATE TABLE` for the source's schema; `enums` maps a
@@ -123,8 +113,25 @@ impl PostgresSink {
 
 #[async_trait::async_trait]
 impl Sink for PostgresSink {
-    async fn prepare(&self, schema: &SchemaRef) -> Result<()> {
+    async fn prepare(&self, schema: &SchemaRef) -> Result<Box<dyn PreparedSink>> {
         let client = self.connector.connect().await?;
+        let plan = self.plan_load(&client, schema).await?;
+        Ok(Box::new(PreparedLoad {
+            connector: self.connector.clone(),
+            table: self.spec.table.clone(),
+            quoted: self.table.clone(),
+            plan: Arc::new(plan),
+        }))
+    }
+
+    fn connector(&self) -> &'static str {
+        "postgres"
+    }
+}
+
+impl PostgresSink {
+    /// Reads the catalog and works out the load: the setup SQL, the COPY, the targets.
+    async fn plan_load(&self, client: &Client, schema: &SchemaRef) -> Result<LoadPlan> {
         let table = &self.spec.table;
         let row = client
             .query_opt(
@@ -147,7 +154,7 @@ impl Sink for PostgresSink {
         // The target's column types: from the catalog, or from a temporary table built with
         // the DDL that the load will run (which also checks that DDL before data moves).
         let enums = if create {
-            Self::destination_enums(&client, schema).await
+            Self::destination_enums(client, schema).await
         } else {
             HashMap::new()
         };
@@ -175,26 +182,8 @@ impl Sink for PostgresSink {
                 "`{table}` is not a table (relkind {relkind}); COPY can load tables only"
             )));
         }
-        let columns = columns_of(&client, oid).await?;
-        let mut targets = Vec::with_capacity(schema.fields().len());
-        for field in schema.fields() {
-            let name = field.name();
-            let found = columns
-                .iter()
-                .find(|(c, _)| c.name == *name)
-                .or_else(|| columns.iter().find(|(c, _)| c.name.eq_ignore_ascii_case(name)))
-                .ok_or_else(|| {
-                    Error::invalid_input(format!(
-                        "table `{table}` has no column `{name}` that the source has; add the column, or select only the table's columns in the source (columns: {})",
-                        columns.iter().map(|(c, _)| c.name.as_str()).collect::<Vec<_>>().join(", ")
-                    ))
-                })?;
-            let kind = found.0.kind.clone().map_err(Error::invalid_input)?;
-            targets.push(Target {
-                name: found.0.name.clone(),
-                kind,
-            });
-        }
+        let columns = columns_of(client, oid).await?;
+        let targets = targets_for(schema, &columns, table)?;
         let fields: Vec<(String, arrow::datatypes::DataType)> = schema
             .fields()
             .iter()
@@ -226,29 +215,61 @@ impl Sink for PostgresSink {
                 .join(", "),
             if freeze { ", FREEZE" } else { "" }
         );
-        *self
-            .plan
-            .lock()
-            .map_err(|_| Error::internal("postgres sink: plan lock poisoned"))? = Some(LoadPlan {
+        Ok(LoadPlan {
             setup,
             copy,
             targets,
-        });
-        Ok(())
+        })
     }
+}
 
+/// The table's column for each of the source's fields, in the source's order (matched by
+/// name, exactly or else ignoring case).
+fn targets_for(
+    schema: &SchemaRef,
+    columns: &[(super::types::PgColumn, bool)],
+    table: &str,
+) -> Result<Vec<Target>> {
+    let mut targets = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        let name = field.name();
+        let found = columns
+                .iter()
+                .find(|(c, _)| c.name == *name)
+                .or_else(|| columns.iter().find(|(c, _)| c.name.eq_ignore_ascii_case(name)))
+                .ok_or_else(|| {
+                    Error::invalid_input(format!(
+                        "table `{table}` has no column `{name}` that the source has; add the column, or select only the table's columns in the source (columns: {})",
+                        columns.iter().map(|(c, _)| c.name.as_str()).collect::<Vec<_>>().join(", ")
+                    ))
+                })?;
+        let kind = found.0.kind.clone().map_err(Error::invalid_input)?;
+        targets.push(Target {
+            name: found.0.name.clone(),
+            kind,
+        });
+    }
+    Ok(targets)
+}
+
+/// One run's load into the table, from its plan.
+struct PreparedLoad {
+    connector: Connector,
+    table: String,
+    quoted: String,
+    plan: Arc<LoadPlan>,
+}
+
+#[async_trait::async_trait]
+impl PreparedSink for PreparedLoad {
     fn layout(&self) -> OutputLayout {
         // One COPY in one transaction: the whole job commits or nothing does.
         OutputLayout::Single
     }
 
-    fn encoder(&self, _schema: &SchemaRef, _output: usize) -> Result<Box<dyn Encoder>> {
-        Ok(Box::new(CopyEncoder::new(self.plan()?.targets)))
-    }
-
-    async fn open(&self, output: usize) -> Result<Box<dyn OutputWriter>> {
-        let plan = self.plan()?;
-        let table = &self.spec.table;
+    async fn open(&self, _schema: &SchemaRef, output: usize) -> Result<OpenOutput> {
+        let plan = &self.plan;
+        let table = &self.table;
         let client = self.connector.connect().await?;
         client
             .batch_execute("BEGIN")
@@ -264,57 +285,29 @@ impl Sink for PostgresSink {
             .copy_in::<_, Bytes>(&plan.copy)
             .await
             .map_err(|e| pg_error(&format!("table `{table}`: COPY failed"), e))?;
-        Ok(Box::new(PostgresWriter {
-            output,
-            table: table.clone(),
-            client: Some(client),
-            sink: Box::pin(sink),
-            bytes: 0,
-            open: self.open.clone(),
-        }))
+        Ok(OpenOutput {
+            encoder: Box::new(CopyEncoder::new(plan.targets.clone())),
+            writer: Box::new(PostgresWriter {
+                output,
+                table: table.clone(),
+                client,
+                sink: Box::pin(sink),
+                bytes: 0,
+            }),
+        })
     }
 
-    async fn commit(&self, staged: Vec<Staged>) -> Result<Committed> {
-        let table = &self.spec.table;
-        for s in &staged {
-            let client = self
-                .open
-                .lock()
-                .map_err(|_| Error::internal("postgres sink: lock poisoned"))?
-                .remove(&s.output)
-                .ok_or_else(|| {
-                    Error::internal(format!("no open transaction for output {}", s.output))
-                })?;
-            client.batch_execute("COMMIT").await.map_err(|e| {
-                pg_error(
-                    &format!("table `{table}`: the commit failed; nothing was loaded"),
-                    e,
-                )
-            })?;
-        }
+    async fn commit(&self, staged: Vec<Box<dyn StagedOutput>>) -> Result<Committed> {
+        ferry_engine::sink::publish_all(staged).await?;
         Ok(Committed {
-            outputs: vec![self.table.clone()],
+            outputs: vec![self.quoted.clone()],
             removed: vec![],
         })
     }
 
-    async fn abort(&self, _staged: Vec<Staged>) -> Result<()> {
-        // Dropping the sessions ends them; the server rolls their transactions back.
-        let sessions: Vec<Client> = self
-            .open
-            .lock()
-            .map_err(|_| Error::internal("postgres sink: lock poisoned"))?
-            .drain()
-            .map(|(_, c)| c)
-            .collect();
-        for client in sessions {
-            let _ = client.batch_execute("ROLLBACK").await;
-        }
+    async fn abort(&self, staged: Vec<Box<dyn StagedOutput>>) -> Result<()> {
+        ferry_engine::sink::discard_all(staged).await;
         Ok(())
-    }
-
-    fn connector(&self) -> &'static str {
-        "postgres"
     }
 }
 
@@ -331,10 +324,9 @@ fn short(sql: &str) -> String {
 struct PostgresWriter {
     output: usize,
     table: String,
-    client: Option<Client>,
+    client: Client,
     sink: Pin<Box<CopyInSink<Bytes>>>,
     bytes: u64,
-    open: std::sync::Arc<Mutex<HashMap<usize, Client>>>,
 }
 
 #[async_trait::async_trait]
@@ -348,31 +340,65 @@ impl OutputWriter for PostgresWriter {
             .map_err(|e| pg_error(&format!("table `{table}`: writing COPY data failed"), e))
     }
 
-    async fn finish(mut self: Box<Self>) -> Result<Staged> {
+    async fn finish(mut self: Box<Self>) -> Result<Box<dyn StagedOutput>> {
         let table = self.table.clone();
         self.sink
             .as_mut()
             .finish()
             .await
             .map_err(|e| pg_error(&format!("table `{table}`: COPY failed"), e))?;
-        let client = self
-            .client
-            .take()
-            .ok_or_else(|| Error::internal("postgres writer finished twice"))?;
-        self.open
-            .lock()
-            .map_err(|_| Error::internal("postgres sink: lock poisoned"))?
-            .insert(self.output, client);
-        Ok(Staged {
+        Ok(Box::new(OpenTransaction {
             output: self.output,
-            temporary: "uncommitted transaction".into(),
-            target: table,
+            table,
+            client: self.client,
             bytes: self.bytes,
-        })
+        }))
     }
 
     async fn abort(self: Box<Self>) -> Result<()> {
         // Dropping the session rolls the transaction back.
+        Ok(())
+    }
+}
+
+/// A COPY that has finished in a transaction waiting for the commit: it owns the session.
+struct OpenTransaction {
+    output: usize,
+    table: String,
+    client: Client,
+    bytes: u64,
+}
+
+impl std::fmt::Debug for OpenTransaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "uncommitted load of table `{}`", self.table)
+    }
+}
+
+#[async_trait::async_trait]
+impl StagedOutput for OpenTransaction {
+    fn output(&self) -> usize {
+        self.output
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    async fn publish(self: Box<Self>) -> Result<Vec<String>> {
+        let table = &self.table;
+        self.client.batch_execute("COMMIT").await.map_err(|e| {
+            pg_error(
+                &format!("table `{table}`: the commit failed; nothing was loaded"),
+                e,
+            )
+        })?;
+        Ok(Vec::new())
+    }
+
+    async fn discard(self: Box<Self>) -> Result<()> {
+        // Ending the session rolls back too; an explicit ROLLBACK ends it promptly.
+        let _ = self.client.batch_execute("ROLLBACK").await;
         Ok(())
     }
 }

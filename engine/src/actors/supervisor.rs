@@ -26,7 +26,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::job::{FaultLog, Job, JobContext};
 use crate::report::{JobFailure, JobReport, JobStatus};
 use crate::retry::backoff;
-use crate::sink::{Committed, OutputLayout, Staged};
+use crate::sink::{Committed, OutputLayout, PreparedSink, StagedOutput};
 use crate::source::Partition;
 use crate::stats::JobProgress;
 
@@ -208,7 +208,7 @@ async fn run_job(job: Job, progress: Arc<JobProgress>, cancel: CancellationToken
 async fn copy(ctx: &Arc<JobContext>, cancel: &CancellationToken) -> Result<Committed> {
     let job = ctx.settings.name.as_str();
     let in_job = |e: Error| e.context(format!("job {job}"));
-    ctx.sink.prepare(&ctx.schema).await.map_err(in_job)?;
+    let sink: Arc<dyn PreparedSink> = ctx.sink.prepare(&ctx.schema).await.map_err(in_job)?.into();
     let partitions = ctx
         .source
         .plan(ctx.settings.parallel_copies.get())
@@ -221,7 +221,7 @@ async fn copy(ctx: &Arc<JobContext>, cancel: &CancellationToken) -> Result<Commi
         .input_bytes_total
         .store(partitions.iter().filter_map(|p| p.size_hint).sum(), Relaxed);
     tracing::info!(job, partitions = partitions.len(), "planned");
-    let outputs: Vec<Vec<Partition>> = match ctx.sink.layout() {
+    let outputs: Vec<Vec<Partition>> = match sink.layout() {
         OutputLayout::PerPartition => partitions.into_iter().map(|p| vec![p]).collect(),
         OutputLayout::Single => vec![partitions],
     };
@@ -235,7 +235,14 @@ async fn copy(ctx: &Arc<JobContext>, cancel: &CancellationToken) -> Result<Commi
 
     let mut results = futures::stream::iter(outputs.into_iter().enumerate())
         .map(|(index, parts)| {
-            run_output_with_retry(ctx, &encoders, &slots, cancel, index, parts, max_buffered)
+            let output = Output {
+                sink: &sink,
+                encoders: &encoders,
+                slots: &slots,
+                index,
+                max_buffered,
+            };
+            run_output_with_retry(ctx, output, cancel, parts)
         })
         .buffer_unordered(parallel);
     let mut staged = Vec::new();
@@ -271,55 +278,55 @@ async fn copy(ctx: &Arc<JobContext>, cancel: &CancellationToken) -> Result<Commi
         )));
     }
     if let Some(e) = failure {
-        if let Err(abort) = ctx.sink.abort(staged).await {
+        if let Err(abort) = sink.abort(staged).await {
             tracing::warn!(job, error = %abort, "could not remove staged output");
         }
         return Err(in_job(e));
     }
-    staged.sort_by_key(|s| s.output);
+    staged.sort_by_key(|s| s.output());
     if let Some(gate) = &ctx.settings.commit_gate
         && let Err(e) = gate.check().await
     {
-        if let Err(abort) = ctx.sink.abort(staged).await {
+        if let Err(abort) = sink.abort(staged).await {
             tracing::warn!(job, error = %abort, "could not remove staged output");
         }
         return Err(in_job(e));
     }
-    match ctx.sink.commit(staged.clone()).await {
+    match sink.commit(staged).await {
         Ok(committed) => Ok(committed),
         Err(e) => {
-            let _ = ctx.sink.abort(staged).await;
+            // The commit discarded what it did not publish; this removes the run's traces.
+            let _ = sink.abort(Vec::new()).await;
             Err(in_job(e))
         }
     }
 }
 
+/// One output of a job and what its attempts share.
+#[derive(Clone, Copy)]
+struct Output<'a> {
+    sink: &'a Arc<dyn PreparedSink>,
+    encoders: &'a Addr<ChunkEncoder>,
+    slots: &'a Arc<Semaphore>,
+    index: usize,
+    /// Bytes its encoder may hold before it must flush.
+    max_buffered: usize,
+}
+
 /// Runs one output, restarting it from scratch on retryable encoder or sink failures.
 async fn run_output_with_retry(
     ctx: &Arc<JobContext>,
-    encoders: &Addr<ChunkEncoder>,
-    slots: &Arc<Semaphore>,
+    output: Output<'_>,
     cancel: &CancellationToken,
-    index: usize,
     partitions: Vec<Partition>,
-    max_buffered: usize,
-) -> Result<(Staged, OutputTotals)> {
+) -> Result<(Box<dyn StagedOutput>, OutputTotals)> {
     let mut attempt = 1u32;
     loop {
         if cancel.is_cancelled() {
             return Err(Error::cancelled("the job was cancelled"));
         }
         let token = cancel.child_token();
-        let result = run_output(
-            ctx,
-            encoders,
-            slots,
-            &token,
-            index,
-            &partitions,
-            max_buffered,
-        )
-        .await;
+        let result = run_output(ctx, output, &token, &partitions).await;
         match result {
             Ok(done) => return Ok(done),
             Err((e, counts)) => {
@@ -358,7 +365,7 @@ async fn run_output_with_retry(
                     ctx.settings.initial_backoff,
                     ctx.settings.max_backoff,
                 );
-                tracing::warn!(job = %ctx.settings.name, output = index, attempt, error = %e, ?wait, "retrying output from the start");
+                tracing::warn!(job = %ctx.settings.name, output = output.index, attempt, error = %e, ?wait, "retrying output from the start");
                 tokio::select! {
                     _ = cancel.cancelled() => return Err(Error::cancelled("the job was cancelled")),
                     _ = tokio::time::sleep(wait) => {}
@@ -371,16 +378,20 @@ async fn run_output_with_retry(
 /// One attempt at one output: a writer, an encoder and the readers of its partitions.
 async fn run_output(
     ctx: &Arc<JobContext>,
-    encoders: &Addr<ChunkEncoder>,
-    slots: &Arc<Semaphore>,
+    output: Output<'_>,
     token: &CancellationToken,
-    index: usize,
     partitions: &[Partition],
-    max_buffered: usize,
-) -> std::result::Result<(Staged, OutputTotals), (Error, OutputTotals)> {
+) -> std::result::Result<(Box<dyn StagedOutput>, OutputTotals), (Error, OutputTotals)> {
     let fail = |e: Error| (e, OutputTotals::default());
-    let writer = ctx.sink.open(index).await.map_err(fail)?;
-    let encoder = ctx.sink.encoder(&ctx.schema, index).map_err(fail)?;
+    let Output {
+        sink,
+        encoders,
+        slots,
+        index,
+        max_buffered,
+    } = output;
+    let crate::sink::OpenOutput { encoder, writer } =
+        sink.open(&ctx.schema, index).await.map_err(fail)?;
     let (batch_tx, batch_rx) = mpsc::channel(BATCH_CHANNEL_CAPACITY);
     let (chunk_tx, chunk_rx) = mpsc::channel(CHUNK_CHANNEL_CAPACITY);
 
@@ -464,10 +475,7 @@ async fn run_output(
             totals,
         ));
     }
-    let staged: Vec<Staged> = result.staged.into_iter().collect();
-    if !staged.is_empty() {
-        let _ = ctx.sink.abort(staged).await;
-    }
+    crate::sink::discard_all(result.staged.into_iter().collect()).await;
     let cause = exits
         .into_iter()
         .find_map(StageExit::root_cause)

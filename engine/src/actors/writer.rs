@@ -12,14 +12,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::messages::{ChunkItem, StageExit, panic_message};
 use crate::job::JobContext;
-use crate::sink::{OutputWriter, Staged};
+use crate::sink::{OutputWriter, StagedOutput};
 use crate::stats::Stage;
 
 /// What a writer wrote.
 #[derive(Debug, Default)]
 pub(crate) struct WriterResult {
     /// The completed output, on success.
-    pub staged: Option<Staged>,
+    pub staged: Option<Box<dyn StagedOutput>>,
     /// Rows written.
     pub rows: u64,
     /// Bytes written.
