@@ -171,8 +171,8 @@ impl Interim {
     }
 
     /// Writes this run's marker now, then every [`RUN_HEARTBEAT`] until the returned task is
-    /// aborted (at the end of the run).
-    async fn keep_alive(&self) -> Result<tokio::task::JoinHandle<()>> {
+    /// dropped (at the end of the run).
+    async fn keep_alive(&self) -> Result<ferry_engine::task::OwnedTask<()>> {
         let (store, marker) = (self.store.clone(), self.dir().join(RUN_MARKER));
         let beat = move || {
             let (store, marker) = (store.clone(), marker.clone());
@@ -186,7 +186,7 @@ impl Interim {
             }
         };
         beat().await?;
-        Ok(tokio::spawn(async move {
+        Ok(ferry_engine::task::spawn(async move {
             loop {
                 tokio::time::sleep(RUN_HEARTBEAT).await;
                 if let Err(e) = beat().await {
@@ -444,7 +444,7 @@ pub async fn run_job(
         }
         reports.push(two);
     }
-    heartbeat.abort();
+    drop(heartbeat);
     if let Err(e) = interim.clean_up().await {
         tracing::warn!(job = %spec.name, error = %e, "could not remove the interim files");
         if let Some(last) = reports.last_mut()

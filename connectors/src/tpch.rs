@@ -138,7 +138,7 @@ impl Source for TpchSource {
         let (table, sf, batch_rows) = (self.spec.table, self.spec.scale_factor, self.batch_rows);
         let skip = resume.map_or(0, |c| c.records);
         let (tx, mut rx) = mpsc::channel::<Result<SourceBatch>>(2);
-        tokio::task::spawn_blocking(move || {
+        ferry_engine::task::spawn_blocking(move || {
             let (_, batches) = generate(table, sf, part as i32, parts as i32, batch_rows);
             let mut records = 0u64;
             for batch in batches {

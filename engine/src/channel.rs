@@ -174,7 +174,7 @@ mod tests {
     async fn a_waiting_reader_resumes_when_bytes_come_back() {
         let budget = ByteBudget::new(4 * 1024);
         let held = budget.reserve(4 * 1024).await;
-        let waiter = tokio::spawn({
+        let waiter = crate::task::spawn({
             let budget = budget.clone();
             async move { budget.reserve(2 * 1024).await.bytes() }
         });

@@ -27,6 +27,7 @@ pub mod retry;
 pub mod sink;
 pub mod source;
 pub mod stats;
+pub mod task;
 #[cfg(feature = "testing")]
 pub mod testing;
 

@@ -69,9 +69,9 @@ pub fn run(args: CopyArgs) -> u8 {
         // written yet; once a phase runs, it cancels that phase.
         let running = watch_ctrl_c(&name);
         // Until a phase runs, a spinner says what ferry is doing; then a progress bar.
-        let shown: Mutex<Option<(ProgressBar, tokio::task::JoinHandle<()>)>> =
+        let shown: Mutex<Option<(ProgressBar, ferry_engine::task::OwnedTask<()>)>> =
             Mutex::new(show_progress.then(spawn_preparing));
-        let clear = |shown: &Mutex<Option<(ProgressBar, tokio::task::JoinHandle<()>)>>| {
+        let clear = |shown: &Mutex<Option<(ProgressBar, ferry_engine::task::OwnedTask<()>)>>| {
             if let Some((bar, ticker)) = shown.lock().ok().and_then(|mut s| s.take()) {
                 ticker.abort();
                 bar.finish_and_clear();
@@ -177,7 +177,7 @@ fn watch_ctrl_c(job: &str) -> Arc<Mutex<Option<CancellationToken>>> {
 }
 
 /// A spinner while the job is prepared (metadata read, schemas inferred, partitions planned).
-fn spawn_preparing() -> (ProgressBar, tokio::task::JoinHandle<()>) {
+fn spawn_preparing() -> (ProgressBar, ferry_engine::task::OwnedTask<()>) {
     let bar = ProgressBar::new_spinner();
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
@@ -185,7 +185,7 @@ fn spawn_preparing() -> (ProgressBar, tokio::task::JoinHandle<()>) {
     );
     bar.set_message("preparing the job (reading metadata, planning partitions)");
     let shown = bar.clone();
-    let ticker = tokio::spawn(async move {
+    let ticker = ferry_engine::task::spawn(async move {
         loop {
             shown.tick();
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -194,7 +194,7 @@ fn spawn_preparing() -> (ProgressBar, tokio::task::JoinHandle<()>) {
     (bar, ticker)
 }
 
-fn spawn_progress(progress: Arc<JobProgress>) -> (ProgressBar, tokio::task::JoinHandle<()>) {
+fn spawn_progress(progress: Arc<JobProgress>) -> (ProgressBar, ferry_engine::task::OwnedTask<()>) {
     // A spinner until a total is known: a bar of length 0 would show 100%.
     let bar = ProgressBar::new_spinner();
     bar.set_style(
@@ -205,7 +205,7 @@ fn spawn_progress(progress: Arc<JobProgress>) -> (ProgressBar, tokio::task::Join
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {percent:>3}% {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar());
     let shown = bar.clone();
-    let ticker = tokio::spawn(async move {
+    let ticker = ferry_engine::task::spawn(async move {
         loop {
             let s = progress.snapshot();
             if (s.input_bytes_total > 0 || s.partitions_total > 0) && shown.length().is_none() {

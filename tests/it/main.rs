@@ -6,6 +6,7 @@
 
 mod azure;
 mod cli;
+mod conformance;
 mod files;
 mod pipeline;
 mod policy;

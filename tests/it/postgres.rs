@@ -760,7 +760,7 @@ fn terminate_copies(
             let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
                 .await
                 .unwrap();
-            tokio::spawn(conn);
+            ferry_engine::task::spawn_detached(conn);
             let mut killed = 0;
             let deadline = Instant::now() + Duration::from_secs(60);
             while killed < times && Instant::now() < deadline {
@@ -857,7 +857,7 @@ fn a_server_restart_mid_copy_leaves_no_rows() {
             .unwrap();
         rt.block_on(async {
             let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-            tokio::spawn(conn);
+            ferry_engine::task::spawn_detached(conn);
             while Instant::now() < deadline {
                 let active = client
                     .query("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'COPY \"dst\"%' AND now() - query_start > interval '300 milliseconds'", &[])

@@ -176,7 +176,7 @@ async fn sample(
 ) -> Result<(Vec<u8>, bool)> {
     let (store, file) = (store.clone(), file.clone());
     let handle = Handle::current();
-    tokio::task::spawn_blocking(move || {
+    ferry_engine::task::spawn_blocking(move || {
         let path = Path::from(file.path.as_str());
         let raw = StoreReader::new(store, path, 0..file.size, handle);
         let reader = compression.reader(raw)?;
@@ -280,7 +280,7 @@ impl Source for FileSource {
                 let targets: Vec<u64> = (1..n).map(|i| file.size * i / n).collect();
                 let (store, f) = (self.store.clone(), file.clone());
                 let handle = Handle::current();
-                let boundaries = tokio::task::spawn_blocking(move || {
+                let boundaries = ferry_engine::task::spawn_blocking(move || {
                     let reader =
                         StoreReader::new(store, Path::from(f.path.as_str()), 0..f.size, handle);
                     // JSON lines never hold a raw newline inside a value: no quote tracking.
@@ -400,7 +400,7 @@ impl Source for FileSource {
             resume,
             tx: tx.clone(),
         };
-        tokio::task::spawn_blocking(move || {
+        ferry_engine::task::spawn_blocking(move || {
             if let Err(e) = task.run() {
                 let _ = tx.blocking_send(Err(e));
             }

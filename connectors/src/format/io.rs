@@ -12,7 +12,6 @@ use ferry_engine::{Error, Result};
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::runtime::Handle;
-use tokio::task::JoinHandle;
 
 /// Bytes fetched per ranged GET.
 pub const DEFAULT_READ_BLOCK: u64 = 2 << 20;
@@ -84,7 +83,7 @@ pub struct StoreReader {
     end: u64,
     block: u64,
     current: Bytes,
-    ahead: Option<JoinHandle<object_store::Result<Bytes>>>,
+    ahead: Option<ferry_engine::task::OwnedTask<object_store::Result<Bytes>>>,
 }
 
 impl StoreReader {
@@ -112,10 +111,9 @@ impl StoreReader {
         let range = self.next..(self.next + self.block).min(self.end);
         self.next = range.end;
         let (store, path) = (self.store.clone(), self.path.clone());
-        self.ahead = Some(
-            self.handle
-                .spawn(async move { store.get_range(&path, range).await }),
-        );
+        self.ahead = Some(ferry_engine::task::spawn_on(&self.handle, async move {
+            store.get_range(&path, range).await
+        }));
     }
 
     /// The next block, or `None` at the end of the range.

@@ -570,7 +570,7 @@ impl Connector {
                         .connect_raw(stream, tokio_postgres::NoTls)
                         .await
                         .map_err(cleartext)?;
-                    tokio::spawn(drive(connection));
+                    ferry_engine::task::spawn_detached(drive(connection));
                     Ok(client)
                 }
                 Some(tls) => {
@@ -588,7 +588,7 @@ impl Connector {
                         .connect_raw(stream, connect)
                         .await
                         .map_err(cleartext)?;
-                    tokio::spawn(drive(connection));
+                    ferry_engine::task::spawn_detached(drive(connection));
                     Ok(client)
                 }
             }
@@ -612,7 +612,7 @@ impl Connector {
                     .connect(tokio_postgres::NoTls)
                     .await
                     .map_err(|e| pg_error(what, e))?;
-                tokio::spawn(drive(connection));
+                ferry_engine::task::spawn_detached(drive(connection));
                 client
             }
             Some(tls) => {
@@ -621,7 +621,7 @@ impl Connector {
                     .connect(tls.clone())
                     .await
                     .map_err(|e| pg_error(what, e))?;
-                tokio::spawn(drive(connection));
+                ferry_engine::task::spawn_detached(drive(connection));
                 client
             }
         };

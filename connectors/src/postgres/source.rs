@@ -402,7 +402,8 @@ impl Source for PostgresSource {
         let (chunk_tx, chunk_rx) = mpsc::channel::<Result<Bytes>>(4);
         let (batch_tx, batch_rx) = mpsc::channel::<Result<SourceBatch>>(2);
         let where_ = format!("postgres source, {partition}");
-        tokio::spawn(read_copy(
+        // The stream owns the read: dropping it aborts the read, which ends the session.
+        let reading = ferry_engine::task::spawn(read_copy(
             self.connector.clone(),
             copy,
             plan.snapshot,
@@ -416,11 +417,15 @@ impl Source for PostgresSource {
             self.batch_rows,
             skip,
         );
-        tokio::task::spawn_blocking(move || decode_chunks(decoder, chunk_rx, batch_tx, where_));
-        Ok(futures::stream::unfold(batch_rx, |mut rx| async move {
-            rx.recv().await.map(|item| (item, rx))
-        })
-        .boxed())
+        ferry_engine::task::spawn_blocking(move || {
+            decode_chunks(decoder, chunk_rx, batch_tx, where_)
+        });
+        Ok(
+            futures::stream::unfold((batch_rx, reading), |(mut rx, reading)| async move {
+                rx.recv().await.map(|item| (item, (rx, reading)))
+            })
+            .boxed(),
+        )
     }
 
     fn connector(&self) -> &'static str {

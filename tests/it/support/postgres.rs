@@ -128,7 +128,7 @@ impl Postgres {
         let url = self.url(database);
         block_on(async move {
             let (client, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-            tokio::spawn(conn);
+            ferry_engine::task::spawn_detached(conn);
             client
                 .batch_execute(sql)
                 .await
@@ -147,7 +147,7 @@ impl Postgres {
         let sql = format!("SELECT * FROM ({sql}) q");
         block_on(async move {
             let (client, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
-            tokio::spawn(conn);
+            ferry_engine::task::spawn_detached(conn);
             // The simple protocol returns every value as text.
             let messages = client
                 .simple_query(&sql)

@@ -1,5 +1,8 @@
-//! Test helpers (feature `testing`): an in-memory source with injectable failures, an
-//! in-memory sink that can be slow or fail, and a probe of the bytes in flight between them.
+//! Test helpers (feature `testing`): the conformance suites every store passes
+//! ([`conformance`]), an in-memory source with injectable failures, an in-memory sink that
+//! can be slow or fail, and a probe of the bytes in flight between them.
+
+pub mod conformance;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
