@@ -14,8 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 use ferry_engine::config::{JobSettings, LocalFiles};
-use ferry_engine::report::{CountUnit, JobFailure, JobStatus};
-use ferry_engine::{Error, JobReport, Result};
+use ferry_engine::report::{CountUnit, RunOutcome};
+use ferry_engine::retry::Retry;
+use ferry_engine::{
+    CancellationToken, Committed, Error, JobControl, JobProgress, JobReport, Result,
+};
+
 use futures::{StreamExt, TryStreamExt};
 use md5::{Digest, Md5};
 use object_store::path::Path;
@@ -173,8 +177,10 @@ struct Copier {
     options: BinaryFormat,
     part_size: usize,
     concurrency: usize,
-    bytes_read: AtomicU64,
-    bytes_written: AtomicU64,
+    /// Counts files and bytes: read = listed, written = copied, skipped = already there.
+    progress: Arc<JobProgress>,
+    /// Stops every copy; a file cut short is discarded, never published.
+    cancel: CancellationToken,
     /// Asked before each file is published.
     gate: Option<ferry_engine::config::CommitGate>,
     /// Mode given to local copies once published.
@@ -182,6 +188,24 @@ struct Copier {
 }
 
 impl Copier {
+    /// The destination of every file, known before anything is copied: flattening must not
+    /// make two files collide.
+    fn targets(&self, files: &[InputFile]) -> Result<Vec<Path>> {
+        let mut targets = Vec::with_capacity(files.len());
+        let mut seen = std::collections::HashMap::new();
+        for f in files {
+            let t = self.target(f)?;
+            if let Some(other) = seen.insert(t.to_string(), f.path.clone()) {
+                return Err(Error::invalid_input(format!(
+                    "{other} and {} would both be copied to {t}; keep the hierarchy or copy them separately",
+                    f.path
+                )));
+            }
+            targets.push(t);
+        }
+        Ok(targets)
+    }
+
     /// The destination of `file`.
     fn target(&self, file: &InputFile) -> Result<Path> {
         let relative = file
@@ -208,6 +232,7 @@ impl Copier {
             && let Ok(meta) = dst.head(target).await
             && meta.size == file.size
         {
+            self.progress.rows_skipped.fetch_add(1, Relaxed);
             return Ok(Outcome::AlreadyThere);
         }
         let from = Path::from(file.path.as_str());
@@ -223,22 +248,41 @@ impl Copier {
         let mut uploader =
             PartUploader::new(upload, target.clone(), self.part_size, self.concurrency);
         let mut md5 = Md5::new();
+        let mut copied = 0u64;
         let result: Result<()> = async {
-            while let Some(chunk) = stream.next().await {
+            loop {
+                let next = tokio::select! {
+                    _ = self.cancel.cancelled() => return Err(Error::cancelled("the job was cancelled")),
+                    next = stream.next() => next,
+                };
+                let Some(chunk) = next else {
+                    return Ok(());
+                };
                 let chunk = chunk.map_err(|e| store_error("read", &from, e))?;
                 md5.update(&chunk);
-                self.bytes_read.fetch_add(chunk.len() as u64, Relaxed);
-                self.bytes_written.fetch_add(chunk.len() as u64, Relaxed);
+                let len = chunk.len() as u64;
+                copied += len;
+                self.progress.input_bytes_read.fetch_add(len, Relaxed);
+                self.progress.bytes_written.fetch_add(len, Relaxed);
                 uploader.push(chunk).await?;
             }
-            Ok(())
         }
         .await;
+        let take_back = |counter: &AtomicU64| {
+            counter.fetch_sub(copied.min(counter.load(Relaxed)), Relaxed);
+        };
         if let Err(e) = result {
             uploader.abort().await;
+            // A retry counts the file's bytes again.
+            take_back(&self.progress.input_bytes_read);
+            take_back(&self.progress.bytes_written);
             return Err(e);
         }
         let mut upload = uploader.finish().await?;
+        if self.cancel.is_cancelled() {
+            let _ = upload.abort().await;
+            return Err(Error::cancelled("the job was cancelled"));
+        }
         if let Some(gate) = &self.gate
             && let Err(e) = gate.check().await
         {
@@ -290,155 +334,124 @@ impl Copier {
                 .with_retryable(true));
             }
         }
+        self.progress.rows_written.fetch_add(1, Relaxed);
         Ok(Outcome::Copied)
     }
 }
 
-/// Runs a binary copy job to its report. "Rows" in the report are files: read = listed,
-/// written = copied, skipped = already at the destination.
-pub async fn run(spec: &JobFile, settings: JobSettings, connections: &Connections) -> JobReport {
+/// Runs a binary copy job to its report, watched and cancelled through `control`. "Rows" in
+/// the report are files: read = listed, written = copied, skipped = already at the
+/// destination; partitions are files too.
+pub async fn run(
+    spec: &JobFile,
+    settings: JobSettings,
+    connections: &Connections,
+    control: &JobControl,
+) -> JobReport {
     let started = Instant::now();
     let name = settings.name.clone();
-    let in_job = |e: Error| e.context(format!("job {name}"));
-    let prepared = async {
-        validate(spec)?;
-        let (source, files) = source_endpoint(&spec.source, connections, &settings.local).await?;
-        let (sink, part_size, concurrency) =
-            sink_endpoint(&spec.sink, connections, &settings.local)?;
-        let file_mode = (sink.connector == "file").then(|| settings.local.output_mode());
-        let options = match spec.sink.format() {
-            Some(FormatSpec::Binary(b)) => b.clone(),
-            _ => BinaryFormat::default(),
-        };
-        Ok::<_, Error>((
-            Copier {
-                source,
-                sink,
-                options,
-                part_size,
-                concurrency,
-                bytes_read: AtomicU64::new(0),
-                bytes_written: AtomicU64::new(0),
-                gate: settings.commit_gate.clone(),
-                file_mode,
-            },
-            files,
-        ))
-    }
-    .await;
-    let (copier, files) = match prepared {
-        Ok(p) => p,
-        Err(e) => return JobReport::failed(&name, in_job(e)),
+    let kinds = (spec.source.kind(), spec.sink.kind());
+    let result = copy_all(spec, &settings, connections, control)
+        .await
+        .map_err(|e| e.context(format!("job {name}")));
+    let outcome = RunOutcome {
+        job: name,
+        kinds,
+        secs: started.elapsed().as_secs_f64(),
+        result,
+        skipped_sample: Vec::new(),
+        unit: CountUnit::Files,
     };
-    // Every destination is known before anything is copied: flattening must not collide.
-    let mut targets = Vec::with_capacity(files.len());
-    let mut seen = std::collections::HashMap::new();
-    for f in &files {
-        match copier.target(f) {
-            Ok(t) => {
-                if let Some(other) = seen.insert(t.to_string(), f.path.clone()) {
-                    return JobReport::failed(
-                        &name,
-                        in_job(Error::invalid_input(format!(
-                            "{other} and {} would both be copied to {t}; keep the hierarchy or copy them separately",
-                            f.path
-                        ))),
-                    );
-                }
-                targets.push(t);
-            }
-            Err(e) => return JobReport::failed(&name, in_job(e)),
-        }
-    }
-    let retries = AtomicU64::new(0);
-    let outcomes: Vec<(String, Result<Outcome>)> = futures::stream::iter(
-        files.iter().zip(&targets),
-    )
-    .map(|(file, target)| {
-        let (copier, retries, settings) = (&copier, &retries, &settings);
-        async move {
-            let mut attempt = 1;
-            loop {
-                match copier.copy(file, target).await {
-                    Err(e) if e.is_retryable() && attempt < settings.max_attempts.get() => {
-                        attempt += 1;
-                        retries.fetch_add(1, Relaxed);
-                        tracing::warn!(file = %file.path, error = %e, attempt, "retrying the file");
-                        tokio::time::sleep(ferry_engine::retry::backoff(
-                            attempt,
-                            settings.initial_backoff,
-                            settings.max_backoff,
-                        ))
-                        .await;
+    let report = JobReport::build(outcome, &control.progress);
+    ferry_engine::metrics::record_job(&report);
+    report
+}
+
+/// Prepares both sides, then copies every file, `parallel_copies` at once.
+async fn copy_all(
+    spec: &JobFile,
+    settings: &JobSettings,
+    connections: &Connections,
+    control: &JobControl,
+) -> Result<Committed> {
+    validate(spec)?;
+    let (source, files) = source_endpoint(&spec.source, connections, &settings.local).await?;
+    let (sink, part_size, concurrency) = sink_endpoint(&spec.sink, connections, &settings.local)?;
+    let file_mode = (sink.connector == "file").then(|| settings.local.output_mode());
+    let options = match spec.sink.format() {
+        Some(FormatSpec::Binary(b)) => b.clone(),
+        _ => BinaryFormat::default(),
+    };
+    let progress = &control.progress;
+    let copier = Copier {
+        source,
+        sink,
+        options,
+        part_size,
+        concurrency,
+        progress: progress.clone(),
+        cancel: control.cancel.clone(),
+        gate: settings.commit_gate.clone(),
+        file_mode,
+    };
+    let targets = copier.targets(&files)?;
+    progress.partitions_total.store(files.len() as u64, Relaxed);
+    progress.records_read.store(files.len() as u64, Relaxed);
+    progress
+        .input_bytes_total
+        .store(files.iter().map(|f| f.size).sum(), Relaxed);
+    let kinds = (spec.source.kind(), spec.sink.kind());
+    let outcomes: Vec<(String, Result<Outcome>)> = futures::stream::iter(files.iter().zip(&targets))
+        .map(|(file, target)| {
+            let copier = &copier;
+            async move {
+                let mut retry = Retry::new(settings, &copier.progress, "file", kinds);
+                loop {
+                    match copier.copy(file, target).await {
+                        Err(e) => match retry.after(&e) {
+                            Some(wait) if !copier.cancel.is_cancelled() => {
+                                let attempt = retry.attempt();
+                                tracing::warn!(file = %file.path, error = %e, attempt, "retrying the file");
+                                if let Err(cancelled) = Retry::wait(wait, &copier.cancel).await {
+                                    return (target.to_string(), Err(cancelled));
+                                }
+                            }
+                            _ => return (target.to_string(), Err(e)),
+                        },
+                        Ok(outcome) => {
+                            copier.progress.partitions_done.fetch_add(1, Relaxed);
+                            return (target.to_string(), Ok(outcome));
+                        }
                     }
-                    result => return (target.to_string(), result),
                 }
             }
-        }
-    })
-    .buffer_unordered(settings.parallel_copies.get())
-    .collect()
-    .await;
-    let secs = started.elapsed().as_secs_f64();
-    let mut copied = 0;
-    let mut present = 0;
-    let mut outputs = Vec::new();
-    let mut error = None;
+        })
+        .buffer_unordered(settings.parallel_copies.get())
+        .collect()
+        .await;
+    let mut committed = Committed::default();
+    let mut failure: Option<Error> = None;
     for (target, outcome) in outcomes {
         match outcome {
-            Ok(Outcome::Copied) => {
-                copied += 1;
-                outputs.push(target);
-            }
-            Ok(Outcome::AlreadyThere) => present += 1,
+            Ok(Outcome::Copied) => committed.outputs.push(target),
+            Ok(Outcome::AlreadyThere) => {}
+            // The first root cause; a cancellation that followed it is a consequence.
             Err(e) => {
-                if error.is_none() {
-                    error = Some(in_job(e));
+                if failure.as_ref().is_none_or(|f| {
+                    f.kind() == ferry_engine::ErrorKind::Cancelled
+                        && e.kind() != ferry_engine::ErrorKind::Cancelled
+                }) {
+                    failure = Some(e);
                 }
             }
         }
     }
-    outputs.sort();
-    let bytes_read = copier.bytes_read.load(Relaxed);
-    JobReport {
-        job: name.clone(),
-        source: copier.source.connector.to_string(),
-        sink: copier.sink.connector.to_string(),
-        status: if error.is_none() {
-            JobStatus::Succeeded
-        } else {
-            JobStatus::Failed
-        },
-        partitions: files.len() as u64,
-        retries: retries.load(Relaxed),
-        rows_read: files.len() as u64,
-        rows_written: copied,
-        rows_skipped: present,
-        skipped_sample: vec![],
-        bytes_read,
-        bytes_written: copier.bytes_written.load(Relaxed),
-        duration_secs: secs,
-        rows_per_sec: if secs > 0.0 {
-            copied as f64 / secs
-        } else {
-            0.0
-        },
-        read_mib_per_sec: if secs > 0.0 {
-            bytes_read as f64 / secs / (1 << 20) as f64
-        } else {
-            0.0
-        },
-        stages: vec![],
-        bottleneck: None,
-        outputs,
-        removed: vec![],
-        error: error.map(|e| JobFailure {
-            kind: e.kind(),
-            exit_code: e.exit_code(),
-            message: e.to_string(),
-        }),
-        prepare_secs: 0.0,
-        unit: CountUnit::Files,
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            committed.outputs.sort();
+            Ok(committed)
+        }
     }
 }
 

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use ferry_engine::config::{Access, JobSettings, LocalFiles};
-use ferry_engine::{Error, JobReport, Result, RunningJob};
+use ferry_engine::{Error, JobControl, JobReport, Result};
 use futures::TryStreamExt;
 use object_store::{ObjectStore, ObjectStoreExt};
 
@@ -314,7 +314,7 @@ async fn run_one(
     spec: &JobFile,
     settings: JobSettings,
     connections: &Connections,
-    observe: &(dyn Fn(&RunningJob) + Sync),
+    observe: &(dyn Fn(&JobControl) + Sync),
 ) -> (JobReport, Option<arrow::datatypes::SchemaRef>) {
     let name = settings.name.clone();
     let preparing = std::time::Instant::now();
@@ -325,26 +325,21 @@ async fn run_one(
             let prepared = preparing.elapsed().as_secs_f64();
             let schema = job.source.schema();
             let running = ferry_engine::start(job);
-            observe(&running);
+            observe(&running.control());
             let report = running.report().await.with_preparation(prepared);
             (report, Some(schema))
         }
-        Err(e) => {
-            let report = failed_before_start(&name, e);
-            (
-                report.with_kinds(spec.source.kind(), spec.sink.kind()),
-                None,
-            )
-        }
+        Err(e) => (failed_before_start(spec, &name, e), None),
     }
 }
 
 /// The report of a job that failed before the engine ran it. The engine counts the jobs it
 /// runs; one that fails while it is built (a wrong password, a missing file, a path the
 /// policy refuses, unusable staging) is counted here.
-fn failed_before_start(name: &str, e: Error) -> JobReport {
-    metrics::counter!(ferry_engine::metrics::JOBS_TOTAL, "status" => "failed").increment(1);
-    JobReport::failed(name, e)
+fn failed_before_start(spec: &JobFile, name: &str, e: Error) -> JobReport {
+    let report = JobReport::failed(name, e).with_kinds(spec.source.kind(), spec.sink.kind());
+    ferry_engine::metrics::record_job(&report);
+    report
 }
 
 /// Runs a validated job, directly or staged; returns one report per phase (one for a direct
@@ -353,10 +348,12 @@ pub async fn run_job(
     spec: &JobFile,
     settings: JobSettings,
     connections: &Connections,
-    observe: &(dyn Fn(&RunningJob) + Sync),
+    observe: &(dyn Fn(&JobControl) + Sync),
 ) -> Vec<JobReport> {
     if crate::binary::is_binary(spec) {
-        return vec![crate::binary::run(spec, settings, connections).await];
+        let control = JobControl::new();
+        observe(&control);
+        return vec![crate::binary::run(spec, settings, connections, &control).await];
     }
     let Some(staging) = &spec.staging else {
         return vec![run_one(spec, settings, connections, observe).await.0];
@@ -374,6 +371,7 @@ pub async fn run_job(
         Ok(i) => i,
         Err(e) => {
             return vec![failed_before_start(
+                spec,
                 &settings.name,
                 e.context(format!("job {}: staging", settings.name)),
             )];
@@ -381,7 +379,7 @@ pub async fn run_job(
     };
     let write_format = match interim_format(staging, None) {
         Ok(f) => f,
-        Err(e) => return vec![failed_before_start(&settings.name, e)],
+        Err(e) => return vec![failed_before_start(spec, &settings.name, e)],
     };
     match interim.remove_dead_runs(&settings.name).await {
         Ok(removed) if !removed.is_empty() => {
@@ -396,6 +394,7 @@ pub async fn run_job(
         Ok(task) => task,
         Err(e) => {
             return vec![failed_before_start(
+                spec,
                 &settings.name,
                 e.context(format!("job {}: staging", settings.name)),
             )];

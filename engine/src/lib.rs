@@ -45,6 +45,33 @@ pub use sink::{
 };
 pub use source::{BatchStream, Checkpoint, Partition, SkippedRow, Source, SourceBatch};
 pub use stats::{JobProgress, ProgressSnapshot, Stage};
+pub use tokio_util::sync::CancellationToken;
+
+/// A running job's live counters and kill switch: what a node, its status page and a
+/// progress bar watch, for a copy through the engine and for a binary copy alike.
+#[derive(Debug, Clone)]
+pub struct JobControl {
+    /// Live counters.
+    pub progress: Arc<JobProgress>,
+    /// Cancels the job when triggered.
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
+impl JobControl {
+    /// Fresh counters and an untriggered kill switch.
+    pub fn new() -> Self {
+        Self {
+            progress: JobProgress::new(),
+            cancel: tokio_util::sync::CancellationToken::new(),
+        }
+    }
+}
+
+impl Default for JobControl {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// A started job: its supervisor's address, live counters and kill switch.
 pub struct RunningJob {
@@ -57,6 +84,14 @@ pub struct RunningJob {
 }
 
 impl RunningJob {
+    /// The job's counters and kill switch.
+    pub fn control(&self) -> JobControl {
+        JobControl {
+            progress: self.progress.clone(),
+            cancel: self.cancel.clone(),
+        }
+    }
+
     /// Waits for the job's report.
     pub async fn report(&self) -> JobReport {
         match self.supervisor.send(RunJob).await {

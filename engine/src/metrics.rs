@@ -47,3 +47,29 @@ pub fn describe() {
     describe_counter!(JOBS_TOTAL, Unit::Count, "jobs finished, by status");
     describe_histogram!(JOB_DURATION_SECONDS, Unit::Seconds, "duration of jobs");
 }
+
+/// Records a finished job's metrics (the one place that does): its status and duration, rows
+/// and bytes moved, and each stage's busy and waiting time. Labels are bounded (connector
+/// kinds, stages, status), never the job's name.
+pub fn record_job(report: &crate::JobReport) {
+    let label = [
+        ("source", report.source.clone()),
+        ("sink", report.sink.clone()),
+    ];
+    metrics::counter!(JOBS_TOTAL, "status" => report.status.name()).increment(1);
+    metrics::histogram!(JOB_DURATION_SECONDS, &label).record(report.duration_secs);
+    metrics::counter!(ROWS_READ_TOTAL, &label).increment(report.rows_read);
+    metrics::counter!(ROWS_WRITTEN_TOTAL, &label).increment(report.rows_written);
+    metrics::counter!(ROWS_SKIPPED_TOTAL, &label).increment(report.rows_skipped);
+    metrics::counter!(BYTES_WRITTEN_TOTAL, &label).increment(report.bytes_written);
+    for s in &report.stages {
+        let labels = [
+            ("source", report.source.clone()),
+            ("sink", report.sink.clone()),
+            ("stage", s.stage.name().to_string()),
+        ];
+        metrics::histogram!(STAGE_BUSY_SECONDS, &labels).record(s.busy_secs);
+        metrics::histogram!(STAGE_WAIT_SECONDS, &labels)
+            .record(s.wait_input_secs + s.wait_output_secs);
+    }
+}

@@ -20,6 +20,43 @@ pub enum JobStatus {
     Cancelled,
 }
 
+impl JobStatus {
+    /// The status as reports and metrics spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// How a job that ended with `error` ended.
+    pub fn of(error: Option<&crate::Error>) -> Self {
+        match error {
+            None => JobStatus::Succeeded,
+            Some(e) if e.kind() == ErrorKind::Cancelled => JobStatus::Cancelled,
+            Some(_) => JobStatus::Failed,
+        }
+    }
+}
+
+/// Everything a finished run hands to [`JobReport::build`].
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// The job's name.
+    pub job: String,
+    /// Source and sink connector kinds.
+    pub kinds: (&'static str, &'static str),
+    /// Seconds the run took.
+    pub secs: f64,
+    /// What was published, or why nothing was.
+    pub result: crate::Result<crate::sink::Committed>,
+    /// Skipped rows for the report.
+    pub skipped_sample: Vec<SkippedRow>,
+    /// What the counts count.
+    pub unit: CountUnit,
+}
+
 /// The failure of a failed job.
 #[derive(Debug, Clone, Serialize)]
 pub struct JobFailure {
@@ -102,17 +139,59 @@ impl CountUnit {
 }
 
 impl JobReport {
+    /// The report of a finished run from its live counters: the one report builder of the
+    /// engine's copies and of binary copies.
+    pub fn build(outcome: RunOutcome, progress: &crate::stats::JobProgress) -> Self {
+        use std::sync::atomic::Ordering::Relaxed;
+        let snapshot = progress.snapshot();
+        let stages = if outcome.unit == CountUnit::Rows {
+            progress.stage_times()
+        } else {
+            Vec::new()
+        };
+        let secs = outcome.secs;
+        let per_sec = |n: u64| if secs > 0.0 { n as f64 / secs } else { 0.0 };
+        let (committed, error) = match outcome.result {
+            Ok(committed) => (committed, None),
+            Err(e) => (crate::sink::Committed::default(), Some(e)),
+        };
+        JobReport {
+            job: outcome.job,
+            source: outcome.kinds.0.to_string(),
+            sink: outcome.kinds.1.to_string(),
+            status: JobStatus::of(error.as_ref()),
+            partitions: snapshot.partitions_total,
+            retries: progress.retries.load(Relaxed),
+            rows_read: snapshot.records_read,
+            rows_written: snapshot.rows_written,
+            rows_skipped: snapshot.rows_skipped,
+            skipped_sample: outcome.skipped_sample,
+            bytes_read: snapshot.input_bytes_read,
+            bytes_written: snapshot.bytes_written,
+            duration_secs: secs,
+            rows_per_sec: per_sec(snapshot.rows_written),
+            read_mib_per_sec: per_sec(snapshot.input_bytes_read) / (1 << 20) as f64,
+            bottleneck: JobReport::find_bottleneck(&stages),
+            stages,
+            outputs: committed.outputs,
+            removed: committed.removed,
+            error: error.map(|e| JobFailure {
+                kind: e.kind(),
+                exit_code: e.exit_code(),
+                message: e.to_string(),
+            }),
+            prepare_secs: 0.0,
+            unit: outcome.unit,
+        }
+    }
+
     /// The report of a job that failed before it started copying.
     pub fn failed(job: &str, e: crate::Error) -> Self {
         Self {
             job: job.to_string(),
             source: String::new(),
             sink: String::new(),
-            status: if e.kind() == ErrorKind::Cancelled {
-                JobStatus::Cancelled
-            } else {
-                JobStatus::Failed
-            },
+            status: JobStatus::of(Some(&e)),
             partitions: 0,
             retries: 0,
             rows_read: 0,

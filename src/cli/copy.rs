@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use ferry_engine::{JobProgress, JobReport, RunningJob};
+use ferry_engine::{JobControl, JobProgress, JobReport};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
@@ -77,7 +77,7 @@ pub fn run(args: CopyArgs) -> u8 {
                 bar.finish_and_clear();
             }
         };
-        let observe = |job: &RunningJob| {
+        let observe = |job: &JobControl| {
             if let Ok(mut slot) = running.lock() {
                 *slot = Some(job.cancel.clone());
             }

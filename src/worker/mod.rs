@@ -20,7 +20,7 @@ use ferry_connectors::Connections;
 use ferry_connectors::NodePolicy;
 use ferry_connectors::control::{ControlChannel, FinishedJob, JobState, Leased, NodeInfo, now_ms};
 use ferry_engine::config::{CommitGate, JobSettings};
-use ferry_engine::{JobReport, JobStatus, RunningJob};
+use ferry_engine::{JobControl, JobReport, JobStatus};
 use tokio_util::sync::CancellationToken;
 
 /// A job this node runs.
@@ -362,7 +362,7 @@ impl JobIntake {
         let spawned = arbiter.spawn_fn(move || {
             actix::spawn(async move {
                 settings.commit_gate = Some(gate);
-                let observe = |running: &RunningJob| {
+                let observe = |running: &JobControl| {
                     if let Ok(mut slot) = cancel.lock() {
                         *slot = Some(running.cancel.clone());
                     }

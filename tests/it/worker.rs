@@ -827,6 +827,94 @@ fn the_admin_server_shows_status_metrics_and_takes_jobs() {
     assert!(stop(node).success());
 }
 
+#[test]
+fn a_binary_copy_shows_progress_and_metrics_and_can_be_cancelled() {
+    let rt = Runtime::new();
+    let input = rt.path().join("files");
+    std::fs::create_dir_all(&input).unwrap();
+    let (files, size) = (6000usize, 32 * 1024usize);
+    for i in 0..files {
+        std::fs::write(
+            input.join(format!("f{i:05}.bin")),
+            vec![(i % 251) as u8; size],
+        )
+        .unwrap();
+    }
+    let out = rt.path().join("copies");
+    let job = serde_json::json!({
+        "name": "bytes",
+        "source": {"type": "file", "path": format!("{}/", input.display()), "format": {"type": "binary"}},
+        "sink": {"type": "file", "path": format!("{}/", out.display()), "format": {"type": "binary", "verify_md5": true}},
+        "parallel_copies": 1
+    });
+    let node = rt.node("a", 1);
+    let id = rt.submit(job);
+    rt.wait_running(&id);
+    let address = rt.nodes().into_iter().find_map(|n| n.admin).unwrap();
+    // The status page follows the copy file by file.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let copied = loop {
+        let (_, body) = http(&address, "GET", "/api/status", "");
+        let s: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let written = s["running"]
+            .as_array()
+            .and_then(|r| r.first())
+            .and_then(|j| j["rows_written"].as_u64())
+            .unwrap_or(0);
+        if written > 0 {
+            break written;
+        }
+        assert!(
+            rt.report(&id).is_none(),
+            "the copy ended before it showed progress"
+        );
+        assert!(Instant::now() < deadline, "no progress shown: {body}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // `ferry jobs cancel` stops it between or inside files.
+    succeed(
+        ferry()
+            .args(["jobs", "cancel", &id, "--config"])
+            .arg(rt.config("a")),
+    );
+    let done = rt.wait(std::slice::from_ref(&id), Duration::from_secs(60));
+    assert_eq!(done[0].status, "cancelled", "{:?}", done[0]);
+    let report = &done[0].reports[0];
+    let written = report["rows_written"].as_u64().unwrap();
+    assert!(
+        written >= copied && (written as usize) < files,
+        "copied {written} of {files} files (at least {copied} when cancelled)"
+    );
+    // Every file at the destination is a whole copy; nothing half-written stays.
+    let at_destination: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(at_destination.len() as u64, written, "{at_destination:?}");
+    for path in &at_destination {
+        assert_eq!(
+            std::fs::metadata(path).unwrap().len() as usize,
+            size,
+            "{}",
+            path.display()
+        );
+    }
+    let (_, metrics) = http(&address, "GET", "/metrics", "");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ferry_jobs_total{status=\"cancelled\"}")),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("ferry_bytes_written_total{source=\"file\",sink=\"file\"}")),
+        "{metrics}"
+    );
+    assert!(stop(node).success());
+}
+
 /// The status page as headless Chromium renders it (scripts run), as text.
 fn render(address: &str) -> String {
     let out = Command::new("chromium")

@@ -17,6 +17,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::guard::GuardedStream;
@@ -629,6 +630,26 @@ impl Connector {
     }
 }
 
+/// Whether `e` comes from the TLS layer: a rustls error somewhere in its chain of causes.
+fn is_tls_failure(e: &tokio_postgres::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = c.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    // tokio-postgres reports a server that refuses TLS as its own error, not a rustls one.
+    e.to_string().contains("TLS")
+}
+
 async fn drive<F>(connection: F)
 where
     F: std::future::Future<Output = std::result::Result<(), tokio_postgres::Error>>,
@@ -652,11 +673,12 @@ pub fn pg_error(what: &str, e: tokio_postgres::Error) -> Error {
         if let Some(hint) = db.hint() {
             message.push_str(&format!("; hint: {hint}"));
         }
+        // SQLSTATE classes (the first two characters) as the PostgreSQL manual lists them.
         let (kind, retryable) = match &code[..2] {
             "28" => (ErrorKind::Auth, false),
             "08" => (ErrorKind::Connect, true),
-            "57" if code != "57014" => (ErrorKind::Connect, true),
-            "57" => (ErrorKind::Cancelled, false),
+            "57" if db.code() == &SqlState::QUERY_CANCELED => (ErrorKind::Cancelled, false),
+            "57" => (ErrorKind::Connect, true),
             "40" | "53" | "58" => (ErrorKind::Store, true),
             "3D" => (ErrorKind::Config, false),
             "42" | "0A" | "25" => (ErrorKind::InvalidInput, false),
@@ -677,7 +699,7 @@ pub fn pg_error(what: &str, e: tokio_postgres::Error) -> Error {
         full.push_str(&format!(": {s}"));
         source = s.source();
     }
-    if text.contains("TLS") || text.contains("tls") {
+    if is_tls_failure(&e) {
         return Error::new(
             ErrorKind::Connect,
             format!(

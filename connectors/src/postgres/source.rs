@@ -452,7 +452,7 @@ async fn read_copy(
         // workers, no synchronized scans that start mid-table.
         setup.push_str(" SET LOCAL max_parallel_workers_per_gather = 0; SET LOCAL synchronize_seqscans = off;");
         if let Err(e) = client.batch_execute(&setup).await {
-            if snapshot.is_some() && e.code().is_some_and(|c| c.code() == "22023") {
+            if snapshot.is_some() && e.code() == Some(&tokio_postgres::error::SqlState::INVALID_PARAMETER_VALUE) {
                 return Err(Error::store(format!(
                     "{where_}: the job's exported snapshot is gone (the server restarted or the exporting session ended), so this partition cannot resume consistently; run the job again"
                 )));

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::messages::{BatchItem, StageExit, panic_message};
 use crate::job::JobContext;
-use crate::retry::backoff;
+use crate::retry::Retry;
 use crate::source::{Checkpoint, Partition};
 use crate::stats::Stage;
 
@@ -77,7 +77,12 @@ async fn read_partition(
     let clock = ctx.progress.clock(Stage::Source);
     let mut counts = ReaderCounts::default();
     let mut checkpoint: Option<Checkpoint> = None;
-    let mut attempt = 1u32;
+    let mut retry = Retry::new(
+        &ctx.settings,
+        &ctx.progress,
+        "source",
+        (ctx.source.connector(), ctx.sink.connector()),
+    );
     'attempts: loop {
         let mut stream = match ctx.source.open(&partition, checkpoint) {
             Ok(stream) => stream,
@@ -93,30 +98,24 @@ async fn read_partition(
             let batch = match next {
                 None => return (StageExit::Success, counts),
                 Some(Ok(batch)) => batch,
-                Some(Err(e)) if e.is_retryable() && attempt < ctx.settings.max_attempts.get() => {
-                    attempt += 1;
+                Some(Err(e)) => {
+                    let Some(wait) = retry.after(&e) else {
+                        let e = if e.is_retryable() {
+                            let attempts = retry.attempt();
+                            e.context(format!("{partition}, after {attempts} attempts"))
+                        } else {
+                            e.context(&partition)
+                        };
+                        return (StageExit::Failure(e), counts);
+                    };
                     counts.retries += 1;
-                    ctx.progress.retries.fetch_add(1, Relaxed);
-                    metrics::counter!(crate::metrics::RETRIES_TOTAL, "source" => ctx.source.connector(), "stage" => "source").increment(1);
-                    let wait = backoff(
-                        attempt,
-                        ctx.settings.initial_backoff,
-                        ctx.settings.max_backoff,
-                    );
+                    let attempt = retry.attempt();
                     tracing::warn!(job = %ctx.settings.name, %partition, attempt, error = %e, ?wait, "retrying partition from its checkpoint");
                     drop(stream);
-                    tokio::select! {
-                        _ = cancel.cancelled() => return (StageExit::Killed, counts),
-                        _ = tokio::time::sleep(wait) => continue 'attempts,
+                    match Retry::wait(wait, &cancel).await {
+                        Ok(()) => continue 'attempts,
+                        Err(_) => return (StageExit::Killed, counts),
                     }
-                }
-                Some(Err(e)) => {
-                    let e = if e.is_retryable() {
-                        e.context(format!("{partition}, after {attempt} attempts"))
-                    } else {
-                        e.context(&partition)
-                    };
-                    return (StageExit::Failure(e), counts);
                 }
             };
             if let Err(e) = ctx.faults.record(&partition, &batch.skipped) {

@@ -24,8 +24,8 @@ use super::writer::{SinkWriter, WriterResult};
 use crate::channel::ByteBudget;
 use crate::error::{Error, ErrorKind, Result};
 use crate::job::{FaultLog, Job, JobContext};
-use crate::report::{JobFailure, JobReport, JobStatus};
-use crate::retry::backoff;
+use crate::report::{CountUnit, JobReport, RunOutcome};
+use crate::retry::Retry;
 use crate::sink::{Committed, OutputLayout, PreparedSink, StagedOutput};
 use crate::source::Partition;
 use crate::stats::JobProgress;
@@ -121,81 +121,21 @@ async fn run_job(job: Job, progress: Arc<JobProgress>, cancel: CancellationToken
         progress: progress.clone(),
     });
     tracing::info!(job = %name, source = source_name, sink = sink_name, "job started");
-    let outcome = copy(&ctx, &cancel).await;
-    let secs = started.elapsed().as_secs_f64();
-    let snapshot = progress.snapshot();
-    let stages = progress.stage_times();
-    let sample = ctx.faults.finish().unwrap_or_default();
-    let (status, committed, error) = match outcome {
-        Ok(committed) => (JobStatus::Succeeded, committed, None),
-        Err(e) => {
-            let status = if e.kind() == ErrorKind::Cancelled {
-                JobStatus::Cancelled
-            } else {
-                JobStatus::Failed
-            };
-            (status, Committed::default(), Some(e))
-        }
-    };
-    // Labels are bounded (connector kinds and stages, never the job's name or id): a channel
-    // anyone can submit to must not grow the node's metric series without limit.
-    let label = [("source", source_name), ("sink", sink_name)];
-    metrics::counter!(crate::metrics::JOBS_TOTAL, "status" => format!("{status:?}").to_lowercase())
-        .increment(1);
-    metrics::histogram!(crate::metrics::JOB_DURATION_SECONDS, &label).record(secs);
-    metrics::counter!(crate::metrics::ROWS_READ_TOTAL, &label).increment(snapshot.records_read);
-    metrics::counter!(crate::metrics::ROWS_WRITTEN_TOTAL, &label).increment(snapshot.rows_written);
-    metrics::counter!(crate::metrics::ROWS_SKIPPED_TOTAL, &label).increment(snapshot.rows_skipped);
-    metrics::counter!(crate::metrics::BYTES_WRITTEN_TOTAL, &label)
-        .increment(snapshot.bytes_written);
-    for s in &stages {
-        let labels = [
-            ("source", source_name),
-            ("sink", sink_name),
-            ("stage", s.stage.name()),
-        ];
-        metrics::histogram!(crate::metrics::STAGE_BUSY_SECONDS, &labels).record(s.busy_secs);
-        metrics::histogram!(crate::metrics::STAGE_WAIT_SECONDS, &labels)
-            .record(s.wait_input_secs + s.wait_output_secs);
-    }
-    let report = JobReport {
+    let result = copy(&ctx, &cancel).await;
+    let outcome = RunOutcome {
         job: name.clone(),
-        source: source_name.to_string(),
-        sink: sink_name.to_string(),
-        status,
-        partitions: snapshot.partitions_total,
-        retries: progress.retries.load(Relaxed),
-        rows_read: snapshot.records_read,
-        rows_written: snapshot.rows_written,
-        rows_skipped: snapshot.rows_skipped,
-        skipped_sample: sample,
-        bytes_read: snapshot.input_bytes_read,
-        bytes_written: snapshot.bytes_written,
-        duration_secs: secs,
-        rows_per_sec: if secs > 0.0 {
-            snapshot.rows_written as f64 / secs
-        } else {
-            0.0
-        },
-        read_mib_per_sec: if secs > 0.0 {
-            snapshot.input_bytes_read as f64 / secs / (1 << 20) as f64
-        } else {
-            0.0
-        },
-        bottleneck: JobReport::find_bottleneck(&stages),
-        stages,
-        outputs: committed.outputs,
-        removed: committed.removed,
-        error: error.map(|e| JobFailure {
-            kind: e.kind(),
-            exit_code: e.exit_code(),
-            message: e.to_string(),
-        }),
-        prepare_secs: 0.0,
-        unit: crate::report::CountUnit::Rows,
+        kinds: (source_name, sink_name),
+        secs: started.elapsed().as_secs_f64(),
+        result,
+        skipped_sample: ctx.faults.finish().unwrap_or_default(),
+        unit: CountUnit::Rows,
     };
+    let report = JobReport::build(outcome, &progress);
+    crate::metrics::record_job(&report);
     match &report.error {
-        None => tracing::info!(job = %name, rows = report.rows_written, secs, "job succeeded"),
+        None => {
+            tracing::info!(job = %name, rows = report.rows_written, secs = report.duration_secs, "job succeeded")
+        }
         // The report carries the error; whoever ran the job (a node's log, `ferry copy`'s
         // output) shows it once.
         Some(e) => tracing::info!(job = %name, error = %e.message, "job failed"),
@@ -320,58 +260,42 @@ async fn run_output_with_retry(
     cancel: &CancellationToken,
     partitions: Vec<Partition>,
 ) -> Result<(Box<dyn StagedOutput>, OutputTotals)> {
-    let mut attempt = 1u32;
+    let mut retry = Retry::new(
+        &ctx.settings,
+        &ctx.progress,
+        "output",
+        (ctx.source.connector(), ctx.sink.connector()),
+    );
     loop {
         if cancel.is_cancelled() {
             return Err(Error::cancelled("the job was cancelled"));
         }
         let token = cancel.child_token();
-        let result = run_output(ctx, output, &token, &partitions).await;
-        match result {
+        let (e, counts) = match run_output(ctx, output, &token, &partitions).await {
             Ok(done) => return Ok(done),
-            Err((e, counts)) => {
-                // Take back what the failed attempt counted: the retry counts it again.
-                ctx.progress.records_read.fetch_sub(
-                    counts.records.min(ctx.progress.records_read.load(Relaxed)),
-                    Relaxed,
-                );
-                ctx.progress.rows_skipped.fetch_sub(
-                    counts.skipped.min(ctx.progress.rows_skipped.load(Relaxed)),
-                    Relaxed,
-                );
-                ctx.progress.rows_written.fetch_sub(
-                    counts
-                        .rows_written
-                        .min(ctx.progress.rows_written.load(Relaxed)),
-                    Relaxed,
-                );
-                ctx.progress.rows_encoded.fetch_sub(
-                    counts
-                        .records
-                        .saturating_sub(counts.skipped)
-                        .min(ctx.progress.rows_encoded.load(Relaxed)),
-                    Relaxed,
-                );
-                if !e.is_retryable()
-                    || attempt >= ctx.settings.max_attempts.get()
-                    || cancel.is_cancelled()
-                {
-                    return Err(e);
-                }
-                attempt += 1;
-                ctx.progress.retries.fetch_add(1, Relaxed);
-                let wait = backoff(
-                    attempt,
-                    ctx.settings.initial_backoff,
-                    ctx.settings.max_backoff,
-                );
-                tracing::warn!(job = %ctx.settings.name, output = output.index, attempt, error = %e, ?wait, "retrying output from the start");
-                tokio::select! {
-                    _ = cancel.cancelled() => return Err(Error::cancelled("the job was cancelled")),
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
+            Err(failed) => failed,
+        };
+        // Take back what the failed attempt counted: the retry counts it again.
+        let take_back = |counter: &std::sync::atomic::AtomicU64, n: u64| {
+            counter.fetch_sub(n.min(counter.load(Relaxed)), Relaxed);
+        };
+        let progress = &ctx.progress;
+        take_back(&progress.records_read, counts.records);
+        take_back(&progress.rows_skipped, counts.skipped);
+        take_back(&progress.rows_written, counts.rows_written);
+        take_back(
+            &progress.rows_encoded,
+            counts.records.saturating_sub(counts.skipped),
+        );
+        if cancel.is_cancelled() {
+            return Err(e);
         }
+        let Some(wait) = retry.after(&e) else {
+            return Err(e);
+        };
+        let attempt = retry.attempt();
+        tracing::warn!(job = %ctx.settings.name, output = output.index, attempt, error = %e, ?wait, "retrying output from the start");
+        Retry::wait(wait, cancel).await?;
     }
 }
 
