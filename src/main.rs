@@ -4,7 +4,8 @@
 
 #[macro_use]
 mod cli;
-mod worker;
+
+use ferry::worker;
 
 use std::process::ExitCode;
 

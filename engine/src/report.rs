@@ -2,14 +2,14 @@
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorKind;
 use crate::source::SkippedRow;
 use crate::stats::{Stage, StageTimes};
 
 /// How a job ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobStatus {
     /// All data written and published.
@@ -58,7 +58,7 @@ pub struct RunOutcome {
 }
 
 /// The failure of a failed job.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobFailure {
     /// The kind of failure.
     pub kind: ErrorKind,
@@ -69,7 +69,7 @@ pub struct JobFailure {
 }
 
 /// The report of one job run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobReport {
     /// The job's name.
     pub job: String,
@@ -119,7 +119,7 @@ pub struct JobReport {
 }
 
 /// What a report's counts count.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CountUnit {
     /// Rows (records).

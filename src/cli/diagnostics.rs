@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::Args;
 use ferry_engine::Error;
 
-use crate::worker;
+use ferry::worker;
 
 /// Arguments of `ferry diagnostics`.
 #[derive(Args)]

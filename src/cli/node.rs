@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use ferry_connectors::control::now_ms;
 
-use crate::worker;
+use ferry::worker;
 
 /// Where the node's configuration is.
 #[derive(Args)]

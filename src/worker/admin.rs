@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
-use ferry_connectors::control::ControlChannel;
+use ferry_connectors::control::Channel;
 use ferry_engine::JobProgress;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
@@ -65,7 +65,7 @@ struct StatusJson {
 
 struct State {
     view: Arc<NodeView>,
-    channel: Arc<dyn ControlChannel>,
+    channel: Arc<dyn Channel>,
     metrics: Option<PrometheusHandle>,
     admission: Admission,
 }
@@ -125,12 +125,13 @@ async fn status(state: &State) -> StatusJson {
         .unwrap_or_default()
         .into_iter()
         .map(|f| {
-            let last = f.reports.last().cloned().unwrap_or_default();
+            let last = f.reports.last();
             serde_json::json!({
                 "id": f.id, "node": f.node, "status": f.status, "attempt": f.attempt,
-                "rows_written": last.get("rows_written"), "duration_secs": last.get("duration_secs"),
-                "bottleneck": last.get("bottleneck"),
-                "error": last.get("error").and_then(|e| e.get("message")),
+                "rows_written": last.map(|r| r.rows_written),
+                "duration_secs": last.map(|r| r.duration_secs),
+                "bottleneck": last.and_then(|r| r.bottleneck),
+                "error": last.and_then(|r| r.error.as_ref()).map(|e| e.message.clone()),
             })
         })
         .collect();
@@ -231,7 +232,7 @@ async fn page() -> HttpResponse {
 pub fn start(
     address: &str,
     view: Arc<NodeView>,
-    channel: Arc<dyn ControlChannel>,
+    channel: Arc<dyn Channel>,
     metrics: Option<PrometheusHandle>,
     admission: Admission,
 ) -> std::io::Result<std::net::SocketAddr> {

@@ -46,8 +46,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ferry_connectors::Connections;
-use ferry_connectors::control::azure_queue::AzureQueueSettings;
-use ferry_connectors::control::{AzureQueueChannel, ControlChannel, LocalChannel, OnIoRuntime};
+use ferry_connectors::control::{Channel, ChannelConfig, ChannelSpec};
 use ferry_connectors::{NodePolicy, PolicyConfig, PolicyContext};
 use ferry_engine::config::local::{check_private_dir, create_private_dir};
 use ferry_engine::config::units::HumanDuration;
@@ -58,10 +57,6 @@ use serde::Deserialize;
 pub const DEFAULT_MAX_CONCURRENT_JOBS: usize = 4;
 /// Default grace period on SIGTERM.
 pub const DEFAULT_GRACE_PERIOD: HumanDuration = HumanDuration::secs(30);
-/// Default lease timeout.
-pub const DEFAULT_LEASE_TIMEOUT: HumanDuration = HumanDuration::secs(30);
-/// Default runs of a job before it fails for good.
-pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
 
 /// The worker configuration file.
 #[derive(Debug, Deserialize)]
@@ -152,58 +147,6 @@ fn logs_dir(config: &Path, state_dir: &Path) -> PathBuf {
         .join("logs")
 }
 
-/// The control channel of a node.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-pub enum ChannelConfig {
-    /// A spool directory on this host.
-    Local {
-        /// The spool directory.
-        path: PathBuf,
-        /// A lease not renewed for this long is taken from its node.
-        #[serde(default)]
-        lease_timeout: Option<HumanDuration>,
-        /// Runs of a job before it fails for good.
-        #[serde(default)]
-        max_attempts: Option<u32>,
-        /// How often the node looks for work.
-        #[serde(default)]
-        poll_interval: Option<HumanDuration>,
-    },
-    /// An Azure Storage queue, with records in a blob container of the same account.
-    AzureQueue {
-        /// The `azure_blob` connection (account, credentials, proxy).
-        connection: String,
-        /// The jobs queue (created if missing).
-        queue: String,
-        /// The container of reports, heartbeats and cancellation requests (must exist).
-        container: String,
-        /// Queue service endpoint (default `https://<account>.queue.core.windows.net`).
-        #[serde(default)]
-        queue_endpoint: Option<String>,
-        /// The poison queue (default `<queue>-poison`).
-        #[serde(default)]
-        poison_queue: Option<String>,
-        /// A lease not extended for this long is taken from its node.
-        #[serde(default)]
-        lease_timeout: Option<HumanDuration>,
-        /// Runs of a job before it goes to the poison queue.
-        #[serde(default)]
-        max_attempts: Option<u32>,
-        /// How often the node looks for work (each look is one request).
-        #[serde(default)]
-        poll_interval: Option<HumanDuration>,
-    },
-}
-
-/// A channel ready to open.
-pub enum ChannelSpec {
-    /// The spool, already open (it is a directory).
-    Local(LocalChannel),
-    /// The queue's settings, checked; opening talks to the service.
-    AzureQueue(Box<AzureQueueSettings>),
-}
-
 fn default_admin() -> String {
     DEFAULT_ADMIN_ADDRESS.to_string()
 }
@@ -252,21 +195,15 @@ impl Loaded {
 }
 
 impl Loaded {
-    /// Opens the channel; remote channels run their I/O on a runtime of their own, so the
-    /// result can be used from any thread or event loop.
-    pub async fn open_channel(&self) -> Result<Arc<dyn ControlChannel>> {
-        match &self.channel {
-            ChannelSpec::Local(local) => Ok(Arc::new(local.clone())),
-            ChannelSpec::AzureQueue(settings) => {
-                OnIoRuntime::open(AzureQueueChannel::open((**settings).clone())).await
-            }
-        }
+    /// Opens the channel; it can be used from any thread or event loop.
+    pub async fn open_channel(&self) -> Result<Arc<dyn Channel>> {
+        self.channel.open().await
     }
 
     /// Runs `f` with the opened channel on a runtime of its own (for the CLI).
     pub fn with_channel<T, F, Fut>(&self, f: F) -> Result<T>
     where
-        F: FnOnce(Arc<dyn ControlChannel>) -> Fut,
+        F: FnOnce(Arc<dyn Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -322,49 +259,11 @@ pub fn load(path: &Path) -> Result<Loaded> {
             path.display()
         )));
     }
-    let (channel, poll) = match &config.channel {
-        ChannelConfig::Local {
-            path: spool,
-            lease_timeout,
-            max_attempts,
-            poll_interval,
-        } => (
-            ChannelSpec::Local(LocalChannel::open(
-                resolve(spool),
-                lease_timeout.unwrap_or(DEFAULT_LEASE_TIMEOUT).0,
-                max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS),
-            )?),
-            poll_interval.map_or(std::time::Duration::from_millis(500), |p| p.0),
-        ),
-        ChannelConfig::AzureQueue {
-            connection,
-            queue,
-            container,
-            queue_endpoint,
-            poison_queue,
-            lease_timeout,
-            max_attempts,
-            poll_interval,
-        } => {
-            let conn = connections
-                .azure_blob(connection)
-                .cloned()
-                .map_err(|e| e.context(format!("{}: [channel]", path.display())))?;
-            (
-                ChannelSpec::AzureQueue(Box::new(AzureQueueSettings {
-                    connection_name: connection.clone(),
-                    connection: conn,
-                    queue_endpoint: queue_endpoint.clone(),
-                    queue: queue.clone(),
-                    poison_queue: poison_queue.clone(),
-                    container: container.clone(),
-                    lease_timeout: lease_timeout.unwrap_or(DEFAULT_LEASE_TIMEOUT).0,
-                    max_attempts: max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS).max(1),
-                })),
-                poll_interval.map_or(std::time::Duration::from_secs(1), |p| p.0),
-            )
-        }
-    };
+    let channel = config
+        .channel
+        .resolve(&connections, base)
+        .map_err(|e| e.context(format!("{}: [channel]", path.display())))?;
+    let poll = channel.poll;
     let logs_dir = config.state_dir.as_deref().map(|d| logs_dir(path, d));
     let state_dir = config.state_dir.as_deref().map(resolve);
     if let Some(dir) = state_dir.as_ref().filter(|d| d.exists()) {
@@ -375,13 +274,8 @@ pub fn load(path: &Path) -> Result<Loaded> {
     denied.extend(connections_file);
     denied.extend(logs_dir.clone());
     denied.extend(state_dir.as_ref().map(|d| d.join("keys")));
-    let channel_connection = match &config.channel {
-        ChannelConfig::Local { path: spool, .. } => {
-            denied.push(resolve(spool));
-            None
-        }
-        ChannelConfig::AzureQueue { connection, .. } => Some(connection.clone()),
-    };
+    denied.extend(config.channel.local_dir(base));
+    let channel_connection = config.channel.connection().map(str::to_string);
     let policy = config
         .policy
         .build(&PolicyContext {

@@ -198,7 +198,7 @@ fn a_node_refuses_what_its_policy_forbids_and_keeps_serving() {
     let all: Vec<String> = ids.iter().map(|(id, _)| id.clone()).collect();
     let reports = rt.wait(&all, Duration::from_secs(120));
     for ((id, needle), report) in ids.iter().zip(&reports) {
-        assert_eq!(report.status, "failed", "{id}");
+        assert_eq!(report.status, ferry_engine::JobStatus::Failed, "{id}");
         let text = serde_json::to_string(&report.reports).unwrap();
         assert!(
             text.contains("node policy") && text.contains(needle),
@@ -222,7 +222,12 @@ fn a_node_refuses_what_its_policy_forbids_and_keeps_serving() {
     // from the first root, and creates its outputs 0640.
     let id = rt.submit(csv_job("good", "\"in.csv\"", "\"out/good.parquet\"", ""));
     let done = rt.wait(std::slice::from_ref(&id), Duration::from_secs(60));
-    assert_eq!(done[0].status, "succeeded", "{:?}", done[0].reports);
+    assert_eq!(
+        done[0].status,
+        ferry_engine::JobStatus::Succeeded,
+        "{:?}",
+        done[0].reports
+    );
     let output = data.join("out/good.parquet");
     assert_eq!(rows(&output), 2_000);
     use std::os::unix::fs::PermissionsExt;
@@ -235,7 +240,7 @@ fn a_node_refuses_what_its_policy_forbids_and_keeps_serving() {
     // and counted like every other failure.
     let missing = rt.submit(csv_job("missing", "\"nope.csv\"", "\"out/m.parquet\"", ""));
     let done = rt.wait(std::slice::from_ref(&missing), Duration::from_secs(60));
-    assert_eq!(done[0].status, "failed");
+    assert_eq!(done[0].status, ferry_engine::JobStatus::Failed);
     let log = std::fs::read_to_string(rt.path().join("a.log")).unwrap();
     assert!(log.contains("job refused"), "refusals are logged: {log}");
     assert!(
@@ -347,7 +352,12 @@ fn a_job_that_does_not_fit_in_the_memory_limit_waits_for_one_that_runs() {
     let node = start_node(&rt, 3);
     let done = rt.wait(&ids, Duration::from_secs(120));
     for (i, d) in done.iter().enumerate() {
-        assert_eq!(d.status, "succeeded", "{:?}", d.reports);
+        assert_eq!(
+            d.status,
+            ferry_engine::JobStatus::Succeeded,
+            "{:?}",
+            d.reports
+        );
         assert_eq!(rows(&data.join(format!("out/mem{i}.parquet"))), 200_000);
         // A job handed back for memory is not charged an attempt.
         assert_eq!(d.attempt, 1, "{:?}", d);

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use ferry_connectors::ConnectionSpec;
 use ferry_connectors::control::azure_queue::AzureQueueSettings;
 use ferry_connectors::control::{
-    AzureQueueChannel, ControlChannel, FinishedJob, JobState, LocalChannel, NodeInfo, OnIoRuntime,
+    AzureQueueChannel, Channel, FinishedJob, JobPhase, JobState, LocalChannel, NodeInfo,
 };
+use ferry_engine::JobStatus;
 
 use crate::support::azurite::{self, azurite};
 use crate::support::{ferry, js, read_parquet, succeed};
@@ -40,7 +41,7 @@ pub(crate) struct Runtime {
     channel_toml: String,
     /// The `[policy]` table of every node's configuration: jobs may use the test's directory.
     pub(crate) policy_toml: String,
-    channel: Arc<dyn ControlChannel>,
+    channel: Arc<dyn Channel>,
     /// The Azure channel itself, to send raw messages as a control plane would.
     azure: Option<Arc<AzureQueueChannel>>,
     tokio: tokio::runtime::Runtime,
@@ -64,86 +65,83 @@ impl Runtime {
             .enable_all()
             .build()
             .unwrap();
-        let (channel, channel_toml, azure, queue): (Arc<dyn ControlChannel>, String, _, _) =
-            match kind {
-                Kind::Local => (
-                    Arc::new(
-                        LocalChannel::open(dir.path().join("spool"), Duration::from_secs(3), 3)
-                            .unwrap(),
-                    ),
-                    "[channel]\ntype = \"local\"\npath = \"spool\"\nlease_timeout = \"3s\"\n\
-                 max_attempts = 3\npoll_interval = \"100ms\"\n"
-                        .to_string(),
-                    None,
-                    String::new(),
+        let (channel, channel_toml, azure, queue): (Arc<dyn Channel>, String, _, _) = match kind {
+            Kind::Local => (
+                Arc::new(
+                    LocalChannel::open(dir.path().join("spool"), Duration::from_secs(3), 3)
+                        .unwrap(),
                 ),
-                Kind::Azure { sas } => {
-                    let az = azurite();
-                    // One queue and one container per test: tests run side by side.
-                    let unique = unique();
-                    let (queue, container) = (
-                        format!("jobs-{unique}"),
-                        az.container(&format!("control-{unique}")),
-                    );
-                    let auth = if sas {
-                        format!(
-                            r#"{{"type": "sas", "token": {{"env": "FERRY_IT_QUEUE_SAS_{unique}"}}}}"#
-                        )
-                    } else {
-                        format!(
-                            r#"{{"type": "shared_key", "key": {{"env": "{}"}}}}"#,
-                            azurite::KEY_ENV
-                        )
-                    };
-                    let connection = format!(
-                        r#"{{"type": "azure_blob", "account": "{}", "endpoint": "{}", "allow_http": true, "auth": {auth}}}"#,
-                        azurite::ACCOUNT,
-                        az.endpoint()
-                    );
-                    std::fs::write(
-                        dir.path().join("connections.json"),
-                        format!(r#"{{"control": {connection}}}"#),
+                "[channel]\ntype = \"local\"\npath = \"spool\"\nlease_timeout = \"3s\"\n\
+                 max_attempts = 3\npoll_interval = \"100ms\"\n"
+                    .to_string(),
+                None,
+                String::new(),
+            ),
+            Kind::Azure { sas } => {
+                let az = azurite();
+                // One queue and one container per test: tests run side by side.
+                let unique = unique();
+                let (queue, container) = (
+                    format!("jobs-{unique}"),
+                    az.container(&format!("control-{unique}")),
+                );
+                let auth = if sas {
+                    format!(
+                        r#"{{"type": "sas", "token": {{"env": "FERRY_IT_QUEUE_SAS_{unique}"}}}}"#
                     )
-                    .unwrap();
-                    if sas {
-                        // SAFETY: a name of this test's own; set before any node reads it.
-                        #[allow(unsafe_code)]
-                        unsafe {
-                            std::env::set_var(
-                                format!("FERRY_IT_QUEUE_SAS_{unique}"),
-                                az.sas_for("rwdlacup", "bq"),
-                            )
-                        };
-                    }
-                    let settings = AzureQueueSettings {
-                        connection_name: "control".into(),
-                        connection: match serde_json::from_str(&connection).unwrap() {
-                            ConnectionSpec::AzureBlob(c) => c,
-                            other => panic!("not azure_blob: {other:?}"),
-                        },
-                        queue_endpoint: Some(az.queue_endpoint()),
-                        queue: queue.clone(),
-                        poison_queue: None,
-                        container: container.clone(),
-                        lease_timeout: AZURE_LEASE,
-                        max_attempts: 3,
+                } else {
+                    format!(
+                        r#"{{"type": "shared_key", "key": {{"env": "{}"}}}}"#,
+                        azurite::KEY_ENV
+                    )
+                };
+                let connection = format!(
+                    r#"{{"type": "azure_blob", "account": "{}", "endpoint": "{}", "allow_http": true, "auth": {auth}}}"#,
+                    azurite::ACCOUNT,
+                    az.endpoint()
+                );
+                std::fs::write(
+                    dir.path().join("connections.json"),
+                    format!(r#"{{"control": {connection}}}"#),
+                )
+                .unwrap();
+                if sas {
+                    // SAFETY: a name of this test's own; set before any node reads it.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        std::env::set_var(
+                            format!("FERRY_IT_QUEUE_SAS_{unique}"),
+                            az.sas_for("rwdlacup", "bq"),
+                        )
                     };
-                    let opened = tokio
-                        .block_on(AzureQueueChannel::open(settings.clone()))
-                        .unwrap();
-                    let channel = tokio
-                        .block_on(OnIoRuntime::open(AzureQueueChannel::open(settings)))
-                        .unwrap();
-                    let toml = format!(
-                        "[channel]\ntype = \"azure_queue\"\nconnection = \"control\"\nqueue = \"{queue}\"\n\
+                }
+                let settings = AzureQueueSettings {
+                    connection_name: "control".into(),
+                    connection: match serde_json::from_str(&connection).unwrap() {
+                        ConnectionSpec::AzureBlob(c) => c,
+                        other => panic!("not azure_blob: {other:?}"),
+                    },
+                    queue_endpoint: Some(az.queue_endpoint()),
+                    queue: queue.clone(),
+                    poison_queue: None,
+                    container: container.clone(),
+                    lease_timeout: AZURE_LEASE,
+                    max_attempts: 3,
+                };
+                let opened = tokio
+                    .block_on(AzureQueueChannel::open(settings.clone()))
+                    .unwrap();
+                let channel = tokio.block_on(AzureQueueChannel::open(settings)).unwrap();
+                let toml = format!(
+                    "[channel]\ntype = \"azure_queue\"\nconnection = \"control\"\nqueue = \"{queue}\"\n\
                      container = \"{container}\"\nqueue_endpoint = \"{}\"\nlease_timeout = \"{}s\"\n\
                      max_attempts = 3\npoll_interval = \"100ms\"\n",
-                        az.queue_endpoint(),
-                        AZURE_LEASE.as_secs()
-                    );
-                    (channel, toml, Some(Arc::new(opened)), queue)
-                }
-            };
+                    az.queue_endpoint(),
+                    AZURE_LEASE.as_secs()
+                );
+                (Arc::new(channel), toml, Some(Arc::new(opened)), queue)
+            }
+        };
         Runtime {
             dir,
             kind,
@@ -286,7 +284,10 @@ impl Runtime {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let jobs = self.jobs();
-            if let Some(j) = jobs.iter().find(|j| j.id == id && j.state == "running") {
+            if let Some(j) = jobs
+                .iter()
+                .find(|j| j.id == id && j.state == JobPhase::Running)
+            {
                 return j.node.clone().unwrap();
             }
             assert!(
@@ -389,7 +390,7 @@ fn thirty_jobs_on_three_nodes(kind: Kind) {
     let done = rt.wait(&ids, Duration::from_secs(180));
     let mut used = std::collections::BTreeSet::new();
     for f in &done {
-        assert_eq!(f.status, "succeeded", "{f:?}");
+        assert_eq!(f.status, JobStatus::Succeeded, "{f:?}");
         assert_eq!(f.attempt, 1, "every job ran once: {f:?}");
         used.insert(f.node.clone());
     }
@@ -465,7 +466,7 @@ fn killed_node(kind: Kind) {
     a.wait().unwrap();
     let b = rt.node("b", 1);
     let done = rt.wait(std::slice::from_ref(&id), Duration::from_secs(120));
-    assert_eq!(done[0].status, "succeeded", "{:?}", done[0]);
+    assert_eq!(done[0].status, JobStatus::Succeeded, "{:?}", done[0]);
     assert_eq!((done[0].node.as_str(), done[0].attempt), ("b", 2));
     assert_eq!(rows(&out), 400_000, "exactly the right rows, no duplicates");
     let leftovers: Vec<_> = std::fs::read_dir(rt.path().join("out"))
@@ -498,14 +499,9 @@ fn malformed_jobs(kind: Kind) {
     let node = rt.node("a", 2);
     let done = rt.wait(&[garbage, invalid], Duration::from_secs(60));
     for f in &done {
-        assert_eq!((f.status.as_str(), f.attempt), ("failed", 1), "{f:?}");
+        assert_eq!((f.status, f.attempt), (JobStatus::Failed, 1), "{f:?}");
     }
-    let message = |f: &FinishedJob| {
-        f.reports[0]["error"]["message"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let message = |f: &FinishedJob| f.reports[0].error.as_ref().unwrap().message.clone();
     assert!(message(&done[0]).contains("JSON"), "{}", message(&done[0]));
     assert!(
         message(&done[1]).contains("invalid job"),
@@ -515,7 +511,7 @@ fn malformed_jobs(kind: Kind) {
     // Not retried: with their records written, nothing of them is queued or leased, so no
     // lease can expire and bring them back.
     let jobs = rt.jobs();
-    assert!(jobs.iter().all(|j| j.state == "failed"), "{jobs:?}");
+    assert!(jobs.iter().all(|j| j.state == JobPhase::Failed), "{jobs:?}");
     assert_eq!(jobs.len(), 2, "{jobs:?}");
     assert_eq!(rt.tokio.block_on(rt.channel.queued()).unwrap(), 0);
     if kind == Kind::Local {
@@ -551,7 +547,7 @@ fn drain_and_cancel(kind: Kind) {
     let report = rt
         .report(&id)
         .expect("the job finished before the node stopped");
-    assert_eq!(report.status, "succeeded");
+    assert_eq!(report.status, JobStatus::Succeeded);
     assert_eq!(rows(&out), 150_000);
     // The drained node said it left: `ferry nodes` shows it stopped at once.
     let nodes = succeed(ferry().args(["nodes", "--config"]).arg(rt.config("a")));
@@ -575,7 +571,7 @@ fn drain_and_cancel(kind: Kind) {
             .arg(rt.config("a")),
     );
     let done = rt.wait(std::slice::from_ref(&id), Duration::from_secs(60));
-    assert_eq!(done[0].status, "cancelled", "{:?}", done[0]);
+    assert_eq!(done[0].status, JobStatus::Cancelled, "{:?}", done[0]);
     assert!(!out.exists());
     assert!(stop(node).success());
 }
@@ -631,7 +627,7 @@ fn an_azure_queue_lease_is_extended_while_a_long_job_runs() {
     let id = rt.submit(slow_job(12, &out));
     let nodes = [rt.node("a", 1), rt.node("b", 1)];
     let done = rt.wait(std::slice::from_ref(&id), Duration::from_secs(90));
-    assert_eq!(done[0].status, "succeeded", "{:?}", done[0]);
+    assert_eq!(done[0].status, JobStatus::Succeeded, "{:?}", done[0]);
     assert_eq!(
         done[0].attempt, 1,
         "the lease held: the job never went to another node"
@@ -658,7 +654,7 @@ fn a_frozen_node_stops_its_job_once_another_node_took_it() {
     // Awake again, a finds its lease gone and stops the job without reporting it.
     wait_for_log(&rt, "a", "lease was lost");
     let done = rt.wait(std::slice::from_ref(&id), Duration::from_secs(90));
-    assert_eq!(done[0].status, "succeeded", "{:?}", done[0]);
+    assert_eq!(done[0].status, JobStatus::Succeeded, "{:?}", done[0]);
     assert_eq!((done[0].node.as_str(), done[0].attempt), ("b", 2));
     assert_eq!(rows(&out), 1_000);
     for node in [a, b] {
@@ -708,8 +704,8 @@ fn an_azure_queue_hands_back_without_counting_and_poisons_after_max_attempts() {
     }
     assert!(lease("survivor").is_empty());
     let report = rt.report(&id).expect("a failed record");
-    assert_eq!(report.status, "failed");
-    let message = report.reports[0]["error"]["message"].as_str().unwrap();
+    assert_eq!(report.status, JobStatus::Failed);
+    let message = report.reports[0].error.as_ref().unwrap().message.as_str();
     assert!(
         message.contains("3 runs") && message.contains("ghost-3"),
         "{message}"
@@ -738,7 +734,7 @@ fn an_azure_queue_hands_back_without_counting_and_poisons_after_max_attempts() {
     assert_eq!(peeked.len(), 1);
     let text = peeked[0].message_text.clone().unwrap();
     assert!(text.contains(&id) && text.contains("ghost-3"), "{text}");
-    assert!(rt.jobs().iter().all(|j| j.state == "failed"));
+    assert!(rt.jobs().iter().all(|j| j.state == JobPhase::Failed));
 }
 
 /// A plain HTTP/1.0 request to the node's admin server; returns (status, body).
@@ -815,7 +811,7 @@ fn the_admin_server_shows_status_metrics_and_takes_jobs() {
         "progress (input bytes read) advanced while the job ran: {seen_rows:?}"
     );
     let done = rt.wait(std::slice::from_ref(&id), Duration::from_secs(60));
-    assert_eq!(done[0].status, "succeeded");
+    assert_eq!(done[0].status, JobStatus::Succeeded);
     let (_, metrics) = http(&address, "GET", "/metrics", "");
     assert!(metrics.contains("ferry_rows_written_total"), "{metrics}");
     let (_, body) = http(&address, "GET", "/api/status", "");
@@ -878,9 +874,9 @@ fn a_binary_copy_shows_progress_and_metrics_and_can_be_cancelled() {
             .arg(rt.config("a")),
     );
     let done = rt.wait(std::slice::from_ref(&id), Duration::from_secs(60));
-    assert_eq!(done[0].status, "cancelled", "{:?}", done[0]);
+    assert_eq!(done[0].status, JobStatus::Cancelled, "{:?}", done[0]);
     let report = &done[0].reports[0];
-    let written = report["rows_written"].as_u64().unwrap();
+    let written = report.rows_written;
     assert!(
         written >= copied && (written as usize) < files,
         "copied {written} of {files} files (at least {copied} when cancelled)"

@@ -417,6 +417,17 @@ impl AzureBlobConnection {
 
     /// An object store over `container` (reads secrets; no network I/O).
     pub fn store(&self, name: &str, container: &str) -> Result<Arc<dyn ObjectStore>> {
+        self.store_with(name, container, None)
+    }
+
+    /// [`Self::store`], its HTTP requests made through `connector` when given (such as
+    /// object_store's `SpawnedReqwestConnector`, which runs them on another runtime).
+    pub fn store_with(
+        &self,
+        name: &str,
+        container: &str,
+        connector: Option<object_store::client::SpawnedReqwestConnector>,
+    ) -> Result<Arc<dyn ObjectStore>> {
         crate::install_crypto_provider();
         let in_conn = |e: Error| e.context(format!("connection `{name}`"));
         self.check().map_err(in_conn)?;
@@ -467,6 +478,9 @@ impl AzureBlobConnection {
             }
         }
         builder = builder.with_client_options(options);
+        if let Some(connector) = connector {
+            builder = builder.with_http_connector(connector);
+        }
         builder = match &self.auth {
             AzureAuth::SharedKey { key } => builder.with_access_key(key.expose().map_err(in_conn)?),
             AzureAuth::Sas { token } => builder.with_config(

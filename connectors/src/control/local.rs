@@ -18,13 +18,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ferry_engine::{Error, Result};
+use ferry_engine::{Error, JobReport, JobStatus, Result};
 use serde::{Deserialize, Serialize};
 
 use ferry_engine::config::local::{check_private_dir, create_private_dir};
 
 use super::{
-    ControlChannel, Envelope, FinishedJob, JobState, Leased, NodeInfo, check_job_id, now_ms,
+    ChannelQueries, ControlChannel, Envelope, FinishedJob, JobPhase, JobState, Leased, NodeInfo,
+    check_job_id, now_ms,
 };
 
 /// The lease file's content.
@@ -278,8 +279,11 @@ impl LocalChannel {
                 id: id.to_string(),
                 node: String::new(),
                 attempt,
-                reports: vec![serde_json::json!({"job": id, "status": "cancelled"})],
-                status: "cancelled".into(),
+                reports: vec![JobReport::failed(
+                    id,
+                    Error::cancelled("cancelled before it started"),
+                )],
+                status: JobStatus::Cancelled,
             })?;
             let _ = std::fs::remove_file(&claim);
             return Ok("cancelled before it started".into());
@@ -326,7 +330,7 @@ impl LocalChannel {
             if let Ok(Some(e)) = read_json::<Envelope>(&self.path("queue", &format!("{id}.json"))) {
                 out.push(JobState {
                     id,
-                    state: "queued".into(),
+                    state: JobPhase::Queued,
                     name: super::job_name(&e.job),
                     node: None,
                     attempt: e.attempt,
@@ -340,7 +344,7 @@ impl LocalChannel {
                     read_json(&self.path("running", &format!("{id}.lease"))).unwrap_or(None);
                 out.push(JobState {
                     id,
-                    state: "running".into(),
+                    state: JobPhase::Running,
                     name: super::job_name(&e.job),
                     node: lease.map(|l| l.node),
                     attempt: e.attempt,
@@ -352,7 +356,7 @@ impl LocalChannel {
                 out.push(JobState {
                     id,
                     name: f.name(),
-                    state: f.status,
+                    state: f.status.into(),
                     node: Some(f.node),
                     attempt: f.attempt,
                 });
@@ -396,10 +400,6 @@ impl ControlChannel for LocalChannel {
         self.lease_timeout
     }
 
-    async fn submit(&self, job: serde_json::Value) -> Result<String> {
-        LocalChannel::submit(self, job)
-    }
-
     async fn lease(&self, node: &str, max: usize) -> Result<Vec<Leased>> {
         let mut leased = Vec::new();
         while leased.len() < max {
@@ -433,16 +433,27 @@ impl ControlChannel for LocalChannel {
         LocalChannel::recover_expired(self, node)
     }
 
-    async fn cancel(&self, id: &str) -> Result<String> {
-        LocalChannel::cancel(self, id)
-    }
-
     async fn cancel_requested(&self, ids: &[String]) -> Result<Vec<String>> {
         Ok(ids
             .iter()
             .filter(|id| LocalChannel::cancel_requested(self, id))
             .cloned()
             .collect())
+    }
+
+    async fn node_heartbeat(&self, info: &NodeInfo) -> Result<()> {
+        LocalChannel::node_heartbeat(self, info)
+    }
+}
+
+#[async_trait::async_trait]
+impl ChannelQueries for LocalChannel {
+    async fn submit(&self, job: serde_json::Value) -> Result<String> {
+        LocalChannel::submit(self, job)
+    }
+
+    async fn cancel(&self, id: &str) -> Result<String> {
+        LocalChannel::cancel(self, id)
     }
 
     async fn report(&self, id: &str) -> Result<Option<FinishedJob>> {
@@ -459,10 +470,6 @@ impl ControlChannel for LocalChannel {
 
     async fn queued(&self) -> Result<usize> {
         Ok(ids_in(&self.root.join("queue"), ".json")?.len())
-    }
-
-    async fn node_heartbeat(&self, info: &NodeInfo) -> Result<()> {
-        LocalChannel::node_heartbeat(self, info)
     }
 
     async fn nodes(&self) -> Result<Vec<NodeInfo>> {
@@ -500,8 +507,8 @@ mod tests {
         ch.recover_expired("c").unwrap();
         assert!(ch.lease("c").unwrap().is_none());
         let report = ch.report(&id).unwrap().unwrap();
-        assert_eq!(report.status, "failed");
-        assert_eq!(ch.jobs().unwrap()[0].state, "failed");
+        assert_eq!(report.status, JobStatus::Failed);
+        assert_eq!(ch.jobs().unwrap()[0].state, JobPhase::Failed);
     }
 
     #[test]
@@ -516,7 +523,10 @@ mod tests {
         assert!(e.to_string().contains("0-bad.json"));
         let queued = ch.submit(serde_json::json!({"name": "q"})).unwrap();
         assert!(ch.cancel(&queued).unwrap().contains("before it started"));
-        assert_eq!(ch.report(&queued).unwrap().unwrap().status, "cancelled");
+        assert_eq!(
+            ch.report(&queued).unwrap().unwrap().status,
+            JobStatus::Cancelled
+        );
         assert!(ch.cancel("nope").is_err());
     }
 

@@ -5,19 +5,23 @@
 //! - [`azure_queue`]: an Azure Storage queue for the jobs and a blob container for reports,
 //!   node heartbeats and cancellation requests, shared by nodes on any host.
 //!
-//! Both speak [`ControlChannel`]; the worker, its admin server and the CLI see only that.
+//! Both speak [`ControlChannel`] (what a node needs) and [`ChannelQueries`] (what operators
+//! ask); [`registry`] turns a node's `[channel]` table into one. The worker, its admin server
+//! and the CLI see only those traits.
 
 pub mod azure_queue;
 pub mod local;
+pub mod registry;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use ferry_engine::{Error, Result};
+use ferry_engine::{Error, JobReport, JobStatus, Result};
 use serde::{Deserialize, Serialize};
 
 pub use azure_queue::AzureQueueChannel;
 pub use local::LocalChannel;
+pub use registry::{ChannelConfig, ChannelSpec};
 
 /// A job in the channel.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,9 +57,9 @@ pub struct FinishedJob {
     /// The run that finished (1 = the first).
     pub attempt: u32,
     /// The job's report (one per phase for a staged job).
-    pub reports: Vec<serde_json::Value>,
-    /// succeeded, failed or cancelled.
-    pub status: String,
+    pub reports: Vec<JobReport>,
+    /// How it ended.
+    pub status: JobStatus,
 }
 
 /// A node's heartbeat.
@@ -80,13 +84,58 @@ pub struct NodeInfo {
     pub stopped: bool,
 }
 
+/// Where a job stands in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobPhase {
+    /// Waiting to be leased.
+    Queued,
+    /// Leased by a node.
+    Running,
+    /// Finished and published.
+    Succeeded,
+    /// Finished without publishing.
+    Failed,
+    /// Stopped on request; nothing published.
+    Cancelled,
+}
+
+impl JobPhase {
+    /// The phase as the channel and the CLI spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            JobPhase::Queued => "queued",
+            JobPhase::Running => "running",
+            JobPhase::Succeeded => "succeeded",
+            JobPhase::Failed => "failed",
+            JobPhase::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl From<JobStatus> for JobPhase {
+    fn from(status: JobStatus) -> Self {
+        match status {
+            JobStatus::Succeeded => JobPhase::Succeeded,
+            JobStatus::Failed => JobPhase::Failed,
+            JobStatus::Cancelled => JobPhase::Cancelled,
+        }
+    }
+}
+
+impl std::fmt::Display for JobPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.name())
+    }
+}
+
 /// Where a job stands.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobState {
     /// Its id.
     pub id: String,
-    /// queued, running, succeeded, failed or cancelled.
-    pub state: String,
+    /// Queued, running or finished how.
+    pub state: JobPhase,
     /// The job's name.
     pub name: String,
     /// The node running or having run it.
@@ -126,11 +175,25 @@ impl FinishedJob {
             id: id.to_string(),
             node: node.to_string(),
             attempt,
-            reports: vec![serde_json::json!({
-                "job": id, "status": "failed",
-                "error": {"kind": "internal", "message": message},
-            })],
-            status: "failed".into(),
+            reports: vec![JobReport::failed(id, Error::internal(message))],
+            status: JobStatus::Failed,
+        }
+    }
+
+    /// The record of a run that ended with `reports`: the first report that did not
+    /// succeed says how the job ended (the last, when all did).
+    pub fn of_run(id: &str, node: &str, attempt: u32, reports: Vec<JobReport>) -> Self {
+        let status = reports
+            .iter()
+            .find(|r| r.status != JobStatus::Succeeded)
+            .or(reports.last())
+            .map_or(JobStatus::Failed, |r| r.status);
+        FinishedJob {
+            id: id.to_string(),
+            node: node.to_string(),
+            attempt,
+            reports,
+            status,
         }
     }
 
@@ -138,10 +201,7 @@ impl FinishedJob {
     pub fn name(&self) -> String {
         self.reports
             .first()
-            .and_then(|r| r.get("job"))
-            .and_then(|n| n.as_str())
-            .unwrap_or("?")
-            .to_string()
+            .map_or_else(|| "?".to_string(), |r| r.job.clone())
     }
 }
 
@@ -203,7 +263,8 @@ pub fn check_job_id(id: &str) -> Result<()> {
 /// one (to be reported, not run).
 pub type Leased = std::result::Result<Envelope, (String, Error)>;
 
-/// Where a worker node takes its jobs from and leaves their outcomes.
+/// What a worker node needs of its channel: where it takes its jobs from and leaves their
+/// outcomes.
 ///
 /// A job is leased by one node at a time; the node renews the lease while the job runs and
 /// completes it with a report. A lease that is not renewed within
@@ -216,9 +277,6 @@ pub trait ControlChannel: Send + Sync + 'static {
 
     /// A lease not renewed for this long is taken from its node.
     fn lease_timeout(&self) -> Duration;
-
-    /// Puts a job (its JSON) in the channel; returns its id.
-    async fn submit(&self, job: serde_json::Value) -> Result<String>;
 
     /// Leases up to `max` jobs for `node`.
     async fn lease(&self, node: &str, max: usize) -> Result<Vec<Leased>>;
@@ -237,11 +295,22 @@ pub trait ControlChannel: Send + Sync + 'static {
     /// store expires leases itself return none.
     async fn recover_expired(&self, node: &str) -> Result<Vec<String>>;
 
-    /// Asks for job `id` to stop; says what happens.
-    async fn cancel(&self, id: &str) -> Result<String>;
-
     /// Which of `ids` were asked to stop.
     async fn cancel_requested(&self, ids: &[String]) -> Result<Vec<String>>;
+
+    /// Records a node's heartbeat.
+    async fn node_heartbeat(&self, info: &NodeInfo) -> Result<()>;
+}
+
+/// What operators and submitters ask of a channel (the CLI, the admin API): submit and
+/// cancel jobs, read their records, list jobs and nodes.
+#[async_trait]
+pub trait ChannelQueries: Send + Sync + 'static {
+    /// Puts a job (its JSON) in the channel; returns its id.
+    async fn submit(&self, job: serde_json::Value) -> Result<String>;
+
+    /// Asks for job `id` to stop; says what happens.
+    async fn cancel(&self, id: &str) -> Result<String>;
 
     /// Job `id`'s record, once it finished.
     async fn report(&self, id: &str) -> Result<Option<FinishedJob>>;
@@ -259,21 +328,23 @@ pub trait ControlChannel: Send + Sync + 'static {
             .jobs()
             .await?
             .iter()
-            .filter(|j| j.state == "queued")
+            .filter(|j| j.state == JobPhase::Queued)
             .count())
     }
-
-    /// Records a node's heartbeat.
-    async fn node_heartbeat(&self, info: &NodeInfo) -> Result<()>;
 
     /// Every node that beat, with its last heartbeat.
     async fn nodes(&self) -> Result<Vec<NodeInfo>>;
 }
 
-/// The runtime that runs remote channels' I/O: HTTP connection pools live on the runtime
-/// that opened them, and a node calls its channel from several event loops (the intake, the
-/// admin server's workers, the CLI).
-fn io_runtime() -> Result<&'static tokio::runtime::Runtime> {
+/// A whole channel: what nodes need and what operators ask.
+pub trait Channel: ControlChannel + ChannelQueries {}
+
+impl<T: ControlChannel + ChannelQueries> Channel for T {}
+
+/// The runtime that runs remote channels' HTTP requests: connection pools live on the
+/// runtime that opened them, and a node calls its channel from several event loops (the
+/// intake, the admin server's workers, the CLI), some of which end while the node runs.
+pub(crate) fn io_handle() -> Result<tokio::runtime::Handle> {
     static RUNTIME: std::sync::OnceLock<std::result::Result<tokio::runtime::Runtime, String>> =
         std::sync::OnceLock::new();
     RUNTIME
@@ -286,113 +357,6 @@ fn io_runtime() -> Result<&'static tokio::runtime::Runtime> {
                 .map_err(|e| e.to_string())
         })
         .as_ref()
+        .map(|rt| rt.handle().clone())
         .map_err(|e| Error::internal(format!("cannot start the channel's I/O threads: {e}")))
-}
-
-/// Runs `fut` on the channel I/O runtime and waits for it from any runtime.
-async fn on_io<T: Send + 'static>(
-    fut: impl std::future::Future<Output = Result<T>> + Send + 'static,
-) -> Result<T> {
-    io_runtime()?
-        .spawn(fut)
-        .await
-        .map_err(|e| Error::internal(format!("a channel task failed: {e}")))?
-}
-
-/// A channel whose every call runs on the channel I/O runtime.
-pub struct OnIoRuntime(std::sync::Arc<dyn ControlChannel>);
-
-impl OnIoRuntime {
-    /// Opens a channel on the I/O runtime with `open`, and wraps it.
-    pub async fn open<C, F>(open: F) -> Result<std::sync::Arc<dyn ControlChannel>>
-    where
-        C: ControlChannel,
-        F: std::future::Future<Output = Result<C>> + Send + 'static,
-    {
-        let channel = on_io(open).await?;
-        Ok(std::sync::Arc::new(OnIoRuntime(std::sync::Arc::new(
-            channel,
-        ))))
-    }
-}
-
-#[async_trait]
-impl ControlChannel for OnIoRuntime {
-    fn describe(&self) -> String {
-        self.0.describe()
-    }
-
-    fn lease_timeout(&self) -> Duration {
-        self.0.lease_timeout()
-    }
-
-    async fn submit(&self, job: serde_json::Value) -> Result<String> {
-        let c = self.0.clone();
-        on_io(async move { c.submit(job).await }).await
-    }
-
-    async fn lease(&self, node: &str, max: usize) -> Result<Vec<Leased>> {
-        let (c, node) = (self.0.clone(), node.to_string());
-        on_io(async move { c.lease(&node, max).await }).await
-    }
-
-    async fn renew(&self, id: &str, node: &str) -> Result<bool> {
-        let (c, id, node) = (self.0.clone(), id.to_string(), node.to_string());
-        on_io(async move { c.renew(&id, &node).await }).await
-    }
-
-    async fn complete(&self, finished: &FinishedJob) -> Result<()> {
-        let (c, finished) = (self.0.clone(), finished.clone());
-        on_io(async move { c.complete(&finished).await }).await
-    }
-
-    async fn release(&self, id: &str) -> Result<()> {
-        let (c, id) = (self.0.clone(), id.to_string());
-        on_io(async move { c.release(&id).await }).await
-    }
-
-    async fn recover_expired(&self, node: &str) -> Result<Vec<String>> {
-        let (c, node) = (self.0.clone(), node.to_string());
-        on_io(async move { c.recover_expired(&node).await }).await
-    }
-
-    async fn cancel(&self, id: &str) -> Result<String> {
-        let (c, id) = (self.0.clone(), id.to_string());
-        on_io(async move { c.cancel(&id).await }).await
-    }
-
-    async fn cancel_requested(&self, ids: &[String]) -> Result<Vec<String>> {
-        let (c, ids) = (self.0.clone(), ids.to_vec());
-        on_io(async move { c.cancel_requested(&ids).await }).await
-    }
-
-    async fn report(&self, id: &str) -> Result<Option<FinishedJob>> {
-        let (c, id) = (self.0.clone(), id.to_string());
-        on_io(async move { c.report(&id).await }).await
-    }
-
-    async fn recent_reports(&self, n: usize) -> Result<Vec<FinishedJob>> {
-        let c = self.0.clone();
-        on_io(async move { c.recent_reports(n).await }).await
-    }
-
-    async fn jobs(&self) -> Result<Vec<JobState>> {
-        let c = self.0.clone();
-        on_io(async move { c.jobs().await }).await
-    }
-
-    async fn queued(&self) -> Result<usize> {
-        let c = self.0.clone();
-        on_io(async move { c.queued().await }).await
-    }
-
-    async fn node_heartbeat(&self, info: &NodeInfo) -> Result<()> {
-        let (c, info) = (self.0.clone(), info.clone());
-        on_io(async move { c.node_heartbeat(&info).await }).await
-    }
-
-    async fn nodes(&self) -> Result<Vec<NodeInfo>> {
-        let c = self.0.clone();
-        on_io(async move { c.nodes().await }).await
-    }
 }

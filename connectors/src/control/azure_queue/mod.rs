@@ -27,6 +27,11 @@
 //! service with it; the key never leaves the node), or Microsoft Entra ID (service principal
 //! or managed identity) over HTTPS.
 
+mod envelope;
+mod errors;
+mod http;
+mod sas;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,17 +41,24 @@ use azure_core::http::{ClientOptions, ExponentialRetryOptions, RetryOptions, Tra
 use azure_storage_queue::models::QueueClientGetPropertiesResultHeaders;
 use azure_storage_queue::models::{
     QueueClientPeekMessagesOptions, QueueClientReceiveMessagesOptions,
-    QueueClientUpdateMessageOptions, QueueMessage,
+    QueueClientUpdateMessageOptions,
 };
 use azure_storage_queue::{QueueClient, QueueClientOptions};
-use base64::Engine as _;
-use ferry_engine::{Error, ErrorKind, Result};
+use ferry_engine::{Error, Result};
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 
-use super::{ControlChannel, Envelope, FinishedJob, JobState, Leased, NodeInfo, now_ms};
-use crate::azure_blob::{AzureAuth, AzureBlobConnection, ProxySetting};
+use self::envelope::{envelope_of, message_body, to_json};
+use self::errors::{blob_error, lease_gone, queue_error, status_of};
+pub use self::http::QUEUE_REQUEST_TIMEOUT;
+use self::http::http_client;
+use self::sas::{account_sas, redact};
+use super::{
+    ChannelQueries, ControlChannel, Envelope, FinishedJob, JobPhase, JobState, Leased, NodeInfo,
+    now_ms,
+};
+use crate::azure_blob::{AzureAuth, AzureBlobConnection};
 
 /// Messages the queue service returns per receive at most.
 const MAX_RECEIVE: usize = 32;
@@ -57,9 +69,6 @@ const CANCEL_LIST_TTL: Duration = Duration::from_secs(2);
 /// Lifetime of the SAS ferry signs with a shared key, and when it is renewed.
 const SAS_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 const SAS_RENEW_AFTER: Duration = Duration::from_secs(6 * 3600);
-/// Account SAS version ferry signs.
-const SAS_VERSION: &str = "2021-08-06";
-
 /// Settings of an `azure_queue` channel.
 #[derive(Debug, Clone)]
 pub struct AzureQueueSettings {
@@ -117,229 +126,6 @@ pub struct AzureQueueChannel {
     store: Arc<dyn ObjectStore>,
     leases: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Lease>>>>,
     cancel_list: tokio::sync::Mutex<(Option<Instant>, HashSet<String>)>,
-}
-
-/// Removes SAS signatures from a text (error messages may quote URLs).
-fn redact(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("sig=") {
-        out.push_str(&rest[..at + 4]);
-        out.push_str("REDACTED");
-        rest = &rest[at + 4..];
-        let end = rest
-            .find(|c: char| c == '&' || c == '"' || c == '\'' || c.is_whitespace())
-            .unwrap_or(rest.len());
-        rest = &rest[end..];
-    }
-    out.push_str(rest);
-    out
-}
-
-fn status_of(e: &azure_core::Error) -> Option<u16> {
-    e.http_status().map(u16::from)
-}
-
-/// Whether a message operation failed because the lease is gone: the message was deleted
-/// (404) or received again by another node, which changed its pop receipt.
-fn lease_gone(e: &azure_core::Error) -> bool {
-    match e.kind() {
-        azure_core::error::ErrorKind::HttpResponse {
-            status, error_code, ..
-        } => {
-            u16::from(*status) == 404
-                || error_code
-                    .as_deref()
-                    .is_some_and(|c| c.eq_ignore_ascii_case("PopReceiptMismatch"))
-        }
-        _ => false,
-    }
-}
-
-/// Folds a queue service error into the engine's error: the status and the service's error
-/// code, not the response body.
-fn queue_error(what: &str, e: azure_core::Error) -> Error {
-    let text = match e.kind() {
-        azure_core::error::ErrorKind::HttpResponse {
-            status, error_code, ..
-        } => format!(
-            "HTTP {} {}",
-            u16::from(*status),
-            error_code.as_deref().unwrap_or_default()
-        ),
-        _ => redact(&e.to_string()),
-    };
-    let text = text.trim();
-    match status_of(&e) {
-        Some(401 | 403) => Error::new(
-            ErrorKind::Auth,
-            format!(
-                "{what}: access denied ({text}); check the channel connection's credentials and their rights on the queue"
-            ),
-        ),
-        Some(404) => Error::invalid_input(format!(
-            "{what}: not found ({text}); check `queue_endpoint` and the queue's name"
-        )),
-        Some(s) if s >= 500 || s == 408 || s == 429 => {
-            Error::store(format!("{what}: {text}")).with_retryable(true)
-        }
-        Some(_) => Error::store(format!("{what}: {text}")),
-        None => Error::new(
-            ErrorKind::Connect,
-            format!("{what}: cannot reach the queue service ({text}); check `queue_endpoint`, the network and the proxy"),
-        )
-        .with_retryable(true),
-    }
-}
-
-fn blob_error(what: &str, path: &str, e: object_store::Error) -> Error {
-    crate::format::io::store_error(what, &ObjectPath::from(path), e)
-}
-
-/// The text of an account SAS for `services`, valid from 5 minutes ago for `lifetime`,
-/// signed with the base64 `key` (HMAC-SHA256 over the documented string-to-sign).
-fn account_sas(
-    account: &str,
-    key: &str,
-    services: &str,
-    https_only: bool,
-    lifetime: Duration,
-) -> Result<String> {
-    let format =
-        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-    let now = time::OffsetDateTime::now_utc();
-    let stamp = |t: time::OffsetDateTime| {
-        t.format(&format)
-            .map_err(|e| Error::internal(format!("cannot format a SAS time: {e}")))
-    };
-    let start = stamp(now - time::Duration::minutes(5))?;
-    let expiry = stamp(now + lifetime)?;
-    let (permissions, resource_types) = ("rwdlacup", "sco");
-    let protocol = if https_only { "https" } else { "https,http" };
-    let to_sign = format!(
-        "{account}\n{permissions}\n{services}\n{resource_types}\n{start}\n{expiry}\n\n{protocol}\n{SAS_VERSION}\n\n"
-    );
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(key.trim())
-        .map_err(|_| {
-            Error::config("the shared key is not base64; copy it again from the account")
-        })?;
-    let tag = ring::hmac::sign(
-        &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key),
-        to_sign.as_bytes(),
-    );
-    let signature = base64::engine::general_purpose::STANDARD.encode(tag.as_ref());
-    let mut query = url::form_urlencoded::Serializer::new(String::new());
-    query
-        .append_pair("sv", SAS_VERSION)
-        .append_pair("ss", services)
-        .append_pair("srt", resource_types)
-        .append_pair("sp", permissions)
-        .append_pair("st", &start)
-        .append_pair("se", &expiry)
-        .append_pair("spr", protocol)
-        .append_pair("sig", &signature);
-    Ok(query.finish())
-}
-
-/// Default time allowed for one queue request (the connection's `timeout` overrides it).
-pub const QUEUE_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The HTTP client for the queue service, with the connection's proxy setting.
-fn http_client(
-    conn: &AzureBlobConnection,
-    name: &str,
-) -> Result<Arc<dyn azure_core::http::HttpClient>> {
-    let in_conn = |e: String| Error::config(format!("connection `{name}`: {e}"));
-    // HTTPS only, unless the connection allows plain HTTP to a loopback emulator (checked
-    // on the parsed endpoint): a SAS token in a query string must never cross a network in
-    // clear text.
-    let mut builder = reqwest::Client::builder()
-        .https_only(!conn.allow_http)
-        .connect_timeout(crate::azure_blob::CONNECT_TIMEOUT)
-        .timeout(conn.timeout.map_or(QUEUE_REQUEST_TIMEOUT, |t| t.0));
-    builder = match &conn.proxy {
-        ProxySetting::System => builder,
-        ProxySetting::None => builder.no_proxy(),
-        ProxySetting::Custom {
-            url,
-            excludes,
-            ca_certificate,
-        } => {
-            let mut proxy =
-                reqwest::Proxy::all(url).map_err(|e| in_conn(format!("proxy url `{url}`: {e}")))?;
-            if let Some(excludes) = excludes {
-                proxy = proxy.no_proxy(reqwest::NoProxy::from_string(excludes));
-            }
-            let mut builder = builder.proxy(proxy);
-            if let Some(path) = ca_certificate {
-                let pem = std::fs::read(path).map_err(|e| {
-                    in_conn(format!(
-                        "cannot read the proxy CA certificate {}: {e}",
-                        path.display()
-                    ))
-                })?;
-                let cert = reqwest::Certificate::from_pem(&pem)
-                    .map_err(|e| in_conn(format!("proxy CA certificate: {e}")))?;
-                builder = builder.add_root_certificate(cert);
-            }
-            builder
-        }
-    };
-    let client = builder
-        .build()
-        .map_err(|e| in_conn(format!("cannot set up HTTP: {e}")))?;
-    Ok(Arc::new(client))
-}
-
-fn parse_text(text: &str) -> std::result::Result<serde_json::Value, String> {
-    let trimmed = text.trim();
-    let json = if trimmed.starts_with('{') {
-        trimmed.to_string()
-    } else {
-        // Some SDKs base64-encode message text by default.
-        base64::engine::general_purpose::STANDARD
-            .decode(trimmed)
-            .ok()
-            .and_then(|b| String::from_utf8(b).ok())
-            .ok_or("the message is neither JSON nor base64-encoded JSON")?
-    };
-    serde_json::from_str(&json).map_err(|e| format!("the message is not valid JSON: {e}"))
-}
-
-/// Reads a message's text as an envelope; a bare job file gets the message id.
-fn envelope_of(message_id: &str, text: &str) -> std::result::Result<Envelope, String> {
-    let value = parse_text(text)?;
-    if !value.is_object() {
-        return Err("the message is not a JSON object (a job file or an envelope)".into());
-    }
-    let mut envelope = if value.get("job").is_some_and(|j| j.is_object()) {
-        serde_json::from_value::<Envelope>(value)
-            .map_err(|e| format!("the message is not a job envelope: {e}"))?
-    } else {
-        Envelope::new(String::new(), value)
-    };
-    if envelope.id.is_empty() {
-        envelope.id = message_id.to_string();
-    }
-    if let Err(e) = super::check_job_id(&envelope.id) {
-        return Err(e.to_string());
-    }
-    Ok(envelope)
-}
-
-fn message_body(
-    text: String,
-) -> Result<azure_core::http::RequestContent<QueueMessage, azure_core::http::XmlFormat>> {
-    QueueMessage {
-        message_text: Some(text),
-    }
-    .try_into()
-    .map_err(|e: azure_core::Error| Error::internal(format!("cannot encode a queue message: {e}")))
-}
-
-fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| Error::internal(e.to_string()))
 }
 
 impl AzureQueueChannel {
@@ -411,7 +197,9 @@ impl AzureQueueChannel {
             ),
         };
         let http = http_client(conn, &name)?;
-        let store = conn.store(&name, &settings.container)?;
+        // The records' store makes its requests on the channel's I/O runtime too.
+        let connector = object_store::client::SpawnedReqwestConnector::new(super::io_handle()?);
+        let store = conn.store_with(&name, &settings.container, Some(connector))?;
         let clients = make_clients(&auth, &http, &jobs_url, &poison_url, conn)?;
         let channel = AzureQueueChannel {
             jobs_url,
@@ -751,7 +539,7 @@ impl AzureQueueChannel {
                 id.clone(),
                 JobState {
                     id,
-                    state: "queued".into(),
+                    state: JobPhase::Queued,
                     name,
                     node: None,
                     attempt,
@@ -842,12 +630,6 @@ impl ControlChannel for AzureQueueChannel {
 
     fn lease_timeout(&self) -> Duration {
         self.settings.lease_timeout
-    }
-
-    async fn submit(&self, job: serde_json::Value) -> Result<String> {
-        let envelope = Envelope::new(super::new_job_id(&job), job);
-        self.send_text(&to_json(&envelope)?).await?;
-        Ok(envelope.id)
     }
 
     async fn lease(&self, node: &str, max: usize) -> Result<Vec<Leased>> {
@@ -970,6 +752,41 @@ impl ControlChannel for AzureQueueChannel {
         Ok(Vec::new())
     }
 
+    async fn cancel_requested(&self, ids: &[String]) -> Result<Vec<String>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cached = self.cancel_list.lock().await;
+        if cached.0.is_none_or(|at| at.elapsed() >= CANCEL_LIST_TTL) {
+            *cached = (
+                Some(Instant::now()),
+                self.list(&self.key("cancel", ""))
+                    .await?
+                    .into_iter()
+                    .collect(),
+            );
+        }
+        Ok(ids
+            .iter()
+            .filter(|id| cached.1.contains(*id))
+            .cloned()
+            .collect())
+    }
+
+    async fn node_heartbeat(&self, info: &NodeInfo) -> Result<()> {
+        self.put_json(&self.key("nodes", &format!("{}.json", info.node)), info)
+            .await
+    }
+}
+
+#[async_trait]
+impl ChannelQueries for AzureQueueChannel {
+    async fn submit(&self, job: serde_json::Value) -> Result<String> {
+        let envelope = Envelope::new(super::new_job_id(&job), job);
+        self.send_text(&to_json(&envelope)?).await?;
+        Ok(envelope.id)
+    }
+
     async fn cancel(&self, id: &str) -> Result<String> {
         super::check_job_id(id)?;
         if self.report(id).await?.is_some() {
@@ -979,7 +796,7 @@ impl ControlChannel for AzureQueueChannel {
         }
         let known = self.unfinished().await?.remove(id);
         let what = match known {
-            Some(j) if j.state == "running" => {
+            Some(j) if j.state == JobPhase::Running => {
                 "cancellation requested; the node running it stops it".to_string()
             }
             Some(_) => "cancellation requested; the job stops as soon as a node takes it".into(),
@@ -1004,27 +821,6 @@ impl ControlChannel for AzureQueueChannel {
                 blob_error("write in the channel container", &self.key("cancel", id), e)
             })?;
         Ok(what)
-    }
-
-    async fn cancel_requested(&self, ids: &[String]) -> Result<Vec<String>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut cached = self.cancel_list.lock().await;
-        if cached.0.is_none_or(|at| at.elapsed() >= CANCEL_LIST_TTL) {
-            *cached = (
-                Some(Instant::now()),
-                self.list(&self.key("cancel", ""))
-                    .await?
-                    .into_iter()
-                    .collect(),
-            );
-        }
-        Ok(ids
-            .iter()
-            .filter(|id| cached.1.contains(*id))
-            .cloned()
-            .collect())
     }
 
     async fn report(&self, id: &str) -> Result<Option<FinishedJob>> {
@@ -1062,7 +858,7 @@ impl ControlChannel for AzureQueueChannel {
                 JobState {
                     id: finished.id.clone(),
                     name: finished.name(),
-                    state: finished.status,
+                    state: finished.status.into(),
                     node: Some(finished.node),
                     attempt: finished.attempt,
                 },
@@ -1073,11 +869,6 @@ impl ControlChannel for AzureQueueChannel {
         Ok(jobs)
     }
 
-    async fn node_heartbeat(&self, info: &NodeInfo) -> Result<()> {
-        self.put_json(&self.key("nodes", &format!("{}.json", info.node)), info)
-            .await
-    }
-
     async fn nodes(&self) -> Result<Vec<NodeInfo>> {
         let names = self.list(&self.key("nodes", "")).await?;
         let nodes: Vec<Option<NodeInfo>> = futures::stream::iter(names)
@@ -1086,54 +877,5 @@ impl ControlChannel for AzureQueueChannel {
             .try_collect()
             .await?;
         Ok(nodes.into_iter().flatten().collect())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signatures_are_redacted() {
-        let text = "GET http://h/q?sv=1&sig=abc%2Bdef&se=2 failed; 'sig=xyz'";
-        let clean = redact(text);
-        assert!(!clean.contains("abc") && !clean.contains("xyz"), "{clean}");
-        assert!(clean.contains("sig=REDACTED&se=2"), "{clean}");
-    }
-
-    #[test]
-    fn messages_are_envelopes_bare_jobs_or_base64() {
-        let e = envelope_of("m1", r#"{"id": "j1", "job": {"name": "a"}, "released": 1}"#).unwrap();
-        assert_eq!((e.id.as_str(), e.released), ("j1", 1));
-        let bare = envelope_of("m2", r#"{"name": "b", "source": {}, "sink": {}}"#).unwrap();
-        assert_eq!(
-            (bare.id.as_str(), bare.job["name"].as_str()),
-            ("m2", Some("b"))
-        );
-        let encoded = base64::engine::general_purpose::STANDARD.encode(r#"{"name": "c"}"#);
-        assert_eq!(envelope_of("m3", &encoded).unwrap().job["name"], "c");
-        for bad in ["{not json", "[1, 2]", "plain words"] {
-            assert!(envelope_of("m4", bad).is_err(), "{bad}");
-        }
-        assert!(envelope_of("m5", r#"{"id": "../x", "job": {}}"#).is_err());
-    }
-
-    #[test]
-    fn an_account_sas_has_the_documented_fields() {
-        let key = base64::engine::general_purpose::STANDARD.encode(b"not a real key");
-        let sas = account_sas("acct", &key, "q", true, Duration::from_secs(60)).unwrap();
-        let pairs: HashMap<String, String> = url::form_urlencoded::parse(sas.as_bytes())
-            .into_owned()
-            .collect();
-        for (k, v) in [
-            ("sv", SAS_VERSION),
-            ("ss", "q"),
-            ("srt", "sco"),
-            ("spr", "https"),
-        ] {
-            assert_eq!(pairs[k], v, "{k}");
-        }
-        assert_eq!(pairs["sig"].len(), 44, "a base64 HMAC-SHA256");
-        assert!(account_sas("acct", "%%%", "q", true, Duration::from_secs(60)).is_err());
     }
 }
