@@ -227,21 +227,55 @@ impl Copier {
     }
 
     async fn copy(&self, file: &InputFile, target: &Path) -> Result<Outcome> {
-        let (src, dst) = (&self.source.store, &self.sink.store);
         if !self.options.overwrite
-            && let Ok(meta) = dst.head(target).await
+            && let Ok(meta) = self.sink.store.head(target).await
             && meta.size == file.size
         {
             self.progress.rows_skipped.fetch_add(1, Relaxed);
             return Ok(Outcome::AlreadyThere);
         }
+        let (mut upload, md5) = self.upload(file, target).await?;
+        if self.cancel.is_cancelled() {
+            let _ = upload.abort().await;
+            return Err(Error::cancelled("the job was cancelled"));
+        }
+        if let Some(gate) = &self.gate
+            && let Err(e) = gate.check().await
+        {
+            let _ = upload.abort().await;
+            return Err(e);
+        }
+        upload
+            .complete()
+            .await
+            .map_err(|e| store_error("publish", target, e))?;
+        self.check_copy(file, target, md5).await?;
+        self.progress.rows_written.fetch_add(1, Relaxed);
+        Ok(Outcome::Copied)
+    }
+
+    /// Streams `file` into a multipart upload to `target` with every part stored, not
+    /// completed; returns it with the file's MD5. A failed or cancelled upload is discarded
+    /// and its bytes taken back from the progress (a retry counts them again).
+    async fn upload(
+        &self,
+        file: &InputFile,
+        target: &Path,
+    ) -> Result<(
+        Box<dyn object_store::MultipartUpload>,
+        md5::digest::Output<Md5>,
+    )> {
         let from = Path::from(file.path.as_str());
-        let mut stream = src
+        let mut stream = self
+            .source
+            .store
             .get(&from)
             .await
             .map_err(|e| store_error("read", &from, e))?
             .into_stream();
-        let upload = dst
+        let upload = self
+            .sink
+            .store
             .put_multipart(target)
             .await
             .map_err(|e| store_error("start uploading", target, e))?;
@@ -268,31 +302,27 @@ impl Copier {
             }
         }
         .await;
-        let take_back = |counter: &AtomicU64| {
-            counter.fetch_sub(copied.min(counter.load(Relaxed)), Relaxed);
-        };
         if let Err(e) = result {
             uploader.abort().await;
-            // A retry counts the file's bytes again.
+            let take_back = |counter: &AtomicU64| {
+                counter.fetch_sub(copied.min(counter.load(Relaxed)), Relaxed);
+            };
             take_back(&self.progress.input_bytes_read);
             take_back(&self.progress.bytes_written);
             return Err(e);
         }
-        let mut upload = uploader.finish().await?;
-        if self.cancel.is_cancelled() {
-            let _ = upload.abort().await;
-            return Err(Error::cancelled("the job was cancelled"));
-        }
-        if let Some(gate) = &self.gate
-            && let Err(e) = gate.check().await
-        {
-            let _ = upload.abort().await;
-            return Err(e);
-        }
-        upload
-            .complete()
-            .await
-            .map_err(|e| store_error("publish", target, e))?;
+        Ok((uploader.finish().await?, md5.finalize()))
+    }
+
+    /// Checks a published copy: its mode (local files), its size, and with `verify_md5` its
+    /// MD5 read back. A copy that fails is removed.
+    async fn check_copy(
+        &self,
+        file: &InputFile,
+        target: &Path,
+        expected: md5::digest::Output<Md5>,
+    ) -> Result<()> {
+        let dst = &self.sink.store;
         if let Some(mode) = self.file_mode {
             use std::os::unix::fs::PermissionsExt;
             let local = format!("/{target}");
@@ -311,31 +341,30 @@ impl Copier {
                 meta.size, file.size
             )));
         }
-        if self.options.verify_md5 {
-            let expected = md5.finalize();
-            let mut check = Md5::new();
-            let mut back = dst
-                .get(target)
-                .await
-                .map_err(|e| store_error("read back", target, e))?
-                .into_stream();
-            while let Some(chunk) = back
-                .try_next()
-                .await
-                .map_err(|e| store_error("read back", target, e))?
-            {
-                check.update(&chunk);
-            }
-            if check.finalize() != expected {
-                let _ = dst.delete(target).await;
-                return Err(Error::store(format!(
-                    "{target}: the copy's MD5 differs from the source's; the copy was removed, run the job again"
-                ))
-                .with_retryable(true));
-            }
+        if !self.options.verify_md5 {
+            return Ok(());
         }
-        self.progress.rows_written.fetch_add(1, Relaxed);
-        Ok(Outcome::Copied)
+        let mut check = Md5::new();
+        let mut back = dst
+            .get(target)
+            .await
+            .map_err(|e| store_error("read back", target, e))?
+            .into_stream();
+        while let Some(chunk) = back
+            .try_next()
+            .await
+            .map_err(|e| store_error("read back", target, e))?
+        {
+            check.update(&chunk);
+        }
+        if check.finalize() != expected {
+            let _ = dst.delete(target).await;
+            return Err(Error::store(format!(
+                "{target}: the copy's MD5 differs from the source's; the copy was removed, run the job again"
+            ))
+            .with_retryable(true));
+        }
+        Ok(())
     }
 }
 

@@ -112,6 +112,38 @@ impl Interim {
         }
     }
 
+    /// Resolves this run's interim location, removes dead runs' leftovers and starts the
+    /// run's heartbeat (which stops when the returned task is dropped).
+    async fn start(
+        staging: &StagingSpec,
+        settings: &JobSettings,
+        connections: &Connections,
+    ) -> Result<(Interim, ferry_engine::task::OwnedTask<()>)> {
+        let in_staging = |e: Error| e.context(format!("job {}: staging", settings.name));
+        let run_dir = format!(
+            "{}-{:x}{:x}",
+            settings.name,
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or_default()
+        );
+        let interim = Interim::resolve(staging, connections, &run_dir, &settings.local)
+            .map_err(in_staging)?;
+        match interim.remove_dead_runs(&settings.name).await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(job = %settings.name, runs = ?removed, "removed the interim files of dead runs");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(job = %settings.name, error = %e, "cannot remove the interim files of dead runs");
+            }
+        }
+        let heartbeat = interim.keep_alive().await.map_err(in_staging)?;
+        Ok((interim, heartbeat))
+    }
+
     /// This run's directory in the store.
     fn dir(&self) -> object_store::path::Path {
         self.base.clone().join(self.run.as_str())
@@ -358,91 +390,12 @@ pub async fn run_job(
     let Some(staging) = &spec.staging else {
         return vec![run_one(spec, settings, connections, observe).await.0];
     };
-    let run_dir = format!(
-        "{}-{:x}{:x}",
-        settings.name,
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or_default()
-    );
-    let interim = match Interim::resolve(staging, connections, &run_dir, &settings.local) {
-        Ok(i) => i,
-        Err(e) => {
-            return vec![failed_before_start(
-                spec,
-                &settings.name,
-                e.context(format!("job {}: staging", settings.name)),
-            )];
-        }
-    };
-    let write_format = match interim_format(staging, None) {
-        Ok(f) => f,
+    let interim = match Interim::start(staging, &settings, connections).await {
+        Ok(started) => started,
         Err(e) => return vec![failed_before_start(spec, &settings.name, e)],
     };
-    match interim.remove_dead_runs(&settings.name).await {
-        Ok(removed) if !removed.is_empty() => {
-            tracing::info!(job = %settings.name, runs = ?removed, "removed the interim files of dead runs");
-        }
-        Ok(_) => {}
-        Err(e) => {
-            tracing::warn!(job = %settings.name, error = %e, "cannot remove the interim files of dead runs");
-        }
-    }
-    let heartbeat = match interim.keep_alive().await {
-        Ok(task) => task,
-        Err(e) => {
-            return vec![failed_before_start(
-                spec,
-                &settings.name,
-                e.context(format!("job {}: staging", settings.name)),
-            )];
-        }
-    };
-    let mut first = spec.clone();
-    first.staging = None;
-    first.name = format!("{}-to-staging", spec.name);
-    first.sink = interim.sink(write_format);
-    let mut second = spec.clone();
-    second.staging = None;
-    second.name = format!("{}-from-staging", spec.name);
-
-    let mut reports = Vec::new();
-    let phase = |job: &JobFile| {
-        let mut s = settings.clone();
-        s.name = job.name.clone();
-        s
-    };
-    let (one, schema) = run_one(&first, phase(&first), connections, observe).await;
-    let first_ok = one.error.is_none();
-    let staged_rows = one.rows_written;
-    reports.push(one);
-    let read_format = if first_ok {
-        match interim_format(staging, schema.as_deref()) {
-            Ok(f) => Some(f),
-            Err(e) => {
-                reports.push(JobReport::failed(&second.name, e));
-                None
-            }
-        }
-    } else {
-        None
-    };
-    if let Some(read_format) = read_format {
-        second.source = interim.source(read_format);
-        let (mut two, _) = run_one(&second, phase(&second), connections, observe).await;
-        if two.error.is_none() && two.rows_read != staged_rows {
-            two = JobReport::failed(
-                &second.name,
-                Error::internal(format!(
-                    "staged copy lost rows: phase 1 wrote {staged_rows}, phase 2 read {}",
-                    two.rows_read
-                )),
-            );
-        }
-        reports.push(two);
-    }
+    let mut reports = run_phases(spec, staging, &settings, connections, observe, &interim.0).await;
+    let (interim, heartbeat) = interim;
     drop(heartbeat);
     if let Err(e) = interim.clean_up().await {
         tracing::warn!(job = %spec.name, error = %e, "could not remove the interim files");
@@ -456,4 +409,58 @@ pub async fn run_job(
         }
     }
     reports
+}
+
+/// Runs phase 1 (source -> interim files) and, when it succeeded, phase 2 (interim files
+/// -> sink), whose rows read must equal those phase 1 wrote.
+async fn run_phases(
+    spec: &JobFile,
+    staging: &StagingSpec,
+    settings: &JobSettings,
+    connections: &Connections,
+    observe: &(dyn Fn(&JobControl) + Sync),
+    interim: &Interim,
+) -> Vec<JobReport> {
+    let phase = |name: String, source: Option<SourceSpec>, sink: Option<SinkSpec>| {
+        let mut job = spec.clone();
+        job.staging = None;
+        job.name = name;
+        job.source = source.unwrap_or(job.source);
+        job.sink = sink.unwrap_or(job.sink);
+        let mut s = settings.clone();
+        s.name = job.name.clone();
+        (job, s)
+    };
+    let write_format = match interim_format(staging, None) {
+        Ok(f) => f,
+        Err(e) => return vec![failed_before_start(spec, &settings.name, e)],
+    };
+    let (first, first_settings) = phase(
+        format!("{}-to-staging", spec.name),
+        None,
+        Some(interim.sink(write_format)),
+    );
+    let (one, schema) = run_one(&first, first_settings, connections, observe).await;
+    let second_name = format!("{}-from-staging", spec.name);
+    if one.error.is_some() {
+        return vec![one];
+    }
+    let staged_rows = one.rows_written;
+    let read_format = match interim_format(staging, schema.as_deref()) {
+        Ok(f) => f,
+        Err(e) => return vec![one, JobReport::failed(&second_name, e)],
+    };
+    let (second, second_settings) =
+        phase(second_name.clone(), Some(interim.source(read_format)), None);
+    let (mut two, _) = run_one(&second, second_settings, connections, observe).await;
+    if two.error.is_none() && two.rows_read != staged_rows {
+        two = JobReport::failed(
+            &second_name,
+            Error::internal(format!(
+                "staged copy lost rows: phase 1 wrote {staged_rows}, phase 2 read {}",
+                two.rows_read
+            )),
+        );
+    }
+    vec![one, two]
 }

@@ -153,6 +153,114 @@ impl FileSource {
         })
     }
 
+    /// Cuts a splittable text file into byte ranges that start at line boundaries
+    /// (`quote`: the CSV quote byte to track, none for JSON lines).
+    async fn split_text(
+        &self,
+        file: &InputFile,
+        quote: Option<u8>,
+        per_file: usize,
+    ) -> Result<Vec<FilePartition>> {
+        let n = (per_file as u64)
+            .max(file.size.div_ceil(TARGET_PARTITION_BYTES))
+            .min(file.size / MIN_SPLIT_BYTES * 2)
+            .max(1);
+        let targets: Vec<u64> = (1..n).map(|i| file.size * i / n).collect();
+        let (store, f) = (self.store.clone(), file.clone());
+        let handle = Handle::current();
+        let boundaries = ferry_engine::task::spawn_blocking(move || {
+            let reader = StoreReader::new(store, Path::from(f.path.as_str()), 0..f.size, handle);
+            // JSON lines never hold a raw newline inside a value: no quote tracking.
+            find_boundaries(reader, quote.unwrap_or(0), &targets)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("boundary scan: {e}")))?
+        .map_err(|e| e.context(&file.label))?;
+        let range = |start: (u64, u64), end: u64| FilePartition {
+            file: file.clone(),
+            part: PartSpec::Range {
+                start: start.0,
+                end,
+                line: start.1,
+                header: start.0 == 0,
+            },
+        };
+        let mut parts = Vec::new();
+        let mut start = (0u64, 1u64);
+        for b in boundaries.iter().filter(|b| b.offset < file.size) {
+            if b.offset > start.0 {
+                parts.push(range(start, b.offset));
+                start = (b.offset, b.line);
+            }
+        }
+        parts.push(range(start, file.size));
+        Ok(parts)
+    }
+
+    /// Cuts a file that is not splittable text: by row groups (Parquet) or record batches
+    /// (Arrow IPC), else one part (a byte range when uncompressed, to resume by offset).
+    async fn split_file(&self, file: &InputFile, per_file: usize) -> Result<Vec<FilePartition>> {
+        let blocks = match &self.format {
+            FormatSpec::Parquet(_) => Some(
+                parquet_builder(&self.store, file)
+                    .await?
+                    .metadata()
+                    .num_row_groups(),
+            ),
+            FormatSpec::ArrowIpc(_) => Some(ipc_footer(&self.store, file).await?.0.batches.len()),
+            _ => None,
+        };
+        let part = |part: PartSpec| FilePartition {
+            file: file.clone(),
+            part,
+        };
+        Ok(match blocks {
+            Some(total) => {
+                let n = per_file.min(total).max(1);
+                (0..n)
+                    .map(|i| {
+                        let (first, end) = (total * i / n, total * (i + 1) / n);
+                        part(PartSpec::Blocks {
+                            first,
+                            count: end - first,
+                        })
+                    })
+                    .collect()
+            }
+            None if self.format.compression_of(&file.label) == Compression::None => {
+                vec![part(PartSpec::Range {
+                    start: 0,
+                    end: file.size,
+                    line: 1,
+                    header: true,
+                })]
+            }
+            None => vec![part(PartSpec::Whole)],
+        })
+    }
+
+    /// A partition's description for logs and errors, and its size in bytes.
+    fn describe(&self, p: &FilePartition) -> (String, u64) {
+        match &p.part {
+            PartSpec::Range { start, end, .. } => (
+                format!("{} bytes {start}..{end}", p.file.label),
+                end - start,
+            ),
+            PartSpec::Whole => (p.file.label.clone(), p.file.size),
+            PartSpec::Blocks { first, count } => {
+                let what = if matches!(self.format, FormatSpec::Parquet(_)) {
+                    "row groups"
+                } else {
+                    "batches"
+                };
+                (
+                    format!("{} {what} {first}..{}", p.file.label, first + count),
+                    p.file.size,
+                )
+            }
+        }
+    }
+
     fn splittable_text(&self, file: &InputFile) -> Option<Option<u8>> {
         if self.format.compression_of(&file.label) != Compression::None
             || file.size < 2 * MIN_SPLIT_BYTES
@@ -272,114 +380,16 @@ impl Source for FileSource {
         let mut parts: Vec<FilePartition> = Vec::new();
         let per_file = parallelism.div_ceil(self.files.len()).max(1);
         for file in &self.files {
-            if let Some(quote) = self.splittable_text(file) {
-                let n = (per_file as u64)
-                    .max(file.size.div_ceil(TARGET_PARTITION_BYTES))
-                    .min(file.size / MIN_SPLIT_BYTES * 2)
-                    .max(1);
-                let targets: Vec<u64> = (1..n).map(|i| file.size * i / n).collect();
-                let (store, f) = (self.store.clone(), file.clone());
-                let handle = Handle::current();
-                let boundaries = ferry_engine::task::spawn_blocking(move || {
-                    let reader =
-                        StoreReader::new(store, Path::from(f.path.as_str()), 0..f.size, handle);
-                    // JSON lines never hold a raw newline inside a value: no quote tracking.
-                    find_boundaries(reader, quote.unwrap_or(0), &targets)
-                })
-                .await
-                .map_err(|e| Error::internal(format!("boundary scan: {e}")))?
-                .map_err(|e| e.context(&file.label))?;
-                let mut start = (0u64, 1u64);
-                for b in boundaries.iter().filter(|b| b.offset < file.size) {
-                    if b.offset > start.0 {
-                        parts.push(FilePartition {
-                            file: file.clone(),
-                            part: PartSpec::Range {
-                                start: start.0,
-                                end: b.offset,
-                                line: start.1,
-                                header: start.0 == 0,
-                            },
-                        });
-                        start = (b.offset, b.line);
-                    }
-                }
-                parts.push(FilePartition {
-                    file: file.clone(),
-                    part: PartSpec::Range {
-                        start: start.0,
-                        end: file.size,
-                        line: start.1,
-                        header: start.0 == 0,
-                    },
-                });
-                continue;
-            }
-            let blocks = match &self.format {
-                FormatSpec::Parquet(_) => Some(
-                    parquet_builder(&self.store, file)
-                        .await?
-                        .metadata()
-                        .num_row_groups(),
-                ),
-                FormatSpec::ArrowIpc(_) => {
-                    Some(ipc_footer(&self.store, file).await?.0.batches.len())
-                }
-                _ => None,
-            };
-            match blocks {
-                Some(total) => {
-                    let n = per_file.min(total).max(1);
-                    for i in 0..n {
-                        let (first, end) = (total * i / n, total * (i + 1) / n);
-                        parts.push(FilePartition {
-                            file: file.clone(),
-                            part: PartSpec::Blocks {
-                                first,
-                                count: end - first,
-                            },
-                        });
-                    }
-                }
-                None if self.format.compression_of(&file.label) == Compression::None => {
-                    parts.push(FilePartition {
-                        file: file.clone(),
-                        part: PartSpec::Range {
-                            start: 0,
-                            end: file.size,
-                            line: 1,
-                            header: true,
-                        },
-                    })
-                }
-                None => parts.push(FilePartition {
-                    file: file.clone(),
-                    part: PartSpec::Whole,
-                }),
+            match self.splittable_text(file) {
+                Some(quote) => parts.extend(self.split_text(file, quote, per_file).await?),
+                None => parts.extend(self.split_file(file, per_file).await?),
             }
         }
         parts
             .into_iter()
             .enumerate()
             .map(|(i, p)| {
-                let (description, size) = match &p.part {
-                    PartSpec::Range { start, end, .. } => (
-                        format!("{} bytes {start}..{end}", p.file.label),
-                        end - start,
-                    ),
-                    PartSpec::Whole => (p.file.label.clone(), p.file.size),
-                    PartSpec::Blocks { first, count } => {
-                        let what = if matches!(self.format, FormatSpec::Parquet(_)) {
-                            "row groups"
-                        } else {
-                            "batches"
-                        };
-                        (
-                            format!("{} {what} {first}..{}", p.file.label, first + count),
-                            p.file.size,
-                        )
-                    }
-                };
+                let (description, size) = self.describe(&p);
                 Partition::new(i, description, Some(size), &p)
             })
             .collect()
@@ -482,12 +492,10 @@ impl ReadTask {
         })
     }
 
-    fn read_text(&self) -> Result<()> {
+    /// Where a text read starts: `(from, end, records to skip, first line, header)`,
+    /// from the partition's range or the checkpoint inside it.
+    fn text_start(&self) -> (u64, u64, u64, u64, bool) {
         let file = &self.part.file;
-        let label: Arc<str> = file.label.as_str().into();
-        let path = Path::from(file.path.as_str());
-        let compression = self.format.compression_of(&file.label);
-        // Where to start: the partition's range, or the checkpoint inside it.
         let (start, end, mut line, header) = match self.part.part {
             PartSpec::Range {
                 start,
@@ -510,13 +518,12 @@ impl ReadTask {
             Some(c) => (start, c.records, header),
             None => (start, 0, header),
         };
-        let count = Arc::new(AtomicU64::new(0));
-        let raw = Counting {
-            inner: StoreReader::new(self.store.clone(), path, from..end, self.handle.clone()),
-            count: count.clone(),
-        };
-        let mut reader = compression.reader(raw)?;
-        let mut decoder = match &self.format {
+        (from, end, skip_records, line, header)
+    }
+
+    /// The decoder of a text read that starts at `line`, past the header or not.
+    fn text_decoder(&self, label: &Arc<str>, line: u64, header: bool) -> Result<Text> {
+        Ok(match &self.format {
             FormatSpec::Csv(c) => Text::Csv(Box::new(
                 CsvDecoder::new(
                     self.schema.clone(),
@@ -538,7 +545,22 @@ impl ReadTask {
                 label.clone(),
                 line,
             )?)),
+        })
+    }
+
+    fn read_text(&self) -> Result<()> {
+        let file = &self.part.file;
+        let label: Arc<str> = file.label.as_str().into();
+        let path = Path::from(file.path.as_str());
+        let compression = self.format.compression_of(&file.label);
+        let (from, end, skip_records, line, header) = self.text_start();
+        let count = Arc::new(AtomicU64::new(0));
+        let raw = Counting {
+            inner: StoreReader::new(self.store.clone(), path, from..end, self.handle.clone()),
+            count: count.clone(),
         };
+        let mut reader = compression.reader(raw)?;
+        let mut decoder = self.text_decoder(&label, line, header)?;
         let base_records = self.resume.map_or(0, |c| c.records);
         let mut state = Emit {
             sent_records: 0,
@@ -558,52 +580,22 @@ impl ReadTask {
                 eof = n == 0;
                 filled += n;
             }
-            let used = match &mut decoder {
-                Text::Csv(d) => {
-                    let used = d.decode(&buf[..filled])?;
-                    if eof && used == filled {
-                        d.decode(&[])?;
-                    }
-                    used
-                }
-                Text::Jsonl(d) => {
-                    // Feed complete lines only; at the end the last line may lack its newline.
-                    let complete = if eof {
-                        filled
-                    } else {
-                        memchr::memrchr(b'\n', &buf[..filled]).map_or(0, |i| i + 1)
-                    };
-                    d.feed_lines(&buf[..complete])
-                }
-            };
+            let used = decoder.feed(&buf[..filled], eof)?;
             buf.copy_within(used..filled, 0);
             filled -= used;
             let at_end = eof && filled == 0;
             if (decoder.batch_full() || at_end)
                 && let Some((batch, skipped)) = decoder.flush()?
             {
+                let consumed = (compression == Compression::None)
+                    .then(|| from + count.load(Relaxed) - filled as u64);
+                let (records, line_now) = (decoder.records(), decoder.line());
+                let read = count.load(Relaxed);
+                if state
+                    .emit(self, batch, skipped, records, consumed, line_now, read)
+                    .is_err()
                 {
-                    let consumed = if compression == Compression::None {
-                        Some(from + count.load(Relaxed) - filled as u64)
-                    } else {
-                        None
-                    };
-                    let records = decoder.records();
-                    let line_now = decoder.line();
-                    if state
-                        .emit(
-                            self,
-                            batch,
-                            skipped,
-                            records,
-                            consumed,
-                            line_now,
-                            count.load(Relaxed),
-                        )
-                        .is_err()
-                    {
-                        return Ok(());
-                    }
+                    return Ok(());
                 }
             }
             if at_end {
@@ -705,6 +697,28 @@ enum Text {
 }
 
 impl Text {
+    /// Decodes from `buf`; returns the bytes used. JSON lines are fed complete lines only;
+    /// at the end (`eof`) the last line may lack its newline.
+    fn feed(&mut self, buf: &[u8], eof: bool) -> Result<usize> {
+        match self {
+            Text::Csv(d) => {
+                let used = d.decode(buf)?;
+                if eof && used == buf.len() {
+                    d.decode(&[])?;
+                }
+                Ok(used)
+            }
+            Text::Jsonl(d) => {
+                let complete = if eof {
+                    buf.len()
+                } else {
+                    memchr::memrchr(b'\n', buf).map_or(0, |i| i + 1)
+                };
+                Ok(d.feed_lines(&buf[..complete]))
+            }
+        }
+    }
+
     fn batch_full(&self) -> bool {
         match self {
             Text::Csv(d) => d.batch_full(),

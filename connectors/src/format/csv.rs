@@ -488,55 +488,86 @@ impl<'a> Column<'a> {
         }
     }
 
+    /// Gives each row's value (`None` for NULL) to `put`, which appends it or, when it
+    /// cannot take it, appends a NULL and says why; that reason, or a value that is not
+    /// UTF-8, goes to `bad` with the row.
+    fn each_value(
+        &self,
+        name: &str,
+        bad: &mut dyn FnMut(usize, String),
+        mut put: impl FnMut(Option<&str>) -> std::result::Result<(), String>,
+    ) {
+        for row in 0..self.rows {
+            let outcome = match self.value(row) {
+                Ok(value) => put(value),
+                Err(reason) => {
+                    let _ = put(None);
+                    Err(format!("column `{name}` {reason}"))
+                }
+            };
+            if let Err(why) = outcome {
+                bad(row, why);
+            }
+        }
+    }
+
     fn build(&self, field: &Field, bad: &mut dyn FnMut(usize, String)) -> Result<ArrayRef> {
+        let name = field.name();
+        let array = self.column(field, bad)?;
+        if !field.is_nullable() && array.null_count() > 0 {
+            for row in 0..self.rows {
+                if array.is_null(row) && matches!(self.value(row), Ok(None)) {
+                    bad(
+                        row,
+                        format!("column `{name}` is NULL but the schema does not allow nulls"),
+                    );
+                }
+            }
+        }
+        Ok(array)
+    }
+
+    /// The column of `field`, parsed from every row.
+    fn column(&self, field: &Field, bad: &mut dyn FnMut(usize, String)) -> Result<ArrayRef> {
         let name = field.name();
         let invalid =
             |value: &str, what: &str| format!("column `{name}`: `{}` {what}", shorten(value));
-        let not_utf8 = |reason: String| format!("column `{name}` {reason}");
+        // Appends value `v` parsed by `parse` (NULL stays NULL; `None` from `parse`: the text
+        // is not `what`).
+        macro_rules! put {
+            ($b:ident, $v:expr, |$s:ident| $parse:expr, $what:expr) => {
+                match $v {
+                    None => {
+                        $b.append_null();
+                        Ok(())
+                    }
+                    Some($s) => match $parse {
+                        Some(x) => {
+                            $b.append_value(x);
+                            Ok(())
+                        }
+                        None => {
+                            $b.append_null();
+                            Err(invalid($s, $what))
+                        }
+                    },
+                }
+            };
+        }
         macro_rules! primitive {
             ($t:ty, $what:expr) => {{
                 let mut b = PrimitiveBuilder::<$t>::with_capacity(self.rows);
-                for row in 0..self.rows {
-                    match self.value(row) {
-                        Ok(None) => b.append_null(),
-                        Ok(Some(s)) => match <$t as Parser>::parse(s) {
-                            Some(v) => b.append_value(v),
-                            None => {
-                                bad(row, invalid(s, $what));
-                                b.append_null();
-                            }
-                        },
-                        Err(reason) => {
-                            bad(row, not_utf8(reason));
-                            b.append_null();
-                        }
-                    }
-                }
+                self.each_value(name, bad, |v| {
+                    put!(b, v, |s| <$t as Parser>::parse(s), $what)
+                });
                 Arc::new(b.finish().with_data_type(field.data_type().clone())) as ArrayRef
             }};
         }
-        let array: ArrayRef = match field.data_type() {
+        Ok(match field.data_type() {
             DataType::Boolean => {
                 let mut b = BooleanBuilder::with_capacity(self.rows);
-                for row in 0..self.rows {
-                    match self.value(row) {
-                        Ok(None) => b.append_null(),
-                        Ok(Some(s)) => match parse_bool(s) {
-                            Some(v) => b.append_value(v),
-                            None => {
-                                bad(
-                                    row,
-                                    invalid(s, "is not a boolean (true/false, t/f, yes/no, 1/0)"),
-                                );
-                                b.append_null();
-                            }
-                        },
-                        Err(reason) => {
-                            bad(row, not_utf8(reason));
-                            b.append_null();
-                        }
-                    }
-                }
+                let what = "is not a boolean (true/false, t/f, yes/no, 1/0)";
+                self.each_value(name, bad, |v| put!(b, v, |s| parse_bool(s), what));
                 Arc::new(b.finish())
             }
             DataType::Int8 => primitive!(Int8Type, "is not an int8"),
@@ -562,41 +593,23 @@ impl<'a> Column<'a> {
             DataType::Timestamp(TimeUnit::Nanosecond, _) => {
                 primitive!(TimestampNanosecondType, "is not a timestamp")
             }
-            DataType::Decimal128(p, s) => {
+            DataType::Decimal128(p, sc) => {
                 let mut b = Decimal128Builder::with_capacity(self.rows);
-                for row in 0..self.rows {
-                    match self.value(row) {
-                        Ok(None) => b.append_null(),
-                        Ok(Some(v)) => match arrow::compute::kernels::cast_utils::parse_decimal::<
-                            Decimal128Type,
-                        >(v, *p, *s)
-                        {
-                            Ok(x) => b.append_value(x),
-                            Err(_) => {
-                                bad(row, invalid(v, &format!("is not a decimal({p},{s})")));
-                                b.append_null();
-                            }
-                        },
-                        Err(reason) => {
-                            bad(row, not_utf8(reason));
-                            b.append_null();
-                        }
-                    }
-                }
-                Arc::new(b.finish().with_precision_and_scale(*p, *s)?)
+                let what = format!("is not a decimal({p},{sc})");
+                let parse = |s: &str| {
+                    arrow::compute::kernels::cast_utils::parse_decimal::<Decimal128Type>(s, *p, *sc)
+                        .ok()
+                };
+                self.each_value(name, bad, |v| put!(b, v, |s| parse(s), &what));
+                Arc::new(b.finish().with_precision_and_scale(*p, *sc)?)
             }
             DataType::Utf8 => {
                 let mut b =
                     StringBuilder::with_capacity(self.rows, self.data.len() / self.ncols.max(1));
-                for row in 0..self.rows {
-                    match self.value(row) {
-                        Ok(v) => b.append_option(v),
-                        Err(reason) => {
-                            bad(row, not_utf8(reason));
-                            b.append_null();
-                        }
-                    }
-                }
+                self.each_value(name, bad, |v| {
+                    b.append_option(v);
+                    Ok(())
+                });
                 Arc::new(b.finish())
             }
             other => {
@@ -604,18 +617,7 @@ impl<'a> Column<'a> {
                     "csv cannot read column `{name}` as {other}; declare it as one of bool, int, float, utf8, date, timestamp or decimal"
                 )));
             }
-        };
-        if !field.is_nullable() && array.null_count() > 0 {
-            for row in 0..self.rows {
-                if array.is_null(row) && matches!(self.value(row), Ok(None)) {
-                    bad(
-                        row,
-                        format!("column `{name}` is NULL but the schema does not allow nulls"),
-                    );
-                }
-            }
-        }
-        Ok(array)
+        })
     }
 }
 

@@ -19,7 +19,7 @@ use tokio_postgres::Client;
 use super::connect::{Connector, pg_error};
 use super::decode::{CopyDecoder, DecodeError};
 use super::ident::{self, literal, quote};
-use super::types::{PgType, arrow_field, columns_of};
+use super::types::{PgColumn, PgType, arrow_field, columns_of};
 use super::{PartitionSpec, PostgresSourceSpec};
 
 /// COPY data is handed to the decoder in chunks of about this size.
@@ -66,20 +66,53 @@ impl std::fmt::Debug for PostgresSource {
     }
 }
 
-impl PostgresSource {
-    /// Connects, resolves the table or describes the query, and maps its columns to Arrow;
-    /// fails here, before any data moves, on a missing table or an unsupported type.
-    pub async fn new(
-        spec: &PostgresSourceSpec,
-        connector: Connector,
-        batch_rows: usize,
-    ) -> Result<Self> {
-        let client = connector.connect().await?;
-        let (relation, columns) = match (&spec.table, &spec.query) {
-            (Some(table), _) => {
-                let parts = ident::parse_qualified(table)?;
-                let quoted = ident::quote_qualified(&parts);
-                let row = client
+/// Checks that the partition column, if any, is a column of the source of a type whose
+/// range can be cut (integer, date, timestamp).
+fn check_partition_column(
+    spec: &PostgresSourceSpec,
+    columns: &[(PgColumn, bool)],
+    types: &[PgType],
+) -> Result<()> {
+    if let Some(p) = &spec.partition
+        && let Some(column) = &p.column
+    {
+        let i = columns
+            .iter()
+            .position(|(c, _)| &c.name == column)
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "partition column `{column}` is not a column of the source"
+                ))
+            })?;
+        if !matches!(
+            types[i],
+            PgType::Int2
+                | PgType::Int4
+                | PgType::Int8
+                | PgType::Date
+                | PgType::Timestamp
+                | PgType::Timestamptz
+        ) {
+            return Err(Error::config(format!(
+                "partition column `{column}` is {}: use an integer, date or timestamp column",
+                columns[i].0.type_name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The relation a source reads, and its columns (with their NOT NULL flags).
+async fn resolve(
+    client: &tokio_postgres::Client,
+    connector: &Connector,
+    spec: &PostgresSourceSpec,
+) -> Result<(Relation, Vec<(PgColumn, bool)>)> {
+    Ok(match (&spec.table, &spec.query) {
+        (Some(table), _) => {
+            let parts = ident::parse_qualified(table)?;
+            let quoted = ident::quote_qualified(&parts);
+            let row = client
                     .query_opt(
                         "SELECT c.oid::int8, c.oid::regclass::text, c.relkind::text FROM pg_class c WHERE c.oid = to_regclass($1)",
                         &[&quoted],
@@ -92,28 +125,73 @@ impl PostgresSource {
                             connector.name()
                         ))
                     })?;
-                let oid: i64 = row.get(0);
-                let columns = columns_of(&client, oid).await?;
-                (
-                    Relation::Table {
-                        name: row.get(1),
-                        oid,
-                        relkind: row.get(2),
-                    },
-                    columns,
-                )
-            }
-            (None, Some(query)) => {
-                let query = query.trim().trim_end_matches(';').to_string();
-                let columns = describe_query(&client, &query).await?;
-                (Relation::Query(query), columns)
-            }
-            (None, None) => {
-                return Err(Error::config(
-                    "postgres source: give a `table` or a `query`",
-                ));
-            }
-        };
+            let oid: i64 = row.get(0);
+            let columns = columns_of(client, oid).await?;
+            (
+                Relation::Table {
+                    name: row.get(1),
+                    oid,
+                    relkind: row.get(2),
+                },
+                columns,
+            )
+        }
+        (None, Some(query)) => {
+            let query = query.trim().trim_end_matches(';').to_string();
+            let columns = describe_query(client, &query).await?;
+            (Relation::Query(query), columns)
+        }
+        (None, None) => {
+            return Err(Error::config(
+                "postgres source: give a `table` or a `query`",
+            ));
+        }
+    })
+}
+
+/// Filters that cut table `oid` into `count` ranges of physical pages (ctid), and the
+/// table's size in bytes.
+async fn page_filters(
+    client: &tokio_postgres::Client,
+    oid: i64,
+    count: usize,
+) -> Result<(Vec<String>, u64)> {
+    let row = client
+        .query_one(
+            "SELECT pg_relation_size($1::int8::oid)::int8, current_setting('block_size')::int8",
+            &[&oid],
+        )
+        .await
+        .map_err(|e| pg_error("cannot read the table size", e))?;
+    let (bytes, block): (i64, i64) = (row.get(0), row.get(1));
+    let pages = bytes / block.max(1);
+    if pages <= 1 || count == 1 {
+        return Ok((vec![], bytes.max(0) as u64));
+    }
+    let bounds = boundaries(0, pages - 1, count);
+    let tid = |p: i64| format!("'({p},0)'::tid");
+    let mut filters = vec![format!("ctid < {}", tid(bounds[0]))];
+    for pair in bounds.windows(2) {
+        filters.push(format!(
+            "ctid >= {} AND ctid < {}",
+            tid(pair[0]),
+            tid(pair[1])
+        ));
+    }
+    filters.push(format!("ctid >= {}", tid(bounds[bounds.len() - 1])));
+    Ok((filters, bytes.max(0) as u64))
+}
+
+impl PostgresSource {
+    /// Connects, resolves the table or describes the query, and maps its columns to Arrow;
+    /// fails here, before any data moves, on a missing table or an unsupported type.
+    pub async fn new(
+        spec: &PostgresSourceSpec,
+        connector: Connector,
+        batch_rows: usize,
+    ) -> Result<Self> {
+        let client = connector.connect().await?;
+        let (relation, columns) = resolve(&client, &connector, spec).await?;
         if columns.is_empty() {
             return Err(Error::invalid_input(
                 "the postgres source has no columns to read",
@@ -134,32 +212,7 @@ impl PostgresSource {
         if !unsupported.is_empty() {
             return Err(Error::invalid_input(unsupported.join("; ")));
         }
-        if let Some(p) = &spec.partition
-            && let Some(column) = &p.column
-        {
-            let i = columns
-                .iter()
-                .position(|(c, _)| &c.name == column)
-                .ok_or_else(|| {
-                    Error::config(format!(
-                        "partition column `{column}` is not a column of the source"
-                    ))
-                })?;
-            if !matches!(
-                types[i],
-                PgType::Int2
-                    | PgType::Int4
-                    | PgType::Int8
-                    | PgType::Date
-                    | PgType::Timestamp
-                    | PgType::Timestamptz
-            ) {
-                return Err(Error::config(format!(
-                    "partition column `{column}` is {}: use an integer, date or timestamp column",
-                    columns[i].0.type_name
-                )));
-            }
-        }
+        check_partition_column(spec, &columns, &types)?;
         Ok(Self {
             connector,
             relation,
@@ -169,6 +222,53 @@ impl PostgresSource {
             use_snapshot: spec.snapshot,
             batch_rows,
             exporter: Mutex::new(None),
+        })
+    }
+
+    /// Filters that cut partition column `column`'s range into `count` equal ranges.
+    async fn range_filters(
+        &self,
+        client: &tokio_postgres::Client,
+        column: &str,
+        count: usize,
+    ) -> Result<Vec<String>> {
+        let i = self.schema.index_of(column).map_err(|_| {
+            Error::config(format!(
+                "partition column `{column}` is not a column of the source"
+            ))
+        })?;
+        let (expr, render): (String, fn(i64) -> String) = match self.types[i] {
+            PgType::Date => ("(c - date '1970-01-01')::int8".into(), |v| {
+                format!("(date '1970-01-01' + {v})")
+            }),
+            PgType::Timestamp => ("(extract(epoch from c) * 1000000)::int8".into(), |v| {
+                format!("(timestamp '1970-01-01' + {v} * interval '1 microsecond')")
+            }),
+            PgType::Timestamptz => ("(extract(epoch from c) * 1000000)::int8".into(), |v| {
+                format!("(timestamptz '1970-01-01 00:00:00+00' + {v} * interval '1 microsecond')")
+            }),
+            _ => ("c::int8".into(), |v| v.to_string()),
+        };
+        let sql = format!(
+            "SELECT min({e}), max({e}) FROM (SELECT {col} AS c FROM ({inner}) AS s) AS t",
+            e = expr,
+            col = quote(column),
+            inner = self.select(None)
+        );
+        let row = client.query_one(&sql, &[]).await.map_err(|e| {
+            pg_error(
+                &format!("cannot find the range of partition column `{column}`"),
+                e,
+            )
+        })?;
+        let (lo, hi): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
+        Ok(match (lo, hi) {
+            (Some(lo), Some(hi)) => {
+                let bounds: Vec<String> =
+                    boundaries(lo, hi, count).into_iter().map(render).collect();
+                range_filters(column, &bounds)
+            }
+            _ => vec![],
         })
     }
 
@@ -286,81 +386,13 @@ impl Source for PostgresSource {
             .unwrap_or(parallelism)
             .max(1);
         let column = self.partition.as_ref().and_then(|p| p.column.clone());
-        let mut size: Option<u64> = None;
-        let filters: Vec<String> = match (&column, &self.relation) {
-            (Some(column), _) => {
-                let i = self.schema.index_of(column).map_err(|_| {
-                    Error::config(format!(
-                        "partition column `{column}` is not a column of the source"
-                    ))
-                })?;
-                let (expr, render): (String, fn(i64) -> String) = match self.types[i] {
-                    PgType::Date => ("(c - date '1970-01-01')::int8".into(), |v| {
-                        format!("(date '1970-01-01' + {v})")
-                    }),
-                    PgType::Timestamp => ("(extract(epoch from c) * 1000000)::int8".into(), |v| {
-                        format!("(timestamp '1970-01-01' + {v} * interval '1 microsecond')")
-                    }),
-                    PgType::Timestamptz => {
-                        ("(extract(epoch from c) * 1000000)::int8".into(), |v| {
-                            format!(
-                                "(timestamptz '1970-01-01 00:00:00+00' + {v} * interval '1 microsecond')"
-                            )
-                        })
-                    }
-                    _ => ("c::int8".into(), |v| v.to_string()),
-                };
-                let sql = format!(
-                    "SELECT min({e}), max({e}) FROM (SELECT {col} AS c FROM ({inner}) AS s) AS t",
-                    e = expr,
-                    col = quote(column),
-                    inner = self.select(None)
-                );
-                let row = client.query_one(&sql, &[]).await.map_err(|e| {
-                    pg_error(
-                        &format!("cannot find the range of partition column `{column}`"),
-                        e,
-                    )
-                })?;
-                let (lo, hi): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
-                match (lo, hi) {
-                    (Some(lo), Some(hi)) => {
-                        let bounds: Vec<String> =
-                            boundaries(lo, hi, count).into_iter().map(render).collect();
-                        range_filters(column, &bounds)
-                    }
-                    _ => vec![],
-                }
-            }
+        let (filters, size) = match (&column, &self.relation) {
+            (Some(column), _) => (self.range_filters(&client, column, count).await?, None),
             (None, Relation::Table { oid, relkind, .. }) if relkind == "r" || relkind == "m" => {
-                let row = client
-                    .query_one(
-                        "SELECT pg_relation_size($1::int8::oid)::int8, current_setting('block_size')::int8",
-                        &[oid],
-                    )
-                    .await
-                    .map_err(|e| pg_error("cannot read the table size", e))?;
-                let (bytes, block): (i64, i64) = (row.get(0), row.get(1));
-                size = Some(bytes.max(0) as u64);
-                let pages = bytes / block.max(1);
-                if pages <= 1 || count == 1 {
-                    vec![]
-                } else {
-                    let bounds = boundaries(0, pages - 1, count);
-                    let tid = |p: i64| format!("'({p},0)'::tid");
-                    let mut filters = vec![format!("ctid < {}", tid(bounds[0]))];
-                    for pair in bounds.windows(2) {
-                        filters.push(format!(
-                            "ctid >= {} AND ctid < {}",
-                            tid(pair[0]),
-                            tid(pair[1])
-                        ));
-                    }
-                    filters.push(format!("ctid >= {}", tid(bounds[bounds.len() - 1])));
-                    filters
-                }
+                let (filters, bytes) = page_filters(&client, *oid, count).await?;
+                (filters, Some(bytes))
             }
-            _ => vec![],
+            _ => (vec![], None),
         };
         if snapshot.is_some() {
             *exporter = Some(client);

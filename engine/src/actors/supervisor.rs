@@ -299,6 +299,42 @@ async fn run_output_with_retry(
     }
 }
 
+/// Reads one partition into `output` once a slot of `parallel_copies` is free; the first
+/// stage to fail stops its siblings.
+async fn read(
+    ctx: &Arc<JobContext>,
+    slots: &Semaphore,
+    token: &CancellationToken,
+    partition: &Partition,
+    output: mpsc::Sender<super::messages::BatchItem>,
+) -> (StageExit, ReaderCounts) {
+    let Ok(_slot) = slots.acquire().await else {
+        return (StageExit::Killed, ReaderCounts::default());
+    };
+    if token.is_cancelled() {
+        return (StageExit::Killed, ReaderCounts::default());
+    }
+    let (done, exit) = oneshot::channel();
+    SourceReader {
+        ctx: ctx.clone(),
+        partition: partition.clone(),
+        output: Some(output),
+        cancel: token.clone(),
+        done: Some(done),
+    }
+    .start();
+    let result = exit.await.unwrap_or((
+        StageExit::Panicked("the reader stopped without reporting".into()),
+        ReaderCounts::default(),
+    ));
+    if result.0.is_success() {
+        ctx.progress.partitions_done.fetch_add(1, Relaxed);
+    } else {
+        token.cancel();
+    }
+    result
+}
+
 /// One attempt at one output: a writer, an encoder and the readers of its partitions.
 async fn run_output(
     ctx: &Arc<JobContext>,
@@ -336,37 +372,11 @@ async fn run_output(
         progress: ctx.progress.clone(),
         cancel: token.clone(),
     });
-    let readers = join_all(partitions.iter().map(|partition| {
-        let output = batch_tx.clone();
-        async move {
-            let Ok(_slot) = slots.acquire().await else {
-                return (StageExit::Killed, ReaderCounts::default());
-            };
-            if token.is_cancelled() {
-                return (StageExit::Killed, ReaderCounts::default());
-            }
-            let (done, exit) = oneshot::channel();
-            SourceReader {
-                ctx: ctx.clone(),
-                partition: partition.clone(),
-                output: Some(output),
-                cancel: token.clone(),
-                done: Some(done),
-            }
-            .start();
-            let result = exit.await.unwrap_or((
-                StageExit::Panicked("the reader stopped without reporting".into()),
-                ReaderCounts::default(),
-            ));
-            if result.0.is_success() {
-                ctx.progress.partitions_done.fetch_add(1, Relaxed);
-            } else {
-                // The first stage to fail stops its siblings.
-                token.cancel();
-            }
-            result
-        }
-    }));
+    let readers = join_all(
+        partitions
+            .iter()
+            .map(|partition| read(ctx, slots, token, partition, batch_tx.clone())),
+    );
     drop(batch_tx);
     let (readers, encoded) = futures::join!(readers, encoded);
     let encoded = encoded.unwrap_or_else(|e| StageExit::Panicked(format!("encoder pool: {e}")));
@@ -388,8 +398,7 @@ async fn run_output(
         totals.skipped += counts.skipped;
         exits.push(exit);
     }
-    exits.push(encoded);
-    exits.push(written);
+    exits.extend([encoded, written]);
     if exits.iter().all(StageExit::is_success) {
         if let Some(staged) = result.staged {
             return Ok((staged, totals));

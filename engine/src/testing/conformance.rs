@@ -316,129 +316,181 @@ async fn write_output(
         .unwrap_or_else(|e| panic!("{store}: finish output {index}: {e}"))
 }
 
-/// Runs the sink suite against `target`.
-pub fn check_sink(store: &str, target: &dyn SinkTarget) {
-    let rt = runtime();
-    let input = sink_input(3, 3, 500);
-    let all: Vec<RecordBatch> = input.iter().flatten().cloned().collect();
-    let prepare = |case: &str| {
-        let sink = target
+/// The sink suite's state: its runtime, the store under test and what it writes.
+struct SinkSuite<'a> {
+    store: &'a str,
+    target: &'a dyn SinkTarget,
+    rt: tokio::runtime::Runtime,
+    input: Vec<Vec<RecordBatch>>,
+}
+
+impl SinkSuite<'_> {
+    fn prepare(&self, case: &str) -> Arc<dyn PreparedSink> {
+        let store = self.store;
+        let sink = self
+            .target
             .sink(case)
             .unwrap_or_else(|e| panic!("{store}: cannot build the sink for {case}: {e}"));
-        let prepared: Arc<dyn PreparedSink> = rt
+        self.rt
             .block_on(sink.prepare(&sink_schema()))
             .unwrap_or_else(|e| panic!("{store}: prepare {case}: {e}"))
-            .into();
-        prepared
-    };
-    // Outputs as the engine would make them for this sink's layout.
-    let outputs = |sink: &dyn PreparedSink| -> Vec<Vec<RecordBatch>> {
+            .into()
+    }
+
+    fn all(&self) -> Vec<RecordBatch> {
+        self.input.iter().flatten().cloned().collect()
+    }
+
+    /// The outputs as the engine would make them for the sink's layout.
+    fn outputs(&self, sink: &dyn PreparedSink) -> Vec<Vec<RecordBatch>> {
         match sink.layout() {
-            OutputLayout::PerPartition => input.clone(),
-            OutputLayout::Single => vec![all.clone()],
+            OutputLayout::PerPartition => self.input.clone(),
+            OutputLayout::Single => vec![self.all()],
         }
-    };
-    let nothing = |case: &str, when: &str| {
-        let seen = aside(|| target.visible(case));
+    }
+
+    /// Writes and finishes every output.
+    fn write_all(&self, sink: &Arc<dyn PreparedSink>) -> Vec<Box<dyn StagedOutput>> {
+        self.outputs(sink.as_ref())
+            .iter()
+            .enumerate()
+            .map(|(index, batches)| {
+                self.rt
+                    .block_on(write_output(self.store, sink.as_ref(), index, batches))
+            })
+            .collect()
+    }
+
+    fn nothing_visible(&self, case: &str, when: &str) {
+        let seen = aside(|| self.target.visible(case));
         assert!(
             seen.is_empty(),
-            "{store}: {} row(s) visible {when}",
+            "{}: {} row(s) visible {when}",
+            self.store,
             seen.len()
         );
-    };
-    // Sessions and uploads may take a moment to end once their handles are dropped.
-    let clean = |case: &str, when: &str| {
+    }
+
+    /// Sessions and uploads may take a moment to end once their handles are dropped.
+    fn clean(&self, case: &str, when: &str) {
         let deadline = Instant::now() + SETTLE;
         loop {
-            let left = aside(|| target.leftovers(case));
+            let left = aside(|| self.target.leftovers(case));
             if left.is_empty() {
-                break;
+                return;
             }
-            assert!(Instant::now() < deadline, "{store}: left {left:?} {when}");
+            assert!(
+                Instant::now() < deadline,
+                "{}: left {left:?} {when}",
+                self.store
+            );
             // Let the runtime run what ends a dropped handle (a session's driver).
-            rt.block_on(async { tokio::time::sleep(Duration::from_millis(20)).await });
+            self.rt
+                .block_on(async { tokio::time::sleep(Duration::from_millis(20)).await });
         }
-    };
-
-    // Nothing visible before the commit; the commit publishes every output.
-    let case = "commit";
-    let sink = prepare(case);
-    let mut staged = Vec::new();
-    for (index, batches) in outputs(sink.as_ref()).iter().enumerate() {
-        staged.push(rt.block_on(write_output(store, sink.as_ref(), index, batches)));
-        nothing(
-            case,
-            &format!("after output {index} was finished, before the commit"),
-        );
     }
-    let committed = rt
-        .block_on(sink.commit(staged))
-        .unwrap_or_else(|e| panic!("{store}: commit: {e}"));
-    assert!(
-        !committed.outputs.is_empty(),
-        "{store}: the commit names what it published"
-    );
-    let mut seen = aside(|| target.visible(case));
-    seen.sort();
-    let written = sorted_rows(&all);
-    assert_eq!(
-        seen.len(),
-        written.len(),
-        "{store}: rows visible after the commit"
-    );
-    assert!(
-        seen == written,
-        "{store}: the published rows differ from those written"
-    );
-    clean(case, "after the commit");
 
-    // Abort after every output finished leaves nothing; a second abort is harmless.
-    let case = "abort";
-    let sink = prepare(case);
-    let staged: Vec<_> = outputs(sink.as_ref())
-        .iter()
-        .enumerate()
-        .map(|(index, batches)| rt.block_on(write_output(store, sink.as_ref(), index, batches)))
-        .collect();
-    rt.block_on(sink.abort(staged))
-        .unwrap_or_else(|e| panic!("{store}: abort: {e}"));
-    nothing(case, "after an abort");
-    clean(case, "after an abort");
-    rt.block_on(sink.abort(Vec::new()))
-        .unwrap_or_else(|e| panic!("{store}: a second abort: {e}"));
-    nothing(case, "after a second abort");
-    clean(case, "after a second abort");
-
-    // An output abandoned mid-way, then the run aborted, leaves nothing.
-    let case = "cancel";
-    let sink = prepare(case);
-    rt.block_on(async {
-        let schema = sink_schema();
-        let mut open = sink
-            .open(&schema, 0)
-            .await
-            .unwrap_or_else(|e| panic!("{store}: cannot open output 0: {e}"));
-        for batch in &input[0][..2] {
-            let bytes = open
-                .encoder
-                .encode(batch)
-                .and_then(|b| Ok(b.into_iter().chain(open.encoder.flush()?)))
-                .unwrap_or_else(|e| panic!("{store}: encode: {e}"));
-            for chunk in bytes {
-                open.writer
-                    .write(chunk)
-                    .await
-                    .unwrap_or_else(|e| panic!("{store}: write: {e}"));
-            }
+    /// Nothing visible before the commit; the commit publishes every output.
+    fn commit(&self) {
+        let (store, case) = (self.store, "commit");
+        let sink = self.prepare(case);
+        let mut staged = Vec::new();
+        for (index, batches) in self.outputs(sink.as_ref()).iter().enumerate() {
+            staged.push(
+                self.rt
+                    .block_on(write_output(store, sink.as_ref(), index, batches)),
+            );
+            self.nothing_visible(
+                case,
+                &format!("after output {index} was finished, before the commit"),
+            );
         }
-        open.writer
-            .abort()
-            .await
-            .unwrap_or_else(|e| panic!("{store}: abort output 0: {e}"));
-    });
-    nothing(case, "after an output was abandoned");
-    rt.block_on(sink.abort(Vec::new()))
-        .unwrap_or_else(|e| panic!("{store}: abort: {e}"));
-    nothing(case, "after a cancelled run's abort");
-    clean(case, "after a cancelled run's abort");
+        let committed = self
+            .rt
+            .block_on(sink.commit(staged))
+            .unwrap_or_else(|e| panic!("{store}: commit: {e}"));
+        assert!(
+            !committed.outputs.is_empty(),
+            "{store}: the commit names what it published"
+        );
+        let mut seen = aside(|| self.target.visible(case));
+        seen.sort();
+        let written = sorted_rows(&self.all());
+        assert_eq!(
+            seen.len(),
+            written.len(),
+            "{store}: rows visible after the commit"
+        );
+        assert!(
+            seen == written,
+            "{store}: the published rows differ from those written"
+        );
+        self.clean(case, "after the commit");
+    }
+
+    /// Abort after every output finished leaves nothing; a second abort is harmless.
+    fn abort(&self) {
+        let (store, case) = (self.store, "abort");
+        let sink = self.prepare(case);
+        let staged = self.write_all(&sink);
+        self.rt
+            .block_on(sink.abort(staged))
+            .unwrap_or_else(|e| panic!("{store}: abort: {e}"));
+        self.nothing_visible(case, "after an abort");
+        self.clean(case, "after an abort");
+        self.rt
+            .block_on(sink.abort(Vec::new()))
+            .unwrap_or_else(|e| panic!("{store}: a second abort: {e}"));
+        self.nothing_visible(case, "after a second abort");
+        self.clean(case, "after a second abort");
+    }
+
+    /// An output abandoned mid-way, then the run aborted, leaves nothing.
+    fn cancel(&self) {
+        let (store, case) = (self.store, "cancel");
+        let sink = self.prepare(case);
+        self.rt.block_on(async {
+            let schema = sink_schema();
+            let mut open = sink
+                .open(&schema, 0)
+                .await
+                .unwrap_or_else(|e| panic!("{store}: cannot open output 0: {e}"));
+            for batch in &self.input[0][..2] {
+                let bytes = open
+                    .encoder
+                    .encode(batch)
+                    .and_then(|b| Ok(b.into_iter().chain(open.encoder.flush()?)))
+                    .unwrap_or_else(|e| panic!("{store}: encode: {e}"));
+                for chunk in bytes {
+                    open.writer
+                        .write(chunk)
+                        .await
+                        .unwrap_or_else(|e| panic!("{store}: write: {e}"));
+                }
+            }
+            open.writer
+                .abort()
+                .await
+                .unwrap_or_else(|e| panic!("{store}: abort output 0: {e}"));
+        });
+        self.nothing_visible(case, "after an output was abandoned");
+        self.rt
+            .block_on(sink.abort(Vec::new()))
+            .unwrap_or_else(|e| panic!("{store}: abort: {e}"));
+        self.nothing_visible(case, "after a cancelled run's abort");
+        self.clean(case, "after a cancelled run's abort");
+    }
+}
+
+/// Runs the sink suite against `target`.
+pub fn check_sink(store: &str, target: &dyn SinkTarget) {
+    let suite = SinkSuite {
+        store,
+        target,
+        rt: runtime(),
+        input: sink_input(3, 3, 500),
+    };
+    suite.commit();
+    suite.abort();
+    suite.cancel();
 }
