@@ -86,7 +86,7 @@ async fn source_endpoint(
 ) -> Result<(Endpoint, Vec<InputFile>)> {
     match spec {
         SourceSpec::File(s) => {
-            let path = s.local_path(connections, local)?;
+            let path = s.local_path(connections.file_root(&s.connection)?, local)?;
             let store = file::local_store();
             let files = file::list_inputs(&store, &path, &s.path).await?;
             file::check_inputs(&files, local)?;
@@ -134,7 +134,7 @@ fn sink_endpoint(
 ) -> Result<(Endpoint, usize, usize)> {
     match spec {
         SinkSpec::File(s) => {
-            let dir = s.local_path(connections, local)?;
+            let dir = s.local_path(connections.file_root(&s.connection)?, local)?;
             std::fs::create_dir_all(&dir)
                 .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
             Ok((

@@ -121,6 +121,12 @@ impl Connections {
         }
     }
 
+    /// The `file` connection a file section names, if it names one: the root its paths
+    /// start from.
+    pub fn file_root(&self, name: &Option<String>) -> Result<Option<&FileConnection>> {
+        name.as_deref().map(|n| self.file(n)).transpose()
+    }
+
     /// Connection `name`, which must be a `postgres` one.
     pub fn postgres(&self, name: &str) -> Result<&PostgresConnection> {
         match self.get(name)? {

@@ -12,6 +12,7 @@ pub mod policy;
 pub mod postgres;
 pub mod registry;
 pub mod staged;
+pub mod tls;
 pub mod tpch;
 
 pub use connection::{ConnectionSpec, Connections};
@@ -22,9 +23,4 @@ pub use registry::{
 };
 pub use staged::run_job;
 
-/// Makes ring the process's TLS crypto provider. Both ring (ours) and aws-lc-rs (pulled in
-/// by object_store's Azure backend) are compiled in, and rustls then cannot pick one by
-/// itself. Idempotent.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
+pub use tls::install_crypto_provider;

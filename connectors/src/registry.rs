@@ -97,10 +97,19 @@ pub async fn build_source(
     settings: &JobSettings,
 ) -> Result<Arc<dyn Source>> {
     Ok(match spec {
-        SourceSpec::File(s) => Arc::new(s.build(connections, settings).await?),
+        SourceSpec::File(s) => Arc::new(
+            s.build(connections.file_root(&s.connection)?, settings)
+                .await?,
+        ),
         SourceSpec::Tpch(s) => Arc::new(TpchSource::new(s.clone(), settings.batch_rows.get())),
-        SourceSpec::Postgres(s) => Arc::new(s.build(connections, settings).await?),
-        SourceSpec::AzureBlob(s) => Arc::new(s.build(connections, settings).await?),
+        SourceSpec::Postgres(s) => Arc::new(
+            s.build(connections.postgres(&s.connection)?, settings)
+                .await?,
+        ),
+        SourceSpec::AzureBlob(s) => Arc::new(
+            s.build(connections.azure_blob(&s.connection)?, settings)
+                .await?,
+        ),
     })
 }
 
@@ -111,9 +120,11 @@ pub fn build_sink(
     settings: &JobSettings,
 ) -> Result<Arc<dyn Sink>> {
     Ok(match spec {
-        SinkSpec::File(s) => Arc::new(s.build(connections, settings)?),
-        SinkSpec::Postgres(s) => Arc::new(s.build(connections)?),
-        SinkSpec::AzureBlob(s) => Arc::new(s.build(connections, settings)?),
+        SinkSpec::File(s) => Arc::new(s.build(connections.file_root(&s.connection)?, settings)?),
+        SinkSpec::Postgres(s) => Arc::new(s.build(connections.postgres(&s.connection)?)?),
+        SinkSpec::AzureBlob(s) => {
+            Arc::new(s.build(connections.azure_blob(&s.connection)?, settings)?)
+        }
     })
 }
 
@@ -126,15 +137,8 @@ pub async fn build_job(
     let in_job = |e: Error| e.context(format!("job {}", settings.name));
     if let Some(log) = &settings.fault_tolerance.log_path {
         let log = log.to_string_lossy().to_string();
-        let checked = file::resolve(
-            &log,
-            None,
-            connections,
-            &settings.local,
-            Access::Write,
-            "fault log",
-        )
-        .map_err(in_job)?;
+        let checked = file::resolve(&log, None, &settings.local, Access::Write, "fault log")
+            .map_err(in_job)?;
         settings.fault_tolerance.log_path = Some(checked);
     }
     let source = build_source(&spec.source, connections, &settings)

@@ -90,10 +90,10 @@ impl Interim {
                 })
             }
             None | Some((_, ConnectionSpec::File(_))) => {
+                let root = connections.file_root(&staging.connection)?;
                 let dir = file::resolve(
                     &staging.path,
-                    staging.connection.as_deref(),
-                    connections,
+                    root,
                     local,
                     Access::Write,
                     "staging directory",

@@ -17,7 +17,6 @@ use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
 use serde::{Deserialize, Serialize};
 
-use crate::connection::Connections;
 use crate::file::{self, FileSink, FileSource, Publish, RollOver, WriteMode};
 use crate::format::FormatSpec;
 
@@ -169,12 +168,10 @@ impl AzureBlobSourceSpec {
     /// Builds the source: lists the blobs and reads their schema.
     pub async fn build(
         &self,
-        connections: &Connections,
+        connection: &AzureBlobConnection,
         settings: &JobSettings,
     ) -> Result<FileSource> {
-        let store = connections
-            .azure_blob(&self.connection)?
-            .store(&self.connection, &self.container)?;
+        let store = connection.store(&self.connection, &self.container)?;
         let shown = format!("azure_blob {}/{}", self.container, self.path);
         let path = std::path::PathBuf::from(format!("/{}", self.path.trim_start_matches('/')));
         Ok(
@@ -187,10 +184,12 @@ impl AzureBlobSourceSpec {
 
 impl AzureBlobSinkSpec {
     /// Builds the sink (no I/O yet): blocks uploaded to each blob, committed together.
-    pub fn build(&self, connections: &Connections, settings: &JobSettings) -> Result<FileSink> {
-        let store = connections
-            .azure_blob(&self.connection)?
-            .store(&self.connection, &self.container)?;
+    pub fn build(
+        &self,
+        connection: &AzureBlobConnection,
+        settings: &JobSettings,
+    ) -> Result<FileSink> {
+        let store = connection.store(&self.connection, &self.container)?;
         let (dir, name) = file::split_sink_path(&self.path);
         let dir = object_store::path::Path::parse(dir)
             .map_err(|e| Error::config(format!("sink path `{}`: {e}", self.path)))?;
@@ -428,7 +427,7 @@ impl AzureBlobConnection {
         container: &str,
         connector: Option<object_store::client::SpawnedReqwestConnector>,
     ) -> Result<Arc<dyn ObjectStore>> {
-        crate::install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let in_conn = |e: Error| e.context(format!("connection `{name}`"));
         self.check().map_err(in_conn)?;
         let mut builder = MicrosoftAzureBuilder::new()

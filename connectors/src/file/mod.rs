@@ -21,7 +21,6 @@ pub(crate) use sink::PartUploader;
 pub use sink::{FileSink, Publish, RollOver, WriteMode};
 pub use source::{FileSource, InputFile};
 
-use crate::connection::Connections;
 use crate::format::FormatSpec;
 use crate::format::io::store_error;
 
@@ -97,30 +96,16 @@ impl FileSourceSpec {
 impl FileSourceSpec {
     /// The local path to read: resolved against the connection's root and checked against
     /// the job's allowed paths.
-    pub fn local_path(&self, connections: &Connections, local: &LocalFiles) -> Result<PathBuf> {
-        resolve(
-            &self.path,
-            self.connection.as_deref(),
-            connections,
-            local,
-            Access::Read,
-            "file source",
-        )
+    pub fn local_path(&self, root: Option<&FileConnection>, local: &LocalFiles) -> Result<PathBuf> {
+        resolve(&self.path, root, local, Access::Read, "file source")
     }
 }
 
 impl FileSinkSpec {
     /// The local path to write: resolved against the connection's root and checked against
     /// the job's allowed paths.
-    pub fn local_path(&self, connections: &Connections, local: &LocalFiles) -> Result<PathBuf> {
-        resolve(
-            &self.path,
-            self.connection.as_deref(),
-            connections,
-            local,
-            Access::Write,
-            "file sink",
-        )
+    pub fn local_path(&self, root: Option<&FileConnection>, local: &LocalFiles) -> Result<PathBuf> {
+        resolve(&self.path, root, local, Access::Write, "file sink")
     }
 
     /// Checks the spec without I/O.
@@ -141,10 +126,10 @@ impl FileSourceSpec {
     /// Builds the source: resolves and checks the path, lists the files, reads their schema.
     pub async fn build(
         &self,
-        connections: &Connections,
+        root: Option<&FileConnection>,
         settings: &JobSettings,
     ) -> Result<FileSource> {
-        let path = self.local_path(connections, &settings.local)?;
+        let path = self.local_path(root, &settings.local)?;
         open_files(
             local_store(),
             &path,
@@ -159,8 +144,8 @@ impl FileSourceSpec {
 
 impl FileSinkSpec {
     /// Builds the sink: resolves and checks the path (nothing is written yet).
-    pub fn build(&self, connections: &Connections, settings: &JobSettings) -> Result<FileSink> {
-        let path = self.local_path(connections, &settings.local)?;
+    pub fn build(&self, root: Option<&FileConnection>, settings: &JobSettings) -> Result<FileSink> {
+        let path = self.local_path(root, &settings.local)?;
         let (dir, name) = if is_directory_path(&self.path) {
             (path, None)
         } else {
@@ -238,20 +223,19 @@ pub async fn open_files(
     .await
 }
 
-/// Resolves a job path against a connection's root (or, under a node policy, its first
-/// allowed root; else the working directory), then checks it against `local` for `access`.
-/// Returns the path to open: under a policy, with links and `..` resolved. `what` names the
-/// path's use in messages (`file source`, `staging directory`).
+/// Resolves a job path against a `file` connection's root (or, under a node policy, its
+/// first allowed root; else the working directory), then checks it against `local` for
+/// `access`. Returns the path to open: under a policy, with links and `..` resolved. `what`
+/// names the path's use in messages (`file source`, `staging directory`).
 pub fn resolve(
     path: &str,
-    connection: Option<&str>,
-    connections: &Connections,
+    root: Option<&FileConnection>,
     local: &LocalFiles,
     access: Access,
     what: &str,
 ) -> Result<PathBuf> {
-    let base = match connection {
-        Some(name) => connections.file(name)?.root.clone(),
+    let base = match root {
+        Some(connection) => connection.root.clone(),
         None => match local.base() {
             Some(base) => base.to_path_buf(),
             None => {

@@ -21,7 +21,6 @@ use std::num::NonZeroUsize;
 use ferry_engine::config::JobSettings;
 use ferry_engine::{Error, Result};
 
-use crate::connection::Connections;
 use serde::{Deserialize, Serialize};
 
 pub use connect::{PostgresConnection, SslMode};
@@ -104,22 +103,18 @@ impl PostgresSourceSpec {
     /// Builds the source: connects, resolves the table or describes the query.
     pub async fn build(
         &self,
-        connections: &Connections,
+        connection: &PostgresConnection,
         settings: &JobSettings,
     ) -> Result<PostgresSource> {
-        let connector = connections
-            .postgres(&self.connection)?
-            .connector(&self.connection)?;
+        let connector = connection.connector(&self.connection)?;
         PostgresSource::new(self, connector, settings.batch_rows.get()).await
     }
 }
 
 impl PostgresSinkSpec {
     /// Builds the sink (no I/O yet).
-    pub fn build(&self, connections: &Connections) -> Result<PostgresSink> {
-        let connector = connections
-            .postgres(&self.connection)?
-            .connector(&self.connection)?;
+    pub fn build(&self, connection: &PostgresConnection) -> Result<PostgresSink> {
+        let connector = connection.connector(&self.connection)?;
         PostgresSink::new(self.clone(), connector)
     }
 }

@@ -132,7 +132,7 @@ impl AzureQueueChannel {
     /// Opens the channel: checks the settings, creates the two queues if they are missing,
     /// and checks that the container answers.
     pub async fn open(settings: AzureQueueSettings) -> Result<Self> {
-        crate::install_crypto_provider();
+        crate::tls::install_crypto_provider();
         let name = settings.connection_name.clone();
         let conn = &settings.connection;
         for queue in [Some(&settings.queue), settings.poison_queue.as_ref()]
