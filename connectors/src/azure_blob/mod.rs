@@ -419,6 +419,85 @@ impl AzureBlobConnection {
         self.store_with(name, container, None)
     }
 
+    /// The HTTP policy of every client of this account, blobs and queues alike: HTTPS only
+    /// (plain HTTP to a loopback emulator with `allow_http`), the connect and request
+    /// timeouts, and the proxy setting. As object_store's options.
+    fn client_options(&self) -> Result<ClientOptions> {
+        let mut options = ClientOptions::new()
+            .with_allow_http(self.allow_http)
+            .with_timeout(self.timeout.map_or(DEFAULT_REQUEST_TIMEOUT, |t| t.0))
+            .with_connect_timeout(CONNECT_TIMEOUT);
+        match &self.proxy {
+            ProxySetting::System => {}
+            // reqwest reads the environment's proxy unless one is set: set one that every
+            // host bypasses.
+            // Its excludes must match every host: `*` covers names, the two networks cover
+            // IP-address endpoints (an emulator, a private endpoint by address).
+            ProxySetting::None => {
+                options = options
+                    .with_proxy_url("http://127.0.0.1:9")
+                    .with_proxy_excludes("*,0.0.0.0/0,::/0");
+            }
+            ProxySetting::Custom { url, excludes, .. } => {
+                options = options.with_proxy_url(url);
+                if let Some(excludes) = excludes {
+                    options = options.with_proxy_excludes(excludes);
+                }
+                if let Some(pem) = self.proxy_ca()? {
+                    options = options.with_proxy_ca_certificate(pem);
+                }
+            }
+        }
+        Ok(options)
+    }
+
+    /// The same policy as a reqwest client (for the queue service's SDK), whose requests
+    /// time out after the connection's `timeout` or `default_timeout`.
+    pub(crate) fn reqwest_client(&self, default_timeout: Duration) -> Result<reqwest::Client> {
+        let mut builder = reqwest::Client::builder()
+            .https_only(!self.allow_http)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(self.timeout.map_or(default_timeout, |t| t.0));
+        builder = match &self.proxy {
+            ProxySetting::System => builder,
+            ProxySetting::None => builder.no_proxy(),
+            ProxySetting::Custom { url, excludes, .. } => {
+                let mut proxy = reqwest::Proxy::all(url)
+                    .map_err(|e| Error::config(format!("proxy url `{url}`: {e}")))?;
+                if let Some(excludes) = excludes {
+                    proxy = proxy.no_proxy(reqwest::NoProxy::from_string(excludes));
+                }
+                let mut builder = builder.proxy(proxy);
+                if let Some(pem) = self.proxy_ca()? {
+                    let cert = reqwest::Certificate::from_pem(pem.as_bytes())
+                        .map_err(|e| Error::config(format!("proxy CA certificate: {e}")))?;
+                    builder = builder.add_root_certificate(cert);
+                }
+                builder
+            }
+        };
+        builder
+            .build()
+            .map_err(|e| Error::config(format!("cannot set up HTTP: {e}")))
+    }
+
+    /// The proxy's CA certificate (PEM), when one is given.
+    fn proxy_ca(&self) -> Result<Option<String>> {
+        let ProxySetting::Custom {
+            ca_certificate: Some(path),
+            ..
+        } = &self.proxy
+        else {
+            return Ok(None);
+        };
+        std::fs::read_to_string(path).map(Some).map_err(|e| {
+            Error::io(
+                format!("cannot read the proxy CA certificate {}", path.display()),
+                e,
+            )
+        })
+    }
+
     /// [`Self::store`], its HTTP requests made through `connector` when given (such as
     /// object_store's `SpawnedReqwestConnector`, which runs them on another runtime).
     pub fn store_with(
@@ -441,42 +520,7 @@ impl AzureBlobConnection {
         if let Some(endpoint) = &self.endpoint {
             builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_string());
         }
-        let mut options = ClientOptions::new()
-            .with_allow_http(self.allow_http)
-            .with_timeout(self.timeout.map_or(DEFAULT_REQUEST_TIMEOUT, |t| t.0))
-            .with_connect_timeout(CONNECT_TIMEOUT);
-        match &self.proxy {
-            ProxySetting::System => {}
-            // reqwest reads the environment's proxy unless one is set: set one that every
-            // host bypasses.
-            // Its excludes must match every host: `*` covers names, the two networks cover
-            // IP-address endpoints (an emulator, a private endpoint by address).
-            ProxySetting::None => {
-                options = options
-                    .with_proxy_url("http://127.0.0.1:9")
-                    .with_proxy_excludes("*,0.0.0.0/0,::/0");
-            }
-            ProxySetting::Custom {
-                url,
-                excludes,
-                ca_certificate,
-            } => {
-                options = options.with_proxy_url(url);
-                if let Some(excludes) = excludes {
-                    options = options.with_proxy_excludes(excludes);
-                }
-                if let Some(path) = ca_certificate {
-                    let pem = std::fs::read_to_string(path).map_err(|e| {
-                        in_conn(Error::io(
-                            format!("cannot read the proxy CA certificate {}", path.display()),
-                            e,
-                        ))
-                    })?;
-                    options = options.with_proxy_ca_certificate(pem);
-                }
-            }
-        }
-        builder = builder.with_client_options(options);
+        builder = builder.with_client_options(self.client_options().map_err(in_conn)?);
         if let Some(connector) = connector {
             builder = builder.with_http_connector(connector);
         }

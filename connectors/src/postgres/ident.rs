@@ -53,6 +53,53 @@ pub fn parse_qualified(text: &str) -> Result<Vec<String>> {
     Ok(parts)
 }
 
+/// A table name as a job writes it (`orders`, `sales."Order Lines"`), parsed once when
+/// the job is read: its parts, folded as PostgreSQL folds them, and the text as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    text: String,
+    parts: Vec<String>,
+}
+
+impl TableName {
+    /// Parses `text`.
+    pub fn parse(text: &str) -> Result<Self> {
+        Ok(Self {
+            parts: parse_qualified(text)?,
+            text: text.to_string(),
+        })
+    }
+
+    /// The name quoted for SQL (`"sales"."Order Lines"`).
+    pub fn quoted(&self) -> String {
+        quote_qualified(&self.parts)
+    }
+}
+
+impl std::fmt::Display for TableName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl serde::Serialize for TableName {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.text)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TableName {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        TableName::parse(&text).map_err(|e| serde::de::Error::custom(e.to_string()))
+    }
+}
+
 /// Quotes one identifier.
 pub fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))

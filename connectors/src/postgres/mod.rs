@@ -24,6 +24,7 @@ use ferry_engine::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 pub use connect::{PostgresConnection, SslMode};
+pub use ident::TableName;
 pub use sink::PostgresSink;
 pub use source::PostgresSource;
 
@@ -35,7 +36,7 @@ pub struct PostgresSourceSpec {
     pub connection: String,
     /// A table (`orders`, `sales.orders`, `"Mixed Case"`); every column is read.
     #[serde(default)]
-    pub table: Option<String>,
+    pub table: Option<TableName>,
     /// A query (`select id, total from orders where day > '2024-01-01'`).
     #[serde(default)]
     pub query: Option<String>,
@@ -82,7 +83,7 @@ pub struct PostgresSinkSpec {
     /// The `postgres` connection to write to.
     pub connection: String,
     /// The target table (`orders`, `staging.orders`).
-    pub table: String,
+    pub table: TableName,
     /// `append` (default), `truncate` or `overwrite`.
     #[serde(default)]
     pub mode: PostgresWriteMode,
@@ -119,9 +120,18 @@ impl PostgresSinkSpec {
     }
 }
 
+/// What a `postgres` source reads: a table or a query, never both.
+#[derive(Debug, Clone, Copy)]
+pub enum ReadTarget<'a> {
+    /// A table (or view).
+    Table(&'a TableName),
+    /// A query, without a trailing `;`.
+    Query(&'a str),
+}
+
 impl PostgresSourceSpec {
-    /// Checks the spec without I/O.
-    pub fn validate(&self) -> Result<()> {
+    /// What the source reads; the one check of `table` against `query`.
+    pub fn target(&self) -> Result<ReadTarget<'_>> {
         match (&self.table, &self.query) {
             (Some(_), Some(_)) => Err(Error::config(
                 "postgres source: give either `table` or `query`, not both",
@@ -129,21 +139,60 @@ impl PostgresSourceSpec {
             (None, None) => Err(Error::config(
                 "postgres source: give a `table` or a `query` to read",
             )),
-            (Some(t), None) if t.trim().is_empty() => {
-                Err(Error::config("postgres source: `table` is empty"))
-            }
-            (None, Some(q)) if q.trim().is_empty() => {
+            (None, Some(q)) if q.trim().trim_end_matches(';').trim().is_empty() => {
                 Err(Error::config("postgres source: `query` is empty"))
             }
-            (Some(t), None) => ident::parse_qualified(t).map(|_| ()),
-            (None, Some(_)) => Ok(()),
+            (Some(table), None) => Ok(ReadTarget::Table(table)),
+            (None, Some(q)) => Ok(ReadTarget::Query(q.trim().trim_end_matches(';'))),
         }
+    }
+
+    /// Checks the spec without I/O.
+    pub fn validate(&self) -> Result<()> {
+        self.target().map(drop)
     }
 }
 
 impl PostgresSinkSpec {
     /// Checks the spec without I/O.
     pub fn validate(&self) -> Result<()> {
-        ident::parse_qualified(&self.table).map(|_| ())
+        // The table name was parsed and checked when the job was read.
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::job::{SinkSpec, SourceSpec};
+
+    #[test]
+    fn table_names_are_parsed_once_when_the_job_is_read() {
+        let job = r#"{"name": "j", "source": {"type": "postgres", "connection": "pg", "table": "Orders"},
+            "sink": {"type": "postgres", "connection": "pg", "table": "sales.\"Order Lines\""}}"#;
+        let (spec, _) = crate::parse_job(job).unwrap();
+        let SinkSpec::Postgres(sink) = &spec.sink else {
+            panic!("a postgres sink")
+        };
+        assert_eq!(sink.table.quoted(), r#""sales"."Order Lines""#);
+        assert_eq!(sink.table.to_string(), r#"sales."Order Lines""#);
+        let SourceSpec::Postgres(source) = &spec.source else {
+            panic!("a postgres source")
+        };
+        assert!(
+            matches!(source.target().unwrap(), super::ReadTarget::Table(t) if t.quoted() == r#""orders""#)
+        );
+        let err = crate::parse_job(&job.replace(r#"sales.\"Order Lines\""#, "a b"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("sink") && err.contains("`a b` is not a valid table name"),
+            "{err}"
+        );
+        let both = job.replace(
+            r#""table": "Orders""#,
+            r#""table": "orders", "query": "select 1""#,
+        );
+        let err = crate::parse_job(&both).unwrap_err().to_string();
+        assert!(err.contains("not both"), "{err}");
     }
 }

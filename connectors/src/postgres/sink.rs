@@ -23,7 +23,7 @@ use tokio_postgres::{Client, CopyInSink};
 
 use super::connect::{Connector, pg_error};
 use super::encode::{CopyEncoder, Target, check_compatible};
-use super::ident::{self, quote, quote_qualified};
+use super::ident::quote;
 use super::types::{PG_TYPE_KEY, columns_of, sql_type_for};
 use super::{PostgresSinkSpec, PostgresWriteMode};
 
@@ -48,7 +48,7 @@ pub struct PostgresSink {
 impl PostgresSink {
     /// A sink for `spec`; nothing is checked until `prepare`.
     pub fn new(spec: PostgresSinkSpec, connector: Connector) -> Result<Self> {
-        let table = quote_qualified(&ident::parse_qualified(&spec.table)?);
+        let table = spec.table.quoted();
         Ok(Self {
             connector,
             spec,
@@ -118,7 +118,7 @@ impl Sink for PostgresSink {
         let plan = self.plan_load(&client, schema).await?;
         Ok(Box::new(PreparedLoad {
             connector: self.connector.clone(),
-            table: self.spec.table.clone(),
+            table: self.spec.table.to_string(),
             quoted: self.table.clone(),
             plan: Arc::new(plan),
         }))
@@ -183,7 +183,7 @@ impl PostgresSink {
             )));
         }
         let columns = columns_of(client, oid).await?;
-        let targets = targets_for(schema, &columns, table)?;
+        let targets = targets_for(schema, &columns, &table.to_string())?;
         let fields: Vec<(String, arrow::datatypes::DataType)> = schema
             .fields()
             .iter()

@@ -18,9 +18,9 @@ use tokio_postgres::Client;
 
 use super::connect::{Connector, pg_error};
 use super::decode::{CopyDecoder, DecodeError};
-use super::ident::{self, literal, quote};
+use super::ident::{literal, quote};
 use super::types::{PgColumn, PgType, arrow_field, columns_of};
-use super::{PartitionSpec, PostgresSourceSpec};
+use super::{PartitionSpec, PostgresSourceSpec, ReadTarget};
 
 /// COPY data is handed to the decoder in chunks of about this size.
 pub const CHUNK_BYTES: usize = 512 * 1024;
@@ -108,10 +108,9 @@ async fn resolve(
     connector: &Connector,
     spec: &PostgresSourceSpec,
 ) -> Result<(Relation, Vec<(PgColumn, bool)>)> {
-    Ok(match (&spec.table, &spec.query) {
-        (Some(table), _) => {
-            let parts = ident::parse_qualified(table)?;
-            let quoted = ident::quote_qualified(&parts);
+    Ok(match spec.target()? {
+        ReadTarget::Table(table) => {
+            let quoted = table.quoted();
             let row = client
                     .query_opt(
                         "SELECT c.oid::int8, c.oid::regclass::text, c.relkind::text FROM pg_class c WHERE c.oid = to_regclass($1)",
@@ -136,15 +135,9 @@ async fn resolve(
                 columns,
             )
         }
-        (None, Some(query)) => {
-            let query = query.trim().trim_end_matches(';').to_string();
-            let columns = describe_query(client, &query).await?;
-            (Relation::Query(query), columns)
-        }
-        (None, None) => {
-            return Err(Error::config(
-                "postgres source: give a `table` or a `query`",
-            ));
+        ReadTarget::Query(query) => {
+            let columns = describe_query(client, query).await?;
+            (Relation::Query(query.to_string()), columns)
         }
     })
 }

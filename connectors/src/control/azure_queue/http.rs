@@ -1,61 +1,29 @@
-//! The queue service's HTTP client: the connection's proxy policy and timeouts, HTTPS only
-//! (plain HTTP to a loopback emulator when the connection allows it), and every request run
-//! on the channel's I/O runtime, so the channel works from any thread or event loop.
+//! The queue service's HTTP client: the account's HTTP policy, shared with its blob store
+//! (`AzureBlobConnection::reqwest_client`), and every request run on the channel's I/O
+//! runtime, so the channel works from any thread or event loop.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_engine::{Error, Result};
+use ferry_engine::Result;
 
-use crate::azure_blob::{AzureBlobConnection, ProxySetting};
+use crate::azure_blob::AzureBlobConnection;
 
 /// Default time allowed for one queue request (the connection's `timeout` overrides it).
 pub const QUEUE_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The HTTP client for the queue service, with the connection's proxy setting.
+/// The HTTP client for the queue service: the account's HTTP policy (the same as its blob
+/// store's), its requests made on the channel's I/O runtime.
 pub(super) fn http_client(
     conn: &AzureBlobConnection,
     name: &str,
 ) -> Result<Arc<dyn azure_core::http::HttpClient>> {
-    let in_conn = |e: String| Error::config(format!("connection `{name}`: {e}"));
     // HTTPS only, unless the connection allows plain HTTP to a loopback emulator (checked
     // on the parsed endpoint): a SAS token in a query string must never cross a network in
     // clear text.
-    let mut builder = reqwest::Client::builder()
-        .https_only(!conn.allow_http)
-        .connect_timeout(crate::azure_blob::CONNECT_TIMEOUT)
-        .timeout(conn.timeout.map_or(QUEUE_REQUEST_TIMEOUT, |t| t.0));
-    builder = match &conn.proxy {
-        ProxySetting::System => builder,
-        ProxySetting::None => builder.no_proxy(),
-        ProxySetting::Custom {
-            url,
-            excludes,
-            ca_certificate,
-        } => {
-            let mut proxy =
-                reqwest::Proxy::all(url).map_err(|e| in_conn(format!("proxy url `{url}`: {e}")))?;
-            if let Some(excludes) = excludes {
-                proxy = proxy.no_proxy(reqwest::NoProxy::from_string(excludes));
-            }
-            let mut builder = builder.proxy(proxy);
-            if let Some(path) = ca_certificate {
-                let pem = std::fs::read(path).map_err(|e| {
-                    in_conn(format!(
-                        "cannot read the proxy CA certificate {}: {e}",
-                        path.display()
-                    ))
-                })?;
-                let cert = reqwest::Certificate::from_pem(&pem)
-                    .map_err(|e| in_conn(format!("proxy CA certificate: {e}")))?;
-                builder = builder.add_root_certificate(cert);
-            }
-            builder
-        }
-    };
-    let client = builder
-        .build()
-        .map_err(|e| in_conn(format!("cannot set up HTTP: {e}")))?;
+    let client = conn
+        .reqwest_client(QUEUE_REQUEST_TIMEOUT)
+        .map_err(|e| e.context(format!("connection `{name}`")))?;
     Ok(Arc::new(OnIoRuntime(Arc::new(client))))
 }
 
