@@ -13,6 +13,8 @@ use std::time::Instant;
 
 use actix_web::{App, HttpResponse, HttpServer, web};
 use ferry_connectors::control::Channel;
+
+use super::admin_guard::Guard;
 use ferry_engine::JobProgress;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
@@ -228,6 +230,35 @@ async fn page() -> HttpResponse {
         .body(include_str!("status.html"))
 }
 
+/// Who may use the server: its token, the other names it answers to, and its TLS files.
+pub struct Access {
+    /// The bearer token.
+    pub token: String,
+    /// Other `host:port` names it answers to.
+    pub hosts: Vec<String>,
+    /// TLS; required off loopback (checked when the configuration loads).
+    pub tls: Option<super::config::AdminTls>,
+}
+
+/// The rustls configuration of the admin server's certificate and key.
+fn tls_config(tls: &super::config::AdminTls) -> std::io::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &str, path: &std::path::Path, e: String| {
+        std::io::Error::other(format!("{what} {}: {e}", path.display()))
+    };
+    let certs = CertificateDer::pem_file_iter(&tls.cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad("admin TLS certificate", &tls.cert, e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| bad("admin TLS key", &tls.key, e.to_string()))?;
+    ferry_connectors::install_crypto_provider();
+    rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad("admin TLS certificate", &tls.cert, e.to_string()))
+}
+
 /// Starts the server on `address`; returns the bound address.
 pub fn start(
     address: &str,
@@ -235,6 +266,7 @@ pub fn start(
     channel: Arc<dyn Channel>,
     metrics: Option<PrometheusHandle>,
     admission: Admission,
+    access: Access,
 ) -> std::io::Result<std::net::SocketAddr> {
     let state = web::Data::new(State {
         view,
@@ -242,9 +274,18 @@ pub fn start(
         metrics,
         admission,
     });
+    // The guard knows the bound address only once bound: it is set before serving.
+    let guard: Arc<std::sync::OnceLock<web::Data<Guard>>> = Arc::default();
+    let guard_of_app = guard.clone();
     let server = HttpServer::new(move || {
+        let guard = guard_of_app
+            .get()
+            .cloned()
+            .unwrap_or_else(|| web::Data::new(Guard::new("", ([0, 0, 0, 0], 0).into(), &[])));
         App::new()
             .app_data(state.clone())
+            .app_data(guard)
+            .wrap(actix_web::middleware::from_fn(super::admin_guard::guard))
             .route("/", web::get().to(page))
             .route("/healthz", web::get().to(healthz))
             .route("/metrics", web::get().to(metrics_page))
@@ -254,13 +295,21 @@ pub fn start(
             .route("/api/jobs/{id}", web::delete().to(api_cancel))
     })
     .workers(1)
-    .disable_signals()
-    .bind(address)?;
+    .disable_signals();
+    let server = match &access.tls {
+        Some(tls) => server.bind_rustls_0_23(address, tls_config(tls)?)?,
+        None => server.bind(address)?,
+    };
     let bound = server
         .addrs()
         .first()
         .copied()
         .ok_or_else(|| std::io::Error::other("the admin server bound no address"))?;
+    let _ = guard.set(web::Data::new(Guard::new(
+        &access.token,
+        bound,
+        &access.hosts,
+    )));
     actix::spawn(server.run());
     Ok(bound)
 }

@@ -78,6 +78,16 @@ pub struct WorkerConfig {
     /// shown by `ferry nodes`). Keep it on loopback unless a proxy guards it.
     #[serde(default = "default_admin")]
     pub admin_address: String,
+    /// Other `host:port` names the admin server answers to (a node's DNS name behind TLS).
+    #[serde(default)]
+    pub admin_hosts: Vec<String>,
+    /// TLS for the admin server (PEM files); required when `admin_address` is not loopback.
+    #[serde(default)]
+    pub admin_tls: Option<AdminTls>,
+    /// The admin API's bearer token file (default `state_dir/keys/admin-token`), created
+    /// with a random token, mode 0600, at the node's first start.
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
     /// The node's own files (daily log files under `logs/`); none by default.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
@@ -91,6 +101,16 @@ pub struct WorkerConfig {
     pub policy: PolicyConfig,
     /// The control channel.
     pub channel: ChannelConfig,
+}
+
+/// `[admin_tls]`: the admin server's certificate chain and private key, PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminTls {
+    /// The certificate chain.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// `[log]`: what the node logs, and how.
@@ -176,6 +196,11 @@ pub struct Loaded {
     pub policy: NodePolicy,
     /// The node's own directory, resolved.
     pub state_dir: Option<PathBuf>,
+    /// The admin API's token file, resolved (none without `state_dir` or
+    /// `admin_token_file`: such a node does not start).
+    pub admin_token_file: Option<PathBuf>,
+    /// The admin server's TLS files, resolved.
+    pub admin_tls: Option<AdminTls>,
 }
 
 impl Loaded {
@@ -212,6 +237,15 @@ impl Loaded {
             .map_err(|e| Error::internal(format!("cannot start a runtime: {e}")))?;
         runtime.block_on(async { f(self.open_channel().await?).await })
     }
+}
+
+/// Whether every address `address` names is a loopback one.
+fn is_loopback_address(address: &str) -> bool {
+    use std::net::ToSocketAddrs;
+    address.to_socket_addrs().is_ok_and(|addrs| {
+        let addrs: Vec<_> = addrs.collect();
+        !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+    })
 }
 
 fn host_name() -> String {
@@ -270,7 +304,25 @@ pub fn load(path: &Path) -> Result<Loaded> {
         // The node's logs (and, later, keys) live here: private to the service account.
         check_private_dir(dir, "the node's `state_dir`")?;
     }
+    let admin_token_file = match (&config.admin_token_file, &state_dir) {
+        (Some(file), _) => Some(resolve(file)),
+        (None, Some(dir)) => Some(dir.join("keys").join("admin-token")),
+        (None, None) => None,
+    };
+    let admin_tls = config.admin_tls.as_ref().map(|tls| AdminTls {
+        cert: resolve(&tls.cert),
+        key: resolve(&tls.key),
+    });
+    if admin_tls.is_none() && !is_loopback_address(&config.admin_address) {
+        return Err(Error::config(format!(
+            "{}: `admin_address = \"{}\"` is not a loopback address: the admin API would cross the network in clear text. Give `[admin_tls]` (cert and key files) to serve it over TLS, or bind to 127.0.0.1",
+            path.display(),
+            config.admin_address
+        )));
+    }
     let mut denied: Vec<PathBuf> = vec![path.to_path_buf()];
+    denied.extend(admin_token_file.clone());
+    denied.extend(admin_tls.iter().map(|t| t.key.clone()));
     denied.extend(connections_file);
     denied.extend(logs_dir.clone());
     denied.extend(state_dir.as_ref().map(|d| d.join("keys")));
@@ -286,6 +338,8 @@ pub fn load(path: &Path) -> Result<Loaded> {
         })
         .map_err(|e| e.context(path.display()))?;
     Ok(Loaded {
+        admin_token_file,
+        admin_tls,
         state_dir,
         policy,
         logs_dir,

@@ -8,6 +8,7 @@
 //! channel for another node.
 
 pub mod admin;
+mod admin_guard;
 pub mod config;
 pub mod intake;
 #[cfg(test)]
@@ -74,6 +75,19 @@ pub fn run(loaded: config::Loaded) -> u8 {
         eprintln!("error: {e}");
         return e.exit_code() as u8;
     }
+    let Some(token_file) = &loaded.admin_token_file else {
+        eprintln!(
+            "error: the node's admin API needs a token file: set `state_dir` (the token goes to state_dir/keys/admin-token) or `admin_token_file` in the configuration"
+        );
+        return 2;
+    };
+    let token = match admin_guard::load_or_create_token(token_file) {
+        Ok(token) => token,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return e.exit_code() as u8;
+        }
+    };
     let system = actix::System::new();
     let started = system.block_on(async move {
         let address = loaded.config.admin_address.clone();
@@ -92,6 +106,11 @@ pub fn run(loaded: config::Loaded) -> u8 {
             admin::Admission {
                 connections: connections.clone(),
                 policy: policy.clone(),
+            },
+            admin::Access {
+                token,
+                hosts: loaded.config.admin_hosts.clone(),
+                tls: loaded.admin_tls.clone(),
             },
         )
             .map_err(|e| {

@@ -61,6 +61,13 @@ impl Runtime {
 
     pub(crate) fn with(kind: Kind) -> Runtime {
         let dir = tempfile::tempdir().unwrap();
+        {
+            // The nodes of a test share one admin token, which the test knows.
+            use std::os::unix::fs::PermissionsExt;
+            let token = dir.path().join("admin-token");
+            std::fs::write(&token, ADMIN_TOKEN).unwrap();
+            std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         let tokio = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -171,7 +178,8 @@ impl Runtime {
             &config,
             format!(
                 "node = \"{name}\"\nmax_concurrent_jobs = {max_jobs}\ngrace_period = \"60s\"\n\
-                 admin_address = \"127.0.0.1:0\"\nstate_dir = \"state-{name}\"\n{connections}{}{}",
+                 admin_address = \"127.0.0.1:0\"\nadmin_token_file = \"admin-token\"\n\
+                 state_dir = \"state-{name}\"\n{connections}{}{}",
                 self.channel_toml, self.policy_toml
             ),
         )
@@ -738,12 +746,31 @@ fn an_azure_queue_hands_back_without_counting_and_poisons_after_max_attempts() {
 }
 
 /// A plain HTTP/1.0 request to the node's admin server; returns (status, body).
+/// The admin token of the tests' nodes.
+pub(crate) const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123456789";
+
+/// A request to a node's admin server as an operator makes it: its own Host, the token,
+/// JSON.
 pub(crate) fn http(address: &str, method: &str, path: &str, body: &str) -> (u16, String) {
+    let headers = format!(
+        "Host: {address}\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nContent-Type: application/json\r\n"
+    );
+    http_with(address, method, path, &headers, body)
+}
+
+/// A request with exactly `headers` (each line ending in CRLF).
+pub(crate) fn http_with(
+    address: &str,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address).unwrap();
     write!(
         stream,
-        "{method} {path} HTTP/1.0\r\nHost: {address}\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\n{headers}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -911,6 +938,169 @@ fn a_binary_copy_shows_progress_and_metrics_and_can_be_cancelled() {
     assert!(stop(node).success());
 }
 
+/// The admin address node `name` of `rt` publishes.
+fn published_admin(rt: &Runtime, name: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(a) = rt
+            .nodes()
+            .into_iter()
+            .find(|n| n.node == name && !n.stopped)
+            .and_then(|n| n.admin)
+        {
+            return a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} never published its admin address"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_admin_api_refuses_strangers_and_plain_http_off_loopback() {
+    let rt = Runtime::new();
+    let input = rt.path().join("in.csv");
+    write_csv(&input, 10);
+    let job = rt
+        .job("sneaky", &input, &rt.path().join("out/sneaky.parquet"))
+        .to_string();
+    let node = rt.node("a", 1);
+    let address = published_admin(&rt, "a");
+    let host = format!("Host: {address}\r\n");
+    let token = format!("Authorization: Bearer {ADMIN_TOKEN}\r\n");
+    let json = "Content-Type: application/json\r\n";
+    let status = |method: &str, path: &str, headers: &str, body: &str| {
+        http_with(&address, method, path, headers, body).0
+    };
+    assert_eq!(status("GET", "/healthz", &host, ""), 200);
+    assert_eq!(status("GET", "/api/status", &host, ""), 401, "no token");
+    assert_eq!(status("GET", "/metrics", &host, ""), 401, "no token");
+    let wrong = "Authorization: Bearer test-admin-token-0123456789abcdef012345678X\r\n";
+    assert_eq!(
+        status("GET", "/api/jobs", &format!("{host}{wrong}"), ""),
+        401
+    );
+    assert_eq!(
+        status("POST", "/api/jobs", &format!("{host}{wrong}{json}"), &job),
+        401,
+        "a wrong token submits nothing"
+    );
+    // A page of another site posting a form (text/plain, its own Origin).
+    let form = format!("{host}Origin: http://attacker.example\r\nContent-Type: text/plain\r\n");
+    assert_eq!(status("POST", "/api/jobs", &form, &job), 403);
+    assert_eq!(
+        status(
+            "POST",
+            "/api/jobs",
+            &format!("{host}{token}Content-Type: text/plain\r\n"),
+            &job
+        ),
+        415,
+        "the API takes JSON only"
+    );
+    // DNS rebinding: another name that resolves to this address.
+    let port = address.rsplit(':').next().unwrap();
+    let rebound = format!("Host: attacker.example:{port}\r\n{token}{json}");
+    assert_eq!(status("POST", "/api/jobs", &rebound, &job), 403);
+    assert_eq!(status("DELETE", "/api/jobs/x", &rebound, ""), 403);
+    assert!(
+        rt.jobs().is_empty(),
+        "nothing was submitted: {:?}",
+        rt.jobs()
+    );
+    // The operator's request goes through.
+    assert_eq!(
+        status("POST", "/api/jobs", &format!("{host}{token}{json}"), &job),
+        201
+    );
+    assert!(stop(node).success());
+
+    // Off loopback without TLS, the node refuses to start and says what to do.
+    let config = std::fs::read_to_string(rt.config("a")).unwrap();
+    let open = config.replace(
+        "admin_address = \"127.0.0.1:0\"",
+        "admin_address = \"0.0.0.0:0\"",
+    );
+    assert_ne!(open, config);
+    std::fs::write(rt.path().join("open.toml"), &open).unwrap();
+    let refused = ferry()
+        .args(["worker", "--config"])
+        .arg(rt.path().join("open.toml"))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("not a loopback address") && said.contains("[admin_tls]"),
+        "{said}"
+    );
+
+    // With a certificate it serves HTTPS, and only HTTPS.
+    crate::support::postgres::make_certificates(rt.path(), &["localhost"]);
+    let tls = format!("{open}\n[admin_tls]\ncert = \"server.crt\"\nkey = \"server.key\"\n");
+    std::fs::write(
+        rt.path().join("b.toml"),
+        tls.replace("node = \"a\"", "node = \"b\""),
+    )
+    .unwrap();
+    let node = Node(Some(
+        ferry()
+            .args(["worker", "--config"])
+            .arg(rt.path().join("b.toml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(rt.path().join("b.log")).unwrap())
+            .spawn()
+            .unwrap(),
+    ));
+    let port = published_admin(&rt, "b")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_string();
+    let https = |path: &str, token: &str| {
+        let script = "import ssl, sys, http.client\n\
+            ctx = ssl.create_default_context(cafile=sys.argv[1])\n\
+            c = http.client.HTTPSConnection('localhost', int(sys.argv[2]), context=ctx)\n\
+            c.request('GET', sys.argv[3], headers={'Authorization': 'Bearer ' + sys.argv[4]})\n\
+            r = c.getresponse()\n\
+            print(r.status)\n\
+            print(r.read().decode())\n";
+        let out = Command::new("python3")
+            .args(["-c", script])
+            .arg(rt.path().join("ca.pem"))
+            .args([&port, path, token])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let answer = https("/api/status", ADMIN_TOKEN);
+    assert!(
+        answer.starts_with("200") && answer.contains("\"node\":\"b\""),
+        "{answer}"
+    );
+    assert!(https("/api/status", "nope").starts_with("401"));
+    let plain = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let _ = stream.write_all(b"GET /healthz HTTP/1.0\r\nHost: localhost\r\n\r\n");
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        answer
+    };
+    assert!(!plain.starts_with(b"HTTP/"), "no plain HTTP on a TLS port");
+    assert!(stop(node).success());
+}
+
 /// The status page as headless Chromium renders it (scripts run), as text.
 fn render(address: &str) -> String {
     let out = Command::new("chromium")
@@ -922,7 +1112,7 @@ fn render(address: &str) -> String {
             "--virtual-time-budget=3000",
             "--dump-dom",
         ])
-        .arg(format!("http://{address}/"))
+        .arg(format!("http://{address}/#token={ADMIN_TOKEN}"))
         .output()
         .expect("chromium is installed (scripts/test.sh installs it)");
     assert!(
