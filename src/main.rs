@@ -44,6 +44,9 @@ enum Command {
     Jobs(cli::node::JobsCommand),
     /// Lists the nodes sharing the control channel and their status.
     Nodes(cli::node::ConfigArg),
+    /// Creates a runtime's identity for signed jobs.
+    #[command(subcommand)]
+    Runtime(cli::runtime::RuntimeCommand),
     /// Checks a connection: reach the store, authenticate, read metadata.
     TestConnection(cli::test_connection::TestConnectionArgs),
     /// Writes an archive for a support ticket (configuration, reports), secrets redacted.
@@ -208,6 +211,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => cli::node::run_worker(args),
         Command::Jobs(command) => cli::node::run_jobs(command),
         Command::Nodes(args) => cli::node::run_nodes(args),
+        Command::Runtime(command) => cli::runtime::run(command),
         Command::TestConnection(args) => cli::test_connection::run(args),
         Command::Diagnostics(args) => cli::diagnostics::run(args),
         Command::Completions { shell } => {

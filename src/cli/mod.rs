@@ -11,6 +11,7 @@ macro_rules! outln {
 pub mod copy;
 pub mod diagnostics;
 pub mod node;
+pub mod runtime;
 pub mod test_connection;
 pub mod validate;
 

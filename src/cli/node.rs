@@ -81,8 +81,15 @@ pub fn run_jobs(command: JobsCommand) -> u8 {
                 }
             };
             let (connections, policy) = (&loaded.connections, &loaded.policy);
+            let signer = loaded.signer.as_ref();
+            if loaded.verifier.is_some() && signer.is_none() {
+                return super::fail(&ferry_engine::Error::forbidden(format!(
+                    "{}: [trust] names no `signing_key`: the runtime's nodes run only signed jobs, so submit from a machine that holds the signing key",
+                    config.config.display()
+                )));
+            }
             let submitted = loaded.with_channel(|channel| async move {
-                worker::submit(channel.as_ref(), &text, connections, policy)
+                worker::submit(channel.as_ref(), &text, connections, policy, signer)
                     .await
                     .map_err(|e| e.context(job.display()))
             });

@@ -78,6 +78,13 @@ pub struct Admission {
     pub connections: Arc<ferry_connectors::Connections>,
     /// The node's policy.
     pub policy: Arc<ferry_connectors::NodePolicy>,
+    /// Whether the node's runtime requires signed jobs.
+    pub verifier: bool,
+    /// Signs submissions, when the node holds the runtime's signing key.
+    pub signer: Option<(
+        Arc<ferry_connectors::control::trust::Signer>,
+        std::time::Duration,
+    )>,
 }
 
 async fn status(state: &State) -> StatusJson {
@@ -184,11 +191,17 @@ async fn api_jobs(state: web::Data<State>) -> HttpResponse {
 }
 
 async fn api_submit(state: web::Data<State>, body: String) -> HttpResponse {
+    if state.admission.verifier && state.admission.signer.is_none() {
+        return HttpResponse::Forbidden().body(
+            "this runtime runs only signed jobs and this node holds no signing key: submit with `ferry jobs submit` where the signing key is\n",
+        );
+    }
     let submitted = super::submit(
         state.channel.as_ref(),
         &body,
         &state.admission.connections,
         &state.admission.policy,
+        state.admission.signer.as_ref(),
     )
     .await;
     match submitted {

@@ -46,6 +46,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ferry_connectors::Connections;
+use ferry_connectors::control::trust::{DEFAULT_VALID_FOR, Signer, Verifier, read_identity};
 use ferry_connectors::control::{Channel, ChannelConfig, ChannelSpec};
 use ferry_connectors::{NodePolicy, PolicyConfig, PolicyContext};
 use ferry_engine::config::local::{check_private_dir, create_private_dir};
@@ -101,6 +102,26 @@ pub struct WorkerConfig {
     pub policy: PolicyConfig,
     /// The control channel.
     pub channel: ChannelConfig,
+    /// Signed jobs: the runtime whose signatures this node requires, and (for submitters)
+    /// its signing key.
+    #[serde(default)]
+    pub trust: Option<TrustConfig>,
+}
+
+/// `[trust]`: the runtime's identity (made by `ferry runtime init`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// `runtime.json`: the runtime's id and public key. With it, this node runs only jobs
+    /// signed for that runtime.
+    pub runtime: PathBuf,
+    /// `signing.key`: the private key that signs jobs submitted from here (`ferry jobs
+    /// submit`, the admin API). Only on machines that may submit.
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
+    /// How long a signed job may wait in the channel (default 24h).
+    #[serde(default)]
+    pub valid_for: Option<HumanDuration>,
 }
 
 /// `[admin_tls]`: the admin server's certificate chain and private key, PEM files.
@@ -201,6 +222,10 @@ pub struct Loaded {
     pub admin_token_file: Option<PathBuf>,
     /// The admin server's TLS files, resolved.
     pub admin_tls: Option<AdminTls>,
+    /// Checks the signatures of jobs, when `[trust]` names a runtime.
+    pub verifier: Option<Arc<Verifier>>,
+    /// Signs submitted jobs, when `[trust]` names a signing key; with how long they stay valid.
+    pub signer: Option<(Arc<Signer>, std::time::Duration)>,
 }
 
 impl Loaded {
@@ -328,6 +353,27 @@ pub fn load(path: &Path) -> Result<Loaded> {
     denied.extend(state_dir.as_ref().map(|d| d.join("keys")));
     denied.extend(config.channel.local_dir(base));
     let channel_connection = config.channel.connection().map(str::to_string);
+    let (verifier, signer) = match &config.trust {
+        None => (None, None),
+        Some(trust) => {
+            let in_file = |e: Error| e.context(format!("{}: [trust]", path.display()));
+            let identity = read_identity(&resolve(&trust.runtime)).map_err(in_file)?;
+            let verifier = Arc::new(Verifier::new(identity).map_err(in_file)?);
+            let signer = match &trust.signing_key {
+                Some(key) => Some((
+                    Arc::new(
+                        Signer::load(&resolve(&trust.runtime), &resolve(key)).map_err(in_file)?,
+                    ),
+                    trust.valid_for.map_or(DEFAULT_VALID_FOR, |v| v.0),
+                )),
+                None => None,
+            };
+            if let Some(key) = &trust.signing_key {
+                denied.push(resolve(key));
+            }
+            (Some(verifier), signer)
+        }
+    };
     let policy = config
         .policy
         .build(&PolicyContext {
@@ -338,6 +384,8 @@ pub fn load(path: &Path) -> Result<Loaded> {
         })
         .map_err(|e| e.context(path.display()))?;
     Ok(Loaded {
+        verifier,
+        signer,
         admin_token_file,
         admin_tls,
         state_dir,

@@ -18,6 +18,9 @@ use ferry_engine::config::CommitGate;
 use ferry_engine::{CancellationToken, JobControl, JobReport};
 use tokio::time::Instant;
 
+use ferry_connectors::control::Envelope;
+use ferry_connectors::control::trust::Verifier;
+
 use super::admin;
 use super::runner::{JobRunner, Observe};
 
@@ -51,6 +54,8 @@ pub struct IntakeConfig {
     pub grace: Duration,
     /// The admin server's address, published in the heartbeat.
     pub admin: Option<String>,
+    /// With `[trust]`: runs only jobs signed for the runtime, and no replays.
+    pub verifier: Option<Arc<Verifier>>,
 }
 
 /// Takes jobs from the channel and runs them with `R`.
@@ -58,6 +63,7 @@ pub struct JobIntake<R: JobRunner> {
     node: String,
     channel: Arc<dyn ControlChannel>,
     runner: Arc<R>,
+    verifier: Option<Arc<Verifier>>,
     max_jobs: usize,
     poll: Duration,
     grace: Duration,
@@ -98,6 +104,7 @@ impl<R: JobRunner> JobIntake<R> {
             node: config.node,
             channel,
             runner,
+            verifier: config.verifier,
             max_jobs: config.max_jobs,
             poll: config.poll,
             grace: config.grace,
@@ -202,7 +209,9 @@ impl<R: JobRunner> JobIntake<R> {
             self.max_jobs.saturating_sub(self.running.len())
         };
         let (channel, node) = (self.channel.clone(), self.node.clone());
+        let verifier = self.verifier.clone();
         let work = async move {
+            let verifier = verifier.as_deref();
             let mut result = TickResult::default();
             for id in renew {
                 match channel.renew(&id, &node).await {
@@ -225,7 +234,7 @@ impl<R: JobRunner> JobIntake<R> {
                     tracing::warn!(error = %e, "cannot recover expired leases");
                 }
                 match channel.lease(&node, free).await {
-                    Ok(leased) => result.leased = leased,
+                    Ok(leased) => result.leased = screen(channel.as_ref(), verifier, leased).await,
                     Err(e) => tracing::warn!(error = %e, "cannot lease jobs"),
                 }
             }
@@ -415,6 +424,52 @@ impl<R: JobRunner> JobIntake<R> {
                 }),
         );
     }
+}
+
+/// Screens leased jobs before any runs: a job whose id already has a record is a replay and
+/// is rejected without touching that record; with a verifier, a job that is unsigned,
+/// tampered, foreign or expired comes back as refused (to be recorded as failed, never run).
+async fn screen(
+    channel: &dyn ControlChannel,
+    verifier: Option<&Verifier>,
+    leased: Vec<Leased>,
+) -> Vec<Leased> {
+    let Some(verifier) = verifier else {
+        return leased;
+    };
+    let mut screened = Vec::with_capacity(leased.len());
+    for job in leased {
+        let envelope: Envelope = match job {
+            Ok(envelope) => envelope,
+            Err(malformed) => {
+                screened.push(Err(malformed));
+                continue;
+            }
+        };
+        let id = envelope.id.clone();
+        match channel.finished(&id).await {
+            Ok(false) => {}
+            Ok(true) => {
+                let why =
+                    format!("job {id} was replayed: it has a record already, and a job runs once");
+                tracing::error!(job = %id, "{why}; rejected");
+                if let Err(e) = channel.reject(&id, &why).await {
+                    tracing::warn!(job = %id, error = %e, "cannot reject a replayed job");
+                }
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "cannot check whether the job ran before; handed back");
+                let _ = channel.release(&id).await;
+                continue;
+            }
+        }
+        match verifier.verify(&envelope, now_ms()) {
+            Ok(()) => screened.push(Ok(envelope)),
+            Err(e) => screened.push(Err((id, e))),
+        }
+    }
+    screened
 }
 
 impl<R: JobRunner> Actor for JobIntake<R> {

@@ -22,6 +22,7 @@ struct State {
     /// How many times each job was leased.
     leases: HashMap<String, u32>,
     released: Vec<String>,
+    rejected: Vec<(String, String)>,
 }
 
 pub(crate) struct MemoryChannel {
@@ -48,6 +49,20 @@ impl MemoryChannel {
         self.state()
             .queued
             .push_back(Ok(Envelope::new(id.to_string(), job)));
+    }
+
+    /// Queues `envelope` as it is (signed or not).
+    pub(crate) fn submit_envelope(&self, envelope: Envelope) {
+        self.state().queued.push_back(Ok(envelope));
+    }
+
+    /// Records `finished` as if a node had (to set up a replay).
+    pub(crate) fn record(&self, finished: FinishedJob) {
+        self.state().finished.insert(finished.id.clone(), finished);
+    }
+
+    pub(crate) fn rejected(&self) -> Vec<(String, String)> {
+        self.state().rejected.clone()
     }
 
     /// Queues a message that is not a job.
@@ -201,6 +216,17 @@ impl ControlChannel for MemoryChannel {
 
     async fn node_heartbeat(&self, info: &NodeInfo) -> Result<()> {
         self.state().heartbeats.push(info.clone());
+        Ok(())
+    }
+
+    async fn finished(&self, id: &str) -> Result<bool> {
+        Ok(self.state().finished.contains_key(id))
+    }
+
+    async fn reject(&self, id: &str, why: &str) -> Result<()> {
+        let mut state = self.state();
+        state.leased.remove(id);
+        state.rejected.push((id.to_string(), why.to_string()));
         Ok(())
     }
 }

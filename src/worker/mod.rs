@@ -20,7 +20,8 @@ mod tests;
 use std::sync::{Arc, Mutex};
 
 use actix::Actor;
-use ferry_connectors::control::Channel;
+use ferry_connectors::control::trust::Signer;
+use ferry_connectors::control::{Channel, Envelope, new_job_id};
 use ferry_connectors::{Connections, NodePolicy};
 
 pub use intake::{Drain, IntakeConfig, JobIntake};
@@ -33,6 +34,7 @@ pub async fn submit(
     text: &str,
     connections: &Connections,
     policy: &NodePolicy,
+    signer: Option<&(Arc<Signer>, std::time::Duration)>,
 ) -> ferry_engine::Result<String> {
     let (spec, settings) = ferry_connectors::parse_job(text)?;
     ferry_connectors::check_connections(&spec, connections)?;
@@ -48,7 +50,11 @@ pub async fn submit(
     }
     let value: serde_json::Value = serde_json::from_str(text)
         .map_err(|e| ferry_engine::Error::invalid_input(format!("invalid job: {e}")))?;
-    channel.submit(value).await
+    let mut envelope = Envelope::new(new_job_id(&value), value);
+    if let Some((signer, valid_for)) = signer {
+        signer.sign(&mut envelope, *valid_for);
+    }
+    channel.submit_envelope(envelope).await
 }
 
 /// Runs a node until it is drained; returns the exit code.
@@ -106,6 +112,8 @@ pub fn run(loaded: config::Loaded) -> u8 {
             admin::Admission {
                 connections: connections.clone(),
                 policy: policy.clone(),
+                verifier: loaded.verifier.is_some(),
+                signer: loaded.signer.clone(),
             },
             admin::Access {
                 token,
@@ -123,7 +131,11 @@ pub fn run(loaded: config::Loaded) -> u8 {
             connections,
             policy,
         });
+        if loaded.verifier.is_none() {
+            tracing::warn!(node = %loaded.node, "no [trust]: this node runs unsigned jobs, so whoever can write its channel can run jobs here (see docs/security.md)");
+        }
         let config = IntakeConfig {
+            verifier: loaded.verifier.clone(),
             node: loaded.node,
             max_jobs: loaded.config.max_concurrent_jobs,
             poll: loaded.poll,

@@ -15,6 +15,8 @@ use super::admin::NodeView;
 use super::memory::MemoryChannel;
 use super::runner::{JobRunner, Observe};
 use super::{Drain, IntakeConfig, JobIntake};
+use ferry_connectors::control::trust::{Signer, Verifier, init, read_identity};
+use ferry_connectors::control::{Envelope, FinishedJob};
 
 const LEASE: Duration = Duration::from_secs(30);
 
@@ -106,6 +108,20 @@ fn start(
     Addr<JobIntake<FakeRunner>>,
     tokio::sync::oneshot::Receiver<()>,
 ) {
+    start_verified(channel, runner, max_jobs, grace, None)
+}
+
+/// [`start`], the node running only jobs that `verifier` accepts.
+fn start_verified(
+    channel: &Arc<MemoryChannel>,
+    runner: &Arc<FakeRunner>,
+    max_jobs: usize,
+    grace: Duration,
+    verifier: Option<Arc<Verifier>>,
+) -> (
+    Addr<JobIntake<FakeRunner>>,
+    tokio::sync::oneshot::Receiver<()>,
+) {
     let view = Arc::new(NodeView {
         node: "a".into(),
         max_concurrent_jobs: max_jobs,
@@ -118,6 +134,7 @@ fn start(
         poll: Duration::from_secs(1),
         grace,
         admin: None,
+        verifier,
     };
     let (intake, stopped) = JobIntake::new(config, channel.clone(), runner.clone(), view);
     (intake.start(), stopped)
@@ -325,5 +342,76 @@ fn a_job_that_does_not_fit_in_memory_waits_for_a_running_one() {
         assert_eq!(channel.released(), vec!["second".to_string()]);
         let second = channel.finished("second").unwrap();
         assert_eq!((second.status, second.attempt), (JobStatus::Succeeded, 1));
+    });
+}
+
+#[test]
+fn with_trust_only_signed_untampered_unreplayed_jobs_run() {
+    paused(|| async {
+        let keys = tempfile::tempdir().unwrap();
+        let identity = init(keys.path()).unwrap();
+        let signer = Signer::load(
+            &keys.path().join("runtime.json"),
+            &keys.path().join("signing.key"),
+        )
+        .unwrap();
+        let verifier = Arc::new(
+            Verifier::new(read_identity(&keys.path().join("runtime.json")).unwrap()).unwrap(),
+        );
+        assert_eq!(verifier.runtime(), identity.runtime);
+        let channel = Arc::new(MemoryChannel::new(LEASE, 3));
+        let runner = Arc::new(FakeRunner::default());
+        let _node = start_verified(
+            &channel,
+            &runner,
+            2,
+            Duration::from_secs(60),
+            Some(verifier),
+        );
+        let signed = |id: &str| {
+            let mut envelope = Envelope::new(id.to_string(), job(id, 1));
+            signer.sign(&mut envelope, Duration::from_secs(3600));
+            envelope
+        };
+        channel.submit_envelope(signed("good"));
+        channel.submit("unsigned", job("unsigned", 1));
+        let mut tampered = signed("tampered");
+        tampered.job["secs"] = serde_json::json!(2);
+        channel.submit_envelope(tampered);
+        // A signed job that ran already, sent again as it was.
+        channel.record(FinishedJob::failed(
+            "replayed",
+            "b",
+            1,
+            "the original run's record",
+        ));
+        channel.submit_envelope(signed("replayed"));
+        until(Duration::from_secs(30), "every job was handled", || {
+            ["good", "unsigned", "tampered"]
+                .iter()
+                .all(|id| channel.finished(id).is_some())
+                && !channel.rejected().is_empty()
+        })
+        .await;
+        assert_eq!(
+            channel.finished("good").unwrap().status,
+            JobStatus::Succeeded
+        );
+        for (id, why) in [("unsigned", "not signed"), ("tampered", "does not match")] {
+            let f = channel.finished(id).unwrap();
+            assert_eq!(f.status, JobStatus::Failed, "{id}");
+            let message = &f.reports[0].error.as_ref().unwrap().message;
+            assert!(message.contains(why), "{id}: {message}");
+        }
+        let rejected = channel.rejected();
+        assert_eq!(rejected.len(), 1);
+        assert!(
+            rejected[0].0 == "replayed" && rejected[0].1.contains("replayed"),
+            "{rejected:?}"
+        );
+        let record = channel.finished("replayed").unwrap();
+        assert_eq!(record.node, "b", "the original record is untouched");
+        let ran: Vec<String> = runner.started().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(ran, vec!["good".to_string()]);
     });
 }

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ferry_connectors::ConnectionSpec;
+use ferry_connectors::control::Envelope;
 use ferry_connectors::control::azure_queue::AzureQueueSettings;
+use ferry_connectors::control::trust::Signer;
 use ferry_connectors::control::{
     AzureQueueChannel, Channel, FinishedJob, JobPhase, JobState, LocalChannel, NodeInfo,
 };
@@ -225,6 +227,61 @@ impl Runtime {
                 std::fs::write(self.path().join(format!("spool/queue/{id}.json")), text).unwrap();
                 id
             }
+        }
+    }
+
+    /// Puts `envelope` in the channel exactly as given, as anyone who can write the spool or
+    /// send to the queue could.
+    pub(crate) fn send_envelope(&self, envelope: &Envelope) {
+        let text = serde_json::to_string(envelope).unwrap();
+        match &self.azure {
+            Some(azure) => {
+                self.tokio.block_on(azure.send_text(&text)).unwrap();
+            }
+            None => std::fs::write(
+                self.path()
+                    .join(format!("spool/queue/{}.json", envelope.id)),
+                text,
+            )
+            .unwrap(),
+        }
+    }
+
+    /// The messages of the poison queue (Azure) or the spool's rejected jobs (local).
+    pub(crate) fn rejected(&self) -> Vec<String> {
+        match &self.azure {
+            Some(_) => {
+                let az = azurite();
+                let poison = url::Url::parse(&format!(
+                    "{}/{}-poison?{}",
+                    az.queue_endpoint(),
+                    self.queue,
+                    az.sas_for("rlp", "q")
+                ))
+                .unwrap();
+                self.tokio
+                    .block_on(async {
+                        azure_storage_queue::QueueClient::new(poison, None, None)
+                            .unwrap()
+                            .peek_messages(None)
+                            .await
+                            .unwrap()
+                            .into_model()
+                            .unwrap()
+                    })
+                    .items
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter_map(|m| m.message_text)
+                    .collect()
+            }
+            None => std::fs::read_dir(self.path().join("spool/rejected"))
+                .map(|entries| {
+                    entries
+                        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
     }
 
@@ -581,6 +638,142 @@ fn drain_and_cancel(kind: Kind) {
     let done = rt.wait(std::slice::from_ref(&id), Duration::from_secs(60));
     assert_eq!(done[0].status, JobStatus::Cancelled, "{:?}", done[0]);
     assert!(!out.exists());
+    assert!(stop(node).success());
+}
+
+#[test]
+fn with_trust_only_signed_jobs_run() {
+    signed_jobs(Kind::Local);
+}
+
+#[test]
+fn with_trust_only_signed_jobs_run_from_an_azure_queue() {
+    signed_jobs(Kind::Azure { sas: false });
+}
+
+fn signed_jobs(kind: Kind) {
+    let mut rt = Runtime::with(kind);
+    succeed(
+        ferry()
+            .args(["runtime", "init"])
+            .arg(rt.path().join("keys")),
+    );
+    rt.policy_toml
+        .push_str("[trust]\nruntime = \"keys/runtime.json\"\n");
+    let input = rt.path().join("in.csv");
+    write_csv(&input, 100);
+    let out = |name: &str| rt.path().join(format!("out/{name}.parquet"));
+    let node = rt.node("a", 2);
+    // A submitter's configuration: the node's, with the signing key.
+    let submitter = std::fs::read_to_string(rt.config("a"))
+        .unwrap()
+        .replace("[trust]\n", "[trust]\nsigning_key = \"keys/signing.key\"\n");
+    std::fs::write(rt.path().join("submitter.toml"), submitter).unwrap();
+    let job_file = rt.path().join("job.json");
+    std::fs::write(
+        &job_file,
+        rt.job("by-cli", &input, &out("by-cli")).to_string(),
+    )
+    .unwrap();
+    let by_cli = succeed(
+        ferry()
+            .args(["jobs", "submit"])
+            .arg(&job_file)
+            .arg("--config")
+            .arg(rt.path().join("submitter.toml")),
+    )
+    .trim()
+    .to_string();
+    // Without the signing key, the command line refuses to submit.
+    let refused = ferry()
+        .args(["jobs", "submit"])
+        .arg(&job_file)
+        .arg("--config")
+        .arg(rt.config("a"))
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("signing_key"));
+
+    // Jobs put in the channel directly, as whoever can write it could.
+    let signer = Signer::load(
+        &rt.path().join("keys/runtime.json"),
+        &rt.path().join("keys/signing.key"),
+    )
+    .unwrap();
+    let envelope = |name: &str| {
+        Envelope::new(
+            format!("0000000000002-{}-{name}", unique()),
+            rt.job(name, &input, &out(name)),
+        )
+    };
+    let mut good = envelope("good");
+    signer.sign(&mut good, Duration::from_secs(3600));
+    let unsigned = envelope("unsigned");
+    let mut tampered = envelope("tampered");
+    signer.sign(&mut tampered, Duration::from_secs(3600));
+    tampered.job["sink"]["path"] = serde_json::json!(out("elsewhere"));
+    let mut expired = envelope("expired");
+    signer.sign(&mut expired, Duration::ZERO);
+    std::thread::sleep(Duration::from_millis(5));
+    for e in [&good, &unsigned, &tampered, &expired] {
+        rt.send_envelope(e);
+    }
+    let ids: Vec<String> = [&good, &unsigned, &tampered, &expired]
+        .iter()
+        .map(|e| e.id.clone())
+        .chain([by_cli.clone()])
+        .collect();
+    let done = rt.wait(&ids, Duration::from_secs(60));
+    let status = |id: &str| done.iter().find(|f| f.id == id).unwrap();
+    assert_eq!(
+        status(&by_cli).status,
+        JobStatus::Succeeded,
+        "{:?}",
+        status(&by_cli)
+    );
+    assert_eq!(status(&good.id).status, JobStatus::Succeeded);
+    for (e, why) in [
+        (&unsigned, "not signed"),
+        (&tampered, "does not match"),
+        (&expired, "expired"),
+    ] {
+        let f = status(&e.id);
+        assert_eq!(f.status, JobStatus::Failed, "{f:?}");
+        let message = &f.reports[0].error.as_ref().unwrap().message;
+        assert!(
+            message.contains(why) && message.contains("does not run"),
+            "{message}"
+        );
+    }
+    assert!(out("by-cli").exists() && out("good").exists());
+    for never in ["unsigned", "tampered", "expired", "elsewhere"] {
+        assert!(!out(never).exists(), "{never} wrote output");
+    }
+
+    // The good job, sent again exactly as it was: a replay, rejected; its record stays.
+    let record = rt.report(&good.id).unwrap();
+    rt.send_envelope(&good);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let handled = || match kind {
+        Kind::Local => rt.rejected().iter().any(|r| r.contains("replayed")),
+        // The queue drops a message whose job has a record as it receives it (a replay, or a
+        // node that died between writing the record and deleting the message).
+        Kind::Azure { .. } => {
+            rt.tokio.block_on(rt.channel.queued()).unwrap() == 0
+                && rt.nodes().iter().all(|n| n.running.is_empty())
+        }
+    };
+    while !handled() {
+        assert!(Instant::now() < deadline, "the replay was not dropped");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after = rt.report(&good.id).unwrap();
+    assert_eq!(
+        serde_json::to_value(&after).unwrap(),
+        serde_json::to_value(&record).unwrap(),
+        "the replay left the job's record as it was"
+    );
     assert!(stop(node).success());
 }
 

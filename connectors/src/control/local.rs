@@ -112,7 +112,10 @@ impl LocalChannel {
     ) -> Result<Self> {
         let root = root.into();
         for dir in std::iter::once(root.clone()).chain(
-            ["queue", "running", "claims", "reports", "cancel", "nodes"].map(|sub| root.join(sub)),
+            [
+                "queue", "running", "claims", "reports", "cancel", "nodes", "rejected",
+            ]
+            .map(|sub| root.join(sub)),
         ) {
             create_private_dir(&dir)
                 .map_err(|e| e.context("cannot create the spool; check the channel's `path`"))?;
@@ -132,10 +135,39 @@ impl LocalChannel {
     /// Submits a job (its JSON text); returns its id. The text is kept as JSON; a job that
     /// does not validate fails when a node takes it, with a report.
     pub fn submit(&self, job: serde_json::Value) -> Result<String> {
-        let envelope = Envelope::new(super::new_job_id(&job), job);
+        self.submit_envelope(Envelope::new(super::new_job_id(&job), job))
+    }
+
+    /// Queues `envelope` under its id; an id the channel knows already is refused.
+    pub fn submit_envelope(&self, envelope: Envelope) -> Result<String> {
         let id = envelope.id.clone();
+        check_job_id(&id)?;
+        let known = [("queue", "json"), ("running", "json"), ("reports", "json")]
+            .iter()
+            .any(|(dir, ext)| self.path(dir, &format!("{id}.{ext}")).exists());
+        if known {
+            return Err(Error::invalid_input(format!(
+                "job id {id} is in the channel already; a job is submitted once"
+            )));
+        }
         write_json(&self.path("queue", &format!("{id}.json")), &envelope)?;
         Ok(id)
+    }
+
+    /// Moves leased job `id` to `rejected/` with `why`, leaving any record of it as it is.
+    pub fn reject(&self, id: &str, why: &str) -> Result<()> {
+        check_job_id(id)?;
+        let stamp = now_ms();
+        let running = self.path("running", &format!("{id}.json"));
+        let kept = self.path("rejected", &format!("{id}-{stamp}.json"));
+        std::fs::rename(&running, &kept).map_err(io(format!("reject {id}")))?;
+        write_atomic(
+            &self.path("rejected", &format!("{id}-{stamp}.why")),
+            why.as_bytes(),
+        )?;
+        let _ = std::fs::remove_file(self.path("running", &format!("{id}.lease")));
+        tracing::warn!(job = %id, reason = %why, "job rejected; kept in the spool's rejected/");
+        Ok(())
     }
 
     /// Takes the oldest queued job, if any; `node` holds its lease from now on. A queued
@@ -444,12 +476,20 @@ impl ControlChannel for LocalChannel {
     async fn node_heartbeat(&self, info: &NodeInfo) -> Result<()> {
         LocalChannel::node_heartbeat(self, info)
     }
+
+    async fn finished(&self, id: &str) -> Result<bool> {
+        Ok(LocalChannel::report(self, id)?.is_some())
+    }
+
+    async fn reject(&self, id: &str, why: &str) -> Result<()> {
+        LocalChannel::reject(self, id, why)
+    }
 }
 
 #[async_trait::async_trait]
 impl ChannelQueries for LocalChannel {
-    async fn submit(&self, job: serde_json::Value) -> Result<String> {
-        LocalChannel::submit(self, job)
+    async fn submit_envelope(&self, envelope: Envelope) -> Result<String> {
+        LocalChannel::submit_envelope(self, envelope)
     }
 
     async fn cancel(&self, id: &str) -> Result<String> {

@@ -12,6 +12,7 @@
 pub mod azure_queue;
 pub mod local;
 pub mod registry;
+pub mod trust;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -43,6 +44,9 @@ pub struct Envelope {
     /// Runs handed back by a draining node: they do not count as attempts.
     #[serde(default)]
     pub released: u32,
+    /// The submitter's signature (see [`trust`]), when the runtime signs its jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<trust::JobSignature>,
     /// The job file's JSON.
     pub job: serde_json::Value,
 }
@@ -162,6 +166,7 @@ impl Envelope {
             last_error: None,
             node: None,
             released: 0,
+            signature: None,
             job,
         }
     }
@@ -300,14 +305,28 @@ pub trait ControlChannel: Send + Sync + 'static {
 
     /// Records a node's heartbeat.
     async fn node_heartbeat(&self, info: &NodeInfo) -> Result<()>;
+
+    /// Whether job `id` already has a finished record (a second run of it is a replay).
+    async fn finished(&self, id: &str) -> Result<bool>;
+
+    /// Drops leased job `id` without running it and without touching any record of it (a
+    /// replay of a finished job): it goes where the channel keeps rejected messages, with
+    /// `why`.
+    async fn reject(&self, id: &str, why: &str) -> Result<()>;
 }
 
 /// What operators and submitters ask of a channel (the CLI, the admin API): submit and
 /// cancel jobs, read their records, list jobs and nodes.
 #[async_trait]
 pub trait ChannelQueries: Send + Sync + 'static {
-    /// Puts a job (its JSON) in the channel; returns its id.
-    async fn submit(&self, job: serde_json::Value) -> Result<String>;
+    /// Puts a job (its JSON) in the channel, unsigned; returns its id.
+    async fn submit(&self, job: serde_json::Value) -> Result<String> {
+        self.submit_envelope(Envelope::new(new_job_id(&job), job))
+            .await
+    }
+
+    /// Puts an envelope (a job with its id, signed or not) in the channel; returns its id.
+    async fn submit_envelope(&self, envelope: Envelope) -> Result<String>;
 
     /// Asks for job `id` to stop; says what happens.
     async fn cancel(&self, id: &str) -> Result<String>;

@@ -777,12 +777,38 @@ impl ControlChannel for AzureQueueChannel {
         self.put_json(&self.key("nodes", &format!("{}.json", info.node)), info)
             .await
     }
+
+    async fn finished(&self, id: &str) -> Result<bool> {
+        Ok(ChannelQueries::report(self, id).await?.is_some())
+    }
+
+    async fn reject(&self, id: &str, why: &str) -> Result<()> {
+        let Some(lease) = self.lease_of(id) else {
+            return Ok(());
+        };
+        let lease = lease.lock().await;
+        let text = match &lease.envelope {
+            Some(envelope) => to_json(envelope)?,
+            None => String::new(),
+        };
+        self.to_poison(id, &text, why).await?;
+        self.delete(&lease.message_id, &lease.pop_receipt).await?;
+        drop(lease);
+        self.forget(id);
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl ChannelQueries for AzureQueueChannel {
-    async fn submit(&self, job: serde_json::Value) -> Result<String> {
-        let envelope = Envelope::new(super::new_job_id(&job), job);
+    async fn submit_envelope(&self, envelope: Envelope) -> Result<String> {
+        super::check_job_id(&envelope.id)?;
+        if self.report(&envelope.id).await?.is_some() {
+            return Err(Error::invalid_input(format!(
+                "job id {} has a record already; a job is submitted once",
+                envelope.id
+            )));
+        }
         self.send_text(&to_json(&envelope)?).await?;
         Ok(envelope.id)
     }

@@ -1,0 +1,336 @@
+//! Signed jobs: only the runtime's submitters can start work on its nodes.
+//!
+//! `ferry runtime init` makes a runtime's identity: its id and an Ed25519 key pair (`ring`).
+//! `runtime.json` (the id and the public key) goes to every node; `signing.key` (the private
+//! key, PKCS#8) stays with those who may submit jobs. A submitter signs each envelope: the
+//! runtime id, the job id, an expiry and the job's JSON. A node with `[trust]` verifies all
+//! of it before it runs a job: an unsigned, tampered, foreign or expired job never runs, and
+//! one whose id already has a record (a replay) is rejected without touching that record.
+
+use std::path::Path;
+use std::time::Duration;
+
+use base64::Engine as _;
+use ferry_engine::config::local::create_private_dir;
+use ferry_engine::{Error, Result};
+use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
+use serde::{Deserialize, Serialize};
+
+use super::{Envelope, now_ms};
+
+/// How long a signed job may wait in the channel by default.
+pub const DEFAULT_VALID_FOR: Duration = Duration::from_secs(24 * 3600);
+
+/// A job's signature, carried in its envelope.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSignature {
+    /// The runtime whose key signed it.
+    pub runtime: String,
+    /// Not valid after this (ms since the epoch).
+    pub expires_ms: u64,
+    /// Ed25519 signature, base64.
+    pub signature: String,
+}
+
+/// A runtime's public identity (`runtime.json`): what nodes need to verify jobs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeIdentity {
+    /// The runtime's id.
+    pub runtime: String,
+    /// Its job-signing public key (Ed25519, base64).
+    pub signing_public_key: String,
+}
+
+fn b64() -> base64::engine::GeneralPurpose {
+    base64::engine::general_purpose::STANDARD
+}
+
+/// The bytes a signature covers.
+fn signed_bytes(runtime: &str, envelope: &Envelope, expires_ms: u64) -> Vec<u8> {
+    // serde_json writes a `Value` the same way every time; the node verifies the JSON it
+    // parsed from the same text.
+    let job = serde_json::to_string(&envelope.job).unwrap_or_default();
+    format!(
+        "ferry-job-v1\n{runtime}\n{}\n{expires_ms}\n{job}",
+        envelope.id
+    )
+    .into_bytes()
+}
+
+/// Creates a runtime's identity in `dir` (0700): `runtime.json` and `signing.key` (0600).
+/// Refuses to overwrite an existing key.
+pub fn init(dir: &Path) -> Result<RuntimeIdentity> {
+    use std::os::unix::fs::OpenOptionsExt;
+    create_private_dir(dir)?;
+    let key_path = dir.join("signing.key");
+    if key_path.exists() {
+        return Err(Error::invalid_input(format!(
+            "{} exists: this directory already holds a runtime; remove it first to make a new one (every node and submitter must then be given the new files)",
+            key_path.display()
+        )));
+    }
+    let rng = ring::rand::SystemRandom::new();
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
+        .map_err(|_| Error::internal("cannot generate a signing key"))?;
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref())
+        .map_err(|_| Error::internal("cannot read the new signing key"))?;
+    let mut id = [0u8; 8];
+    ring::rand::SecureRandom::fill(&rng, &mut id)
+        .map_err(|_| Error::internal("no randomness for the runtime id"))?;
+    let identity = RuntimeIdentity {
+        runtime: format!(
+            "rt-{}",
+            id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        ),
+        signing_public_key: b64().encode(pair.public_key().as_ref()),
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key_path)
+        .map_err(|e| Error::io(format!("cannot create {}", key_path.display()), e))?;
+    std::io::Write::write_all(
+        &mut file,
+        format!("{}\n", b64().encode(pkcs8.as_ref())).as_bytes(),
+    )
+    .map_err(|e| Error::io(format!("cannot write {}", key_path.display()), e))?;
+    let public =
+        serde_json::to_string_pretty(&identity).map_err(|e| Error::internal(e.to_string()))?;
+    std::fs::write(dir.join("runtime.json"), format!("{public}\n")).map_err(|e| {
+        Error::io(
+            format!("cannot write {}", dir.join("runtime.json").display()),
+            e,
+        )
+    })?;
+    Ok(identity)
+}
+
+/// Reads a runtime's public identity.
+pub fn read_identity(path: &Path) -> Result<RuntimeIdentity> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::io(
+            format!("cannot read the runtime identity {}", path.display()),
+            e,
+        )
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::config(format!("{}: not a runtime identity: {e}", path.display())))
+}
+
+/// Signs jobs for a runtime.
+pub struct Signer {
+    runtime: String,
+    key: Ed25519KeyPair,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Signer({}, key redacted)", self.runtime)
+    }
+}
+
+impl Signer {
+    /// Reads the runtime's identity and its private signing key (which must be private to
+    /// its owner: mode 0600).
+    pub fn load(identity: &Path, key: &Path) -> Result<Self> {
+        use std::os::unix::fs::MetadataExt;
+        let identity = read_identity(identity)?;
+        let meta = std::fs::metadata(key)
+            .map_err(|e| Error::io(format!("cannot read the signing key {}", key.display()), e))?;
+        if meta.mode() & 0o077 != 0 {
+            return Err(Error::config(format!(
+                "the signing key {} can be read by others (mode {:o}); run `chmod 600 {}`",
+                key.display(),
+                meta.mode() & 0o777,
+                key.display()
+            )));
+        }
+        let text = std::fs::read_to_string(key)
+            .map_err(|e| Error::io(format!("cannot read the signing key {}", key.display()), e))?;
+        let pkcs8 = b64()
+            .decode(text.trim())
+            .map_err(|_| Error::config(format!("{} is not a ferry signing key", key.display())))?;
+        let key_pair = Ed25519KeyPair::from_pkcs8(&pkcs8)
+            .map_err(|_| Error::config(format!("{} is not a ferry signing key", key.display())))?;
+        if b64().encode(key_pair.public_key().as_ref()) != identity.signing_public_key {
+            return Err(Error::config(format!(
+                "{} is not the signing key of runtime {}",
+                key.display(),
+                identity.runtime
+            )));
+        }
+        Ok(Signer {
+            runtime: identity.runtime,
+            key: key_pair,
+        })
+    }
+
+    /// Signs `envelope`, valid for `valid_for` from now.
+    pub fn sign(&self, envelope: &mut Envelope, valid_for: Duration) {
+        let expires_ms = now_ms() + valid_for.as_millis() as u64;
+        let signature = self
+            .key
+            .sign(&signed_bytes(&self.runtime, envelope, expires_ms));
+        envelope.signature = Some(JobSignature {
+            runtime: self.runtime.clone(),
+            expires_ms,
+            signature: b64().encode(signature.as_ref()),
+        });
+    }
+}
+
+/// Checks jobs against a runtime's identity.
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    identity: RuntimeIdentity,
+    key: Vec<u8>,
+}
+
+impl Verifier {
+    /// A verifier for the runtime of `identity`.
+    pub fn new(identity: RuntimeIdentity) -> Result<Self> {
+        let key = b64().decode(&identity.signing_public_key).map_err(|_| {
+            Error::config(format!(
+                "runtime {}: `signing_public_key` is not base64",
+                identity.runtime
+            ))
+        })?;
+        Ok(Verifier { identity, key })
+    }
+
+    /// The runtime's id.
+    pub fn runtime(&self) -> &str {
+        &self.identity.runtime
+    }
+
+    /// `Ok` when `envelope` was signed by this runtime, unchanged since, and has not expired
+    /// at `now_ms`; otherwise why not (an error of kind `forbidden`).
+    pub fn verify(&self, envelope: &Envelope, now_ms: u64) -> Result<()> {
+        let refuse = |why: String| Error::forbidden(format!("job refused: {why}; it does not run"));
+        let Some(signed) = &envelope.signature else {
+            return Err(refuse(format!(
+                "it is not signed, and this node runs only jobs signed for runtime {} (submit it with the runtime's signing key)",
+                self.identity.runtime
+            )));
+        };
+        if signed.runtime != self.identity.runtime {
+            return Err(refuse(format!(
+                "it is signed for runtime `{}`, not for this node's runtime {}",
+                signed.runtime.escape_default(),
+                self.identity.runtime
+            )));
+        }
+        let signature = b64()
+            .decode(&signed.signature)
+            .map_err(|_| refuse("its signature is not base64".into()))?;
+        UnparsedPublicKey::new(&ED25519, &self.key)
+            .verify(
+                &signed_bytes(&signed.runtime, envelope, signed.expires_ms),
+                &signature,
+            )
+            .map_err(|_| {
+                refuse("its signature does not match its content (it was changed after it was signed, or signed with another key)".into())
+            })?;
+        if now_ms > signed.expires_ms {
+            return Err(refuse(format!(
+                "its signature expired {} s ago; submit it again",
+                (now_ms - signed.expires_ms) / 1000
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signed_job_verifies_and_any_change_breaks_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("runtime");
+        let identity = init(&keys).unwrap();
+        assert!(
+            init(&keys).is_err(),
+            "an existing runtime is never overwritten"
+        );
+        let signer = Signer::load(&keys.join("runtime.json"), &keys.join("signing.key")).unwrap();
+        assert!(!format!("{signer:?}").contains(&identity.signing_public_key));
+        let verifier = Verifier::new(identity.clone()).unwrap();
+        let job =
+            serde_json::json!({"name": "j", "source": {"type": "tpch"}, "parallel_copies": 2});
+        let mut envelope = Envelope::new("0001-j".into(), job);
+        assert!(
+            verifier
+                .verify(&envelope, now_ms())
+                .unwrap_err()
+                .to_string()
+                .contains("not signed")
+        );
+        signer.sign(&mut envelope, Duration::from_secs(60));
+        verifier.verify(&envelope, now_ms()).unwrap();
+        // Through JSON text and back, as the channel carries it.
+        let carried: Envelope =
+            serde_json::from_str(&serde_json::to_string(&envelope).unwrap()).unwrap();
+        verifier.verify(&carried, now_ms()).unwrap();
+
+        let mut tampered = carried.clone();
+        tampered.job["parallel_copies"] = serde_json::json!(64);
+        let err = verifier.verify(&tampered, now_ms()).unwrap_err();
+        assert_eq!(err.kind(), ferry_engine::ErrorKind::Forbidden);
+        assert!(err.to_string().contains("does not match"), "{err}");
+        let mut renamed = carried.clone();
+        renamed.id = "0002-j".into();
+        assert!(
+            verifier.verify(&renamed, now_ms()).is_err(),
+            "the id is signed"
+        );
+        let mut extended = carried.clone();
+        extended.signature.as_mut().unwrap().expires_ms += 1000;
+        assert!(
+            verifier.verify(&extended, now_ms()).is_err(),
+            "the expiry is signed"
+        );
+        let late = carried.signature.as_ref().unwrap().expires_ms + 5000;
+        assert!(
+            verifier
+                .verify(&carried, late)
+                .unwrap_err()
+                .to_string()
+                .contains("expired")
+        );
+
+        // Another runtime's key, or its identity.
+        let other = init(&dir.path().join("other")).unwrap();
+        let foreign = Verifier::new(other).unwrap();
+        assert!(
+            foreign
+                .verify(&carried, now_ms())
+                .unwrap_err()
+                .to_string()
+                .contains("signed for runtime")
+        );
+        let mut forged = carried.clone();
+        forged.signature.as_mut().unwrap().runtime = foreign.runtime().to_string();
+        assert!(
+            foreign
+                .verify(&forged, now_ms())
+                .unwrap_err()
+                .to_string()
+                .contains("does not match")
+        );
+    }
+
+    #[test]
+    fn a_signing_key_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        init(dir.path()).unwrap();
+        let key = dir.path().join("signing.key");
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Signer::load(&dir.path().join("runtime.json"), &key).unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+}
