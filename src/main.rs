@@ -44,9 +44,12 @@ enum Command {
     Jobs(cli::node::JobsCommand),
     /// Lists the nodes sharing the control channel and their status.
     Nodes(cli::node::ConfigArg),
-    /// Creates a runtime's identity for signed jobs.
+    /// Creates a runtime's identity: its job-signing and credential keys.
     #[command(subcommand)]
     Runtime(cli::runtime::RuntimeCommand),
+    /// Seals secrets to the runtime for connections files.
+    #[command(subcommand)]
+    Credential(cli::credential::CredentialCommand),
     /// Checks a connection: reach the store, authenticate, read metadata.
     TestConnection(cli::test_connection::TestConnectionArgs),
     /// Writes an archive for a support ticket (configuration, reports), secrets redacted.
@@ -212,6 +215,7 @@ fn main() -> ExitCode {
         Command::Jobs(command) => cli::node::run_jobs(command),
         Command::Nodes(args) => cli::node::run_nodes(args),
         Command::Runtime(command) => cli::runtime::run(command),
+        Command::Credential(command) => cli::credential::run(command),
         Command::TestConnection(args) => cli::test_connection::run(args),
         Command::Diagnostics(args) => cli::diagnostics::run(args),
         Command::Completions { shell } => {

@@ -23,6 +23,10 @@ pub struct CopyArgs {
     /// `local_roots` and check the job against its rules, as a worker node would.
     #[arg(long, env = "FERRY_POLICY")]
     policy: Option<PathBuf>,
+    /// The runtime's credential key (from `ferry runtime init`), which opens the
+    /// connections' `{"encrypted": ...}` secrets in memory.
+    #[arg(long, env = "FERRY_CREDENTIAL_KEY")]
+    credential_key: Option<PathBuf>,
     /// How to print the report on stdout.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     report: ReportFormat,
@@ -43,6 +47,7 @@ pub fn run(args: CopyArgs) -> u8 {
         &args.job,
         args.connections.as_deref(),
         args.policy.as_deref(),
+        args.credential_key.as_deref(),
     ) {
         Ok(loaded) => loaded,
         Err(e) => {

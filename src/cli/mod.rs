@@ -9,6 +9,7 @@ macro_rules! outln {
 }
 
 pub mod copy;
+pub mod credential;
 pub mod diagnostics;
 pub mod node;
 pub mod runtime;
@@ -28,7 +29,11 @@ pub fn load(
     job: &Path,
     connections: Option<&Path>,
     policy: Option<&Path>,
+    credential_key: Option<&Path>,
 ) -> Result<(JobFile, JobSettings, Connections)> {
+    if let Some(key) = credential_key {
+        ferry_connectors::control::trust::CredentialKey::load(key)?.install();
+    }
     let text = std::fs::read_to_string(job)
         .map_err(|e| Error::io(format!("cannot read job file {}", job.display()), e))?;
     let (spec, mut settings) = parse_job(&text).map_err(|e| e.context(job.display()))?;

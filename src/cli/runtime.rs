@@ -7,8 +7,9 @@ use clap::Subcommand;
 /// `ferry runtime ...`.
 #[derive(Subcommand)]
 pub enum RuntimeCommand {
-    /// Creates a runtime's identity in DIR: runtime.json (its id and public key, for every
-    /// node) and signing.key (the private key that signs jobs, for submitters only).
+    /// Creates a runtime's identity in DIR: runtime.json (its id and public keys, for every
+    /// node and submitter), signing.key (signs jobs; submitters only) and credential.key
+    /// (opens encrypted credentials; nodes only).
     Init {
         /// The directory (created with mode 0700).
         dir: PathBuf,

@@ -17,6 +17,10 @@ pub struct ValidateArgs {
     /// `local_roots` and check the job against its rules, as a worker node would.
     #[arg(long, env = "FERRY_POLICY")]
     policy: Option<PathBuf>,
+    /// The runtime's credential key (from `ferry runtime init`), which opens the
+    /// connections' `{"encrypted": ...}` secrets in memory.
+    #[arg(long, env = "FERRY_CREDENTIAL_KEY")]
+    credential_key: Option<PathBuf>,
 }
 
 /// Runs the command.
@@ -25,6 +29,7 @@ pub fn run(args: ValidateArgs) -> u8 {
         &args.job,
         args.connections.as_deref(),
         args.policy.as_deref(),
+        args.credential_key.as_deref(),
     )
     .and_then(|(spec, settings, connections)| {
         ferry_connectors::validate_connections(&spec, &connections)?;

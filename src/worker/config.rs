@@ -46,7 +46,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ferry_connectors::Connections;
-use ferry_connectors::control::trust::{DEFAULT_VALID_FOR, Signer, Verifier, read_identity};
+use ferry_connectors::control::trust::{
+    CredentialKey, DEFAULT_VALID_FOR, Signer, Verifier, read_identity,
+};
 use ferry_connectors::control::{Channel, ChannelConfig, ChannelSpec};
 use ferry_connectors::{NodePolicy, PolicyConfig, PolicyContext};
 use ferry_engine::config::local::{check_private_dir, create_private_dir};
@@ -122,6 +124,10 @@ pub struct TrustConfig {
     /// How long a signed job may wait in the channel (default 24h).
     #[serde(default)]
     pub valid_for: Option<HumanDuration>,
+    /// `credential.key`: the runtime's credential key (mode 0600), which opens the
+    /// connections' `{"encrypted": ...}` secrets in memory when a job uses them.
+    #[serde(default)]
+    pub credential_key: Option<PathBuf>,
 }
 
 /// `[admin_tls]`: the admin server's certificate chain and private key, PEM files.
@@ -369,6 +375,12 @@ pub fn load(path: &Path) -> Result<Loaded> {
                 None => None,
             };
             if let Some(key) = &trust.signing_key {
+                denied.push(resolve(key));
+            }
+            if let Some(key) = &trust.credential_key {
+                CredentialKey::load(&resolve(key))
+                    .map_err(in_file)?
+                    .install();
                 denied.push(resolve(key));
             }
             (Some(verifier), signer)

@@ -932,3 +932,119 @@ fn test_connection_says_which_step_failed() {
         "{err}"
     );
 }
+
+#[test]
+fn an_encrypted_password_opens_only_with_the_runtime_s_credential_key() {
+    let pg = server();
+    let db = pg.database("encrypted_pw");
+    pg.sql(
+        &db,
+        "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 1000) g",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    crate::support::succeed(
+        crate::support::ferry()
+            .args(["runtime", "init"])
+            .arg(d.join("keys")),
+    );
+    crate::support::succeed(
+        crate::support::ferry()
+            .args(["runtime", "init"])
+            .arg(d.join("other")),
+    );
+    // `ferry credential encrypt` reads the secret on stdin and needs only the public file.
+    let encrypt = |runtime: &str| {
+        use std::io::Write;
+        let mut child = crate::support::ferry()
+            .args(["credential", "encrypt", "--runtime"])
+            .arg(d.join(runtime).join("runtime.json"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{PASSWORD}").unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let sealed = encrypt("keys");
+    assert!(
+        sealed.starts_with(r#"{"encrypted":"#) && !sealed.contains(PASSWORD),
+        "{sealed}"
+    );
+    let connections = |password: &str| {
+        let path = d.join("connections.json");
+        std::fs::write(
+            &path,
+            format!(
+                r#"{{"pg": {{"type": "postgres", "host": "127.0.0.1", "port": {}, "database": "{db}", "sslmode": "disable", "user": "ferry_pw", "password": {password}}}}}"#,
+                pg.port
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let out = d.join("out.parquet");
+    let job = d.join("job.json");
+    std::fs::write(
+        &job,
+        pg_job(
+            "encrypted",
+            r#"{"type": "postgres", "connection": "pg", "table": "t"}"#,
+            &format!(
+                r#"{{"type": "file", "path": {}, "format": {{"type": "parquet"}}}}"#,
+                js(&out)
+            ),
+            "",
+        ),
+    )
+    .unwrap();
+    let copy = |password: &str, key: Option<&str>| {
+        let mut command = crate::support::ferry();
+        command
+            .args(["copy", "--no-progress", "--report", "json"])
+            .arg(&job)
+            .arg("--connections")
+            .arg(connections(password));
+        if let Some(key) = key {
+            command
+                .arg("--credential-key")
+                .arg(d.join(key).join("credential.key"));
+        }
+        let output = command.output().unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!all.contains(PASSWORD), "the password shows: {all}");
+        (output.status.code(), all)
+    };
+
+    let (code, all) = copy(&sealed, Some("keys"));
+    assert_eq!(code, Some(0), "{all}");
+    assert_eq!(
+        read_parquet(&out)
+            .iter()
+            .map(|b| b.num_rows())
+            .sum::<usize>(),
+        1000
+    );
+    std::fs::remove_file(&out).unwrap();
+
+    let (code, all) = copy(&sealed, None);
+    assert_ne!(code, Some(0));
+    assert!(all.contains("holds no credential key"), "{all}");
+    let (code, all) = copy(&sealed, Some("other"));
+    assert_ne!(code, Some(0));
+    assert!(all.contains("another runtime"), "{all}");
+    let mut value: serde_json::Value = serde_json::from_str(&sealed).unwrap();
+    let text = value["encrypted"].as_str().unwrap().to_string();
+    let flipped = if text.ends_with('A') { "B" } else { "A" };
+    value["encrypted"] = serde_json::json!(format!("{}{flipped}", &text[..text.len() - 1]));
+    let (code, all) = copy(&value.to_string(), Some("keys"));
+    assert_ne!(code, Some(0));
+    assert!(all.contains("cannot be opened"), "{all}");
+    assert!(!out.exists(), "a failed open writes nothing");
+}

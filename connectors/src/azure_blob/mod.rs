@@ -525,7 +525,9 @@ impl AzureBlobConnection {
             builder = builder.with_http_connector(connector);
         }
         builder = match &self.auth {
-            AzureAuth::SharedKey { key } => builder.with_access_key(key.expose().map_err(in_conn)?),
+            AzureAuth::SharedKey { key } => {
+                builder.with_access_key(key.expose().map_err(in_conn)?.as_str())
+            }
             AzureAuth::Sas { token } => builder.with_config(
                 AzureConfigKey::SasKey,
                 token.expose().map_err(in_conn)?.trim_start_matches('?'),
@@ -536,7 +538,7 @@ impl AzureBlobConnection {
                 client_secret,
             } => builder.with_client_secret_authorization(
                 client_id,
-                client_secret.expose().map_err(in_conn)?,
+                client_secret.expose().map_err(in_conn)?.as_str(),
                 tenant_id,
             ),
             // With no other credential, object_store asks the instance metadata service.

@@ -40,6 +40,10 @@ pub struct RuntimeIdentity {
     pub runtime: String,
     /// Its job-signing public key (Ed25519, base64).
     pub signing_public_key: String,
+    /// Its credential recipient (`age1...`, X25519): what `ferry credential encrypt` seals
+    /// secrets to.
+    #[serde(default)]
+    pub credential_recipient: Option<String>,
 }
 
 fn b64() -> base64::engine::GeneralPurpose {
@@ -78,13 +82,22 @@ pub fn init(dir: &Path) -> Result<RuntimeIdentity> {
     let mut id = [0u8; 8];
     ring::rand::SecureRandom::fill(&rng, &mut id)
         .map_err(|_| Error::internal("no randomness for the runtime id"))?;
+    let credential = age::x25519::Identity::generate();
     let identity = RuntimeIdentity {
         runtime: format!(
             "rt-{}",
             id.iter().map(|b| format!("{b:02x}")).collect::<String>()
         ),
         signing_public_key: b64().encode(pair.public_key().as_ref()),
+        credential_recipient: Some(credential.to_public().to_string()),
     };
+    write_private(
+        &dir.join("credential.key"),
+        &format!(
+            "{}\n",
+            age::secrecy::ExposeSecret::expose_secret(&credential.to_string())
+        ),
+    )?;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -105,6 +118,95 @@ pub fn init(dir: &Path) -> Result<RuntimeIdentity> {
         )
     })?;
     Ok(identity)
+}
+
+/// Writes `text` to a new file only its owner can read.
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
+    std::io::Write::write_all(&mut file, text.as_bytes())
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+}
+
+/// Reads a key file that must be private to its owner (mode 0600).
+fn read_private(path: &Path, what: &str) -> Result<zeroize::Zeroizing<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::io(format!("cannot read the {what} {}", path.display()), e))?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(Error::config(format!(
+            "the {what} {} can be read by others (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            meta.mode() & 0o777,
+            path.display()
+        )));
+    }
+    std::fs::read_to_string(path)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|e| Error::io(format!("cannot read the {what} {}", path.display()), e))
+}
+
+/// Seals `secret` to the runtime of `identity`: the value of an `{"encrypted": ...}` secret.
+pub fn seal(identity: &RuntimeIdentity, secret: &str) -> Result<String> {
+    let recipient = identity.credential_recipient.as_deref().ok_or_else(|| {
+        Error::config(format!(
+            "runtime {} has no credential recipient (its runtime.json predates encrypted credentials); make a new runtime with `ferry runtime init`",
+            identity.runtime
+        ))
+    })?;
+    let recipient: age::x25519::Recipient = recipient.parse().map_err(|e| {
+        Error::config(format!(
+            "runtime {}: `credential_recipient` is not an age recipient: {e}",
+            identity.runtime
+        ))
+    })?;
+    let sealed = age::encrypt(&recipient, secret.as_bytes())
+        .map_err(|e| Error::internal(format!("cannot encrypt: {e}")))?;
+    Ok(b64().encode(sealed))
+}
+
+/// The runtime's credential key, which opens `{"encrypted": ...}` secrets.
+pub struct CredentialKey(age::x25519::Identity);
+
+impl std::fmt::Debug for CredentialKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CredentialKey(redacted)")
+    }
+}
+
+impl CredentialKey {
+    /// Reads `credential.key` (mode 0600).
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = read_private(path, "credential key")?;
+        text.trim()
+            .parse::<age::x25519::Identity>()
+            .map(CredentialKey)
+            .map_err(|_| Error::config(format!("{} is not a credential key", path.display())))
+    }
+
+    /// Opens a sealed secret; the error never shows the secret or the ciphertext.
+    pub fn open(&self, sealed: &str) -> Result<zeroize::Zeroizing<String>> {
+        let damaged = || {
+            Error::config(
+                "an encrypted secret cannot be opened: it was sealed to another runtime's key, or changed after it was sealed; encrypt it again with this runtime's runtime.json",
+            )
+        };
+        let bytes = b64().decode(sealed.trim()).map_err(|_| damaged())?;
+        let plain = zeroize::Zeroizing::new(age::decrypt(&self.0, &bytes).map_err(|_| damaged())?);
+        String::from_utf8(plain.to_vec())
+            .map(zeroize::Zeroizing::new)
+            .map_err(|_| damaged())
+    }
+
+    /// Makes this key the process's opener of encrypted secrets.
+    pub fn install(self) {
+        ferry_engine::config::connection::install_opener(Box::new(move |sealed| self.open(sealed)));
+    }
 }
 
 /// Reads a runtime's public identity.
@@ -332,5 +434,32 @@ mod tests {
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = Signer::load(&dir.path().join("runtime.json"), &key).unwrap_err();
         assert!(err.to_string().contains("chmod 600"), "{err}");
+    }
+
+    #[test]
+    fn a_sealed_secret_opens_only_with_its_runtime_s_key_and_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let ours = init(&dir.path().join("ours")).unwrap();
+        init(&dir.path().join("theirs")).unwrap();
+        let key = CredentialKey::load(&dir.path().join("ours/credential.key")).unwrap();
+        assert!(!format!("{key:?}").contains("AGE-SECRET"));
+        let sealed = seal(&ours, "hunter2-Pw").unwrap();
+        assert!(!sealed.contains("hunter2"));
+        assert_eq!(key.open(&sealed).unwrap().as_str(), "hunter2-Pw");
+        // Sealing twice gives two ciphertexts (a fresh key each time).
+        assert_ne!(seal(&ours, "hunter2-Pw").unwrap(), sealed);
+
+        let theirs = CredentialKey::load(&dir.path().join("theirs/credential.key")).unwrap();
+        let err = theirs.open(&sealed).unwrap_err().to_string();
+        assert!(
+            err.contains("another runtime") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let mut bytes = b64().decode(&sealed).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let err = key.open(&b64().encode(bytes)).unwrap_err().to_string();
+        assert!(err.contains("changed after it was sealed"), "{err}");
+        assert!(key.open("not base64 !").is_err());
     }
 }

@@ -12,17 +12,32 @@ use crate::error::{Error, Result};
 /// A secret value (password, key, token) that is never printed.
 ///
 /// In configuration a secret is an object: `{"env": "VAR"}` reads an environment variable when
-/// the connection is built, so the secret is not stored in the file.
+/// the connection is built, so the secret is not stored in the file; `{"encrypted": "..."}`
+/// holds it sealed to the runtime's credential key (`ferry credential encrypt`), opened in
+/// memory only when a job uses it.
 #[derive(Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Secret {
     /// Read from this environment variable.
     Env(String),
+    /// Sealed to the runtime's credential key (base64 of an `age` file).
+    Encrypted(String),
 }
 
 /// What every refusal of a secret says; it never quotes what was given, since a literal in
 /// that place is most likely the secret itself.
-const SECRET_FORM: &str = "a secret must be a reference such as {\"env\": \"PGPASSWORD_ERP\"} (an environment variable holding it); a literal secret is refused, and the value given is not shown";
+const SECRET_FORM: &str = "a secret must be a reference such as {\"env\": \"PGPASSWORD_ERP\"} (an environment variable holding it) or {\"encrypted\": \"...\"} (from `ferry credential encrypt`); a literal secret is refused, and the value given is not shown";
+
+/// Opens an encrypted secret: installed once per process by whoever holds the runtime's
+/// credential key (a node with `[trust] credential_key`). The engine names no cipher.
+pub type Opener = Box<dyn Fn(&str) -> Result<zeroize::Zeroizing<String>> + Send + Sync>;
+
+static OPENER: std::sync::OnceLock<Opener> = std::sync::OnceLock::new();
+
+/// Installs the process's [`Opener`]; the first one stays.
+pub fn install_opener(opener: Opener) {
+    let _ = OPENER.set(opener);
+}
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -45,6 +60,11 @@ impl<'de> Deserialize<'de> for Secret {
                     match (key.as_str(), value, &secret) {
                         ("env", serde_json::Value::String(var), None) if !var.is_empty() => {
                             secret = Some(Secret::Env(var));
+                        }
+                        ("encrypted", serde_json::Value::String(sealed), None)
+                            if !sealed.is_empty() =>
+                        {
+                            secret = Some(Secret::Encrypted(sealed));
                         }
                         _ => return Err(A::Error::custom(SECRET_FORM)),
                     }
@@ -86,14 +106,22 @@ impl<'de> Deserialize<'de> for Secret {
 }
 
 impl Secret {
-    /// The secret's value.
-    pub fn expose(&self) -> Result<String> {
+    /// The secret's value, wiped from memory when dropped.
+    pub fn expose(&self) -> Result<zeroize::Zeroizing<String>> {
         match self {
-            Secret::Env(var) => std::env::var(var).map_err(|_| {
-                Error::config(format!(
-                    "environment variable `{var}` that holds a secret is not set"
-                ))
-            }),
+            Secret::Env(var) => std::env::var(var)
+                .map(zeroize::Zeroizing::new)
+                .map_err(|_| {
+                    Error::config(format!(
+                        "environment variable `{var}` that holds a secret is not set"
+                    ))
+                }),
+            Secret::Encrypted(sealed) => match OPENER.get() {
+                Some(open) => open(sealed),
+                None => Err(Error::config(
+                    "a secret is encrypted for the runtime, and this process holds no credential key: give the node `[trust] credential_key` (or `ferry copy --credential-key FILE`)",
+                )),
+            },
         }
     }
 }
@@ -102,6 +130,7 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Secret::Env(var) => write!(f, "Secret(env {var}, redacted)"),
+            Secret::Encrypted(_) => write!(f, "Secret(encrypted, redacted)"),
         }
     }
 }
@@ -141,7 +170,11 @@ mod tests {
         // environment (tests never set variables: other threads read the environment).
         let value = std::env::var("HOME").unwrap();
         let s: Secret = serde_json::from_str(r#"{"env":"HOME"}"#).unwrap();
-        assert_eq!(s.expose().unwrap(), value, "the secret is readable");
+        assert_eq!(
+            s.expose().unwrap().as_str(),
+            value,
+            "the secret is readable"
+        );
         let shown = format!("{s:?}");
         assert!(!shown.contains(&value), "{shown}");
         assert!(shown.contains("redacted"), "{shown}");

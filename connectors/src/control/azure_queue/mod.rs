@@ -93,9 +93,9 @@ pub struct AzureQueueSettings {
 /// How requests to the queue service are authorised.
 enum QueueAuth {
     /// A SAS token in every URL.
-    Sas(String),
+    Sas(zeroize::Zeroizing<String>),
     /// An account SAS ferry signs with the shared key, renewed before it expires.
-    SharedKey(String),
+    SharedKey(zeroize::Zeroizing<String>),
     /// A Microsoft Entra ID token.
     Token(Arc<dyn azure_core::credentials::TokenCredential>),
 }
@@ -163,13 +163,13 @@ impl AzureQueueChannel {
         let (jobs_url, poison_url) = (url_of(&settings.queue)?, url_of(&poison)?);
         let in_conn = |e: Error| e.context(format!("connection `{name}`"));
         let auth = match &conn.auth {
-            AzureAuth::Sas { token } => QueueAuth::Sas(
+            AzureAuth::Sas { token } => QueueAuth::Sas(zeroize::Zeroizing::new(
                 token
                     .expose()
                     .map_err(in_conn)?
                     .trim_start_matches('?')
                     .to_string(),
-            ),
+            )),
             AzureAuth::SharedKey { key } => QueueAuth::SharedKey(key.expose().map_err(in_conn)?),
             AzureAuth::ServicePrincipal {
                 tenant_id,
@@ -179,7 +179,7 @@ impl AzureQueueChannel {
                 azure_identity::ClientSecretCredential::new(
                     tenant_id,
                     client_id.clone(),
-                    client_secret.expose().map_err(in_conn)?.into(),
+                    client_secret.expose().map_err(in_conn)?.to_string().into(),
                     None,
                 )
                 .map_err(|e| in_conn(Error::config(format!("service principal: {e}"))))?,
@@ -573,7 +573,7 @@ fn make_clients(
     conn: &AzureBlobConnection,
 ) -> Result<Clients> {
     let sas = match auth {
-        QueueAuth::Sas(token) => Some(token.clone()),
+        QueueAuth::Sas(token) => Some(token.to_string()),
         QueueAuth::SharedKey(key) => Some(account_sas(
             &conn.account,
             key,
