@@ -777,6 +777,138 @@ fn signed_jobs(kind: Kind) {
     assert!(stop(node).success());
 }
 
+/// `secret` sealed to the runtime in `rt`'s `keys/`, by the command line.
+fn seal(rt: &Runtime, secret: &str) -> serde_json::Value {
+    use std::io::Write;
+    let mut child = ferry()
+        .args(["credential", "encrypt", "--runtime"])
+        .arg(rt.path().join("keys/runtime.json"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    write!(child.stdin.take().unwrap(), "{secret}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn encrypted_credentials_run_on_any_node_and_the_password_shows_nowhere() {
+    let pg = crate::support::postgres::server();
+    let password = crate::support::postgres::PASSWORD;
+    let wrong = "Wr0ng-but-secret-Pw";
+    let db = pg.database("encrypted_nodes");
+    pg.sql(
+        &db,
+        "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 500) g",
+    );
+    let mut rt = Runtime::new();
+    succeed(
+        ferry()
+            .args(["runtime", "init"])
+            .arg(rt.path().join("keys")),
+    );
+    rt.policy_toml.push_str(
+        "[policy.connection.pg]\nquery = true\n[policy.connection.badpw]\nquery = true\n\
+         [trust]\nruntime = \"keys/runtime.json\"\ncredential_key = \"keys/credential.key\"\n",
+    );
+    let connection = |user_password: serde_json::Value| {
+        serde_json::json!({"type": "postgres", "host": "127.0.0.1", "port": pg.port,
+            "database": db, "sslmode": "disable", "user": "ferry_pw", "password": user_password})
+    };
+    let connections = serde_json::json!({
+        "pg": connection(seal(&rt, password)),
+        "badpw": connection(seal(&rt, wrong)),
+    });
+    let text = connections.to_string();
+    assert!(!text.contains(password) && !text.contains(wrong));
+    std::fs::write(rt.path().join("connections.json"), text).unwrap();
+    let nodes: Vec<Node> = ["a", "b", "c"].iter().map(|n| rt.node(n, 1)).collect();
+    let submitter = std::fs::read_to_string(rt.config("a"))
+        .unwrap()
+        .replace("[trust]\n", "[trust]\nsigning_key = \"keys/signing.key\"\n");
+    std::fs::write(rt.path().join("submitter.toml"), submitter).unwrap();
+    let submit = |name: &str, connection: &str, query: &str| {
+        let job = serde_json::json!({"name": name,
+            "source": {"type": "postgres", "connection": connection, "query": query},
+            "sink": {"type": "file", "path": rt.path().join(format!("out/{name}.parquet")),
+                     "format": {"type": "parquet"}},
+            "retry": {"max_attempts": 1}});
+        let file = rt.path().join(format!("{name}.json"));
+        std::fs::write(&file, job.to_string()).unwrap();
+        succeed(
+            ferry()
+                .args(["jobs", "submit"])
+                .arg(&file)
+                .arg("--config")
+                .arg(rt.path().join("submitter.toml")),
+        )
+        .trim()
+        .to_string()
+    };
+    let ok = submit("ok", "pg", "SELECT id FROM t");
+    let failing = submit("failing", "pg", "SELECT id FROM missing_table");
+    let refused = submit("refused", "badpw", "SELECT id FROM t");
+    let done = rt.wait(
+        &[ok.clone(), failing.clone(), refused.clone()],
+        Duration::from_secs(90),
+    );
+    let by_id = |id: &str| done.iter().find(|f| f.id == id).unwrap();
+    assert_eq!(by_id(&ok).status, JobStatus::Succeeded, "{:?}", by_id(&ok));
+    assert_eq!(rows(&rt.path().join("out/ok.parquet")), 500);
+    assert!(["a", "b", "c"].contains(&by_id(&ok).node.as_str()));
+    assert_eq!(by_id(&failing).status, JobStatus::Failed);
+    let auth = by_id(&refused);
+    assert_eq!(auth.status, JobStatus::Failed);
+    assert!(
+        auth.reports[0]
+            .error
+            .as_ref()
+            .unwrap()
+            .message
+            .contains("password authentication failed"),
+        "{auth:?}"
+    );
+
+    // Everything a user or an attacker could read: logs, records, API answers, metrics and
+    // the diagnostics archive.
+    let mut seen = String::new();
+    for f in &done {
+        seen.push_str(&serde_json::to_string(f).unwrap());
+    }
+    let address = published_admin(&rt, "a");
+    for path in ["/api/status", "/api/jobs", "/metrics"] {
+        seen.push_str(&http(&address, "GET", path, "").1);
+    }
+    for node in nodes {
+        assert!(stop(node).success());
+    }
+    for entry in std::fs::read_dir(rt.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            seen.push_str(&std::fs::read_to_string(&path).unwrap());
+        }
+    }
+    let archive = rt.path().join("diag.tar.gz");
+    succeed(
+        ferry()
+            .args(["diagnostics", "--config"])
+            .arg(rt.config("a"))
+            .arg("--output")
+            .arg(&archive),
+    );
+    let gz = flate2::read::GzDecoder::new(std::fs::File::open(&archive).unwrap());
+    for entry in tar::Archive::new(gz).entries().unwrap() {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut entry.unwrap(), &mut bytes).unwrap();
+        seen.push_str(&String::from_utf8_lossy(&bytes));
+    }
+    assert!(seen.contains("missing_table") && seen.contains("ferry_jobs_total"));
+    assert!(!seen.contains(password), "the password shows somewhere");
+    assert!(!seen.contains(wrong), "the wrong password shows somewhere");
+}
+
 /// Adds the test PostgreSQL server as connection `pg` to the nodes' connections file.
 pub(crate) fn add_postgres(rt: &Runtime) {
     let pg = crate::support::postgres::server();
