@@ -287,17 +287,11 @@ pub fn start(
         metrics,
         admission,
     });
-    // The guard knows the bound address only once bound: it is set before serving.
-    let guard: Arc<std::sync::OnceLock<web::Data<Guard>>> = Arc::default();
-    let guard_of_app = guard.clone();
+    let guard = web::Data::new(Guard::new(&access.token, &access.hosts));
     let server = HttpServer::new(move || {
-        let guard = guard_of_app
-            .get()
-            .cloned()
-            .unwrap_or_else(|| web::Data::new(Guard::new("", ([0, 0, 0, 0], 0).into(), &[])));
         App::new()
             .app_data(state.clone())
-            .app_data(guard)
+            .app_data(guard.clone())
             .wrap(actix_web::middleware::from_fn(super::admin_guard::guard))
             .route("/", web::get().to(page))
             .route("/healthz", web::get().to(healthz))
@@ -318,11 +312,6 @@ pub fn start(
         .first()
         .copied()
         .ok_or_else(|| std::io::Error::other("the admin server bound no address"))?;
-    let _ = guard.set(web::Data::new(Guard::new(
-        &access.token,
-        bound,
-        &access.hosts,
-    )));
     actix::spawn(server.run());
     Ok(bound)
 }

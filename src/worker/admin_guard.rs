@@ -25,8 +25,8 @@ pub struct Guard {
     /// SHA-256 of the token: compared digest to digest, so the comparison's time says
     /// nothing about the token.
     token_digest: Vec<u8>,
-    /// `host:port` values the server answers to, lower case.
-    hosts: Vec<String>,
+    /// Other `host:port` names it answers to, lower case.
+    extra_hosts: Vec<String>,
 }
 
 fn digest(text: &str) -> Vec<u8> {
@@ -36,22 +36,29 @@ fn digest(text: &str) -> Vec<u8> {
 }
 
 impl Guard {
-    /// A guard for a server bound to `bound` that also answers to `extra_hosts`.
-    pub fn new(token: &str, bound: std::net::SocketAddr, extra_hosts: &[String]) -> Self {
-        let port = bound.port();
-        let mut hosts = vec![bound.to_string()];
-        if bound.ip().is_loopback() || bound.ip().is_unspecified() {
-            hosts.extend([
-                format!("localhost:{port}"),
-                format!("127.0.0.1:{port}"),
-                format!("[::1]:{port}"),
-            ]);
-        }
-        hosts.extend(extra_hosts.iter().map(|h| h.to_ascii_lowercase()));
+    /// A guard for `token` that also lets through the `host:port` names of `extra_hosts`.
+    pub fn new(token: &str, extra_hosts: &[String]) -> Self {
         Guard {
             token_digest: digest(token),
-            hosts,
+            extra_hosts: extra_hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
         }
+    }
+
+    /// Whether `host` names the server bound to `bound`: that address, a loopback name with
+    /// its port (when it listens on loopback or every address), or a configured name.
+    fn names_server(&self, host: &str, bound: std::net::SocketAddr) -> bool {
+        let port = bound.port();
+        let local = bound.ip().is_loopback() || bound.ip().is_unspecified();
+        host == bound.to_string()
+            || (local
+                && [
+                    format!("localhost:{port}"),
+                    format!("127.0.0.1:{port}"),
+                    format!("[::1]:{port}"),
+                ]
+                .iter()
+                .any(|name| name == host))
+            || self.extra_hosts.iter().any(|name| name == host)
     }
 
     /// The answer that refuses `req`, or `None` when it may go on.
@@ -65,7 +72,7 @@ impl Guard {
             .and_then(|h| h.to_str().ok())
             .map(str::to_ascii_lowercase)
             .unwrap_or_default();
-        if !self.hosts.contains(&host) {
+        if !self.names_server(&host, req.app_config().local_addr()) {
             return Some(HttpResponse::Forbidden().body(format!(
                 "this server does not answer to Host `{}`; add it to `admin_hosts` if it is this node's name\n",
                 host.escape_default()
@@ -188,11 +195,11 @@ mod tests {
     fn guard() -> Guard {
         Guard::new(
             "0123456789abcdef0123456789abcdef",
-            "127.0.0.1:9181".parse().unwrap(),
             &["etl-01.corp:9181".to_string()],
         )
     }
 
+    /// A test request arrives at 127.0.0.1:8080 (actix's default for tests).
     fn verdict(req: TestRequest) -> u16 {
         guard()
             .refusal(&req.to_http_request())
@@ -202,7 +209,7 @@ mod tests {
     #[test]
     fn only_this_host_a_token_and_json_get_through() {
         let token = ("Authorization", "Bearer 0123456789abcdef0123456789abcdef");
-        let host = ("Host", "127.0.0.1:9181");
+        let host = ("Host", "127.0.0.1:8080");
         let get = |path: &str| TestRequest::get().uri(path).insert_header(host);
         assert_eq!(verdict(get("/api/status").insert_header(token)), 200);
         assert_eq!(verdict(get("/api/status")), 401, "no token");
@@ -214,7 +221,7 @@ mod tests {
         // DNS rebinding: another name for this address.
         let rebound = TestRequest::get()
             .uri("/api/status")
-            .insert_header(("Host", "attacker.example:9181"))
+            .insert_header(("Host", "attacker.example:8080"))
             .insert_header(token);
         assert_eq!(verdict(rebound), 403);
         let named = TestRequest::get()
@@ -239,7 +246,7 @@ mod tests {
         assert_eq!(verdict(cross), 403);
         let same = post()
             .insert_header(("Content-Type", "application/json; charset=utf-8"))
-            .insert_header(("Origin", "http://127.0.0.1:9181"));
+            .insert_header(("Origin", "http://127.0.0.1:8080"));
         assert_eq!(verdict(same), 200);
     }
 
