@@ -16,10 +16,19 @@ pub struct TestConnectionArgs {
     /// For an azure_blob connection: the container to list.
     #[arg(long)]
     container: Option<String>,
+    /// The runtime's credential key, which opens `{"encrypted": ...}` secrets in memory.
+    #[arg(long, env = "FERRY_CREDENTIAL_KEY")]
+    credential_key: Option<PathBuf>,
 }
 
 /// Runs the command.
 pub fn run(args: TestConnectionArgs) -> u8 {
+    if let Some(key) = &args.credential_key {
+        match ferry_connectors::control::trust::CredentialKey::load(key) {
+            Ok(key) => key.install(),
+            Err(e) => return super::fail(&e),
+        }
+    }
     let connections = match std::fs::read_to_string(&args.connections)
         .map_err(|e| {
             ferry_engine::Error::io(
