@@ -17,7 +17,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, header};
 use actix_web::middleware::Next;
 use actix_web::{HttpRequest, HttpResponse};
-use ferry_engine::config::local::create_private_dir;
+use ferry_engine::config::local::{create_private_dir, read_private_file, write_private_file};
 use ferry_engine::{Error, Result};
 
 /// The checks of one admin server.
@@ -142,48 +142,27 @@ pub async fn guard(
 /// directory) with 256 random bits at the node's first start. A token file that others can
 /// read is refused.
 pub fn load_or_create_token(path: &Path) -> Result<String> {
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-    match std::fs::metadata(path) {
-        Ok(meta) => {
-            if meta.mode() & 0o077 != 0 {
-                return Err(Error::config(format!(
-                    "the admin token file {} can be read by others (mode {:o}); run `chmod 600 {}`",
-                    path.display(),
-                    meta.mode() & 0o777,
-                    path.display()
-                )));
-            }
-            let token = std::fs::read_to_string(path)
-                .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
-            let token = token.trim().to_string();
-            if token.len() < 32 {
-                return Err(Error::config(format!(
-                    "the admin token in {} is shorter than 32 characters; remove the file and a new token is made at the next start",
-                    path.display()
-                )));
-            }
-            Ok(token)
+    if path.exists() {
+        let token = read_private_file(path, "admin token file")?
+            .trim()
+            .to_string();
+        if token.len() < 32 {
+            return Err(Error::config(format!(
+                "the admin token in {} is shorter than 32 characters; remove the file and a new token is made at the next start",
+                path.display()
+            )));
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(dir) = path.parent() {
-                create_private_dir(dir)?;
-            }
-            let mut bytes = [0u8; 32];
-            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-                .map_err(|_| Error::internal("no randomness for the admin token"))?;
-            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
-            std::io::Write::write_all(&mut file, format!("{token}\n").as_bytes())
-                .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))?;
-            Ok(token)
-        }
-        Err(e) => Err(Error::io(format!("cannot read {}", path.display()), e)),
+        return Ok(token);
     }
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir)?;
+    }
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| Error::internal("no randomness for the admin token"))?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_private_file(path, &format!("{token}\n"))?;
+    Ok(token)
 }
 
 #[cfg(test)]

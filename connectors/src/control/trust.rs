@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
-use ferry_engine::config::local::create_private_dir;
+use ferry_engine::config::local::{create_private_dir, read_private_file, write_private_file};
 use ferry_engine::{Error, Result};
 use ring::signature::{ED25519, Ed25519KeyPair, KeyPair, UnparsedPublicKey};
 use serde::{Deserialize, Serialize};
@@ -65,7 +65,6 @@ fn signed_bytes(runtime: &str, envelope: &Envelope, expires_ms: u64) -> Vec<u8> 
 /// Creates a runtime's identity in `dir` (0700): `runtime.json` and `signing.key` (0600).
 /// Refuses to overwrite an existing key.
 pub fn init(dir: &Path) -> Result<RuntimeIdentity> {
-    use std::os::unix::fs::OpenOptionsExt;
     create_private_dir(dir)?;
     let key_path = dir.join("signing.key");
     if key_path.exists() {
@@ -91,24 +90,14 @@ pub fn init(dir: &Path) -> Result<RuntimeIdentity> {
         signing_public_key: b64().encode(pair.public_key().as_ref()),
         credential_recipient: Some(credential.to_public().to_string()),
     };
-    write_private(
+    write_private_file(
         &dir.join("credential.key"),
         &format!(
             "{}\n",
             age::secrecy::ExposeSecret::expose_secret(&credential.to_string())
         ),
     )?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&key_path)
-        .map_err(|e| Error::io(format!("cannot create {}", key_path.display()), e))?;
-    std::io::Write::write_all(
-        &mut file,
-        format!("{}\n", b64().encode(pkcs8.as_ref())).as_bytes(),
-    )
-    .map_err(|e| Error::io(format!("cannot write {}", key_path.display()), e))?;
+    write_private_file(&key_path, &format!("{}\n", b64().encode(pkcs8.as_ref())))?;
     let public =
         serde_json::to_string_pretty(&identity).map_err(|e| Error::internal(e.to_string()))?;
     std::fs::write(dir.join("runtime.json"), format!("{public}\n")).map_err(|e| {
@@ -118,37 +107,6 @@ pub fn init(dir: &Path) -> Result<RuntimeIdentity> {
         )
     })?;
     Ok(identity)
-}
-
-/// Writes `text` to a new file only its owner can read.
-fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
-    std::io::Write::write_all(&mut file, text.as_bytes())
-        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
-}
-
-/// Reads a key file that must be private to its owner (mode 0600).
-fn read_private(path: &Path, what: &str) -> Result<zeroize::Zeroizing<String>> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| Error::io(format!("cannot read the {what} {}", path.display()), e))?;
-    if meta.mode() & 0o077 != 0 {
-        return Err(Error::config(format!(
-            "the {what} {} can be read by others (mode {:o}); run `chmod 600 {}`",
-            path.display(),
-            meta.mode() & 0o777,
-            path.display()
-        )));
-    }
-    std::fs::read_to_string(path)
-        .map(zeroize::Zeroizing::new)
-        .map_err(|e| Error::io(format!("cannot read the {what} {}", path.display()), e))
 }
 
 /// Seals `secret` to the runtime of `identity`: the value of an `{"encrypted": ...}` secret.
@@ -182,7 +140,7 @@ impl std::fmt::Debug for CredentialKey {
 impl CredentialKey {
     /// Reads `credential.key` (mode 0600).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = read_private(path, "credential key")?;
+        let text = read_private_file(path, "credential key")?;
         text.trim()
             .parse::<age::x25519::Identity>()
             .map(CredentialKey)
@@ -237,20 +195,8 @@ impl Signer {
     /// Reads the runtime's identity and its private signing key (which must be private to
     /// its owner: mode 0600).
     pub fn load(identity: &Path, key: &Path) -> Result<Self> {
-        use std::os::unix::fs::MetadataExt;
         let identity = read_identity(identity)?;
-        let meta = std::fs::metadata(key)
-            .map_err(|e| Error::io(format!("cannot read the signing key {}", key.display()), e))?;
-        if meta.mode() & 0o077 != 0 {
-            return Err(Error::config(format!(
-                "the signing key {} can be read by others (mode {:o}); run `chmod 600 {}`",
-                key.display(),
-                meta.mode() & 0o777,
-                key.display()
-            )));
-        }
-        let text = std::fs::read_to_string(key)
-            .map_err(|e| Error::io(format!("cannot read the signing key {}", key.display()), e))?;
+        let text = read_private_file(key, "signing key")?;
         let pkcs8 = b64()
             .decode(text.trim())
             .map_err(|_| Error::config(format!("{} is not a ferry signing key", key.display())))?;

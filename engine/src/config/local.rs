@@ -217,6 +217,40 @@ fn resolve_for_write(path: &Path) -> std::result::Result<PathBuf, String> {
     }
 }
 
+/// Writes `text` to a new file at `path` that only its owner can read (mode 0600); an
+/// existing file is never overwritten.
+pub fn write_private_file(path: &Path, text: &str) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| Error::io(format!("cannot create {}", path.display()), e))?;
+    std::io::Write::write_all(&mut file, text.as_bytes())
+        .map_err(|e| Error::io(format!("cannot write {}", path.display()), e))
+}
+
+/// Reads `path`, a key file (`what` in messages) that must be private to its owner: one
+/// that others can read is refused with the `chmod` that mends it. The text is wiped from
+/// memory when dropped.
+pub fn read_private_file(path: &Path, what: &str) -> Result<zeroize::Zeroizing<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| Error::io(format!("cannot read the {what} {}", path.display()), e))?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(Error::config(format!(
+            "the {what} {} can be read by others (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            meta.mode() & 0o777,
+            path.display()
+        )));
+    }
+    std::fs::read_to_string(path)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|e| Error::io(format!("cannot read the {what} {}", path.display()), e))
+}
+
 /// Creates `dir` (and its parents) with mode 0700 if it is missing.
 pub fn create_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
