@@ -65,56 +65,79 @@ pub struct JobFailure {
     /// The message.
     pub message: String,
     /// The process exit code it maps to.
+    #[serde(default)]
     pub exit_code: i32,
 }
 
-/// The report of one job run.
+/// The report of one job run. Every field but `status` has a default when read, so records
+/// written by earlier versions (a channel's reports survive an upgrade) still read.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobReport {
     /// The job's name.
+    #[serde(default)]
     pub job: String,
     /// The source connector.
+    #[serde(default)]
     pub source: String,
     /// The sink connector.
+    #[serde(default)]
     pub sink: String,
     /// How it ended.
     pub status: JobStatus,
     /// Partitions planned.
+    #[serde(default)]
     pub partitions: u64,
     /// Retries of partitions and outputs.
+    #[serde(default)]
     pub retries: u64,
     /// Records read from the source (skipped ones included).
+    #[serde(default)]
     pub rows_read: u64,
     /// Rows written to the sink.
+    #[serde(default)]
     pub rows_written: u64,
     /// Rows skipped as incompatible.
+    #[serde(default)]
     pub rows_skipped: u64,
     /// The first skipped rows with their reasons (all of them are in the fault log).
+    #[serde(default)]
     pub skipped_sample: Vec<SkippedRow>,
     /// Input bytes read, where the source knows them.
+    #[serde(default)]
     pub bytes_read: u64,
     /// Bytes written.
+    #[serde(default)]
     pub bytes_written: u64,
     /// Wall-clock seconds.
+    #[serde(default)]
     pub duration_secs: f64,
     /// Rows written per second.
+    #[serde(default)]
     pub rows_per_sec: f64,
     /// Input megabytes (MiB) per second.
+    #[serde(default)]
     pub read_mib_per_sec: f64,
     /// Time each stage was busy and waiting.
+    #[serde(default)]
     pub stages: Vec<StageTimes>,
     /// The stage that held the job back: the busiest one.
+    #[serde(default)]
     pub bottleneck: Option<Stage>,
     /// What was published.
+    #[serde(default)]
     pub outputs: Vec<String>,
     /// Earlier outputs that this run replaced.
+    #[serde(default)]
     pub removed: Vec<String>,
     /// Why the job failed.
+    #[serde(default)]
     pub error: Option<JobFailure>,
     /// Seconds spent preparing the job before it ran (reading metadata, inferring schemas,
     /// setting up generators); included in `duration_secs`.
+    #[serde(default)]
     pub prepare_secs: f64,
     /// What `rows_*` count: rows, or whole files for a binary copy.
+    #[serde(default)]
     pub unit: CountUnit,
 }
 
@@ -382,5 +405,25 @@ mod tests {
             times(Stage::Sink, 0.33, 0.1),
         ];
         assert_eq!(JobReport::find_bottleneck(&short), Some(Stage::Sink));
+    }
+
+    #[test]
+    fn a_record_of_an_earlier_version_still_reads() {
+        // What the spool wrote for a job cancelled before it started, and for a node that
+        // died during every run, before reports were typed.
+        for text in [
+            r#"{"job": "0001-x", "status": "cancelled"}"#,
+            r#"{"job": "0002-y", "status": "failed", "error": {"kind": "internal", "message": "out of attempts"}}"#,
+        ] {
+            let report: JobReport = serde_json::from_str(text).unwrap();
+            assert!(report.job.starts_with("000"), "{text}");
+            assert_eq!(report.rows_written, 0);
+        }
+        let failed: JobReport = serde_json::from_str(
+            r#"{"job": "j", "status": "failed", "error": {"kind": "internal", "message": "m"}}"#,
+        )
+        .unwrap();
+        assert_eq!(failed.status, JobStatus::Failed);
+        assert_eq!(failed.error.unwrap().message, "m");
     }
 }
