@@ -86,11 +86,6 @@ impl Connections {
         Ok(Connections(parsed))
     }
 
-    /// Connections given in code (tests, tools).
-    pub fn from_specs(specs: impl IntoIterator<Item = (String, ConnectionSpec)>) -> Self {
-        Connections(specs.into_iter().collect())
-    }
-
     /// Connection `name`.
     pub fn get(&self, name: &str) -> Result<&ConnectionSpec> {
         self.0.get(name).ok_or_else(|| {

@@ -390,12 +390,11 @@ pub async fn run_job(
     let Some(staging) = &spec.staging else {
         return vec![run_one(spec, settings, connections, observe).await.0];
     };
-    let interim = match Interim::start(staging, &settings, connections).await {
+    let (interim, heartbeat) = match Interim::start(staging, &settings, connections).await {
         Ok(started) => started,
         Err(e) => return vec![failed_before_start(spec, &settings.name, e)],
     };
-    let mut reports = run_phases(spec, staging, &settings, connections, observe, &interim.0).await;
-    let (interim, heartbeat) = interim;
+    let mut reports = run_phases(spec, staging, &settings, connections, observe, &interim).await;
     drop(heartbeat);
     if let Err(e) = interim.clean_up().await {
         tracing::warn!(job = %spec.name, error = %e, "could not remove the interim files");
