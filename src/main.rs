@@ -44,7 +44,11 @@ enum Command {
     Jobs(cli::node::JobsCommand),
     /// Lists the nodes sharing the control channel and their status.
     Nodes(cli::node::ConfigArg),
-    /// Creates a runtime's identity: its job-signing and credential keys.
+    /// Registers this node with its runtime, or removes a node from it.
+    #[command(subcommand)]
+    Node(cli::node::NodeCommand),
+    /// Creates a runtime's identity and keys, rotates its authentication key, answers
+    /// nodes' registrations.
     #[command(subcommand)]
     Runtime(cli::runtime::RuntimeCommand),
     /// Seals secrets to the runtime for connections files.
@@ -214,6 +218,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => cli::node::run_worker(args),
         Command::Jobs(command) => cli::node::run_jobs(command),
         Command::Nodes(args) => cli::node::run_nodes(args),
+        Command::Node(command) => cli::node::run_node(command),
         Command::Runtime(command) => cli::runtime::run(command),
         Command::Credential(command) => cli::credential::run(command),
         Command::TestConnection(args) => cli::test_connection::run(args),

@@ -47,6 +47,36 @@ pub enum JobsCommand {
     },
 }
 
+/// `ferry node ...`: this node's membership of its runtime.
+#[derive(Subcommand)]
+pub enum NodeCommand {
+    /// Registers this node with its runtime: makes the node's own key (state_dir/keys/
+    /// node.key), saves the authentication key (state_dir/keys/auth.key, unless ferry.toml
+    /// names one) and asks the runtime, through the channel, for its credential key.
+    Register {
+        /// A file holding the runtime's authentication key (from `ferry runtime init`).
+        #[arg(long, conflicts_with = "auth_key")]
+        auth_key_file: Option<PathBuf>,
+        /// The authentication key itself (it shows in the process list while this runs;
+        /// prefer --auth-key-file or the FERRY_AUTH_KEY environment variable).
+        #[arg(long, env = "FERRY_AUTH_KEY", hide_env_values = true)]
+        auth_key: Option<String>,
+        /// Wait this many seconds for the runtime's grant.
+        #[arg(long, value_name = "SECONDS", default_value_t = 0)]
+        wait: u64,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Removes node NAME from the runtime: withdraws its grant; it takes no more work and
+    /// is not granted again until it registers with a new authentication key.
+    Remove {
+        /// The node's name.
+        name: String,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
 impl ConfigArg {
     /// The configuration file's path.
     pub fn path(&self) -> &std::path::Path {
@@ -217,4 +247,146 @@ pub fn run_nodes(config: ConfigArg) -> u8 {
         }
         Err(e) => super::fail(&e),
     }
+}
+
+/// `ferry node ...`.
+pub fn run_node(command: NodeCommand) -> u8 {
+    match command {
+        NodeCommand::Register {
+            auth_key_file,
+            auth_key,
+            wait,
+            config,
+        } => register(&config, auth_key_file, auth_key, wait),
+        NodeCommand::Remove { name, config } => {
+            let Ok(loaded) = load(&config) else { return 2 };
+            let removed = {
+                let name = name.clone();
+                loaded.with_channel(|channel| async move {
+                    ferry_connectors::control::membership::remove_node(channel.as_ref(), &name)
+                        .await
+                })
+            };
+            match removed {
+                Ok(true) => {
+                    outln!(
+                        "{name}: removed; its grant is withdrawn and it takes no more work. If its machine may be compromised, rotate the authentication key (`ferry runtime rotate-auth-key`) and the secrets it could open (docs/security.md)"
+                    );
+                    0
+                }
+                Ok(false) => super::fail(&ferry_engine::Error::invalid_input(format!(
+                    "no node `{name}` has registered in this channel"
+                ))),
+                Err(e) => super::fail(&e),
+            }
+        }
+    }
+}
+
+fn register(config: &ConfigArg, file: Option<PathBuf>, key: Option<String>, wait: u64) -> u8 {
+    use ferry_connectors::control::membership::{AuthKey, Standing};
+    use ferry_engine::Error;
+    let given = match (file, key) {
+        (Some(file), _) => Some(AuthKey::load(&file)),
+        (None, Some(text)) => Some(AuthKey::parse(&zeroize::Zeroizing::new(text))),
+        (None, None) => None,
+    };
+    let given = match given.transpose() {
+        Ok(given) => given,
+        Err(e) => return super::fail(&e),
+    };
+    let Ok(loaded) = load(config) else { return 2 };
+    let (Some(verifier), Some(state_dir)) = (loaded.verifier.clone(), loaded.state_dir.clone())
+    else {
+        return super::fail(&Error::config(format!(
+            "{}: a node registers with `[trust] runtime` (the runtime's runtime.json) and a `state_dir` (where its own key lives)",
+            config.path().display()
+        )));
+    };
+    if let Err(e) = loaded.create_dirs() {
+        return super::fail(&e);
+    }
+    let named_in_config = loaded
+        .config
+        .trust
+        .as_ref()
+        .is_some_and(|t| t.auth_key_file.is_some() || t.auth_key_env.is_some());
+    let membership = match given {
+        Some(_) if named_in_config => {
+            return super::fail(&Error::config(format!(
+                "{}: [trust] names the authentication key already (`auth_key_file` or `auth_key_env`); update it there and run `ferry node register` without a key",
+                config.path().display()
+            )));
+        }
+        Some(key) => {
+            let saved = state_dir.join("keys").join("auth.key");
+            if let Err(e) = save_auth_key(&saved, &key) {
+                return super::fail(&e);
+            }
+            worker::config::Membership {
+                node_key: state_dir.join("keys").join("node.key"),
+                auth_key: worker::config::AuthKeySource::File(saved),
+            }
+        }
+        None => match &loaded.membership {
+            Some(membership) => membership.clone(),
+            None => {
+                return super::fail(&Error::config(
+                    "give the runtime's authentication key: --auth-key-file FILE (or FERRY_AUTH_KEY), as `ferry runtime init` printed it",
+                ));
+            }
+        },
+    };
+    let member = match membership.member(&loaded.node, verifier) {
+        Ok(member) => member,
+        Err(e) => return super::fail(&e),
+    };
+    let node = loaded.node.clone();
+    let standing = loaded.with_channel(|channel| async move {
+        let registration = member.register(channel.as_ref()).await?;
+        outln!(
+            "{node}: registered with runtime {} (authentication key id {}, node key {})",
+            registration.runtime,
+            registration.auth_key_id,
+            registration.recipient
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+        loop {
+            let standing = member.refresh(channel.as_ref()).await;
+            if standing != Standing::Waiting || std::time::Instant::now() >= deadline {
+                return Ok(standing);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    });
+    match standing {
+        Ok(Standing::Granted) => {
+            outln!("granted: the runtime sealed its credential key to this node; it takes work");
+            0
+        }
+        Ok(Standing::Waiting) => {
+            outln!(
+                "waiting for the runtime's grant: run `ferry runtime sync` where the runtime's keys are; the node takes no work until then"
+            );
+            0
+        }
+        Ok(Standing::Refused(why)) => super::fail(&Error::forbidden(format!("refused: {why}"))),
+        Err(e) => super::fail(&e),
+    }
+}
+
+/// Saves the authentication key as the node's `state_dir/keys/auth.key` (0600), replacing
+/// an earlier one.
+fn save_auth_key(
+    path: &std::path::Path,
+    key: &ferry_connectors::control::membership::AuthKey,
+) -> ferry_engine::Result<()> {
+    use ferry_engine::config::local::{create_private_dir, write_private_file};
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir)?;
+    }
+    let fresh = path.with_extension(format!("new-{}", std::process::id()));
+    write_private_file(&fresh, &format!("{}\n", key.to_text().as_str()))?;
+    std::fs::rename(&fresh, path)
+        .map_err(|e| ferry_engine::Error::io(format!("cannot replace {}", path.display()), e))
 }

@@ -46,12 +46,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use ferry_connectors::Connections;
+use ferry_connectors::control::membership::{AuthKey, Member, NodeKey};
 use ferry_connectors::control::trust::{
     CredentialKey, DEFAULT_VALID_FOR, Signer, Verifier, read_identity,
 };
 use ferry_connectors::control::{Channel, ChannelConfig, ChannelSpec};
 use ferry_connectors::{NodePolicy, PolicyConfig, PolicyContext};
-use ferry_engine::config::local::{check_private_dir, create_private_dir};
+use ferry_engine::config::local::{check_closed_dir, check_private_dir, create_private_dir};
 use ferry_engine::config::units::HumanDuration;
 use ferry_engine::{Error, Result};
 use serde::Deserialize;
@@ -125,9 +126,66 @@ pub struct TrustConfig {
     #[serde(default)]
     pub valid_for: Option<HumanDuration>,
     /// `credential.key`: the runtime's credential key (mode 0600), which opens the
-    /// connections' `{"encrypted": ...}` secrets in memory when a job uses them.
+    /// connections' `{"encrypted": ...}` secrets in memory when a job uses them. A node
+    /// that registers (`auth_key_file`, `auth_key_env`) receives it from the runtime instead.
     #[serde(default)]
     pub credential_key: Option<PathBuf>,
+    /// A file (0600) holding the runtime's authentication key: the node registers with it
+    /// and takes work only once the runtime granted it its credential key. `ferry node
+    /// register` saves the key as `state_dir/keys/auth.key`, which counts as this setting.
+    #[serde(default)]
+    pub auth_key_file: Option<PathBuf>,
+    /// An environment variable holding the authentication key (instead of a file).
+    #[serde(default)]
+    pub auth_key_env: Option<String>,
+}
+
+/// Where a registering node's authentication key comes from.
+#[derive(Debug, Clone)]
+pub enum AuthKeySource {
+    /// A key file (0600).
+    File(PathBuf),
+    /// An environment variable.
+    Env(String),
+}
+
+impl AuthKeySource {
+    /// Reads the key.
+    pub fn load(&self) -> Result<AuthKey> {
+        match self {
+            AuthKeySource::File(path) => AuthKey::load(path),
+            AuthKeySource::Env(var) => {
+                let text = zeroize::Zeroizing::new(std::env::var(var).map_err(|_| {
+                    Error::config(format!(
+                        "environment variable `{var}` (`[trust] auth_key_env`) is not set"
+                    ))
+                })?);
+                AuthKey::parse(&text).map_err(|e| e.context(format!("`{var}`")))
+            }
+        }
+    }
+}
+
+/// How a node joins its runtime (`[trust]` with an authentication key).
+#[derive(Debug, Clone)]
+pub struct Membership {
+    /// The node's own key file, `state_dir/keys/node.key` (made at first start).
+    pub node_key: PathBuf,
+    /// The authentication key to register with.
+    pub auth_key: AuthKeySource,
+}
+
+impl Membership {
+    /// The node's side of membership: its key (made on first use) and the auth key.
+    pub fn member(&self, node: &str, verifier: Arc<Verifier>) -> Result<Member> {
+        let key = NodeKey::load_or_create(&self.node_key)?;
+        Ok(Member::new(
+            node,
+            verifier,
+            key,
+            Some(self.auth_key.load()?),
+        ))
+    }
 }
 
 /// `[admin_tls]`: the admin server's certificate chain and private key, PEM files.
@@ -232,6 +290,8 @@ pub struct Loaded {
     pub verifier: Option<Arc<Verifier>>,
     /// Signs submitted jobs, when `[trust]` names a signing key; with how long they stay valid.
     pub signer: Option<(Arc<Signer>, std::time::Duration)>,
+    /// How the node registers with its runtime, when it has an authentication key.
+    pub membership: Option<Membership>,
 }
 
 impl Loaded {
@@ -242,6 +302,11 @@ impl Loaded {
         if let Some(dir) = &self.state_dir {
             create_private_dir(dir)?;
             check_private_dir(dir, "the node's `state_dir`")?;
+            check_closed_dir(dir, "the node's `state_dir`")?;
+            let keys = dir.join("keys");
+            if keys.exists() {
+                check_closed_dir(&keys, "the node's key directory")?;
+            }
         }
         for root in self.policy.local_files().roots().unwrap_or_default() {
             create_private_dir(root)?;
@@ -359,8 +424,8 @@ pub fn load(path: &Path) -> Result<Loaded> {
     denied.extend(state_dir.as_ref().map(|d| d.join("keys")));
     denied.extend(config.channel.local_dir(base));
     let channel_connection = config.channel.connection().map(str::to_string);
-    let (verifier, signer) = match &config.trust {
-        None => (None, None),
+    let (verifier, signer, membership) = match &config.trust {
+        None => (None, None, None),
         Some(trust) => {
             let in_file = |e: Error| e.context(format!("{}: [trust]", path.display()));
             let identity = read_identity(&resolve(&trust.runtime)).map_err(in_file)?;
@@ -377,13 +442,44 @@ pub fn load(path: &Path) -> Result<Loaded> {
             if let Some(key) = &trust.signing_key {
                 denied.push(resolve(key));
             }
+            let saved = state_dir.as_ref().map(|d| d.join("keys").join("auth.key"));
+            let auth_key = match (&trust.auth_key_file, &trust.auth_key_env) {
+                (Some(_), Some(_)) => {
+                    return Err(in_file(Error::config(
+                        "give `auth_key_file` or `auth_key_env`, not both",
+                    )));
+                }
+                (Some(file), None) => Some(AuthKeySource::File(resolve(file))),
+                (None, Some(var)) => Some(AuthKeySource::Env(var.clone())),
+                (None, None) => saved.filter(|p| p.exists()).map(AuthKeySource::File),
+            };
+            if let Some(AuthKeySource::File(file)) = &auth_key {
+                denied.push(file.clone());
+            }
+            let membership = match (auth_key, &state_dir) {
+                (None, _) => None,
+                (Some(_), None) => {
+                    return Err(in_file(Error::config(
+                        "a node that registers with an authentication key needs `state_dir`: its own key lives in state_dir/keys",
+                    )));
+                }
+                (Some(_), Some(_)) if trust.credential_key.is_some() => {
+                    return Err(in_file(Error::config(
+                        "give `credential_key` (this node holds the runtime's credential key itself) or an authentication key (the node registers and the runtime grants it the key), not both",
+                    )));
+                }
+                (Some(auth_key), Some(dir)) => Some(Membership {
+                    node_key: dir.join("keys").join("node.key"),
+                    auth_key,
+                }),
+            };
             if let Some(key) = &trust.credential_key {
                 CredentialKey::load(&resolve(key))
                     .map_err(in_file)?
                     .install();
                 denied.push(resolve(key));
             }
-            (Some(verifier), signer)
+            (Some(verifier), signer, membership)
         }
     };
     let policy = config
@@ -398,6 +494,7 @@ pub fn load(path: &Path) -> Result<Loaded> {
     Ok(Loaded {
         verifier,
         signer,
+        membership,
         admin_token_file,
         admin_tls,
         state_dir,

@@ -19,6 +19,7 @@ use ferry_engine::{CancellationToken, JobControl, JobReport};
 use tokio::time::Instant;
 
 use ferry_connectors::control::Envelope;
+use ferry_connectors::control::membership::{Member, Standing};
 use ferry_connectors::control::trust::Verifier;
 
 use super::admin;
@@ -56,6 +57,8 @@ pub struct IntakeConfig {
     pub admin: Option<String>,
     /// With `[trust]`: runs only jobs signed for the runtime, and no replays.
     pub verifier: Option<Arc<Verifier>>,
+    /// A registered node: takes work only while the runtime's grant holds.
+    pub member: Option<Arc<Member>>,
 }
 
 /// Takes jobs from the channel and runs them with `R`.
@@ -64,6 +67,7 @@ pub struct JobIntake<R: JobRunner> {
     channel: Arc<dyn ControlChannel>,
     runner: Arc<R>,
     verifier: Option<Arc<Verifier>>,
+    member: Option<Arc<Member>>,
     max_jobs: usize,
     poll: Duration,
     grace: Duration,
@@ -105,6 +109,7 @@ impl<R: JobRunner> JobIntake<R> {
             channel,
             runner,
             verifier: config.verifier,
+            member: config.member,
             max_jobs: config.max_jobs,
             poll: config.poll,
             grace: config.grace,
@@ -210,9 +215,20 @@ impl<R: JobRunner> JobIntake<R> {
         };
         let (channel, node) = (self.channel.clone(), self.node.clone());
         let verifier = self.verifier.clone();
+        let member = self.member.clone();
         let work = async move {
             let verifier = verifier.as_deref();
             let mut result = TickResult::default();
+            // A registered node checks its grant at each beat, and takes no work without one.
+            let free = match &member {
+                Some(member) => {
+                    if due {
+                        member.refresh(channel.as_ref()).await;
+                    }
+                    if member.granted() { free } else { 0 }
+                }
+                None => free,
+            };
             for id in renew {
                 match channel.renew(&id, &node).await {
                     Ok(true) => {}
@@ -234,6 +250,8 @@ impl<R: JobRunner> JobIntake<R> {
                     tracing::warn!(error = %e, "cannot recover expired leases");
                 }
                 match channel.lease(&node, free).await {
+                    Ok(leased)
+                        if !still_granted(channel.as_ref(), member.as_deref(), &leased).await => {}
                     Ok(leased) => result.leased = screen(channel.as_ref(), verifier, leased).await,
                     Err(e) => tracing::warn!(error = %e, "cannot lease jobs"),
                 }
@@ -424,6 +442,32 @@ impl<R: JobRunner> JobIntake<R> {
                 }),
         );
     }
+}
+
+/// With a grant to hold (a registered node), checks it again once jobs were leased: the
+/// runtime may have withdrawn it since the last beat. A node that lost it hands the jobs
+/// back, uncounted, and says whether it may run them.
+async fn still_granted(
+    channel: &dyn ControlChannel,
+    member: Option<&Member>,
+    leased: &[Leased],
+) -> bool {
+    let Some(member) = member else {
+        return true;
+    };
+    if leased.is_empty() || member.refresh(channel).await == Standing::Granted {
+        return true;
+    }
+    for job in leased {
+        let id = match job {
+            Ok(envelope) => &envelope.id,
+            Err((id, _)) => id,
+        };
+        if let Err(e) = channel.release(id).await {
+            tracing::warn!(job = %id, error = %e, "cannot hand back a job this node may no longer run");
+        }
+    }
+    false
 }
 
 /// Screens leased jobs before any runs: a job whose id already has a record is a replay and

@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ferry_connectors::control::{ControlChannel, Envelope, FinishedJob, Leased, NodeInfo};
+use ferry_connectors::control::{
+    ControlChannel, Envelope, FinishedJob, Leased, NodeInfo, RecordKind,
+};
 use ferry_engine::{Error, Result};
 use tokio::time::Instant;
 
@@ -23,6 +25,8 @@ struct State {
     leases: HashMap<String, u32>,
     released: Vec<String>,
     rejected: Vec<(String, String)>,
+    /// Membership records by kind and name.
+    records: HashMap<(&'static str, String), Vec<u8>>,
 }
 
 pub(crate) struct MemoryChannel {
@@ -227,6 +231,38 @@ impl ControlChannel for MemoryChannel {
         let mut state = self.state();
         state.leased.remove(id);
         state.rejected.push((id.to_string(), why.to_string()));
+        Ok(())
+    }
+
+    async fn put_record(&self, kind: RecordKind, name: &str, json: &[u8]) -> Result<()> {
+        self.state()
+            .records
+            .insert((kind.dir(), name.to_string()), json.to_vec());
+        Ok(())
+    }
+
+    async fn get_record(&self, kind: RecordKind, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .state()
+            .records
+            .get(&(kind.dir(), name.to_string()))
+            .cloned())
+    }
+
+    async fn list_records(&self, kind: RecordKind) -> Result<Vec<String>> {
+        let mut names: Vec<String> = self
+            .state()
+            .records
+            .keys()
+            .filter(|(dir, _)| *dir == kind.dir())
+            .map(|(_, name)| name.clone())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    async fn delete_record(&self, kind: RecordKind, name: &str) -> Result<()> {
+        self.state().records.remove(&(kind.dir(), name.to_string()));
         Ok(())
     }
 }

@@ -94,6 +94,18 @@ pub fn run(loaded: config::Loaded) -> u8 {
             return e.exit_code() as u8;
         }
     };
+    let member = match (&loaded.membership, &loaded.verifier) {
+        (Some(membership), Some(verifier)) => {
+            match membership.member(&loaded.node, verifier.clone()) {
+                Ok(member) => Some(Arc::new(member)),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return e.exit_code() as u8;
+                }
+            }
+        }
+        _ => None,
+    };
     let system = actix::System::new();
     let started = system.block_on(async move {
         let address = loaded.config.admin_address.clone();
@@ -102,6 +114,14 @@ pub fn run(loaded: config::Loaded) -> u8 {
             .await
             .map_err(|e| format!("cannot open the control channel: {e}"))?;
         tracing::info!(node = %loaded.node, channel = %channel.describe(), "control channel open");
+        if let Some(member) = &member {
+            let registration = member
+                .register(channel.as_ref())
+                .await
+                .map_err(|e| format!("cannot register the node with its runtime: {e}"))?;
+            tracing::info!(node = %loaded.node, runtime = %registration.runtime, auth_key_id = %registration.auth_key_id, "registered with the runtime");
+            member.refresh(channel.as_ref()).await;
+        }
         let policy = Arc::new(loaded.policy);
         let connections = Arc::new(loaded.connections);
         let bound = admin::start(
@@ -135,6 +155,7 @@ pub fn run(loaded: config::Loaded) -> u8 {
             tracing::warn!(node = %loaded.node, "no [trust]: this node runs unsigned jobs, so whoever can write its channel can run jobs here (see docs/security.md)");
         }
         let config = IntakeConfig {
+            member,
             verifier: loaded.verifier.clone(),
             node: loaded.node,
             max_jobs: loaded.config.max_concurrent_jobs,

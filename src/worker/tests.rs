@@ -15,6 +15,10 @@ use super::admin::NodeView;
 use super::memory::MemoryChannel;
 use super::runner::{JobRunner, Observe};
 use super::{Drain, IntakeConfig, JobIntake};
+use ferry_connectors::control::membership::{
+    AuthKey, Member, NodeKey, RuntimeKeys, Standing, answer_registrations, remove_node,
+    rotate_auth_key,
+};
 use ferry_connectors::control::trust::{Signer, Verifier, init, read_identity};
 use ferry_connectors::control::{Envelope, FinishedJob};
 
@@ -108,7 +112,7 @@ fn start(
     Addr<JobIntake<FakeRunner>>,
     tokio::sync::oneshot::Receiver<()>,
 ) {
-    start_verified(channel, runner, max_jobs, grace, None)
+    start_verified(channel, runner, max_jobs, grace, None, None)
 }
 
 /// [`start`], the node running only jobs that `verifier` accepts.
@@ -118,6 +122,7 @@ fn start_verified(
     max_jobs: usize,
     grace: Duration,
     verifier: Option<Arc<Verifier>>,
+    member: Option<Arc<Member>>,
 ) -> (
     Addr<JobIntake<FakeRunner>>,
     tokio::sync::oneshot::Receiver<()>,
@@ -135,6 +140,7 @@ fn start_verified(
         grace,
         admin: None,
         verifier,
+        member,
     };
     let (intake, stopped) = JobIntake::new(config, channel.clone(), runner.clone(), view);
     (intake.start(), stopped)
@@ -367,6 +373,7 @@ fn with_trust_only_signed_untampered_unreplayed_jobs_run() {
             2,
             Duration::from_secs(60),
             Some(verifier),
+            None,
         );
         let signed = |id: &str| {
             let mut envelope = Envelope::new(id.to_string(), job(id, 1));
@@ -413,5 +420,122 @@ fn with_trust_only_signed_untampered_unreplayed_jobs_run() {
         assert_eq!(record.node, "b", "the original record is untouched");
         let ran: Vec<String> = runner.started().into_iter().map(|(n, _)| n).collect();
         assert_eq!(ran, vec!["good".to_string()]);
+    });
+}
+
+#[test]
+fn a_registered_node_takes_work_only_while_the_runtime_s_grant_holds() {
+    paused(|| async {
+        let keys = tempfile::tempdir().unwrap();
+        init(keys.path()).unwrap();
+        let signer = Signer::load(
+            &keys.path().join("runtime.json"),
+            &keys.path().join("signing.key"),
+        )
+        .unwrap();
+        let verifier = Arc::new(
+            Verifier::new(read_identity(&keys.path().join("runtime.json")).unwrap()).unwrap(),
+        );
+        let node_key = NodeKey::load_or_create(&keys.path().join("node/node.key")).unwrap();
+        let auth = AuthKey::load(&keys.path().join("auth.key")).unwrap();
+        let member = Arc::new(Member::new("a", verifier.clone(), node_key, Some(auth)));
+        let channel = Arc::new(MemoryChannel::new(LEASE, 3));
+        member.register(channel.as_ref()).await.unwrap();
+        let runner = Arc::new(FakeRunner::default());
+        let _node = start_verified(
+            &channel,
+            &runner,
+            2,
+            Duration::from_secs(60),
+            Some(verifier),
+            Some(member.clone()),
+        );
+        let signed = |id: &str| {
+            let mut envelope = Envelope::new(id.to_string(), job(id, 1));
+            signer.sign(&mut envelope, Duration::from_secs(3600));
+            envelope
+        };
+        channel.submit_envelope(signed("first"));
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(
+            runner.started().is_empty() && channel.finished("first").is_none(),
+            "no work before the runtime's grant"
+        );
+
+        let runtime = RuntimeKeys::load(keys.path()).unwrap();
+        let answers = answer_registrations(channel.as_ref(), &runtime)
+            .await
+            .unwrap();
+        assert_eq!(answers.len(), 1);
+        assert!(answers[0].to_string().contains("granted"), "{answers:?}");
+        until(
+            Duration::from_secs(30),
+            "the granted node ran the job",
+            || channel.finished("first").is_some(),
+        )
+        .await;
+        assert!(member.granted());
+
+        // A rotated authentication key cuts the node off at the next sync.
+        rotate_auth_key(keys.path()).unwrap();
+        let runtime = RuntimeKeys::load(keys.path()).unwrap();
+        let answers = answer_registrations(channel.as_ref(), &runtime)
+            .await
+            .unwrap();
+        assert!(
+            answers[0]
+                .to_string()
+                .contains("current authentication key"),
+            "{answers:?}"
+        );
+        channel.submit_envelope(signed("second"));
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(!member.granted());
+        assert!(
+            channel.finished("second").is_none(),
+            "a cut-off node takes no work"
+        );
+
+        // The node registers again with the new key (as `ferry node register` does beside
+        // the running node) and works again; then an operator removes it.
+        let again = Member::new(
+            "a",
+            Arc::new(
+                Verifier::new(read_identity(&keys.path().join("runtime.json")).unwrap()).unwrap(),
+            ),
+            NodeKey::load_or_create(&keys.path().join("node/node.key")).unwrap(),
+            Some(AuthKey::load(&keys.path().join("auth.key")).unwrap()),
+        );
+        again.register(channel.as_ref()).await.unwrap();
+        answer_registrations(channel.as_ref(), &runtime)
+            .await
+            .unwrap();
+        until(Duration::from_secs(30), "the node works again", || {
+            channel.finished("second").is_some()
+        })
+        .await;
+        assert!(remove_node(channel.as_ref(), "a").await.unwrap());
+        answer_registrations(channel.as_ref(), &runtime)
+            .await
+            .unwrap();
+        channel.submit_envelope(signed("third"));
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(!member.granted());
+        assert!(matches!(
+            again.refresh(channel.as_ref()).await,
+            Standing::Refused(why) if why.contains("ferry node remove")
+        ));
+        // Registering again with the same key does not undo the operator's decision.
+        again.register(channel.as_ref()).await.unwrap();
+        answer_registrations(channel.as_ref(), &runtime)
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert!(
+            channel.finished("third").is_none(),
+            "a removed node takes no work"
+        );
+        let ran: Vec<String> = runner.started().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(ran, vec!["first".to_string(), "second".to_string()]);
     });
 }

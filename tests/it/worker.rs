@@ -909,6 +909,217 @@ fn encrypted_credentials_run_on_any_node_and_the_password_shows_nowhere() {
     assert!(!seen.contains(wrong), "the wrong password shows somewhere");
 }
 
+#[test]
+fn registered_nodes_receive_the_credential_key_and_lose_it_when_cut_off() {
+    membership(Kind::Local);
+}
+
+#[test]
+fn registered_nodes_receive_the_credential_key_and_lose_it_when_cut_off_on_an_azure_queue() {
+    membership(Kind::Azure { sas: false });
+}
+
+/// Writes `text` as a private (0600) file.
+fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// Nodes join with the runtime's authentication key and get its credential key from the
+/// runtime through the channel (no node is given credential.key): a forged key gets
+/// nothing, a rotated key cuts nodes off until they register again, a removed node takes no
+/// more work.
+fn membership(kind: Kind) {
+    let pg = crate::support::postgres::server();
+    let password = crate::support::postgres::PASSWORD;
+    let db = pg.database(&format!("membership_{}", unique()));
+    pg.sql(
+        &db,
+        "CREATE TABLE t AS SELECT g AS id FROM generate_series(1, 300) g",
+    );
+    let mut rt = Runtime::with(kind);
+    let init = succeed(
+        ferry()
+            .args(["runtime", "init"])
+            .arg(rt.path().join("keys")),
+    );
+    let auth = std::fs::read_to_string(rt.path().join("keys/auth.key")).unwrap();
+    assert!(
+        init.contains(auth.trim()),
+        "init prints the authentication key once"
+    );
+    // A forged key: the right runtime, another secret.
+    let runtime_id = auth.split(':').nth(1).unwrap();
+    let forged = format!("ferry-auth1:{runtime_id}:{}\n", "A".repeat(43));
+    let mut connections: serde_json::Value = match kind {
+        Kind::Local => serde_json::json!({}),
+        Kind::Azure { .. } => serde_json::from_str(
+            &std::fs::read_to_string(rt.path().join("connections.json")).unwrap(),
+        )
+        .unwrap(),
+    };
+    connections["pg"] = serde_json::json!({"type": "postgres", "host": "127.0.0.1",
+        "port": pg.port, "database": db, "sslmode": "disable", "user": "ferry_pw",
+        "password": seal(&rt, password)});
+    std::fs::write(rt.path().join("connections.json"), connections.to_string()).unwrap();
+    let policy = rt.policy_toml.clone();
+    let mut nodes = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        let key = if name == "d" {
+            forged.as_str()
+        } else {
+            auth.as_str()
+        };
+        write_private(&rt.path().join(format!("auth-{name}.key")), key);
+        rt.policy_toml = format!(
+            "{policy}[policy.connection.pg]\nquery = true\n[trust]\nruntime = \"keys/runtime.json\"\n\
+             auth_key_file = \"auth-{name}.key\"\n"
+        );
+        nodes.push(rt.node(name, 1));
+    }
+    let submitter = rt.path().join("submitter.toml");
+    std::fs::write(
+        &submitter,
+        std::fs::read_to_string(rt.config("a")).unwrap().replace(
+            "auth_key_file = \"auth-a.key\"\n",
+            "signing_key = \"keys/signing.key\"\n",
+        ),
+    )
+    .unwrap();
+    let sync = || {
+        succeed(
+            ferry()
+                .args(["runtime", "sync"])
+                .arg(rt.path().join("keys"))
+                .arg("--config")
+                .arg(&submitter),
+        )
+    };
+    // Nodes register as they start; the runtime answers.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut answers = String::new();
+    while !["a:", "b:", "c:", "d:"]
+        .iter()
+        .all(|n| answers.lines().any(|l| l.starts_with(n)))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "not every node registered: {answers}"
+        );
+        answers.push_str(&sync());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for node in ["a", "b", "c"] {
+        assert!(answers.contains(&format!("{node}: granted")), "{answers}");
+    }
+    assert!(
+        answers
+            .contains("d: refused: it was not made with the runtime's current authentication key"),
+        "{answers}"
+    );
+    let submit = |name: &str| {
+        let job = serde_json::json!({"name": name,
+            "source": {"type": "postgres", "connection": "pg", "query": "SELECT id FROM t"},
+            "sink": {"type": "file", "path": rt.path().join(format!("out/{name}.parquet")),
+                     "format": {"type": "parquet"}},
+            "retry": {"max_attempts": 1}});
+        let file = rt.path().join(format!("{name}.json"));
+        std::fs::write(&file, job.to_string()).unwrap();
+        succeed(
+            ferry()
+                .args(["jobs", "submit"])
+                .arg(&file)
+                .arg("--config")
+                .arg(&submitter),
+        )
+        .trim()
+        .to_string()
+    };
+    let first: Vec<String> = (0..6).map(|i| submit(&format!("first-{i}"))).collect();
+    for done in rt.wait(&first, Duration::from_secs(90)) {
+        assert_eq!(done.status, JobStatus::Succeeded, "{done:?}");
+        assert!(["a", "b", "c"].contains(&done.node.as_str()), "{done:?}");
+    }
+    assert_eq!(rows(&rt.path().join("out/first-0.parquet")), 300);
+    wait_for_log(&rt, "d", "holds no grant");
+
+    // A new authentication key: every node is cut off until it registers with it.
+    succeed(
+        ferry()
+            .args(["runtime", "rotate-auth-key"])
+            .arg(rt.path().join("keys")),
+    );
+    let answers = sync();
+    assert_eq!(answers.matches("refused").count(), 4, "{answers}");
+    let new_auth = std::fs::read_to_string(rt.path().join("keys/auth.key")).unwrap();
+    assert_ne!(new_auth, auth);
+    write_private(&rt.path().join("auth-a.key"), &new_auth);
+    let registered = succeed(
+        ferry()
+            .args(["node", "register", "--config"])
+            .arg(rt.config("a")),
+    );
+    assert!(
+        registered.contains("waiting for the runtime's grant"),
+        "{registered}"
+    );
+    let answers = sync();
+    assert!(answers.contains("a: granted"), "{answers}");
+    assert_eq!(answers.matches("refused").count(), 3, "{answers}");
+    let second: Vec<String> = (0..3).map(|i| submit(&format!("second-{i}"))).collect();
+    for done in rt.wait(&second, Duration::from_secs(90)) {
+        assert_eq!(done.status, JobStatus::Succeeded, "{done:?}");
+        assert_eq!(
+            done.node, "a",
+            "only the node registered with the new key works"
+        );
+    }
+
+    // An operator removes node a: no node may work now.
+    succeed(
+        ferry()
+            .args(["node", "remove", "a", "--config"])
+            .arg(&submitter),
+    );
+    sync();
+    wait_for_log(&rt, "a", "removed from the runtime by an operator");
+    let third = submit("third");
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        rt.report(&third).is_none(),
+        "a job ran with no registered node"
+    );
+    let state = rt.jobs().into_iter().find(|j| j.id == third).unwrap();
+    assert_eq!(state.state, JobPhase::Queued, "{state:?}");
+    for node in nodes {
+        assert!(stop(node).success());
+    }
+    // No key file was handed to a node: each holds its own node key, made at its start.
+    for name in ["a", "b", "c", "d"] {
+        assert!(
+            rt.path()
+                .join(format!("state-{name}/keys/node.key"))
+                .exists()
+        );
+        assert!(
+            !rt.path()
+                .join(format!("state-{name}/keys/credential.key"))
+                .exists()
+        );
+    }
+    let mut seen = String::new();
+    for entry in std::fs::read_dir(rt.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            seen.push_str(&std::fs::read_to_string(&path).unwrap());
+        }
+    }
+    let credential = std::fs::read_to_string(rt.path().join("keys/credential.key")).unwrap();
+    assert!(!seen.contains(password) && !seen.contains(credential.trim()));
+    assert!(!seen.contains(auth.trim()) && !seen.contains(new_auth.trim()));
+}
+
 /// Adds the test PostgreSQL server as connection `pg` to the nodes' connections file.
 pub(crate) fn add_postgres(rt: &Runtime) {
     let pg = crate::support::postgres::server();

@@ -9,6 +9,8 @@
 //! spool/reports/<id>.json    every finished job's report, whatever the outcome
 //! spool/cancel/<id>          a cancellation request
 //! spool/nodes/<node>.json    each node's heartbeat and load
+//! spool/registrations/<node>.json  a node's registration (see `membership`)
+//! spool/grants/<node>.json   the runtime's answer: its credential key sealed to the node
 //! ```
 //!
 //! A node that dies stops renewing its leases; once a lease is older than `lease_timeout`,
@@ -25,7 +27,7 @@ use ferry_engine::config::local::{check_private_dir, create_private_dir};
 
 use super::{
     ChannelQueries, ControlChannel, Envelope, FinishedJob, JobPhase, JobState, Leased, NodeInfo,
-    check_job_id, now_ms,
+    RecordKind, check_job_id, check_record_name, now_ms,
 };
 
 /// The lease file's content.
@@ -113,7 +115,15 @@ impl LocalChannel {
         let root = root.into();
         for dir in std::iter::once(root.clone()).chain(
             [
-                "queue", "running", "claims", "reports", "cancel", "nodes", "rejected",
+                "queue",
+                "running",
+                "claims",
+                "reports",
+                "cancel",
+                "nodes",
+                "rejected",
+                "registrations",
+                "grants",
             ]
             .map(|sub| root.join(sub)),
         ) {
@@ -483,6 +493,36 @@ impl ControlChannel for LocalChannel {
 
     async fn reject(&self, id: &str, why: &str) -> Result<()> {
         LocalChannel::reject(self, id, why)
+    }
+
+    async fn put_record(&self, kind: RecordKind, name: &str, json: &[u8]) -> Result<()> {
+        check_record_name(name)?;
+        write_atomic(&self.path(kind.dir(), &format!("{name}.json")), json)
+    }
+
+    async fn get_record(&self, kind: RecordKind, name: &str) -> Result<Option<Vec<u8>>> {
+        check_record_name(name)?;
+        let path = self.path(kind.dir(), &format!("{name}.json"));
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
+        }
+    }
+
+    async fn list_records(&self, kind: RecordKind) -> Result<Vec<String>> {
+        ids_in(&self.root.join(kind.dir()), ".json")
+    }
+
+    async fn delete_record(&self, kind: RecordKind, name: &str) -> Result<()> {
+        check_record_name(name)?;
+        let path = self.path(kind.dir(), &format!("{name}.json"));
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(Error::io(format!("remove {}", path.display()), e))
+            }
+            _ => Ok(()),
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 
 pub mod azure_queue;
 pub mod local;
+pub mod membership;
 pub mod registry;
 pub mod trust;
 
@@ -313,6 +314,52 @@ pub trait ControlChannel: Send + Sync + 'static {
     /// replay of a finished job): it goes where the channel keeps rejected messages, with
     /// `why`.
     async fn reject(&self, id: &str, why: &str) -> Result<()>;
+
+    /// Writes (or replaces) record `name` of `kind`: JSON text.
+    async fn put_record(&self, kind: RecordKind, name: &str, json: &[u8]) -> Result<()>;
+
+    /// Reads record `name` of `kind`, if there is one.
+    async fn get_record(&self, kind: RecordKind, name: &str) -> Result<Option<Vec<u8>>>;
+
+    /// The names of the records of `kind`, sorted.
+    async fn list_records(&self, kind: RecordKind) -> Result<Vec<String>>;
+
+    /// Removes record `name` of `kind` (none is fine).
+    async fn delete_record(&self, kind: RecordKind, name: &str) -> Result<()>;
+}
+
+/// The records of a runtime's membership that travel through its channel (see
+/// [`membership`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// A node's request to join: its name, its public key, and proof that it holds the
+    /// runtime's authentication key.
+    Registration,
+    /// The runtime's answer to a registration: its credential key sealed to the node's key,
+    /// signed by the runtime.
+    Grant,
+}
+
+impl RecordKind {
+    /// The folder (spool) or prefix (container) of this kind of record.
+    pub fn dir(self) -> &'static str {
+        match self {
+            RecordKind::Registration => "registrations",
+            RecordKind::Grant => "grants",
+        }
+    }
+}
+
+/// Refuses a record name that is not a usable node name (it becomes a file or blob name).
+pub fn check_record_name(name: &str) -> Result<()> {
+    if valid_job_id(name) {
+        Ok(())
+    } else {
+        Err(Error::invalid_input(format!(
+            "`{}` is not a usable node name: use letters, digits, `-`, `_` and `.`",
+            name.escape_default()
+        )))
+    }
 }
 
 /// What operators and submitters ask of a channel (the CLI, the admin API): submit and

@@ -46,7 +46,7 @@ pub struct RuntimeIdentity {
     pub credential_recipient: Option<String>,
 }
 
-fn b64() -> base64::engine::GeneralPurpose {
+pub(crate) fn b64() -> base64::engine::GeneralPurpose {
     base64::engine::general_purpose::STANDARD
 }
 
@@ -62,8 +62,8 @@ fn signed_bytes(runtime: &str, envelope: &Envelope, expires_ms: u64) -> Vec<u8> 
     .into_bytes()
 }
 
-/// Creates a runtime's identity in `dir` (0700): `runtime.json` and `signing.key` (0600).
-/// Refuses to overwrite an existing key.
+/// Creates a runtime's identity in `dir` (0700): `runtime.json`, and `signing.key`,
+/// `credential.key` and `auth.key` (0600). Refuses to overwrite an existing key.
 pub fn init(dir: &Path) -> Result<RuntimeIdentity> {
     create_private_dir(dir)?;
     let key_path = dir.join("signing.key");
@@ -98,6 +98,11 @@ pub fn init(dir: &Path) -> Result<RuntimeIdentity> {
         ),
     )?;
     write_private_file(&key_path, &format!("{}\n", b64().encode(pkcs8.as_ref())))?;
+    let auth = super::membership::AuthKey::generate(&identity.runtime)?;
+    write_private_file(
+        &dir.join("auth.key"),
+        &format!("{}\n", auth.to_text().as_str()),
+    )?;
     let public =
         serde_json::to_string_pretty(&identity).map_err(|e| Error::internal(e.to_string()))?;
     std::fs::write(dir.join("runtime.json"), format!("{public}\n")).map_err(|e| {
@@ -107,6 +112,35 @@ pub fn init(dir: &Path) -> Result<RuntimeIdentity> {
         )
     })?;
     Ok(identity)
+}
+
+/// Replaces the runtime's credential key in `dir` with a new one, and its recipient in
+/// `runtime.json`; returns the new recipient. Secrets sealed to the old key no longer open
+/// once nodes hold the new one: seal them again with the new `runtime.json`.
+pub fn rotate_credential_key(dir: &Path) -> Result<String> {
+    let path = dir.join("runtime.json");
+    let mut identity = read_identity(&path)?;
+    CredentialKey::load(&dir.join("credential.key"))?;
+    let key = age::x25519::Identity::generate();
+    let fresh = dir.join(format!("credential.key.new-{}", std::process::id()));
+    write_private_file(
+        &fresh,
+        &format!(
+            "{}\n",
+            age::secrecy::ExposeSecret::expose_secret(&key.to_string())
+        ),
+    )?;
+    let recipient = key.to_public().to_string();
+    identity.credential_recipient = Some(recipient.clone());
+    let public =
+        serde_json::to_string_pretty(&identity).map_err(|e| Error::internal(e.to_string()))?;
+    let public_fresh = dir.join(format!("runtime.json.new-{}", std::process::id()));
+    std::fs::write(&public_fresh, format!("{public}\n"))
+        .map_err(|e| Error::io(format!("cannot write {}", public_fresh.display()), e))?;
+    std::fs::rename(&fresh, dir.join("credential.key"))
+        .and_then(|()| std::fs::rename(&public_fresh, &path))
+        .map_err(|e| Error::io(format!("cannot replace the keys in {}", dir.display()), e))?;
+    Ok(recipient)
 }
 
 /// Seals `secret` to the runtime of `identity`: the value of an `{"encrypted": ...}` secret.
@@ -159,6 +193,33 @@ impl CredentialKey {
         String::from_utf8(plain.to_vec())
             .map(zeroize::Zeroizing::new)
             .map_err(|_| damaged())
+    }
+
+    /// Reads a credential key from its text (`AGE-SECRET-KEY-1...`), as a grant carries it.
+    pub(crate) fn from_text(text: &str) -> Option<Self> {
+        text.trim()
+            .parse::<age::x25519::Identity>()
+            .ok()
+            .map(CredentialKey)
+    }
+
+    /// The key's public recipient (`age1...`).
+    pub fn recipient(&self) -> String {
+        self.0.to_public().to_string()
+    }
+
+    /// This key sealed to `recipient` (a node's `age1...` key): what a grant carries.
+    pub(crate) fn seal_to(&self, recipient: &str) -> Result<String> {
+        let recipient: age::x25519::Recipient = recipient
+            .parse()
+            .map_err(|e| Error::invalid_input(format!("not an age recipient: {e}")))?;
+        let text = self.0.to_string();
+        let sealed = age::encrypt(
+            &recipient,
+            age::secrecy::ExposeSecret::expose_secret(&text).as_bytes(),
+        )
+        .map_err(|e| Error::internal(format!("cannot encrypt: {e}")))?;
+        Ok(b64().encode(sealed))
     }
 
     /// Makes this key the process's opener of encrypted secrets.
@@ -215,6 +276,16 @@ impl Signer {
         })
     }
 
+    /// The runtime's id.
+    pub fn runtime(&self) -> &str {
+        &self.runtime
+    }
+
+    /// Signs `bytes` (a record of the runtime's, such as a node's grant): base64.
+    pub(crate) fn sign_bytes(&self, bytes: &[u8]) -> String {
+        b64().encode(self.key.sign(bytes).as_ref())
+    }
+
     /// Signs `envelope`, valid for `valid_for` from now.
     pub fn sign(&self, envelope: &mut Envelope, valid_for: Duration) {
         let expires_ms = now_ms() + valid_for.as_millis() as u64;
@@ -251,6 +322,15 @@ impl Verifier {
     /// The runtime's id.
     pub fn runtime(&self) -> &str {
         &self.identity.runtime
+    }
+
+    /// Whether `signature` (base64) is the runtime's signature of `bytes`.
+    pub(crate) fn verify_bytes(&self, bytes: &[u8], signature: &str) -> bool {
+        b64().decode(signature).is_ok_and(|signature| {
+            UnparsedPublicKey::new(&ED25519, &self.key)
+                .verify(bytes, &signature)
+                .is_ok()
+        })
     }
 
     /// `Ok` when `envelope` was signed by this runtime, unchanged since, and has not expired

@@ -28,15 +28,26 @@ pub enum Secret {
 /// that place is most likely the secret itself.
 const SECRET_FORM: &str = "a secret must be a reference such as {\"env\": \"PGPASSWORD_ERP\"} (an environment variable holding it) or {\"encrypted\": \"...\"} (from `ferry credential encrypt`); a literal secret is refused, and the value given is not shown";
 
-/// Opens an encrypted secret: installed once per process by whoever holds the runtime's
-/// credential key (a node with `[trust] credential_key`). The engine names no cipher.
+/// Opens an encrypted secret: installed by whoever holds the runtime's credential key (a
+/// node with `[trust] credential_key`, or one the runtime granted its key to). The engine
+/// names no cipher.
 pub type Opener = Box<dyn Fn(&str) -> Result<zeroize::Zeroizing<String>> + Send + Sync>;
 
-static OPENER: std::sync::OnceLock<Opener> = std::sync::OnceLock::new();
+static OPENER: std::sync::RwLock<Option<std::sync::Arc<Opener>>> = std::sync::RwLock::new(None);
 
-/// Installs the process's [`Opener`]; the first one stays.
+/// Installs the process's [`Opener`], replacing any earlier one.
 pub fn install_opener(opener: Opener) {
-    let _ = OPENER.set(opener);
+    *OPENER.write().unwrap_or_else(|e| e.into_inner()) = Some(std::sync::Arc::new(opener));
+}
+
+/// Forgets the process's [`Opener`] (a node whose grant was withdrawn): encrypted secrets no
+/// longer open.
+pub fn remove_opener() {
+    *OPENER.write().unwrap_or_else(|e| e.into_inner()) = None;
+}
+
+fn opener() -> Option<std::sync::Arc<Opener>> {
+    OPENER.read().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 impl<'de> Deserialize<'de> for Secret {
@@ -116,10 +127,10 @@ impl Secret {
                         "environment variable `{var}` that holds a secret is not set"
                     ))
                 }),
-            Secret::Encrypted(sealed) => match OPENER.get() {
+            Secret::Encrypted(sealed) => match opener() {
                 Some(open) => open(sealed),
                 None => Err(Error::config(
-                    "a secret is encrypted for the runtime, and this process holds no credential key: give the node `[trust] credential_key` (or `ferry copy --credential-key FILE`)",
+                    "a secret is encrypted for the runtime, and this process holds no credential key: register the node with the runtime's authentication key (`ferry node register`), or give it `[trust] credential_key` (or `ferry copy --credential-key FILE`)",
                 )),
             },
         }

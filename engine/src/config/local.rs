@@ -283,6 +283,28 @@ pub fn check_private_dir(dir: &Path, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Refuses a directory that holds keys and that users other than its owner may read or
+/// enter (any group or world bit), saying which `chmod` fixes it.
+pub fn check_closed_dir(dir: &Path, what: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir)
+        .map_err(|e| Error::io(format!("cannot read {}", dir.display()), e))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(Error::new(
+            ErrorKind::Forbidden,
+            format!(
+                "{what} {} can be read by other users (mode {mode:04o}), and it holds the node's keys; run `chmod 700 {}`",
+                dir.display(),
+                dir.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

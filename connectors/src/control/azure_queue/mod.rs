@@ -6,6 +6,8 @@
 //! queue <queue>-poison           messages that cannot run: not a job, or out of attempts
 //! container/<queue>/reports/<id>.json   every finished job's record, whatever the outcome
 //! container/<queue>/nodes/<node>.json   each node's heartbeat and load
+//! container/<queue>/registrations/<node>.json  a node's registration (see `membership`)
+//! container/<queue>/grants/<node>.json   the runtime's answer to it
 //! container/<queue>/cancel/<id>         a cancellation request
 //! ```
 //!
@@ -56,7 +58,7 @@ use self::http::http_client;
 use self::sas::{account_sas, redact};
 use super::{
     ChannelQueries, ControlChannel, Envelope, FinishedJob, JobPhase, JobState, Leased, NodeInfo,
-    now_ms,
+    RecordKind, check_record_name, now_ms,
 };
 use crate::azure_blob::{AzureAuth, AzureBlobConnection};
 
@@ -796,6 +798,50 @@ impl ControlChannel for AzureQueueChannel {
         drop(lease);
         self.forget(id);
         Ok(())
+    }
+
+    async fn put_record(&self, kind: RecordKind, name: &str, json: &[u8]) -> Result<()> {
+        check_record_name(name)?;
+        let path = self.key(kind.dir(), &format!("{name}.json"));
+        self.store
+            .put(
+                &ObjectPath::from(path.as_str()),
+                PutPayload::from(json.to_vec()),
+            )
+            .await
+            .map_err(|e| blob_error("write in the channel container", &path, e))?;
+        Ok(())
+    }
+
+    async fn get_record(&self, kind: RecordKind, name: &str) -> Result<Option<Vec<u8>>> {
+        check_record_name(name)?;
+        let path = self.key(kind.dir(), &format!("{name}.json"));
+        match self.store.get(&ObjectPath::from(path.as_str())).await {
+            Ok(got) => got
+                .bytes()
+                .await
+                .map(|b| Some(b.to_vec()))
+                .map_err(|e| blob_error("read in the channel container", &path, e)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(blob_error("read in the channel container", &path, e)),
+        }
+    }
+
+    async fn list_records(&self, kind: RecordKind) -> Result<Vec<String>> {
+        let names = self.list(&self.key(kind.dir(), "")).await?;
+        Ok(names
+            .into_iter()
+            .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
+            .collect())
+    }
+
+    async fn delete_record(&self, kind: RecordKind, name: &str) -> Result<()> {
+        check_record_name(name)?;
+        let path = self.key(kind.dir(), &format!("{name}.json"));
+        match self.store.delete(&ObjectPath::from(path.as_str())).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(blob_error("remove in the channel container", &path, e)),
+        }
     }
 }
 
