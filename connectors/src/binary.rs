@@ -122,7 +122,9 @@ async fn source_endpoint(
                 files,
             ))
         }
-        SourceSpec::Tpch(_) | SourceSpec::Postgres(_) => Err(crate::format::binary_only()),
+        SourceSpec::Tpch(_) | SourceSpec::Postgres(_) | SourceSpec::Sqlserver(_) => {
+            Err(crate::format::binary_only())
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::azure_blob::AzureBlobConnection;
 use crate::file::FileConnection;
 use crate::postgres::PostgresConnection;
+use crate::sqlserver::SqlServerConnection;
 
 /// One connection of the connections file, by `type`. A new store adds a variant here; the
 /// compiler then lists every place that must handle it.
@@ -24,6 +25,8 @@ pub enum ConnectionSpec {
     Postgres(PostgresConnection),
     /// An Azure Storage account (blobs; also the queue of an `azure_queue` channel).
     AzureBlob(AzureBlobConnection),
+    /// A SQL Server (or Azure SQL) database.
+    Sqlserver(SqlServerConnection),
 }
 
 impl ConnectionSpec {
@@ -33,6 +36,7 @@ impl ConnectionSpec {
             ConnectionSpec::File(_) => "file",
             ConnectionSpec::Postgres(_) => "postgres",
             ConnectionSpec::AzureBlob(_) => "azure_blob",
+            ConnectionSpec::Sqlserver(_) => "sqlserver",
         }
     }
 
@@ -44,6 +48,7 @@ impl ConnectionSpec {
             ConnectionSpec::File(_) => Ok(()),
             ConnectionSpec::Postgres(c) => c.validate(name),
             ConnectionSpec::AzureBlob(c) => c.validate(name),
+            ConnectionSpec::Sqlserver(c) => c.validate(name),
         }
     }
 
@@ -54,6 +59,7 @@ impl ConnectionSpec {
             ConnectionSpec::File(c) => c.check(),
             ConnectionSpec::Postgres(c) => c.check(name).await,
             ConnectionSpec::AzureBlob(c) => c.check_container(name, container).await,
+            ConnectionSpec::Sqlserver(c) => c.check(name).await,
         }
     }
 }
@@ -73,7 +79,7 @@ impl Connections {
         for (name, value) in raw {
             if value.get("type").and_then(|t| t.as_str()).is_none() {
                 return Err(Error::config(format!(
-                    "invalid connections file: connection `{name}` has no `type` (one of: file, postgres, azure_blob)"
+                    "invalid connections file: connection `{name}` has no `type` (one of: file, postgres, azure_blob, sqlserver)"
                 )));
             }
             let spec: ConnectionSpec = serde_json::from_value(value).map_err(|e| {
@@ -127,6 +133,14 @@ impl Connections {
         match self.get(name)? {
             ConnectionSpec::Postgres(c) => Ok(c),
             other => Err(wrong_kind(name, other, "postgres")),
+        }
+    }
+
+    /// Connection `name`, which must be a `sqlserver` one.
+    pub fn sqlserver(&self, name: &str) -> Result<&SqlServerConnection> {
+        match self.get(name)? {
+            ConnectionSpec::Sqlserver(c) => Ok(c),
+            other => Err(wrong_kind(name, other, "sqlserver")),
         }
     }
 

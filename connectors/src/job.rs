@@ -13,6 +13,7 @@ use crate::file::{FileSinkSpec, FileSourceSpec};
 use crate::format::FormatSpec;
 use crate::format::parquet::ParquetCodec;
 use crate::postgres::{PostgresSinkSpec, PostgresSourceSpec};
+use crate::sqlserver::SqlServerSourceSpec;
 use crate::tpch::TpchSourceSpec;
 
 /// Every source a job can name, by `type`.
@@ -27,6 +28,8 @@ pub enum SourceSpec {
     Postgres(PostgresSourceSpec),
     /// Blobs in an Azure Storage container.
     AzureBlob(AzureBlobSourceSpec),
+    /// A SQL Server table or query.
+    Sqlserver(SqlServerSourceSpec),
 }
 
 /// Every sink a job can name, by `type`.
@@ -52,6 +55,7 @@ impl SourceSpec {
             SourceSpec::Tpch(_) => "tpch",
             SourceSpec::Postgres(_) => "postgres",
             SourceSpec::AzureBlob(_) => "azure_blob",
+            SourceSpec::Sqlserver(_) => "sqlserver",
         }
     }
 
@@ -62,6 +66,7 @@ impl SourceSpec {
             SourceSpec::Tpch(s) => s.validate(),
             SourceSpec::Postgres(s) => s.validate(),
             SourceSpec::AzureBlob(s) => s.validate(),
+            SourceSpec::Sqlserver(s) => s.validate(),
         }
     }
 
@@ -72,6 +77,7 @@ impl SourceSpec {
             SourceSpec::Tpch(_) => None,
             SourceSpec::Postgres(s) => Some(&s.connection),
             SourceSpec::AzureBlob(s) => Some(&s.connection),
+            SourceSpec::Sqlserver(s) => Some(&s.connection),
         }
     }
 
@@ -80,7 +86,7 @@ impl SourceSpec {
         match self {
             SourceSpec::File(s) => Some(&s.format),
             SourceSpec::AzureBlob(s) => Some(&s.format),
-            SourceSpec::Tpch(_) | SourceSpec::Postgres(_) => None,
+            SourceSpec::Tpch(_) | SourceSpec::Postgres(_) | SourceSpec::Sqlserver(_) => None,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod job;
 pub mod policy;
 pub mod postgres;
 pub mod registry;
+pub mod sqlserver;
 pub mod staged;
 pub mod tls;
 pub mod tpch;

@@ -293,6 +293,10 @@ fn uses(spec: &JobFile) -> Vec<Use<'_>> {
             container: Some(&s.container),
             ..Use::plain("source", &s.connection)
         }),
+        SourceSpec::Sqlserver(s) => out.push(Use {
+            query: s.query.is_some(),
+            ..Use::plain("source", &s.connection)
+        }),
     }
     match &spec.sink {
         SinkSpec::File(s) => out.extend(s.connection.as_deref().map(|c| Use::plain("sink", c))),

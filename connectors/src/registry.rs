@@ -58,6 +58,7 @@ fn check_named_connections(spec: &JobFile, connections: &Connections, usable: bo
         SourceSpec::Tpch(_) => None,
         SourceSpec::Postgres(s) => Some(connections.postgres(&s.connection).map(drop)),
         SourceSpec::AzureBlob(s) => Some(connections.azure_blob(&s.connection).map(drop)),
+        SourceSpec::Sqlserver(s) => Some(connections.sqlserver(&s.connection).map(drop)),
     };
     let sink = match &spec.sink {
         SinkSpec::File(s) => s
@@ -73,7 +74,7 @@ fn check_named_connections(spec: &JobFile, connections: &Connections, usable: bo
     if let Some(name) = staging {
         match connections.get(name).map_err(in_job)? {
             ConnectionSpec::File(_) | ConnectionSpec::AzureBlob(_) => {}
-            other @ ConnectionSpec::Postgres(_) => {
+            other @ (ConnectionSpec::Postgres(_) | ConnectionSpec::Sqlserver(_)) => {
                 return Err(in_job(Error::config(format!(
                     "staging: connection `{name}` is a `{}` connection, which cannot hold interim files; use a `file` or `azure_blob` connection",
                     other.kind()
@@ -108,6 +109,10 @@ pub async fn build_source(
         ),
         SourceSpec::AzureBlob(s) => Arc::new(
             s.build(connections.azure_blob(&s.connection)?, settings)
+                .await?,
+        ),
+        SourceSpec::Sqlserver(s) => Arc::new(
+            s.build(connections.sqlserver(&s.connection)?, settings)
                 .await?,
         ),
     })

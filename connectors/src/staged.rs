@@ -105,10 +105,12 @@ impl Interim {
                     place: Place::Local(dir),
                 })
             }
-            Some((_, other @ ConnectionSpec::Postgres(_))) => Err(Error::config(format!(
-                "staging: a `{}` connection cannot hold interim files; use a `file` or `azure_blob` connection",
-                other.kind()
-            ))),
+            Some((_, other @ (ConnectionSpec::Postgres(_) | ConnectionSpec::Sqlserver(_)))) => {
+                Err(Error::config(format!(
+                    "staging: a `{}` connection cannot hold interim files; use a `file` or `azure_blob` connection",
+                    other.kind()
+                )))
+            }
         }
     }
 

@@ -11,5 +11,6 @@ mod files;
 mod pipeline;
 mod policy;
 mod postgres;
+mod sqlserver;
 mod support;
 mod worker;

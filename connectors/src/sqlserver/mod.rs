@@ -1,0 +1,219 @@
+//! SQL Server (on tiberius): the `sqlserver` connection, source and sink sections.
+
+pub mod connect;
+pub mod source;
+pub mod types;
+
+use std::num::NonZeroUsize;
+
+use ferry_engine::config::JobSettings;
+use ferry_engine::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+pub use connect::SqlServerConnection;
+pub use source::SqlServerSource;
+
+/// A SQL Server identifier in brackets (`]` doubled).
+pub fn quote(name: &str) -> String {
+    format!("[{}]", name.replace(']', "]]"))
+}
+
+/// A Unicode string literal (`N'...'`, `'` doubled).
+pub fn string_literal(text: &str) -> String {
+    format!("N'{}'", text.replace('\'', "''"))
+}
+
+/// A table name, `table` or `schema.table`, each part plain or in brackets; parsed once when
+/// the job is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    /// The schema (`dbo` when not given).
+    pub schema: String,
+    /// The table.
+    pub name: String,
+}
+
+impl TableName {
+    /// Parses `text`.
+    pub fn parse(text: &str) -> Result<Self> {
+        let bad = || {
+            Error::config(format!(
+                "`{}` is not a valid table name: write `table`, `schema.table` or `[schema].[table name]`",
+                text.escape_default()
+            ))
+        };
+        let mut parts = Vec::new();
+        let mut rest = text.trim();
+        while !rest.is_empty() {
+            let part;
+            if let Some(inner) = rest.strip_prefix('[') {
+                let mut end = None;
+                let bytes = inner.as_bytes();
+                let mut i = 0;
+                while i < bytes.len() {
+                    if bytes[i] == b']' {
+                        if bytes.get(i + 1) == Some(&b']') {
+                            i += 2;
+                            continue;
+                        }
+                        end = Some(i);
+                        break;
+                    }
+                    i += 1;
+                }
+                let end = end.ok_or_else(bad)?;
+                part = inner[..end].replace("]]", "]");
+                rest = &inner[end + 1..];
+            } else {
+                let end = rest.find('.').unwrap_or(rest.len());
+                part = rest[..end].to_string();
+                rest = &rest[end..];
+                if part.is_empty()
+                    || !part
+                        .chars()
+                        .all(|c| c.is_alphanumeric() || matches!(c, '_' | '#' | '@' | '$'))
+                {
+                    return Err(bad());
+                }
+            }
+            parts.push(part);
+            match rest.strip_prefix('.') {
+                Some(r) if !r.is_empty() => rest = r,
+                Some(_) => return Err(bad()),
+                None if rest.is_empty() => {}
+                None => return Err(bad()),
+            }
+        }
+        match parts.len() {
+            1 => Ok(TableName {
+                schema: "dbo".into(),
+                name: parts.remove(0),
+            }),
+            2 => Ok(TableName {
+                name: parts.remove(1),
+                schema: parts.remove(0),
+            }),
+            _ => Err(bad()),
+        }
+    }
+
+    /// `[schema].[table]`.
+    pub fn quoted(&self) -> String {
+        format!("{}.{}", quote(&self.schema), quote(&self.name))
+    }
+}
+
+impl std::fmt::Display for TableName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+impl Serialize for TableName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.quoted())
+    }
+}
+
+impl<'de> Deserialize<'de> for TableName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        TableName::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A `sqlserver` source section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlServerSourceSpec {
+    /// The connection's name.
+    pub connection: String,
+    /// A table to read.
+    #[serde(default)]
+    pub table: Option<TableName>,
+    /// A query to read (instead of a table).
+    #[serde(default)]
+    pub query: Option<String>,
+    /// Parallel reads by ranges of a column.
+    #[serde(default)]
+    pub partition: Option<PartitionSpec>,
+}
+
+/// `partition: {column, count}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartitionSpec {
+    /// An integer, date, datetime or datetime2 column whose MIN..MAX is cut into ranges.
+    pub column: Option<String>,
+    /// How many ranges (default: the job's `parallel_copies`).
+    #[serde(default)]
+    pub count: Option<NonZeroUsize>,
+}
+
+/// What a source reads.
+#[derive(Debug, Clone, Copy)]
+pub enum ReadTarget<'a> {
+    /// A table.
+    Table(&'a TableName),
+    /// A query.
+    Query(&'a str),
+}
+
+impl SqlServerSourceSpec {
+    /// The table or the query, settled.
+    pub fn target(&self) -> Result<ReadTarget<'_>> {
+        match (&self.table, &self.query) {
+            (Some(_), Some(_)) => Err(Error::config(
+                "sqlserver source: give either `table` or `query`, not both",
+            )),
+            (None, None) => Err(Error::config(
+                "sqlserver source: give a `table` or a `query` to read",
+            )),
+            (None, Some(q)) if q.trim().trim_end_matches(';').trim().is_empty() => {
+                Err(Error::config("sqlserver source: `query` is empty"))
+            }
+            (Some(table), None) => Ok(ReadTarget::Table(table)),
+            (None, Some(q)) => Ok(ReadTarget::Query(q.trim().trim_end_matches(';'))),
+        }
+    }
+
+    /// Checks the section without I/O.
+    pub fn validate(&self) -> Result<()> {
+        self.target().map(drop)
+    }
+
+    /// Builds the source from its typed connection.
+    pub async fn build(
+        &self,
+        connection: &SqlServerConnection,
+        settings: &JobSettings,
+    ) -> Result<SqlServerSource> {
+        let connector = connection.connector(&self.connection)?;
+        SqlServerSource::new(self, connector, settings.batch_rows.get()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_names_parse_once_with_brackets_and_schemas() {
+        assert_eq!(
+            TableName::parse("orders").unwrap().quoted(),
+            "[dbo].[orders]"
+        );
+        assert_eq!(
+            TableName::parse("[sales].[Order Lines]").unwrap().quoted(),
+            "[sales].[Order Lines]"
+        );
+        assert_eq!(
+            TableName::parse("[we]]ird].t").unwrap().quoted(),
+            "[we]]ird].[t]"
+        );
+        for bad in ["", "a.b.c", "a b", "[open", "a.", "x;DROP TABLE y"] {
+            assert!(TableName::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(string_literal("it's"), "N'it''s'");
+    }
+}
