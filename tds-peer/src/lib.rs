@@ -203,6 +203,12 @@ impl Peer {
         self.sessions.load(Ordering::SeqCst)
     }
 
+    /// A counter of open sessions that outlives borrows of the peer.
+    pub fn session_count(&self) -> impl Fn() -> usize + 'static {
+        let sessions = self.sessions.clone();
+        move || sessions.load(Ordering::SeqCst)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -661,8 +667,27 @@ impl Session {
                             .unwrap_or(std::cmp::Ordering::Equal)
                     });
                 }
-                let columns: Vec<Column> =
+                let mut columns: Vec<Column> =
                     indexes.iter().map(|i| table.columns[*i].clone()).collect();
+                for (column, cast) in columns.iter_mut().zip(&select.casts) {
+                    if let Some(ty) = cast {
+                        if !matches!(
+                            (&column.ty, ty),
+                            (SqlType::Money | SqlType::SmallMoney, SqlType::Decimal(_, 4))
+                        ) {
+                            return Err((
+                                529,
+                                16,
+                                format!(
+                                    "The test peer casts money to decimal(p,4) only, not {} to {}.",
+                                    column.ty.name(),
+                                    ty.name()
+                                ),
+                            ));
+                        }
+                        column.ty = ty.clone();
+                    }
+                }
                 write_metadata(w, &columns);
                 let mut n = 0u64;
                 for row in &table.rows {
@@ -672,7 +697,15 @@ impl Session {
                     if !filters.iter().all(|f| f(row)) {
                         continue;
                     }
-                    let projected: Vec<Value> = indexes.iter().map(|i| row[*i].clone()).collect();
+                    let projected: Vec<Value> = indexes
+                        .iter()
+                        .zip(&columns)
+                        .map(|(i, c)| match (&row[*i], &c.ty) {
+                            // money is an integer of 1/10000: decimal(p, 4) as it is.
+                            (Value::Money(v), SqlType::Decimal(_, 4)) => Value::Decimal(*v as i128),
+                            (v, _) => v.clone(),
+                        })
+                        .collect();
                     write_row(w, &columns, &projected).map_err(|e| (245, 16, e))?;
                     n += 1;
                 }
@@ -959,6 +992,20 @@ fn filter(table: &Table, condition: &Condition) -> Result<Filter, Failure> {
         Condition::NotNull(c) => {
             let i = column(c)?;
             Box::new(move |row| row[i] != Value::Null)
+        }
+        Condition::Or(parts) | Condition::And(parts) => {
+            let all = matches!(condition, Condition::And(_));
+            let parts: Vec<Filter> = parts
+                .iter()
+                .map(|p| filter(table, p))
+                .collect::<Result<_, _>>()?;
+            Box::new(move |row| {
+                if all {
+                    parts.iter().all(|p| p(row))
+                } else {
+                    parts.iter().any(|p| p(row))
+                }
+            })
         }
         Condition::Compare(c, op, literal) => {
             let i = column(c)?;

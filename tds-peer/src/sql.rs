@@ -63,6 +63,8 @@ pub struct Select {
     pub top: Option<usize>,
     /// The columns (`None`: `*`).
     pub columns: Option<Vec<String>>,
+    /// `CAST(column AS type)` of the items that have one, by position.
+    pub casts: Vec<Option<SqlType>>,
     /// The table.
     pub table: String,
     /// WHERE conditions, all of which hold (AND).
@@ -80,6 +82,10 @@ pub enum Condition {
     NotNull(String),
     /// `c <op> literal`
     Compare(String, Op, String),
+    /// `a OR b ...`
+    Or(Vec<Condition>),
+    /// `a AND b ...`
+    And(Vec<Condition>),
 }
 
 /// A comparison.
@@ -342,32 +348,109 @@ pub fn parse(text: &str) -> Result<Statement, String> {
     } else {
         (None, list)
     };
+    let mut casts = Vec::new();
     let columns = if list == "*" {
         None
     } else {
-        Some(split_commas(list).iter().map(|c| column_key(c)).collect())
+        let mut names = Vec::new();
+        for item in split_commas(list) {
+            let lower = item.to_ascii_lowercase();
+            if lower.starts_with("cast(") {
+                // CAST(col AS type) [AS alias]: the alias is the column's own name here.
+                let (_, inner) = parenthesised(&item).ok_or_else(near)?;
+                let at = find_word(inner, "as").ok_or_else(near)?;
+                names.push(column_key(inner[..at].trim()));
+                casts.push(Some(SqlType::parse(&inner[at + 2..]).ok_or_else(near)?));
+            } else {
+                names.push(column_key(&item));
+                casts.push(None);
+            }
+        }
+        Some(names)
     };
     let mut conditions = Vec::new();
     if let Some(w) = where_at {
-        let clause = &after[w + 5..];
-        let mut rest = clause.trim();
-        loop {
-            let and = find_word(rest, "and");
-            let part = and.map_or(rest, |a| &rest[..a]).trim();
-            conditions.push(condition(part).ok_or_else(|| part.to_string())?);
-            match and {
-                Some(a) => rest = rest[a + 3..].trim(),
-                None => break,
-            }
+        let clause = after[w + 5..].trim();
+        match expression(clause).ok_or_else(|| clause.to_string())? {
+            Condition::And(all) => conditions = all,
+            one => conditions.push(one),
         }
     }
     Ok(Statement::Select(Select {
         top,
         columns,
+        casts,
         table,
         conditions,
         order_by,
     }))
+}
+
+/// Splits `text` at `word` where it stands outside parentheses, quotes and brackets.
+fn split_top(text: &str, word: &str) -> Vec<String> {
+    let lower = text.to_ascii_lowercase();
+    let bytes = lower.as_bytes();
+    let (mut depth, mut quote, mut bracket) = (0i32, false, false);
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\'' if !bracket => quote = !quote,
+            b'[' if !quote => bracket = true,
+            b']' if !quote => bracket = false,
+            b'(' if !quote && !bracket => depth += 1,
+            b')' if !quote && !bracket => depth -= 1,
+            _ => {}
+        }
+        if depth == 0
+            && !quote
+            && !bracket
+            && lower[i..].starts_with(word)
+            && i > 0
+            && bytes[i - 1].is_ascii_whitespace()
+            && bytes
+                .get(i + word.len())
+                .is_some_and(|b| b.is_ascii_whitespace())
+        {
+            parts.push(text[start..i].trim().to_string());
+            start = i + word.len();
+            i = start;
+            continue;
+        }
+        i += 1;
+    }
+    parts.push(text[start..].trim().to_string());
+    parts
+}
+
+/// A WHERE expression of ORs, ANDs, parentheses and comparisons.
+fn expression(text: &str) -> Option<Condition> {
+    let text = text.trim();
+    if text.starts_with('(')
+        && let Some((head, inner)) = parenthesised(text)
+        && head.is_empty()
+        && inner.len() + 2 == text.len()
+    {
+        return expression(inner);
+    }
+    let ors = split_top(text, "or");
+    if ors.len() > 1 {
+        return ors
+            .iter()
+            .map(|p| expression(p))
+            .collect::<Option<_>>()
+            .map(Condition::Or);
+    }
+    let ands = split_top(text, "and");
+    if ands.len() > 1 {
+        return ands
+            .iter()
+            .map(|p| expression(p))
+            .collect::<Option<_>>()
+            .map(Condition::And);
+    }
+    condition(text)
 }
 
 fn condition(part: &str) -> Option<Condition> {
@@ -409,6 +492,7 @@ mod tests {
             Statement::Select(Select {
                 top: Some(0),
                 columns: None,
+                casts: vec![],
                 table: "dbo.orders".into(),
                 conditions: vec![],
                 order_by: vec![],

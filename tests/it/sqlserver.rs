@@ -64,3 +64,454 @@ fn a_table_reads_into_parquet() {
     assert_eq!(names.value(0), "one");
     assert!(names.is_null(1));
 }
+
+/// Days from 0001-01-01 to 1970-01-01 (Python: `date(1970, 1, 1).toordinal() - 1`).
+const EPOCH_DAYS: i64 = 719_162;
+/// 100-ns ticks in a day.
+const DAY_TICKS: u64 = 864_000_000_000;
+
+fn day(y: i64, m: u32, d: u32) -> i64 {
+    tds_peer::days_from_civil(y, m, d)
+}
+
+/// Every column of a Parquet file, concatenated over its batches.
+fn columns(path: &Path) -> Vec<arrow::array::ArrayRef> {
+    let batches = read_parquet(path);
+    (0..batches[0].num_columns())
+        .map(|i| {
+            let parts: Vec<&dyn Array> = batches.iter().map(|b| b.column(i).as_ref()).collect();
+            arrow::compute::concat(&parts).unwrap()
+        })
+        .collect()
+}
+
+fn opt<T: Clone>(a: &[Option<T>]) -> Vec<Option<T>> {
+    a.to_vec()
+}
+
+#[test]
+fn every_type_reads_at_its_limits_and_null_in_every_column() {
+    let server = TestServer::start();
+    let peer = &server.peer;
+    let types = [
+        ("c_bit", "bit"),
+        ("c_tinyint", "tinyint"),
+        ("c_smallint", "smallint"),
+        ("c_int", "int"),
+        ("c_bigint", "bigint"),
+        ("c_real", "real"),
+        ("c_float", "float"),
+        ("c_dec38_10", "decimal(38,10)"),
+        ("c_num38_0", "numeric(38,0)"),
+        ("c_dec38_37", "decimal(38,37)"),
+        ("c_dec5_2", "decimal(5,2)"),
+        ("c_money", "money"),
+        ("c_smallmoney", "smallmoney"),
+        ("c_char", "char(10)"),
+        ("c_varchar", "varchar(50)"),
+        ("c_nchar", "nchar(5)"),
+        ("c_nvarchar", "nvarchar(100)"),
+        ("c_nvarchar_max", "nvarchar(max)"),
+        ("c_varchar_max", "varchar(max)"),
+        ("c_text", "text"),
+        ("c_ntext", "ntext"),
+        ("c_binary", "binary(4)"),
+        ("c_varbinary", "varbinary(16)"),
+        ("c_varbinary_max", "varbinary(max)"),
+        ("c_image", "image"),
+        ("c_date", "date"),
+        ("c_time7", "time(7)"),
+        ("c_time3", "time(3)"),
+        ("c_datetime", "datetime"),
+        ("c_smalldatetime", "smalldatetime"),
+        ("c_datetime2_7", "datetime2(7)"),
+        ("c_datetime2_3", "datetime2(3)"),
+        ("c_guid", "uniqueidentifier"),
+        ("c_xml", "xml"),
+    ];
+    let defs: Vec<(&str, &str, bool)> = types.iter().map(|(n, t)| (*n, *t, true)).collect();
+    peer.create_table("dbo.limits", &defs);
+    let nines = |digits: u32| 10i128.pow(digits) - 1;
+    let long_n: String = "日本語🙂 ".repeat(20_000);
+    let long_v: String = "abcdefghij".repeat(2_000);
+    let long_b: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+    let guid = [
+        0x6F, 0x96, 0x19, 0xFF, 0x8B, 0x86, 0xD0, 0x11, 0xB4, 0x2D, 0x00, 0xC0, 0x4F, 0xC9, 0x64,
+        0xFF,
+    ];
+    // datetime values on 1/300 s ticks: 23:59:59.997 is 299/300 s after :59.
+    let last_datetime_ticks = (86_399 * 300 + 299) * 10_000_000 / 300;
+    let low = vec![
+        Value::Bool(false),
+        Value::Int(0),
+        Value::Int(i16::MIN as i64),
+        Value::Int(i32::MIN as i64),
+        Value::Int(i64::MIN),
+        Value::F32(-3.402_823_5e38),
+        Value::F64(-f64::MAX),
+        Value::Decimal(-nines(38)),
+        Value::Decimal(-nines(38)),
+        Value::Decimal(-nines(38)),
+        Value::Decimal(-99_999),
+        Value::Money(i64::MIN),
+        Value::Money(i32::MIN as i64),
+        Value::Text("abc".into()),
+        Value::Text(String::new()),
+        Value::Text("日本".into()),
+        Value::Text(String::new()),
+        Value::Text(long_n.clone()),
+        Value::Text(long_v.clone()),
+        Value::Text("legacy text".into()),
+        Value::Text("ünïcödé".into()),
+        Value::Bytes(vec![1, 2]),
+        Value::Bytes(vec![]),
+        Value::Bytes(long_b.clone()),
+        Value::Bytes(vec![0xFF; 3]),
+        Value::Date(0),
+        Value::Time(0),
+        Value::Time(0),
+        Value::DateTime(day(1753, 1, 1), 0),
+        Value::DateTime(day(1900, 1, 1), 0),
+        Value::DateTime(day(1677, 9, 22), 0),
+        Value::DateTime(0, 0),
+        Value::Guid(guid),
+        Value::Text("<a b=\"1\">x</a>".into()),
+    ];
+    let high = vec![
+        Value::Bool(true),
+        Value::Int(255),
+        Value::Int(i16::MAX as i64),
+        Value::Int(i32::MAX as i64),
+        Value::Int(i64::MAX),
+        Value::F32(1.175_494_4e-38),
+        Value::F64(f64::MAX),
+        Value::Decimal(nines(38)),
+        Value::Decimal(nines(38)),
+        Value::Decimal(nines(38)),
+        Value::Decimal(99_999),
+        Value::Money(i64::MAX),
+        Value::Money(i32::MAX as i64),
+        Value::Text("0123456789".into()),
+        Value::Text("héllo wörld".into()),
+        Value::Text("12345".into()),
+        Value::Text("日本語 🙂 'quoted'".into()),
+        Value::Text(String::new()),
+        Value::Text(String::new()),
+        Value::Text(String::new()),
+        Value::Text(String::new()),
+        Value::Bytes(vec![0xDE, 0xAD, 0xBE, 0xEF]),
+        Value::Bytes(vec![0xAB; 16]),
+        Value::Bytes(vec![]),
+        Value::Bytes(vec![]),
+        Value::Date(day(9999, 12, 31)),
+        Value::Time(DAY_TICKS - 1),
+        Value::Time(DAY_TICKS - 10_000),
+        Value::DateTime(day(9999, 12, 31), last_datetime_ticks),
+        Value::DateTime(day(2079, 6, 6), (23 * 60 + 59) * 600_000_000),
+        Value::DateTime(day(2262, 4, 10), DAY_TICKS - 1),
+        Value::DateTime(day(9999, 12, 31), DAY_TICKS - 10_000),
+        Value::Guid([0xFF; 16]),
+        Value::Text(String::new()),
+    ];
+    let nulls = vec![Value::Null; types.len()];
+    peer.insert("dbo.limits", vec![low, high, nulls]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("limits.parquet");
+    let (ok, text) = copy(&server, dir.path(), to_parquet("dbo.limits", &out));
+    assert!(ok, "{text}");
+    let c = columns(&out);
+    assert_eq!(c.len(), types.len());
+    for (i, (name, _)) in types.iter().enumerate() {
+        assert!(c[i].is_null(2), "{name}: the NULL row");
+        assert_eq!(c[i].len(), 3, "{name}");
+    }
+    let bools = c[0].as_boolean();
+    assert_eq!((bools.value(0), bools.value(1)), (false, true));
+    assert_eq!(
+        c[1].as_primitive::<UInt8Type>().values()[..2],
+        [0, 255],
+        "tinyint"
+    );
+    assert_eq!(
+        c[2].as_primitive::<Int16Type>().values()[..2],
+        [i16::MIN, i16::MAX]
+    );
+    assert_eq!(
+        c[3].as_primitive::<Int32Type>().values()[..2],
+        [i32::MIN, i32::MAX]
+    );
+    assert_eq!(
+        c[4].as_primitive::<Int64Type>().values()[..2],
+        [i64::MIN, i64::MAX]
+    );
+    assert_eq!(
+        c[5].as_primitive::<Float32Type>().values()[..2],
+        [-3.402_823_5e38, 1.175_494_4e-38]
+    );
+    assert_eq!(
+        c[6].as_primitive::<Float64Type>().values()[..2],
+        [-f64::MAX, f64::MAX]
+    );
+    for (i, p, s) in [(7, 38, 10), (8, 38, 0), (9, 38, 37)] {
+        assert_eq!(c[i].data_type(), &DataType::Decimal128(p, s));
+        assert_eq!(
+            c[i].as_primitive::<Decimal128Type>().values()[..2],
+            [-nines(38), nines(38)],
+            "every digit of decimal({p},{s})"
+        );
+    }
+    assert_eq!(c[10].data_type(), &DataType::Decimal128(5, 2));
+    assert_eq!(
+        c[10].as_primitive::<Decimal128Type>().values()[..2],
+        [-99_999, 99_999]
+    );
+    assert_eq!(c[11].data_type(), &DataType::Decimal128(19, 4));
+    assert_eq!(
+        c[11].as_primitive::<Decimal128Type>().values()[..2],
+        [i64::MIN as i128, i64::MAX as i128]
+    );
+    assert_eq!(c[12].data_type(), &DataType::Decimal128(10, 4));
+    assert_eq!(
+        c[12].as_primitive::<Decimal128Type>().values()[..2],
+        [i32::MIN as i128, i32::MAX as i128]
+    );
+    let strings = |i: usize| -> Vec<Option<String>> {
+        c[i].as_string::<i32>()
+            .iter()
+            .map(|v| v.map(str::to_string))
+            .collect()
+    };
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        strings(13),
+        opt(&[s("abc       "), s("0123456789"), None]),
+        "char pads"
+    );
+    assert_eq!(strings(14), opt(&[s(""), s("héllo wörld"), None]));
+    assert_eq!(
+        strings(15),
+        opt(&[s("日本   "), s("12345"), None]),
+        "nchar pads"
+    );
+    assert_eq!(strings(16), opt(&[s(""), s("日本語 🙂 'quoted'"), None]));
+    assert_eq!(strings(17), opt(&[Some(long_n), s(""), None]));
+    assert_eq!(strings(18), opt(&[Some(long_v), s(""), None]));
+    assert_eq!(strings(19), opt(&[s("legacy text"), s(""), None]));
+    assert_eq!(strings(20), opt(&[s("ünïcödé"), s(""), None]));
+    let bytes = |i: usize| -> Vec<Option<Vec<u8>>> {
+        c[i].as_binary::<i32>()
+            .iter()
+            .map(|v| v.map(<[u8]>::to_vec))
+            .collect()
+    };
+    assert_eq!(
+        bytes(21),
+        opt(&[
+            Some(vec![1, 2, 0, 0]),
+            Some(vec![0xDE, 0xAD, 0xBE, 0xEF]),
+            None
+        ]),
+        "binary pads"
+    );
+    assert_eq!(bytes(22), opt(&[Some(vec![]), Some(vec![0xAB; 16]), None]));
+    assert_eq!(bytes(23), opt(&[Some(long_b), Some(vec![]), None]));
+    assert_eq!(bytes(24), opt(&[Some(vec![0xFF; 3]), Some(vec![]), None]));
+    assert_eq!(
+        c[25].as_primitive::<Date32Type>().values()[..2],
+        [
+            (0 - EPOCH_DAYS) as i32,
+            (day(9999, 12, 31) - EPOCH_DAYS) as i32
+        ],
+        "dates at both ends"
+    );
+    assert_eq!(
+        c[26].as_primitive::<Time64NanosecondType>().values()[..2],
+        [0, (DAY_TICKS as i64 - 1) * 100]
+    );
+    assert_eq!(
+        c[27].as_primitive::<Time64NanosecondType>().values()[..2],
+        [0, (DAY_TICKS as i64 - 10_000) * 100]
+    );
+    let micros = |d: i64, ticks: u64| (d - EPOCH_DAYS) * 86_400_000_000 + ticks as i64 / 10;
+    assert_eq!(
+        c[28].as_primitive::<TimestampMicrosecondType>().values()[..2],
+        [
+            micros(day(1753, 1, 1), 0),
+            // 299/300 s, to the nearest microsecond.
+            micros(day(9999, 12, 31), 0) + 86_399_000_000 + 996_667
+        ],
+        "datetime at both ends"
+    );
+    assert_eq!(
+        c[29].as_primitive::<TimestampMicrosecondType>().values()[..2],
+        [
+            micros(day(1900, 1, 1), 0),
+            micros(day(2079, 6, 6), (23 * 60 + 59) * 600_000_000)
+        ]
+    );
+    assert_eq!(
+        c[30].data_type(),
+        &DataType::Timestamp(TimeUnit::Nanosecond, None)
+    );
+    assert_eq!(
+        c[30].as_primitive::<TimestampNanosecondType>().values()[..2],
+        [
+            (day(1677, 9, 22) - EPOCH_DAYS) * 86_400_000_000_000,
+            (day(2262, 4, 10) - EPOCH_DAYS) * 86_400_000_000_000 + (DAY_TICKS as i64 - 1) * 100
+        ],
+        "datetime2(7) keeps its 100 ns"
+    );
+    assert_eq!(
+        c[31].as_primitive::<TimestampMicrosecondType>().values()[..2],
+        [micros(0, 0), micros(day(9999, 12, 31), DAY_TICKS - 10_000)],
+        "datetime2(3) at both ends"
+    );
+    let guids = c[32].as_fixed_size_binary();
+    assert_eq!(guids.value(0), &guid, "RFC 4122 byte order");
+    assert_eq!(guids.value(1), &[0xFF; 16]);
+    assert_eq!(strings(33), opt(&[s("<a b=\"1\">x</a>"), s(""), None]));
+}
+
+/// The ids of a Parquet output, sorted, with NULL as `None`.
+fn ids(out: &Path, column: usize) -> Vec<Option<i64>> {
+    let mut ids: Vec<Option<i64>> = read_parquet(out)
+        .iter()
+        .flat_map(|b| {
+            let a = arrow::compute::cast(b.column(column), &DataType::Int64).unwrap();
+            a.as_primitive::<Int64Type>().iter().collect::<Vec<_>>()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn partitioned_reads_equal_one_read_with_null_keys_and_gaps() {
+    let server = TestServer::start();
+    server.peer.create_table(
+        "dbo.facts",
+        &[
+            ("id", "bigint", true),
+            ("day", "date", true),
+            ("v", "int", false),
+        ],
+    );
+    // Keys with gaps, a few NULLs, and days over three years.
+    let mut rows = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..2_000i64 {
+        let id = if i % 97 == 0 {
+            None
+        } else {
+            Some(i * i % 10_007 - 5_000)
+        };
+        let day = if i % 89 == 0 {
+            Value::Null
+        } else {
+            Value::Date(day(2022, 1, 1) + (i * 7919) % 1_100)
+        };
+        rows.push(vec![id.map_or(Value::Null, Value::Int), day, Value::Int(i)]);
+        expected.push(Some(i));
+    }
+    server.peer.insert("dbo.facts", rows);
+    let dir = tempfile::tempdir().unwrap();
+    for (column, count) in [("id", 7), ("day", 5), ("id", 1)] {
+        let out = dir.path().join(format!("by-{column}-{count}"));
+        let job = serde_json::json!({"name": "parts",
+            "source": {"type": "sqlserver", "connection": "mssql", "table": "facts",
+                       "partition": {"column": column, "count": count}},
+            "sink": {"type": "file", "path": format!("{}/", out.display()), "format": {"type": "parquet"}},
+            "parallel_copies": 4});
+        let (ok, text) = copy(&server, dir.path(), job);
+        assert!(ok, "{text}");
+        assert!(text.contains(&format!("partitions {count} ")), "{text}");
+        assert_eq!(
+            ids(&out, 2),
+            expected,
+            "partitions by {column} ({count}) read every row once"
+        );
+    }
+}
+
+#[test]
+fn bad_settings_fail_clearly_and_write_nothing() {
+    let server = TestServer::start();
+    server.peer.create_table(
+        "dbo.t",
+        &[("id", "int", false), ("at", "datetimeoffset(7)", true)],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.parquet");
+    let run = |connection: serde_json::Value, source: serde_json::Value| {
+        std::fs::write(
+            dir.path().join("connections.json"),
+            serde_json::json!({ "mssql": connection }).to_string(),
+        )
+        .unwrap();
+        let job = serde_json::json!({"name": "bad", "source": source,
+            "sink": {"type": "file", "path": out, "format": {"type": "parquet"}}});
+        std::fs::write(dir.path().join("job.json"), job.to_string()).unwrap();
+        let o = ferry()
+            .arg("copy")
+            .arg(dir.path().join("job.json"))
+            .arg("--connections")
+            .arg(dir.path().join("connections.json"))
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        assert!(!out.exists(), "a failed job wrote output");
+        let text = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!text.contains(PASSWORD));
+        text
+    };
+    let table =
+        |t: &str| serde_json::json!({"type": "sqlserver", "connection": "mssql", "table": t});
+    let mut wrong_password = server.connection();
+    wrong_password["password"] = serde_json::json!({"env": "FERRY_IT_MSSQL_WRONG"});
+    // SAFETY: a name of this test's own.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("FERRY_IT_MSSQL_WRONG", "not-the-password")
+    };
+    let text = run(wrong_password, table("id_only"));
+    assert!(
+        text.contains("18456") && text.contains("check `user` and `password`"),
+        "{text}"
+    );
+    let mut other_db = server.connection();
+    other_db["database"] = serde_json::json!("missing_db");
+    let text = run(other_db, table("t"));
+    assert!(
+        text.contains("4060") && text.contains("check `database`"),
+        "{text}"
+    );
+    let text = run(server.connection(), table("no_such_table"));
+    assert!(
+        text.contains("no_such_table") && text.contains("does not exist"),
+        "{text}"
+    );
+    let text = run(server.connection(), table("t"));
+    assert!(
+        text.contains("column `at`") && text.contains("datetimeoffset") && text.contains("CAST"),
+        "{text}"
+    );
+    // A CA that did not sign the peer's certificate.
+    let other_ca = tempfile::tempdir().unwrap();
+    crate::support::postgres::make_certificates(other_ca.path(), &["localhost"]);
+    let mut wrong_ca = server.connection();
+    wrong_ca["ca_cert"] = serde_json::json!(other_ca.path().join("ca.pem"));
+    let text = run(wrong_ca, table("t"));
+    assert!(text.contains("TLS") && text.contains("ca_cert"), "{text}");
+    // A closed port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut refused = server.connection();
+    refused["port"] = serde_json::json!(port);
+    let text = run(refused, table("t"));
+    assert!(
+        text.contains("cannot connect") && text.contains("check `host` and `port`"),
+        "{text}"
+    );
+}

@@ -175,9 +175,17 @@ impl SqlServerSource {
                 )));
             }
         }
+        // tiberius decodes money as f64, which loses digits: the server casts it exactly.
         let columns = fields
             .iter()
-            .map(|f| quote(f.name()))
+            .zip(&types)
+            .map(|(f, t)| match t {
+                MsType::Money => format!("CAST({0} AS decimal(19,4)) AS {0}", quote(f.name())),
+                MsType::SmallMoney => {
+                    format!("CAST({0} AS decimal(10,4)) AS {0}", quote(f.name()))
+                }
+                _ => quote(f.name()),
+            })
             .collect::<Vec<_>>()
             .join(", ");
         Ok(SqlServerSource {
