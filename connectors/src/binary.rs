@@ -163,7 +163,7 @@ fn sink_endpoint(
                 s.concurrency(),
             ))
         }
-        SinkSpec::Postgres(_) => Err(crate::format::binary_only()),
+        SinkSpec::Postgres(_) | SinkSpec::Sqlserver(_) => Err(crate::format::binary_only()),
     }
 }
 

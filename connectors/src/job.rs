@@ -13,7 +13,7 @@ use crate::file::{FileSinkSpec, FileSourceSpec};
 use crate::format::FormatSpec;
 use crate::format::parquet::ParquetCodec;
 use crate::postgres::{PostgresSinkSpec, PostgresSourceSpec};
-use crate::sqlserver::SqlServerSourceSpec;
+use crate::sqlserver::{SqlServerSinkSpec, SqlServerSourceSpec};
 use crate::tpch::TpchSourceSpec;
 
 /// Every source a job can name, by `type`.
@@ -42,6 +42,8 @@ pub enum SinkSpec {
     Postgres(PostgresSinkSpec),
     /// Blobs in an Azure Storage container.
     AzureBlob(AzureBlobSinkSpec),
+    /// A SQL Server table.
+    Sqlserver(SqlServerSinkSpec),
 }
 
 /// A job file.
@@ -98,6 +100,7 @@ impl SinkSpec {
             SinkSpec::File(_) => "file",
             SinkSpec::Postgres(_) => "postgres",
             SinkSpec::AzureBlob(_) => "azure_blob",
+            SinkSpec::Sqlserver(_) => "sqlserver",
         }
     }
 
@@ -107,6 +110,7 @@ impl SinkSpec {
             SinkSpec::File(s) => s.validate(),
             SinkSpec::Postgres(s) => s.validate(),
             SinkSpec::AzureBlob(s) => s.validate(),
+            SinkSpec::Sqlserver(s) => s.validate(),
         }
     }
 
@@ -116,6 +120,7 @@ impl SinkSpec {
             SinkSpec::File(s) => s.connection.as_deref(),
             SinkSpec::Postgres(s) => Some(&s.connection),
             SinkSpec::AzureBlob(s) => Some(&s.connection),
+            SinkSpec::Sqlserver(s) => Some(&s.connection),
         }
     }
 
@@ -124,7 +129,7 @@ impl SinkSpec {
         match self {
             SinkSpec::File(s) => Some(&s.format),
             SinkSpec::AzureBlob(s) => Some(&s.format),
-            SinkSpec::Postgres(_) => None,
+            SinkSpec::Postgres(_) | SinkSpec::Sqlserver(_) => None,
         }
     }
 
@@ -133,7 +138,7 @@ impl SinkSpec {
         match self {
             SinkSpec::File(s) => Some(&s.path),
             SinkSpec::AzureBlob(s) => Some(&s.path),
-            SinkSpec::Postgres(_) => None,
+            SinkSpec::Postgres(_) | SinkSpec::Sqlserver(_) => None,
         }
     }
 }

@@ -309,6 +309,15 @@ fn uses(spec: &JobFile) -> Vec<Use<'_>> {
             container: Some(&s.container),
             ..Use::plain("sink", &s.connection)
         }),
+        SinkSpec::Sqlserver(s) => out.push(Use {
+            // The same rules bound emptying and recreating a table, whatever the store.
+            mode: Some(match s.mode {
+                crate::sqlserver::SqlServerWriteMode::Append => PostgresWriteMode::Append,
+                crate::sqlserver::SqlServerWriteMode::Truncate => PostgresWriteMode::Truncate,
+                crate::sqlserver::SqlServerWriteMode::Overwrite => PostgresWriteMode::Overwrite,
+            }),
+            ..Use::plain("sink", &s.connection)
+        }),
     }
     if let Some(staging) = &spec.staging
         && let Some(name) = &staging.connection

@@ -67,6 +67,7 @@ fn check_named_connections(spec: &JobFile, connections: &Connections, usable: bo
             .map(|c| connections.file(c).map(drop)),
         SinkSpec::Postgres(s) => Some(connections.postgres(&s.connection).map(drop)),
         SinkSpec::AzureBlob(s) => Some(connections.azure_blob(&s.connection).map(drop)),
+        SinkSpec::Sqlserver(s) => Some(connections.sqlserver(&s.connection).map(drop)),
     };
     source.transpose().map_err(in_job)?;
     sink.transpose().map_err(in_job)?;
@@ -130,6 +131,7 @@ pub fn build_sink(
         SinkSpec::AzureBlob(s) => {
             Arc::new(s.build(connections.azure_blob(&s.connection)?, settings)?)
         }
+        SinkSpec::Sqlserver(s) => Arc::new(s.build(connections.sqlserver(&s.connection)?)?),
     })
 }
 

@@ -905,7 +905,14 @@ impl Session {
                 0xD1 => {
                     let mut row = vec![Value::Null; target.columns.len()];
                     for (index, ty, encoding, _) in &sent {
-                        let value = ty.read_value(&mut r, *encoding).map_err(bad)?;
+                        let value = ty.read_value(&mut r, *encoding).map_err(|e| {
+                            bad(format!(
+                                "row {}, column {} ({}): {e}",
+                                rows.len() + 1,
+                                target.columns[*index].name,
+                                ty.name()
+                            ))
+                        })?;
                         let column = &target.columns[*index];
                         if value == Value::Null && !column.nullable {
                             return Err((
@@ -922,7 +929,12 @@ impl Session {
                     rows.push(row);
                 }
                 0xFD => return Ok(rows),
-                other => return Err(bad(format!("token 0x{other:02X} in a bulk load"))),
+                other => {
+                    return Err(bad(format!(
+                        "token 0x{other:02X} in a bulk load after {} rows",
+                        rows.len()
+                    )));
+                }
             }
         }
     }

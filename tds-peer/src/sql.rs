@@ -129,6 +129,20 @@ fn split_name(name: &str) -> Vec<String> {
     parts.into_iter().map(|p| p.to_lowercase()).collect()
 }
 
+/// The first (possibly bracketed, possibly multi-part) name of `text`.
+fn first_name(text: &str) -> &str {
+    let mut bracket = false;
+    for (i, c) in text.char_indices() {
+        match c {
+            '[' => bracket = true,
+            ']' => bracket = false,
+            c if c.is_whitespace() && !bracket => return &text[..i],
+            _ => {}
+        }
+    }
+    text
+}
+
 /// A column name as written (brackets removed), lower-cased for lookups.
 pub fn column_key(name: &str) -> String {
     split_name(name).pop().unwrap_or_default()
@@ -248,20 +262,21 @@ pub fn parse(text: &str) -> Result<Statement, String> {
                 .collect::<Result<_, _>>()?;
             return Ok(Statement::Create { table, columns });
         }
-        ["drop", "table", "if", "exists", name] => {
+        ["drop", "table", "if", "exists", ..] => {
+            let at = find_word(text, "exists").ok_or_else(near)?;
             return Ok(Statement::Drop {
-                table: table_key(name),
+                table: table_key(&text[at + 6..]),
                 if_exists: true,
             });
         }
-        ["drop", "table", _] => {
+        ["drop", "table", ..] => {
             return Ok(Statement::Drop {
                 table: table_key(&text[10..]),
                 if_exists: false,
             });
         }
-        ["truncate", "table", _] => return Ok(Statement::Truncate(table_key(&text[14..]))),
-        ["delete", "from", _] => return Ok(Statement::Truncate(table_key(&text[11..]))),
+        ["truncate", "table", ..] => return Ok(Statement::Truncate(table_key(&text[14..]))),
+        ["delete", "from", ..] => return Ok(Statement::Truncate(table_key(&text[11..]))),
         ["insert", "bulk", ..] => {
             let with = find_word(text, "with").unwrap_or(text.len());
             let (head, body) = parenthesised(&text[..with]).ok_or_else(near)?;
@@ -326,7 +341,7 @@ pub fn parse(text: &str) -> Result<Statement, String> {
             _ => return Err("a derived table".into()),
         }
     } else {
-        table_key(table_text.split_whitespace().next().unwrap_or(""))
+        table_key(first_name(table_text))
     };
     let list_lower = list.to_ascii_lowercase();
     if list_lower.starts_with("min(") {

@@ -89,10 +89,18 @@ fn opt<T: Clone>(a: &[Option<T>]) -> Vec<Option<T>> {
     a.to_vec()
 }
 
-#[test]
-fn every_type_reads_at_its_limits_and_null_in_every_column() {
-    let server = TestServer::start();
-    let peer = &server.peer;
+/// The long values and the GUID of the limits table, for the checks.
+struct Limits {
+    types: Vec<(&'static str, &'static str)>,
+    long_n: String,
+    long_v: String,
+    long_b: Vec<u8>,
+    guid: [u8; 16],
+}
+
+/// Creates table `name` with every type: a row of low limits, one of high limits, one of
+/// NULLs.
+fn limits_table(peer: &tds_peer::Peer, name: &str) -> Limits {
     let types = [
         ("c_bit", "bit"),
         ("c_tinyint", "tinyint"),
@@ -130,9 +138,10 @@ fn every_type_reads_at_its_limits_and_null_in_every_column() {
         ("c_xml", "xml"),
     ];
     let defs: Vec<(&str, &str, bool)> = types.iter().map(|(n, t)| (*n, *t, true)).collect();
-    peer.create_table("dbo.limits", &defs);
+    peer.create_table(name, &defs);
     let nines = |digits: u32| 10i128.pow(digits) - 1;
-    let long_n: String = "日本語🙂 ".repeat(20_000);
+    // Past one PLP chunk (8,000 bytes), within what the bulk load takes (65,535 bytes).
+    let long_n: String = "日本語🙂 ".repeat(5_000);
     let long_v: String = "abcdefghij".repeat(2_000);
     let long_b: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
     let guid = [
@@ -211,10 +220,31 @@ fn every_type_reads_at_its_limits_and_null_in_every_column() {
         Value::DateTime(day(2262, 4, 10), DAY_TICKS - 1),
         Value::DateTime(day(9999, 12, 31), DAY_TICKS - 10_000),
         Value::Guid([0xFF; 16]),
-        Value::Text(String::new()),
+        Value::Text("<r/>".into()),
     ];
     let nulls = vec![Value::Null; types.len()];
-    peer.insert("dbo.limits", vec![low, high, nulls]);
+    peer.insert(name, vec![low, high, nulls]);
+    Limits {
+        types: types.to_vec(),
+        long_n,
+        long_v,
+        long_b,
+        guid,
+    }
+}
+
+#[test]
+fn every_type_reads_at_its_limits_and_null_in_every_column() {
+    let server = TestServer::start();
+    let peer = &server.peer;
+    let Limits {
+        types,
+        long_n,
+        long_v,
+        long_b,
+        guid,
+    } = limits_table(peer, "dbo.limits");
+    let nines = |digits: u32| 10i128.pow(digits) - 1;
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("limits.parquet");
@@ -370,7 +400,7 @@ fn every_type_reads_at_its_limits_and_null_in_every_column() {
     let guids = c[32].as_fixed_size_binary();
     assert_eq!(guids.value(0), &guid, "RFC 4122 byte order");
     assert_eq!(guids.value(1), &[0xFF; 16]);
-    assert_eq!(strings(33), opt(&[s("<a b=\"1\">x</a>"), s(""), None]));
+    assert_eq!(strings(33), opt(&[s("<a b=\"1\">x</a>"), s("<r/>"), None]));
 }
 
 /// The ids of a Parquet output, sorted, with NULL as `None`.
@@ -513,5 +543,192 @@ fn bad_settings_fail_clearly_and_write_nothing() {
     assert!(
         text.contains("cannot connect") && text.contains("check `host` and `port`"),
         "{text}"
+    );
+}
+
+/// A value as a server sends it for a column of type `ty`: two values are the same value of
+/// that column when these bytes are equal (char pads, datetime keeps 1/300 s, ...).
+fn on_the_wire(ty: &tds_peer::SqlType, value: &Value) -> Vec<u8> {
+    let mut w = tds_peer::wire::Writer::default();
+    ty.write_value(&mut w, value, false).unwrap();
+    w.0
+}
+
+/// Checks that `table` holds the rows of `source`, column by column and value by value,
+/// with the same column types.
+fn assert_same_table(peer: &tds_peer::Peer, source: &str, table: &str) {
+    let a = peer.table(source).unwrap();
+    let b = peer
+        .table(table)
+        .unwrap_or_else(|| panic!("no table {table}"));
+    // The deprecated text, ntext and image become their (max) successors.
+    let successor = |ty: &tds_peer::SqlType| match ty {
+        tds_peer::SqlType::Text => tds_peer::SqlType::VarChar(None),
+        tds_peer::SqlType::NText => tds_peer::SqlType::NVarChar(None),
+        tds_peer::SqlType::Image => tds_peer::SqlType::VarBinary(None),
+        other => other.clone(),
+    };
+    assert_eq!(
+        a.columns
+            .iter()
+            .map(|c| (c.name.clone(), successor(&c.ty)))
+            .collect::<Vec<_>>(),
+        b.columns
+            .iter()
+            .map(|c| (c.name.clone(), c.ty.clone()))
+            .collect::<Vec<_>>(),
+        "{table} was created with the source's types"
+    );
+    assert_eq!(a.rows.len(), b.rows.len(), "{table}: rows");
+    for (r, (x, y)) in a.rows.iter().zip(&b.rows).enumerate() {
+        for (c, column) in a.columns.iter().enumerate() {
+            assert_eq!(
+                on_the_wire(&column.ty, &x[c]),
+                on_the_wire(&column.ty, &y[c]),
+                "{table}, row {r}, column {}: {:?} became {:?}",
+                column.name,
+                x[c],
+                y[c]
+            );
+        }
+    }
+}
+
+#[test]
+fn every_type_round_trips_through_parquet_and_table_to_table() {
+    let server = TestServer::start();
+    let peer = &server.peer;
+    limits_table(peer, "dbo.limits");
+    let dir = tempfile::tempdir().unwrap();
+    let parquet = dir.path().join("limits.parquet");
+    let (ok, text) = copy(&server, dir.path(), to_parquet("dbo.limits", &parquet));
+    assert!(ok, "{text}");
+    let back = serde_json::json!({"name": "parquet-to-mssql",
+        "source": {"type": "file", "path": parquet, "format": {"type": "parquet"}},
+        "sink": {"type": "sqlserver", "connection": "mssql", "table": "dbo.limits_back"}});
+    let (ok, text) = copy(&server, dir.path(), back);
+    assert!(ok, "{text}");
+    assert_same_table(peer, "dbo.limits", "dbo.limits_back");
+
+    let direct = serde_json::json!({"name": "mssql-to-mssql",
+        "source": {"type": "sqlserver", "connection": "mssql", "table": "limits"},
+        "sink": {"type": "sqlserver", "connection": "mssql", "table": "[dbo].[limits copy]",
+                 "table_lock": true}});
+    let (ok, text) = copy(&server, dir.path(), direct);
+    assert!(ok, "{text}");
+    assert_same_table(peer, "dbo.limits", "dbo.[limits copy]");
+
+    // What ferry sent, byte by byte: the bulk load's COLMETADATA declares each column with
+    // its own type, precision and scale, and decimal(38,10)'s high limit travels as 17 bytes
+    // (positive sign, the 38 nines little-endian).
+    let load = peer
+        .bulk_loads()
+        .into_iter()
+        .find(|l| l.table == "dbo.limits copy")
+        .expect("the direct copy's bulk load");
+    assert!(
+        load.statement.contains("WITH (TABLOCK)"),
+        "{}",
+        load.statement
+    );
+    let mut r = tds_peer::wire::Reader::new(&load.payload);
+    assert_eq!(r.u8().unwrap(), 0x81, "COLMETADATA first");
+    let count = r.u16().unwrap() as usize;
+    let source = peer.table("dbo.limits").unwrap();
+    assert_eq!(count, source.columns.len());
+    let successor = |ty: &tds_peer::SqlType| match ty {
+        tds_peer::SqlType::Text => tds_peer::SqlType::VarChar(None),
+        tds_peer::SqlType::NText => tds_peer::SqlType::NVarChar(None),
+        tds_peer::SqlType::Image => tds_peer::SqlType::VarBinary(None),
+        other => other.clone(),
+    };
+    for column in &source.columns {
+        r.u32().unwrap();
+        r.u16().unwrap();
+        let (ty, _) = tds_peer::SqlType::read_type_info(&mut r).unwrap();
+        let n = r.u8().unwrap() as usize;
+        r.take(n * 2).unwrap();
+        assert_eq!(
+            ty,
+            successor(&column.ty),
+            "the bulk load declares {}",
+            column.name
+        );
+    }
+    let nines = (10i128.pow(38) - 1).to_le_bytes();
+    let mut expected = vec![17u8, 1];
+    expected.extend_from_slice(&nines[..16]);
+    assert!(
+        load.payload.windows(18).any(|w| w == expected.as_slice()),
+        "decimal(38,10) 9999999999999999999999999999.9999999999 as 17 bytes"
+    );
+}
+
+#[test]
+fn a_load_that_fails_leaves_the_table_as_it_was() {
+    let server = TestServer::start();
+    let peer = &server.peer;
+    peer.create_table(
+        "dbo.target",
+        &[("id", "int", false), ("name", "nvarchar(5)", true)],
+    );
+    peer.insert(
+        "dbo.target",
+        vec![vec![Value::Int(-1), Value::Text("kept".into())]],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("in.csv");
+    let mut text = String::from("id,name\n");
+    for i in 0..5_000 {
+        // Row 4,000 is too long for nvarchar(5).
+        let name = if i == 3_999 { "far too long" } else { "ok" };
+        text.push_str(&format!("{i},{name}\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    for mode in ["append", "truncate", "overwrite"] {
+        let job = serde_json::json!({"name": "load", "batch_rows": 1000,
+            "source": {"type": "file", "path": csv, "format": {"type": "csv"}},
+            "sink": {"type": "sqlserver", "connection": "mssql", "table": "target", "mode": mode}});
+        let (ok, text) = copy(&server, dir.path(), job);
+        if mode == "overwrite" {
+            // A new table from the source's columns takes the long value: the whole load
+            // commits.
+            assert!(ok, "{text}");
+            assert_eq!(peer.table("dbo.target").unwrap().rows.len(), 5_000);
+            continue;
+        }
+        assert!(!ok, "{mode}: {text}");
+        assert!(
+            text.contains("row 4000") && text.contains("column `name`") && text.contains("holds 5"),
+            "{mode}: {text}"
+        );
+        let rows = peer.table("dbo.target").unwrap().rows;
+        assert_eq!(
+            rows,
+            vec![vec![Value::Int(-1), Value::Text("kept".into())]],
+            "{mode}: none of the failed run's rows, and nothing removed"
+        );
+    }
+    assert_eq!(server.peer.sessions(), 0, "no session left open");
+}
+
+#[test]
+fn a_max_value_past_what_the_bulk_load_takes_fails_naming_the_limit() {
+    let server = TestServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("in.csv");
+    std::fs::write(&csv, format!("id,doc\n1,short\n2,{}\n", "x".repeat(40_000))).unwrap();
+    let job = serde_json::json!({"name": "long",
+        "source": {"type": "file", "path": csv, "format": {"type": "csv"}},
+        "sink": {"type": "sqlserver", "connection": "mssql", "table": "docs"}});
+    let (ok, text) = copy(&server, dir.path(), job);
+    assert!(!ok);
+    assert!(
+        text.contains("row 2, column `doc` (nvarchar(max))") && text.contains("65535 bytes"),
+        "{text}"
+    );
+    assert!(
+        server.peer.table("dbo.docs").is_none(),
+        "the table it created is rolled back"
     );
 }

@@ -1,6 +1,7 @@
 //! SQL Server (on tiberius): the `sqlserver` connection, source and sink sections.
 
 pub mod connect;
+pub mod sink;
 pub mod source;
 pub mod types;
 
@@ -11,6 +12,7 @@ use ferry_engine::{Error, Result};
 use serde::{Deserialize, Serialize};
 
 pub use connect::SqlServerConnection;
+pub use sink::SqlServerSink;
 pub use source::SqlServerSource;
 
 /// A SQL Server identifier in brackets (`]` doubled).
@@ -137,6 +139,55 @@ pub struct SqlServerSourceSpec {
     /// Parallel reads by ranges of a column.
     #[serde(default)]
     pub partition: Option<PartitionSpec>,
+}
+
+/// How a sink treats the rows already in its table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SqlServerWriteMode {
+    /// Add the rows.
+    #[default]
+    Append,
+    /// Empty the table first (in the load's transaction).
+    Truncate,
+    /// Drop and create the table from the source's columns (in the load's transaction).
+    Overwrite,
+}
+
+/// A `sqlserver` sink section.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SqlServerSinkSpec {
+    /// The connection's name.
+    pub connection: String,
+    /// The table.
+    pub table: TableName,
+    /// append (default), truncate or overwrite.
+    #[serde(default)]
+    pub mode: SqlServerWriteMode,
+    /// Create the table from the source's columns when it does not exist (default true).
+    #[serde(default = "default_true")]
+    pub create_table: bool,
+    /// Take a table lock for the load (`TABLOCK`): faster, and readers wait.
+    #[serde(default)]
+    pub table_lock: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl SqlServerSinkSpec {
+    /// Checks the section without I/O.
+    pub fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Builds the sink from its typed connection.
+    pub fn build(&self, connection: &SqlServerConnection) -> Result<SqlServerSink> {
+        let connector = connection.connector(&self.connection)?;
+        Ok(SqlServerSink::new(self.clone(), connector))
+    }
 }
 
 /// `partition: {column, count}`.
