@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/pg-server.sh install
 ./scripts/azurite.sh install
+./scripts/tds-clients.sh install
 # Headless Chromium renders the worker's status page in the tests: the browser alone, without
 # the recommended extras (printing, avahi, fonts beyond the defaults).
 if ! command -v chromium >/dev/null; then

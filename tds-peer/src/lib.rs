@@ -372,6 +372,8 @@ impl Session {
                     return Ok(());
                 }
                 wire::write_env_change(&mut w, 1, &database, "master");
+                // The database's collation (ENVCHANGE 7), as a server sends it at login.
+                wire::write_tx_change(&mut w, 7, &types::COLLATION, &[]);
                 wire::write_login_ack(&mut w);
                 wire::write_env_change(&mut w, 4, "4096", "4096");
                 wire::write_done(&mut w, 0, 0, 0);
@@ -615,6 +617,11 @@ impl Session {
                         nullable: false,
                     },
                     Column {
+                        name: "system_type_id".into(),
+                        ty: SqlType::Int,
+                        nullable: false,
+                    },
+                    Column {
                         name: "system_type_name".into(),
                         ty: SqlType::NVarChar(Some(256)),
                         nullable: true,
@@ -627,6 +634,7 @@ impl Session {
                         Value::Int(i as i64 + 1),
                         Value::Text(c.name.clone()),
                         Value::Bool(c.nullable),
+                        Value::Int(c.ty.system_type_id()),
                         Value::Text(c.ty.name()),
                     ];
                     write_row(w, &meta, &row).map_err(|e| (245, 16, e))?;

@@ -206,6 +206,39 @@ impl SqlType {
         }
     }
 
+    /// `sys.types.system_type_id` of the type.
+    pub fn system_type_id(&self) -> i64 {
+        match self {
+            SqlType::Image => 34,
+            SqlType::Text => 35,
+            SqlType::Guid => 36,
+            SqlType::Date => 40,
+            SqlType::Time(_) => 41,
+            SqlType::DateTime2(_) => 42,
+            SqlType::DateTimeOffset(_) => 43,
+            SqlType::TinyInt => 48,
+            SqlType::SmallInt => 52,
+            SqlType::Int => 56,
+            SqlType::SmallDateTime => 58,
+            SqlType::Real => 59,
+            SqlType::Money => 60,
+            SqlType::DateTime => 61,
+            SqlType::Float => 62,
+            SqlType::NText => 99,
+            SqlType::Bit => 104,
+            SqlType::Decimal(_, _) => 106,
+            SqlType::SmallMoney => 122,
+            SqlType::BigInt => 127,
+            SqlType::VarBinary(_) => 165,
+            SqlType::VarChar(_) => 167,
+            SqlType::Binary(_) => 173,
+            SqlType::Char(_) => 175,
+            SqlType::NVarChar(_) => 231,
+            SqlType::NChar(_) => 239,
+            SqlType::Xml => 241,
+        }
+    }
+
     fn decimal_len(precision: u8) -> u8 {
         match precision {
             0..=9 => 5,

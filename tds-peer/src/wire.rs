@@ -198,7 +198,8 @@ pub fn write_env_change(w: &mut Writer, kind: u8, new: &str, old: &str) {
     w.bytes(&body.0);
 }
 
-/// An ENVCHANGE token of a transaction (8 begin, 9 commit, 10 rollback): binary values.
+/// An ENVCHANGE token with binary values: a transaction (8 begin, 9 commit, 10 rollback)
+/// or the collation (7).
 pub fn write_tx_change(w: &mut Writer, kind: u8, new: &[u8], old: &[u8]) {
     let mut body = Writer::default();
     body.u8(kind);

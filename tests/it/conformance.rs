@@ -523,3 +523,59 @@ fn sqlserver_passes_the_source_suite() {
         );
     }
 }
+
+/// The SQL Server peer as a sink target: a reader sees committed tables only.
+struct SqlServerTarget {
+    server: crate::support::sqlserver::TestServer,
+    connections: Connections,
+}
+
+impl SinkTarget for SqlServerTarget {
+    fn sink(&self, case: &str) -> ferry_engine::Result<Arc<dyn Sink>> {
+        sink_of(
+            &format!(r#"{{"type": "sqlserver", "connection": "mssql", "table": "t_{case}"}}"#),
+            &self.connections,
+        )
+    }
+
+    fn visible(&self, case: &str) -> Vec<String> {
+        let Some(table) = self.server.peer.table(&format!("dbo.t_{case}")) else {
+            return Vec::new();
+        };
+        table
+            .rows
+            .iter()
+            .map(|row| {
+                let text = |v: &tds_peer::Value| match v {
+                    tds_peer::Value::Int(i) => i.to_string(),
+                    tds_peer::Value::Text(s) => s.clone(),
+                    tds_peer::Value::Null => "NULL".into(),
+                    other => format!("{other:?}"),
+                };
+                format!("{}|{}", text(&row[0]), text(&row[1]))
+            })
+            .collect()
+    }
+
+    fn leftovers(&self, _case: &str) -> Vec<String> {
+        // Open sessions are the only thing a load leaves behind (an open transaction).
+        (0..self.server.peer.sessions())
+            .map(|i| format!("open session {i}"))
+            .collect()
+    }
+}
+
+#[test]
+fn sqlserver_passes_the_sink_suite() {
+    let server = crate::support::sqlserver::TestServer::start();
+    let connections =
+        Connections::from_json(&serde_json::json!({ "mssql": server.connection() }).to_string())
+            .unwrap();
+    check_sink(
+        "sqlserver",
+        &SqlServerTarget {
+            server,
+            connections,
+        },
+    );
+}

@@ -732,3 +732,302 @@ fn a_max_value_past_what_the_bulk_load_takes_fails_naming_the_limit() {
         "the table it created is rolled back"
     );
 }
+
+/// Runs the independent TDS clients' script with `args`; returns its JSON answer.
+fn tds_clients(server: &TestServer, args: &[&str], stdin: Option<&str>) -> serde_json::Value {
+    use std::io::Write;
+    let python = std::env::var("FERRY_TEST_PYTHON").unwrap_or_else(|_| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        root.join("target/tools/tds-clients/bin/python")
+            .display()
+            .to_string()
+    });
+    assert!(
+        Path::new(&python).exists(),
+        "{python} is missing: run ./scripts/tds-clients.sh install (./scripts/test.sh does)"
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/tds_clients.py");
+    let mut child = std::process::Command::new(python)
+        .arg(script)
+        .args(args)
+        .env(crate::support::sqlserver::PASSWORD_ENV, PASSWORD)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = server;
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        args,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A value as the clients' script writes it, computed from the value put in the table: the
+/// clients keep microseconds (Python's datetime), pytds reads datetime to milliseconds.
+fn canonical(ty: &tds_peer::SqlType, v: &Value) -> serde_json::Value {
+    use tds_peer::SqlType as T;
+    let date = |days: i64| {
+        // Python: date.fromordinal(days + 1).
+        let (y, m, d) = civil(days);
+        format!("{y:04}-{m:02}-{d:02}")
+    };
+    let time = |ticks: u64| {
+        let micros = ticks / 10;
+        let s = micros / 1_000_000;
+        format!(
+            "{:02}:{:02}:{:02}.{:06}",
+            s / 3600,
+            s / 60 % 60,
+            s % 60,
+            micros % 1_000_000
+        )
+    };
+    let decimal = |v: i128, scale: u32| {
+        let sign = if v < 0 { "-" } else { "" };
+        let digits = v.unsigned_abs().to_string();
+        if scale == 0 {
+            return format!("{sign}{digits}");
+        }
+        let digits = format!("{digits:0>width$}", width = scale as usize + 1);
+        let (int, frac) = digits.split_at(digits.len() - scale as usize);
+        format!("{sign}{int}.{frac}")
+    };
+    serde_json::Value::String(match (ty, v) {
+        (_, Value::Null) => return serde_json::Value::Null,
+        (_, Value::Bool(b)) => b.to_string(),
+        (_, Value::Int(i)) => i.to_string(),
+        (_, Value::F32(f)) => hex(&f.to_le_bytes()),
+        (_, Value::F64(f)) => hex(&f.to_le_bytes()),
+        (T::Decimal(_, s), Value::Decimal(d)) => decimal(*d, *s as u32),
+        (_, Value::Money(m)) => decimal(*m as i128, 4),
+        (T::Char(n), Value::Text(s)) => format!("{s:<width$}", width = *n as usize),
+        (T::NChar(n), Value::Text(s)) => {
+            let pad = *n as usize - s.encode_utf16().count();
+            format!("{s}{}", " ".repeat(pad))
+        }
+        (_, Value::Text(s)) => s.clone(),
+        (T::Binary(n), Value::Bytes(b)) => {
+            let mut b = b.clone();
+            b.resize(*n as usize, 0);
+            hex(&b)
+        }
+        (_, Value::Bytes(b)) => hex(b),
+        (_, Value::Date(d)) => date(*d),
+        (_, Value::Time(t)) => time(*t),
+        (T::DateTime, Value::DateTime(d, t)) => {
+            // To 1/300 s as stored, then to milliseconds as pytds rounds them.
+            let t300 = (*t as u128 * 300 + 5_000_000) / 10_000_000;
+            let ms = ((t300 % 300) as f64 * 10.0 / 3.0).round() as u64;
+            let secs = (t300 / 300) as u64;
+            format!("{}T{}", date(*d), time(secs * 10_000_000 + ms * 10_000))
+        }
+        (_, Value::DateTime(d, t)) => format!("{}T{}", date(*d), time(*t)),
+        (_, Value::Guid(g)) => {
+            let h = hex(g);
+            format!(
+                "{}-{}-{}-{}-{}",
+                &h[..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..]
+            )
+        }
+        (ty, v) => panic!("no canonical form of {v:?} as {ty:?}"),
+    })
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// (year, month, day) of a day counted from 0001-01-01.
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days - EPOCH_DAYS + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[test]
+fn independent_clients_read_the_peer_s_values_as_they_were_put_in() {
+    let server = TestServer::start();
+    let peer = &server.peer;
+    limits_table(peer, "dbo.limits");
+    let table = peer.table("dbo.limits").unwrap();
+    let ca = server.ca().display().to_string();
+    let port = peer.port().to_string();
+    for client in ["pytds", "pymssql"] {
+        let answer = tds_clients(
+            &server,
+            &[
+                "read",
+                client,
+                &port,
+                &ca,
+                "ferry",
+                crate::support::sqlserver::USER,
+                "dbo.limits",
+            ],
+            None,
+        );
+        let types: Vec<String> = answer["types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            types,
+            table
+                .columns
+                .iter()
+                .map(|c| c.ty.name())
+                .collect::<Vec<_>>(),
+            "{client}: the described types"
+        );
+        let rows = answer["rows"].as_array().unwrap();
+        assert_eq!(rows.len(), table.rows.len());
+        for (r, row) in table.rows.iter().enumerate() {
+            for (c, column) in table.columns.iter().enumerate() {
+                let expected = canonical(&column.ty, &row[c]);
+                assert_eq!(
+                    rows[r][c],
+                    expected,
+                    "{client}: row {r}, column {} ({})",
+                    column.name,
+                    column.ty.name()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn pytds_and_ferry_bulk_load_the_same_values_into_the_peer() {
+    let server = TestServer::start();
+    let peer = &server.peer;
+    let columns = [
+        ("id", "int", false),
+        ("big", "bigint", true),
+        ("amount", "decimal(38,10)", true),
+        ("flag", "bit", true),
+        ("ratio", "float", true),
+        ("name", "nvarchar(100)", true),
+        ("doc", "nvarchar(max)", true),
+        ("blob", "varbinary(max)", true),
+        ("day", "date", true),
+        ("at", "datetime2(6)", true),
+        ("key", "uniqueidentifier", true),
+    ];
+    peer.create_table("dbo.by_pytds", &columns);
+    peer.create_table("dbo.by_ferry", &columns);
+    let rows = serde_json::json!([
+        [
+            1,
+            i64::MIN,
+            "-9999999999999999999999999999.9999999999",
+            true,
+            1.5,
+            "日本語 🙂",
+            "x".repeat(9000),
+            "00ff10",
+            "0001-01-01",
+            "9999-12-31T23:59:59.999999",
+            "6f9619ff-8b86-d011-b42d-00c04fc964ff"
+        ],
+        [
+            2,
+            i64::MAX,
+            "9999999999999999999999999999.9999999999",
+            false,
+            -0.0,
+            "",
+            "",
+            "",
+            "9999-12-31",
+            "0001-01-01T00:00:00.000000",
+            "00000000-0000-0000-0000-000000000000"
+        ],
+        [
+            3, null, null, null, null, null, null, null, null, null, null
+        ]
+    ]);
+    let spec = serde_json::json!({
+        "columns": columns.iter().map(|c| c.0).collect::<Vec<_>>(),
+        "types": columns.iter().map(|c| c.1).collect::<Vec<_>>(),
+        "kinds": ["int", "int", "decimal", "bool", "float", "str", "str", "bytes", "date", "datetime", "uuid"],
+        "rows": rows,
+    });
+    let answer = tds_clients(
+        &server,
+        &[
+            "bulk",
+            &peer.port().to_string(),
+            &server.ca().display().to_string(),
+            "ferry",
+            crate::support::sqlserver::USER,
+            "dbo.by_pytds",
+        ],
+        Some(&spec.to_string()),
+    );
+    assert_eq!(answer["loaded"], 3);
+    let pytds_rows = peer.table("dbo.by_pytds").unwrap().rows;
+    assert_eq!(pytds_rows.len(), 3);
+    let day = |y, m, d| Value::Date(day(y, m, d));
+    assert_eq!(
+        pytds_rows[0],
+        vec![
+            Value::Int(1),
+            Value::Int(i64::MIN),
+            Value::Decimal(-(10i128.pow(38) - 1)),
+            Value::Bool(true),
+            Value::F64(1.5),
+            Value::Text("日本語 🙂".into()),
+            Value::Text("x".repeat(9000)),
+            Value::Bytes(vec![0x00, 0xff, 0x10]),
+            day(1, 1, 1),
+            Value::DateTime(tds_peer::days_from_civil(9999, 12, 31), DAY_TICKS - 10),
+            Value::Guid([
+                0x6F, 0x96, 0x19, 0xFF, 0x8B, 0x86, 0xD0, 0x11, 0xB4, 0x2D, 0x00, 0xC0, 0x4F, 0xC9,
+                0x64, 0xFF
+            ]),
+        ],
+        "pytds's bulk load, decoded by the peer"
+    );
+    assert!(pytds_rows[2][1..].iter().all(|v| *v == Value::Null));
+
+    // ferry (tiberius) bulk-loads the same values; the peer decodes both loads alike.
+    let dir = tempfile::tempdir().unwrap();
+    let job = serde_json::json!({"name": "same-rows",
+        "source": {"type": "sqlserver", "connection": "mssql", "table": "by_pytds"},
+        "sink": {"type": "sqlserver", "connection": "mssql", "table": "by_ferry"}});
+    let (ok, text) = copy(&server, dir.path(), job);
+    assert!(ok, "{text}");
+    assert_eq!(peer.table("dbo.by_ferry").unwrap().rows, pytds_rows);
+    let loads = peer.bulk_loads();
+    assert_eq!(loads.len(), 2, "one bulk load by each client");
+    assert_ne!(
+        loads[0].payload, loads[1].payload,
+        "two encoders, two byte streams (decimal lengths, PLP framing), one set of values"
+    );
+}
