@@ -93,6 +93,7 @@ pub struct Peer {
     port: u16,
     state: Arc<Mutex<State>>,
     sessions: Arc<AtomicUsize>,
+    loading: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -103,6 +104,7 @@ impl Peer {
         let port = listener.local_addr()?.port();
         let state = Arc::new(Mutex::new(State::default()));
         let sessions = Arc::new(AtomicUsize::new(0));
+        let loading = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let tls = match &config.tls {
             Some(identity) => Some(Arc::new(server_config(identity)?)),
@@ -111,6 +113,7 @@ impl Peer {
         let config = Arc::new(config);
         {
             let (state, sessions, stop) = (state.clone(), sessions.clone(), stop.clone());
+            let loading = loading.clone();
             std::thread::Builder::new()
                 .name("tds-peer".into())
                 .spawn(move || {
@@ -124,6 +127,7 @@ impl Peer {
                             tls: tls.clone(),
                             state: state.clone(),
                             sessions: sessions.clone(),
+                            loading: loading.clone(),
                             tx: None,
                             bulk: None,
                             database: String::new(),
@@ -138,6 +142,7 @@ impl Peer {
             port,
             state,
             sessions,
+            loading,
             stop,
         })
     }
@@ -201,6 +206,11 @@ impl Peer {
     /// Open sessions.
     pub fn sessions(&self) -> usize {
         self.sessions.load(Ordering::SeqCst)
+    }
+
+    /// Bytes of a bulk load arriving now (the latest session's), 0 when none is.
+    pub fn bulk_in_progress(&self) -> usize {
+        self.loading.load(Ordering::SeqCst)
     }
 
     /// A counter of open sessions that outlives borrows of the peer.
@@ -289,6 +299,8 @@ struct Session {
     tls: Option<Arc<rustls::ServerConfig>>,
     state: Arc<Mutex<State>>,
     sessions: Arc<AtomicUsize>,
+    /// Bytes of a bulk load received so far (0 when none is arriving).
+    loading: Arc<AtomicUsize>,
     tx: Option<Tx>,
     /// An `INSERT BULK` waiting for its data: the table and the statement.
     bulk: Option<(String, String)>,
@@ -394,7 +406,14 @@ impl Session {
             Err(e) => return Err(std::io::Error::other(e)),
         }
         loop {
-            let (kind, payload) = wire::read_message(&mut stream)?;
+            let loading = self.loading.clone();
+            let read = wire::read_message_with(&mut stream, |kind, bytes| {
+                if kind == packet::BULK_LOAD {
+                    loading.store(bytes, Ordering::SeqCst);
+                }
+            });
+            self.loading.store(0, Ordering::SeqCst);
+            let (kind, payload) = read?;
             let reply = match kind {
                 packet::SQL_BATCH => self.batch(&payload),
                 packet::BULK_LOAD => self.bulk_load(payload),

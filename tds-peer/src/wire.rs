@@ -112,6 +112,15 @@ impl<'a> Reader<'a> {
 
 /// Reads one message: its type and the payloads of its packets up to end-of-message.
 pub fn read_message(stream: &mut impl Read) -> std::io::Result<(u8, Vec<u8>)> {
+    read_message_with(stream, |_, _| {})
+}
+
+/// [`read_message`], telling `on_packet` each packet's type and the bytes of the message
+/// so far.
+pub fn read_message_with(
+    stream: &mut impl Read,
+    mut on_packet: impl FnMut(u8, usize),
+) -> std::io::Result<(u8, Vec<u8>)> {
     let mut payload = Vec::new();
     loop {
         let mut header = [0u8; 8];
@@ -126,6 +135,7 @@ pub fn read_message(stream: &mut impl Read) -> std::io::Result<(u8, Vec<u8>)> {
         let start = payload.len();
         payload.resize(start + length - 8, 0);
         stream.read_exact(&mut payload[start..])?;
+        on_packet(header[0], payload.len());
         if header[1] & 0x01 != 0 {
             return Ok((header[0], payload));
         }

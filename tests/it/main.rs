@@ -12,5 +12,6 @@ mod pipeline;
 mod policy;
 mod postgres;
 mod sqlserver;
+mod sqlserver_real;
 mod support;
 mod worker;

@@ -1031,3 +1031,181 @@ fn pytds_and_ferry_bulk_load_the_same_values_into_the_peer() {
         "two encoders, two byte streams (decimal lengths, PLP framing), one set of values"
     );
 }
+
+#[test]
+fn a_load_killed_mid_way_leaves_none_of_its_rows() {
+    let server = TestServer::start();
+    let peer = &server.peer;
+    peer.create_table(
+        "dbo.big",
+        &[("id", "bigint", false), ("name", "nvarchar(40)", true)],
+    );
+    peer.insert(
+        "dbo.big",
+        vec![vec![Value::Int(-1), Value::Text("before".into())]],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("big.csv");
+    let mut text = String::from("id,name\n");
+    for i in 0..1_500_000 {
+        text.push_str(&format!("{i},row number {i}\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let connections = server.connections_file(dir.path());
+    let job = dir.path().join("job.json");
+    std::fs::write(
+        &job,
+        serde_json::json!({"name": "killed",
+            "source": {"type": "file", "path": csv, "format": {"type": "csv"}},
+            "sink": {"type": "sqlserver", "connection": "mssql", "table": "big"}})
+        .to_string(),
+    )
+    .unwrap();
+    let mut child = ferry()
+        .arg("copy")
+        .arg(&job)
+        .arg("--connections")
+        .arg(&connections)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once rows are flowing: the bulk load has started and data has arrived.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while peer.bulk_in_progress() < 64 * 1024 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the load never started"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ferry ended before the kill"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while peer.sessions() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed session stays"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        peer.table("dbo.big").unwrap().rows,
+        vec![vec![Value::Int(-1), Value::Text("before".into())]],
+        "none of the killed run's rows"
+    );
+}
+
+/// Ids of every Parquet blob under `prefix` of `container`, read with object_store and the
+/// parquet crate (not through ferry).
+fn blob_ids(container: &str, prefix: &str) -> Vec<i64> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    let az = crate::support::azurite::azurite();
+    let store = az.blob_connection().store("az", container).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut ids = Vec::new();
+    rt.block_on(async {
+        let listed: Vec<_> = store
+            .list(Some(&object_store::path::Path::from(prefix)))
+            .try_collect()
+            .await
+            .unwrap();
+        for meta in listed {
+            let bytes = store
+                .get(&meta.location)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .unwrap()
+                    .build()
+                    .unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                let id = arrow::compute::cast(batch.column(0), &DataType::Int64).unwrap();
+                ids.extend(id.as_primitive::<Int64Type>().values().iter().copied());
+            }
+        }
+    });
+    ids.sort();
+    ids
+}
+
+#[test]
+fn the_walkthrough_a_node_copies_a_sql_server_table_to_parquet_blobs_direct_and_staged() {
+    use crate::worker::{Kind, Runtime, stop};
+    let server = TestServer::start();
+    server.peer.create_table(
+        "sales.orders",
+        &[
+            ("order_id", "bigint", false),
+            ("total", "money", true),
+            ("placed", "datetime2(3)", true),
+        ],
+    );
+    server.peer.set_primary_key("sales.orders", &["order_id"]);
+    let rows: Vec<Vec<Value>> = (0..3_000i64)
+        .map(|i| {
+            vec![
+                Value::Int(i),
+                Value::Money(i * 12_345),
+                Value::DateTime(day(2024, 1, 1) + i % 366, (i as u64 % 86_400) * 10_000_000),
+            ]
+        })
+        .collect();
+    server.peer.insert("sales.orders", rows);
+    let rt = Runtime::with(Kind::Azure { sas: false });
+    let az = crate::support::azurite::azurite();
+    let lake = az.container("lake");
+    let staging = az.container("staging");
+    let connections = rt.path().join("connections.json");
+    let mut all: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&connections).unwrap()).unwrap();
+    all["mssql"] = server.connection();
+    all["lake"] = serde_json::from_str(&az.connection()).unwrap();
+    std::fs::write(&connections, all.to_string()).unwrap();
+    let node = rt.node("a", 2);
+    let job = |name: &str, staged: bool| {
+        let mut job = serde_json::json!({"name": name,
+            "source": {"type": "sqlserver", "connection": "mssql", "table": "sales.orders",
+                       "partition": {"column": "order_id", "count": 4}},
+            "sink": {"type": "azure_blob", "connection": "lake", "container": lake,
+                     "path": format!("{name}/"), "format": {"type": "parquet"}},
+            "parallel_copies": 4});
+        if staged {
+            job["staging"] =
+                serde_json::json!({"connection": "lake", "path": format!("{staging}/ferry")});
+        }
+        rt.submit(job)
+    };
+    let ids = [job("direct", false), job("staged", true)];
+    let expected: Vec<i64> = (0..3_000).collect();
+    for done in rt.wait(&ids, std::time::Duration::from_secs(120)) {
+        assert_eq!(done.status, ferry_engine::JobStatus::Succeeded, "{done:?}");
+    }
+    assert_eq!(blob_ids(&lake, "direct/"), expected, "direct copy");
+    assert_eq!(blob_ids(&lake, "staged/"), expected, "staged copy");
+    assert!(
+        az.list(&staging, "ferry").is_empty(),
+        "the staged run removed its interim files"
+    );
+    assert!(stop(node).success());
+    rt.assert_no_secret_in_logs();
+    for entry in std::fs::read_dir(rt.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            assert!(!std::fs::read_to_string(&path).unwrap().contains(PASSWORD));
+        }
+    }
+}

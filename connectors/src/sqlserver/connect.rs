@@ -38,7 +38,13 @@ pub enum Encrypt {
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SqlServerConnection {
+    /// An ADO.NET connection string (`Server=tcp:host,1433;Database=...;User Id=...;
+    /// Password=...;Encrypt=true`), as a secret reference since it holds the password;
+    /// instead of `host`, `user` and `password`.
+    #[serde(default)]
+    pub connection_string: Option<Secret>,
     /// Host name or address.
+    #[serde(default)]
     pub host: String,
     /// TCP port (default 1433).
     #[serde(default)]
@@ -50,9 +56,11 @@ pub struct SqlServerConnection {
     #[serde(default)]
     pub database: Option<String>,
     /// SQL authentication: the login.
+    #[serde(default)]
     pub user: String,
     /// Its password (a secret reference).
-    pub password: Secret,
+    #[serde(default)]
+    pub password: Option<Secret>,
     /// `required` (default) or `login_only`.
     #[serde(default)]
     pub encrypt: Encrypt,
@@ -106,8 +114,26 @@ impl SqlServerConnection {
     /// Checks the connection without I/O: its settings hold and the password opens.
     pub fn validate(&self, name: &str) -> Result<()> {
         let in_conn = |e: Error| e.context(format!("connection `{name}`"));
+        if let Some(text) = &self.connection_string {
+            if !self.host.is_empty() || !self.user.is_empty() || self.password.is_some() {
+                return Err(in_conn(Error::config(
+                    "give `connection_string` or `host`, `user` and `password`, not both",
+                )));
+            }
+            let text = text.expose().map_err(in_conn)?;
+            return Config::from_ado_string(&text).map(drop).map_err(|_| {
+                in_conn(Error::config(
+                    "`connection_string` is not an ADO.NET connection string (the value is not shown)",
+                ))
+            });
+        }
         if self.host.trim().is_empty() {
-            return Err(in_conn(Error::config("`host` is empty")));
+            return Err(in_conn(Error::config(
+                "give `host` (or `connection_string`)",
+            )));
+        }
+        if self.user.is_empty() {
+            return Err(in_conn(Error::config("give `user` (SQL authentication)")));
         }
         if self.port.is_some() && self.instance.is_some() {
             return Err(in_conn(Error::config(
@@ -119,7 +145,12 @@ impl SqlServerConnection {
                 "`trust_server_certificate` turns validation off, so `ca_cert` would not be used: give one of them",
             )));
         }
-        self.password.expose().map(drop).map_err(in_conn)
+        match &self.password {
+            Some(p) => p.expose().map(drop).map_err(in_conn),
+            None => Err(in_conn(Error::config(
+                "give `password` as a reference such as {\"env\": \"MSSQL_PASSWORD\"} or {\"encrypted\": \"...\"}",
+            ))),
+        }
     }
 
     /// The connector of connection `name`.
@@ -171,7 +202,30 @@ impl Connector {
 
     fn config(&self) -> Result<Config> {
         let c = &self.connection;
-        let mut config = Config::new();
+        let mut config = match &c.connection_string {
+            Some(text) => {
+                let text = text.expose()?;
+                Config::from_ado_string(&text).map_err(|_| {
+                    Error::config(format!(
+                        "connection `{}`: `connection_string` is not an ADO.NET connection string",
+                        self.name
+                    ))
+                })?
+            }
+            None => Config::new(),
+        };
+        if c.connection_string.is_none() {
+            self.plain_settings(&mut config)?;
+        }
+        config.application_name(c.application_name.as_deref().unwrap_or("ferry"));
+        config.handshake_timeout(Some(self.connect_timeout));
+        config.command_timeout(Some(c.command_timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT).0));
+        Ok(config)
+    }
+
+    /// The settings of a connection given field by field.
+    fn plain_settings(&self, config: &mut Config) -> Result<()> {
+        let c = &self.connection;
         config.host(&c.host);
         if let Some(port) = c.port {
             config.port(port);
@@ -182,8 +236,10 @@ impl Connector {
         if let Some(db) = &c.database {
             config.database(db);
         }
-        config.application_name(c.application_name.as_deref().unwrap_or("ferry"));
-        let password = c.password.expose()?;
+        let password = match &c.password {
+            Some(p) => p.expose()?,
+            None => return Err(Error::config("no `password`")),
+        };
         config.authentication(AuthMethod::sql_server(&c.user, password.as_str()));
         config.encryption(match c.encrypt {
             Encrypt::Required => EncryptionLevel::Required,
@@ -211,9 +267,7 @@ impl Connector {
         if let Some(name) = &c.hostname_in_certificate {
             config.hostname_in_certificate(name);
         }
-        config.handshake_timeout(Some(self.connect_timeout));
-        config.command_timeout(Some(c.command_timeout.unwrap_or(DEFAULT_COMMAND_TIMEOUT).0));
-        Ok(config)
+        Ok(())
     }
 
     /// Opens a session: TCP, TLS, login.
@@ -318,6 +372,16 @@ mod tests {
             "{err}"
         );
         assert!(!format!("{c:?}").contains("FERRY_TEST_NO_SUCH_VAR"));
+        let ado: SqlServerConnection = serde_json::from_str(
+            r#"{"connection_string": {"env": "FERRY_TEST_ADO"}, "user": "u"}"#,
+        )
+        .unwrap();
+        assert!(
+            ado.validate("erp")
+                .unwrap_err()
+                .to_string()
+                .contains("not both")
+        );
         let both: SqlServerConnection = serde_json::from_str(
             r#"{"host": "db", "port": 1433, "instance": "SQL1", "user": "u", "password": {"env": "X"}}"#,
         )
