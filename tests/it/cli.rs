@@ -179,6 +179,7 @@ fn every_example_job_validates() {
                 .arg("--connections")
                 .arg(examples.join("connections.json"))
                 .env("ERP_PASSWORD", "example")
+                .env("MSSQL_PASSWORD", "example")
                 .env("LAKE_SAS", "sv=2024-01-01&sig=example")
                 .env("CONTROL_SAS", "sv=2024-01-01&sig=example"),
         );
@@ -199,7 +200,7 @@ fn every_example_job_validates() {
     for (connections, needle) in [
         (
             example_connections,
-            "unknown connection `db`; the connections file defines: control, erp, lake".to_string(),
+            "unknown connection `db`; the connections file defines: control, erp, lake, mssql".to_string(),
         ),
         (
             r#"{"db": {"type":"postgres","host":"db.example","user":"u","password":{"env":"FERRY_IT_UNSET_PW"}}}"#.to_string(),

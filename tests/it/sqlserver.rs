@@ -516,6 +516,16 @@ fn bad_settings_fail_clearly_and_write_nothing() {
         text.contains("4060") && text.contains("check `database`"),
         "{text}"
     );
+    // The health check: reach, TLS, login, metadata.
+    let checked = crate::support::succeed(
+        ferry()
+            .args(["test-connection", "mssql", "--connections"])
+            .arg(server.connections_file(dir.path())),
+    );
+    assert!(
+        checked.contains("metadata: ok (SQL Server 16.0.4096.1, database ferry as ferry_it)"),
+        "{checked}"
+    );
     let text = run(server.connection(), table("no_such_table"));
     assert!(
         text.contains("no_such_table") && text.contains("does not exist"),
