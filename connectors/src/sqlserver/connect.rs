@@ -276,7 +276,18 @@ impl Connector {
         let config = self.config()?;
         let addr = config.get_addr();
         let where_ = || format!("connection `{}` ({addr})", self.name);
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&addr))
+        let connecting = async {
+            if self.connection.instance.is_some() {
+                // A named instance: the SQL Browser (UDP 1434) says its port.
+                use tiberius::SqlBrowser;
+                TcpStream::connect_named(&config)
+                    .await
+                    .map_err(|e| std::io::Error::other(e.to_string()))
+            } else {
+                TcpStream::connect(&addr).await
+            }
+        };
+        let tcp = tokio::time::timeout(self.connect_timeout, connecting)
             .await
             .map_err(|_| {
                 Error::new(
