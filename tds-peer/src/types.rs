@@ -66,6 +66,9 @@ pub enum SqlType {
     Guid,
     /// xml
     Xml,
+    /// A type the peer only names (geography, hierarchyid, sql_variant): it describes such a
+    /// column and cannot send its values.
+    Other(String),
 }
 
 /// A value of a column. Dates count days from 0001-01-01 and times 100-ns ticks from
@@ -168,6 +171,7 @@ impl SqlType {
             "datetimeoffset" => SqlType::DateTimeOffset(scale(7)?),
             "uniqueidentifier" => SqlType::Guid,
             "xml" => SqlType::Xml,
+            "geography" | "geometry" | "hierarchyid" | "sql_variant" => SqlType::Other(name.into()),
             _ => return None,
         })
     }
@@ -203,6 +207,7 @@ impl SqlType {
             SqlType::DateTimeOffset(s) => format!("datetimeoffset({s})"),
             SqlType::Guid => "uniqueidentifier".into(),
             SqlType::Xml => "xml".into(),
+            SqlType::Other(name) => name.clone(),
         }
     }
 
@@ -236,6 +241,7 @@ impl SqlType {
             SqlType::NVarChar(_) => 231,
             SqlType::NChar(_) => 239,
             SqlType::Xml => 241,
+            SqlType::Other(_) => 240,
         }
     }
 
@@ -348,6 +354,11 @@ impl SqlType {
             SqlType::Xml => {
                 w.u8(0xF1);
                 w.u8(0);
+            }
+            // Described as varbinary(max); its values are never sent.
+            SqlType::Other(_) => {
+                w.u8(0xA5);
+                w.u16(0xFFFF);
             }
         }
     }

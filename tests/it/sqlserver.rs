@@ -136,6 +136,8 @@ fn limits_table(peer: &tds_peer::Peer, name: &str) -> Limits {
         ("c_datetime2_3", "datetime2(3)"),
         ("c_guid", "uniqueidentifier"),
         ("c_xml", "xml"),
+        ("c_dto3", "datetimeoffset(3)"),
+        ("c_dto7", "datetimeoffset(7)"),
     ];
     let defs: Vec<(&str, &str, bool)> = types.iter().map(|(n, t)| (*n, *t, true)).collect();
     peer.create_table(name, &defs);
@@ -185,6 +187,9 @@ fn limits_table(peer: &tds_peer::Peer, name: &str) -> Limits {
         Value::DateTime(0, 0),
         Value::Guid(guid),
         Value::Text("<a b=\"1\">x</a>".into()),
+        // UTC 14:00 at -14:00: the local time is the first instant of year 1.
+        Value::DateTimeOffset(0, 14 * 36_000_000_000, -840),
+        Value::DateTimeOffset(day(1970, 1, 1), 0, 0),
     ];
     let high = vec![
         Value::Bool(true),
@@ -221,6 +226,10 @@ fn limits_table(peer: &tds_peer::Peer, name: &str) -> Limits {
         Value::DateTime(day(9999, 12, 31), DAY_TICKS - 10_000),
         Value::Guid([0xFF; 16]),
         Value::Text("<r/>".into()),
+        // UTC 09:59:59.999 at +14:00: the local time is the last millisecond of 9999.
+        Value::DateTimeOffset(day(9999, 12, 31), 10 * 36_000_000_000 - 10_000, 840),
+        // India, with every digit of datetimeoffset(7).
+        Value::DateTimeOffset(day(2024, 2, 29), 12 * 36_000_000_000 + 1_234_567, 330),
     ];
     let nulls = vec![Value::Null; types.len()];
     peer.insert(name, vec![low, high, nulls]);
@@ -251,7 +260,8 @@ fn every_type_reads_at_its_limits_and_null_in_every_column() {
     let (ok, text) = copy(&server, dir.path(), to_parquet("dbo.limits", &out));
     assert!(ok, "{text}");
     let c = columns(&out);
-    assert_eq!(c.len(), types.len());
+    // Each datetimeoffset brings a companion column of offsets.
+    assert_eq!(c.len(), types.len() + 2);
     for (i, (name, _)) in types.iter().enumerate() {
         assert!(c[i].is_null(2), "{name}: the NULL row");
         assert_eq!(c[i].len(), 3, "{name}");
@@ -401,6 +411,31 @@ fn every_type_reads_at_its_limits_and_null_in_every_column() {
     assert_eq!(guids.value(0), &guid, "RFC 4122 byte order");
     assert_eq!(guids.value(1), &[0xFF; 16]);
     assert_eq!(strings(33), opt(&[s("<a b=\"1\">x</a>"), s("<r/>"), None]));
+    // datetimeoffset: the UTC instant in the column, the offset beside it.
+    assert_eq!(
+        c[34].data_type(),
+        &DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))
+    );
+    assert_eq!(
+        c[34].as_primitive::<TimestampMicrosecondType>().values()[..2],
+        [
+            micros(0, 14 * 36_000_000_000),
+            micros(day(9999, 12, 31), 10 * 36_000_000_000 - 10_000)
+        ]
+    );
+    let offsets =
+        |i: usize| -> Vec<Option<i16>> { c[i].as_primitive::<Int16Type>().iter().collect() };
+    assert_eq!(offsets(35), vec![Some(-840), Some(840), None]);
+    assert_eq!(
+        c[36].as_primitive::<TimestampNanosecondType>().values()[..2],
+        [
+            0,
+            (day(2024, 2, 29) - EPOCH_DAYS) * 86_400_000_000_000
+                + (12 * 36_000_000_000 + 1_234_567) * 100
+        ],
+        "datetimeoffset(7) keeps its 100 ns"
+    );
+    assert_eq!(offsets(37), vec![Some(0), Some(330), None]);
 }
 
 /// The ids of a Parquet output, sorted, with NULL as `None`.
@@ -467,10 +502,9 @@ fn partitioned_reads_equal_one_read_with_null_keys_and_gaps() {
 #[test]
 fn bad_settings_fail_clearly_and_write_nothing() {
     let server = TestServer::start();
-    server.peer.create_table(
-        "dbo.t",
-        &[("id", "int", false), ("at", "datetimeoffset(7)", true)],
-    );
+    server
+        .peer
+        .create_table("dbo.t", &[("id", "int", false), ("at", "geography", true)]);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.parquet");
     let run = |connection: serde_json::Value, source: serde_json::Value| {
@@ -533,7 +567,7 @@ fn bad_settings_fail_clearly_and_write_nothing() {
     );
     let text = run(server.connection(), table("t"));
     assert!(
-        text.contains("column `at`") && text.contains("datetimeoffset") && text.contains("CAST"),
+        text.contains("column `at`") && text.contains("geography") && text.contains("CAST"),
         "{text}"
     );
     // A CA that did not sign the peer's certificate.
@@ -846,6 +880,18 @@ fn canonical(ty: &tds_peer::SqlType, v: &Value) -> serde_json::Value {
             format!("{}T{}", date(*d), time(secs * 10_000_000 + ms * 10_000))
         }
         (_, Value::DateTime(d, t)) => format!("{}T{}", date(*d), time(*t)),
+        (_, Value::DateTimeOffset(d, t, offset)) => {
+            // The local date and time, then the offset, as Python's isoformat writes them.
+            let local =
+                (*d as i128 * DAY_TICKS as i128) + *t as i128 + *offset as i128 * 600_000_000;
+            let (ld, lt) = (
+                local.div_euclid(DAY_TICKS as i128) as i64,
+                local.rem_euclid(DAY_TICKS as i128) as u64,
+            );
+            let sign = if *offset < 0 { '-' } else { '+' };
+            let m = offset.unsigned_abs();
+            format!("{}T{}{sign}{:02}:{:02}", date(ld), time(lt), m / 60, m % 60)
+        }
         (_, Value::Guid(g)) => {
             let h = hex(g);
             format!(

@@ -70,7 +70,8 @@ const CREATE: &str = "CREATE TABLE {t} (
     c_varchar varchar(50), c_nchar nchar(5), c_nvarchar nvarchar(100), c_nvarchar_max nvarchar(max),
     c_varbinary varbinary(16), c_varbinary_max varbinary(max), c_date date, c_time7 time(7),
     c_time3 time(3), c_datetime datetime, c_smalldatetime smalldatetime, c_datetime2_7 datetime2(7),
-    c_datetime2_3 datetime2(3), c_guid uniqueidentifier, c_xml xml)";
+    c_datetime2_3 datetime2(3), c_guid uniqueidentifier, c_xml xml, c_dto3 datetimeoffset(3),
+    c_dto7 datetimeoffset(7))";
 
 const INSERT: &str = "INSERT INTO {t} VALUES
  (1, 0, 0, -32768, -2147483648, -9223372036854775808, -3.4028235e38, -1.7976931348623157e308,
@@ -78,22 +79,25 @@ const INSERT: &str = "INSERT INTO {t} VALUES
   -9.9999999999999999999999999999999999999, -922337203685477.5808, -214748.3648, 'abc', '',
   N'日本', N'', REPLICATE(CAST(N'日本語🙂 ' AS nvarchar(max)), 5000), 0x, 0x00FF,
   '0001-01-01', '00:00:00', '00:00:00', '1753-01-01', '1900-01-01', '1677-09-22', '0001-01-01',
-  '6F9619FF-8B86-D011-B42D-00C04FC964FF', N'<a b=\"1\">x</a>'),
+  '6F9619FF-8B86-D011-B42D-00C04FC964FF', N'<a b=\"1\">x</a>', '0001-01-01 00:00:00.000 -14:00',
+  '1970-01-01 00:00:00 +00:00'),
  (2, 1, 255, 32767, 2147483647, 9223372036854775807, 1.17549435e-38, 1.7976931348623157e308,
   9999999999999999999999999999.9999999999, 99999999999999999999999999999999999999,
   9.9999999999999999999999999999999999999, 922337203685477.5807, 214748.3647, '0123456789',
   'héllo', N'12345', N'日本語 🙂', N'', 0xDEADBEEF, 0x, '9999-12-31', '23:59:59.9999999',
   '23:59:59.999', '9999-12-31 23:59:59.997', '2079-06-06 23:59', '2262-04-10 23:59:59.9999999',
-  '9999-12-31 23:59:59.999', 'FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF', N'<r/>'),
+  '9999-12-31 23:59:59.999', 'FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF', N'<r/>',
+  '9999-12-31 23:59:59.999 +14:00', '2024-02-29 17:30:00.1234567 +05:30'),
  (3, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
-  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)";
+  NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)";
 
 /// `a EXCEPT b` and `b EXCEPT a` (xml compared as text).
 fn except_both_ways(a: &str, b: &str) -> String {
     let cols = "id, c_bit, c_tinyint, c_smallint, c_int, c_bigint, c_real, c_float, c_dec38_10, \
         c_num38_0, c_dec38_37, c_money, c_smallmoney, c_char, c_varchar, c_nchar, c_nvarchar, \
         c_nvarchar_max, c_varbinary, c_varbinary_max, c_date, c_time7, c_time3, c_datetime, \
-        c_smalldatetime, c_datetime2_7, c_datetime2_3, c_guid, CAST(c_xml AS nvarchar(max))";
+        c_smalldatetime, c_datetime2_7, c_datetime2_3, c_guid, CAST(c_xml AS nvarchar(max)), \
+        c_dto3, DATEPART(TZOFFSET, c_dto3), c_dto7, DATEPART(TZOFFSET, c_dto7)";
     format!(
         "SELECT COUNT(*) FROM ((SELECT {cols} FROM {a} EXCEPT SELECT {cols} FROM {b}) \
          UNION ALL (SELECT {cols} FROM {b} EXCEPT SELECT {cols} FROM {a})) AS d"

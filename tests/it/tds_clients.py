@@ -38,7 +38,7 @@ def canonical(value, type_name):
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, datetime.datetime):
-        return value.replace(tzinfo=None).isoformat(timespec="microseconds")
+        return value.isoformat(timespec="microseconds")
     if isinstance(value, datetime.date):
         return value.isoformat()
     if isinstance(value, datetime.time):

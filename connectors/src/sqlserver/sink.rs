@@ -22,7 +22,7 @@ use tiberius::{ColumnData, TokenRow};
 use tokio::sync::mpsc;
 
 use super::connect::{Connector, SqlClient, sql_error};
-use super::types::{MsType, TYPE_KEY};
+use super::types::{MsType, OFFSET_OF_KEY, TYPE_KEY};
 use super::{SqlServerSinkSpec, SqlServerWriteMode, quote, string_literal};
 
 /// The longest value of a (max) column tiberius 0.13 bulk-loads: it checks a (max) value
@@ -41,6 +41,10 @@ const DAYS_TO_1900: i64 = 693_595;
 /// A target column: its name, type and maximum length (characters or bytes).
 #[derive(Debug, Clone)]
 struct Target {
+    /// The source field (batch column) that fills it.
+    source: usize,
+    /// For a datetimeoffset: the source field holding the offsets, if any.
+    offsets: Option<usize>,
     name: String,
     ty: MsType,
     type_name: String,
@@ -117,6 +121,8 @@ fn target(name: &str, type_name: &str, nullable: bool) -> Target {
             .contains(&lower.split('(').next().unwrap_or("").trim())
         });
     Target {
+        source: 0,
+        offsets: None,
         name: name.to_string(),
         // A type ferry does not load (datetimeoffset, sql_variant, ...) fails when a source
         // field goes to it; other columns of it are left to their defaults.
@@ -203,6 +209,7 @@ fn loads_into(from: &DataType, to: MsType) -> bool {
         MsType::DateTime | MsType::SmallDateTime | MsType::DateTime2(_) => {
             matches!(from, A::Timestamp(..) | A::Date32 | A::Date64)
         }
+        MsType::DateTimeOffset(_) => matches!(from, A::Timestamp(..)),
     }
 }
 
@@ -223,18 +230,24 @@ impl Sink for SqlServerSink {
             }
             (Some(_), _) => false,
         };
+        // A datetimeoffset's offsets travel in a companion field, not a column of their own.
+        let companion = |f: &Field| f.metadata().get(OFFSET_OF_KEY).cloned();
         let columns: Vec<Target> = if create {
             schema
                 .fields()
                 .iter()
+                .filter(|f| companion(f).is_none())
                 .map(|f| Ok(target(f.name(), &type_for(f)?, f.is_nullable())))
                 .collect::<Result<_>>()?
         } else {
             existing.unwrap_or_default()
         };
         let mut targets = Vec::with_capacity(schema.fields().len());
-        for field in schema.fields() {
+        for (index, field) in schema.fields().iter().enumerate() {
             let name = field.name();
+            if companion(field).is_some() {
+                continue;
+            }
             let found = columns
                 .iter()
                 .find(|c| c.name == *name)
@@ -271,7 +284,15 @@ impl Sink for SqlServerSink {
                     field.data_type()
                 )));
             }
-            targets.push(found.clone());
+            let offsets = schema
+                .fields()
+                .iter()
+                .position(|f| companion(f).as_deref() == Some(name.as_str()));
+            targets.push(Target {
+                source: index,
+                offsets,
+                ..found.clone()
+            });
         }
         let mut setup = Vec::new();
         let create_sql = format!(
@@ -494,13 +515,20 @@ async fn load(
                 for r in 0..batch.num_rows() {
                     rows += 1;
                     let mut row = TokenRow::with_capacity(plan.targets.len());
-                    for (c, target) in plan.targets.iter().enumerate() {
-                        let value = value_at(batch.column(c), r, target).map_err(|why| {
-                            Error::data(format!(
-                                "table {table}, row {rows}, column `{}` ({}): {why}",
-                                target.name, target.type_name
-                            ))
-                        })?;
+                    for target in &plan.targets {
+                        let offset = target.offsets.and_then(|o| {
+                            let offsets = batch
+                                .column(o)
+                                .as_primitive::<arrow::datatypes::Int16Type>();
+                            offsets.is_valid(r).then(|| offsets.value(r))
+                        });
+                        let value = value_at(batch.column(target.source), r, target, offset)
+                            .map_err(|why| {
+                                Error::data(format!(
+                                    "table {table}, row {rows}, column `{}` ({}): {why}",
+                                    target.name, target.type_name
+                                ))
+                            })?;
                         row.push(value);
                     }
                     bulk.send(row).await.map_err(|e| {
@@ -529,6 +557,7 @@ fn value_at(
     array: &dyn Array,
     r: usize,
     target: &Target,
+    offset: Option<i16>,
 ) -> std::result::Result<ColumnData<'static>, String> {
     use DataType as A;
     use arrow::datatypes as t;
@@ -813,6 +842,27 @@ fn value_at(
             Some(DateTime2::new(
                 Date::new(days as u32),
                 Time::new(exact_units(nanos, scale)?, scale),
+            ))
+        }),
+        MsType::DateTimeOffset(scale) => ColumnData::DateTimeOffset(if null {
+            None
+        } else {
+            let (days, nanos) = split(epoch_nanos().unwrap_or_default());
+            if !(0..3_652_059).contains(&days) {
+                return Err("is outside datetimeoffset's 0001-01-01..9999-12-31".into());
+            }
+            let offset = offset.unwrap_or(0);
+            if !(-840..=840).contains(&offset) {
+                return Err(format!(
+                    "has an offset of {offset} minutes; SQL Server takes -14:00..+14:00"
+                ));
+            }
+            Some(tiberius::time::DateTimeOffset::new(
+                DateTime2::new(
+                    Date::new(days as u32),
+                    Time::new(exact_units(nanos, scale)?, scale),
+                ),
+                offset,
             ))
         }),
         MsType::DateTime => ColumnData::DateTime(if null {

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::connect::{Connector, SqlClient, sql_error};
-use super::types::{ColumnBuilder, MsType, arrow_field};
+use super::types::{ColumnBuilder, MsType, OFFSET_OF_KEY, arrow_field, offset_field};
 use super::{PartitionSpec, ReadTarget, SqlServerSourceSpec, quote, string_literal};
 
 /// A partition's private description.
@@ -119,10 +119,21 @@ impl SqlServerSource {
             }
             let (field, ty) = arrow_field(name, type_name, nullable)?;
             fields.push(field);
+            if let MsType::DateTimeOffset(_) = ty {
+                fields.push(offset_field(name, nullable));
+            }
             types.push(ty);
         }
         if fields.is_empty() {
             return Err(Error::config("the source has no columns"));
+        }
+        for (i, f) in fields.iter().enumerate() {
+            if fields[..i].iter().any(|g| g.name() == f.name()) {
+                return Err(Error::config(format!(
+                    "the source has two columns named `{}` (a datetimeoffset's offsets go to `<column>_offset_minutes`); rename one with `AS` in a `query`",
+                    f.name()
+                )));
+            }
         }
         let order_by = match &table {
             Some(t) => {
@@ -152,6 +163,7 @@ impl SqlServerSource {
         {
             let i = fields
                 .iter()
+                .filter(|f| !f.metadata().contains_key(OFFSET_OF_KEY))
                 .position(|f| f.name() == column)
                 .ok_or_else(|| {
                     Error::config(format!(
@@ -178,6 +190,7 @@ impl SqlServerSource {
         // tiberius decodes money as f64, which loses digits: the server casts it exactly.
         let columns = fields
             .iter()
+            .filter(|f| !f.metadata().contains_key(OFFSET_OF_KEY))
             .zip(&types)
             .map(|(f, t)| match t {
                 MsType::Money => format!("CAST({0} AS decimal(19,4)) AS {0}", quote(f.name())),
@@ -360,6 +373,13 @@ impl Source for SqlServerSource {
         let read = Read {
             connector: self.connector.clone(),
             sql: self.select(plan.filter.as_deref()),
+            names: self
+                .schema
+                .fields()
+                .iter()
+                .filter(|f| !f.metadata().contains_key(OFFSET_OF_KEY))
+                .map(|f| f.name().clone())
+                .collect(),
             schema: self.schema.clone(),
             types: self.types.clone(),
             batch_rows: self.batch_rows,
@@ -390,6 +410,8 @@ impl Source for SqlServerSource {
 struct Read {
     connector: Connector,
     sql: String,
+    /// The result set's column names.
+    names: Vec<String>,
     schema: SchemaRef,
     types: Vec<MsType>,
     batch_rows: usize,
@@ -430,8 +452,7 @@ impl Read {
                 builder.append(value).map_err(|why| {
                     Error::data(format!(
                         "{}, row {position}, column `{}`: {why}",
-                        self.where_,
-                        self.schema.field(i).name()
+                        self.where_, self.names[i]
                     ))
                 })?;
             }
@@ -453,11 +474,13 @@ impl Read {
     }
 
     fn finish(&self, builders: &mut [ColumnBuilder], position: u64) -> Result<SourceBatch> {
-        let arrays = builders
-            .iter_mut()
-            .zip(self.schema.fields())
-            .map(|(b, f)| b.finish(f))
-            .collect();
+        let mut arrays = Vec::with_capacity(self.schema.fields().len());
+        let mut at = 0;
+        for b in builders.iter_mut() {
+            let width = b.width();
+            b.finish_into(&self.schema.fields()[at..at + width], &mut arrays);
+            at += width;
+        }
         let batch = RecordBatch::try_new(self.schema.clone(), arrays)
             .map_err(|e| Error::internal(format!("{}: {e}", self.where_)))?;
         Ok(SourceBatch {

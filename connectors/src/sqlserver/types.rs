@@ -17,10 +17,11 @@
 //! | datetime, smalldatetime | Timestamp(µs) |
 //! | datetime2(0..=6) | Timestamp(µs) |
 //! | datetime2(7) | Timestamp(ns): values outside 1677-09-21..2262-04-11 fail, naming the row |
+//! | datetimeoffset(n) | the UTC instant as datetime2(n) maps it, with tz "+00:00", and the offset (minutes) in a companion Int16 column `<name>_offset_minutes` |
 //!
 //! Every field carries its SQL Server type in metadata (`ferry.sqlserver.type`), so a SQL
-//! Server sink creates the same type. Other types (datetimeoffset, sql_variant, hierarchyid,
-//! geometry, geography, CLR types) fail before any data moves, naming the column and a CAST.
+//! Server sink creates the same type. Other types (sql_variant, hierarchyid, geometry,
+//! geography, CLR types) fail before any data moves, naming the column and a CAST.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -82,6 +83,8 @@ pub enum MsType {
     SmallDateTime,
     /// datetime2(n)
     DateTime2(u8),
+    /// datetimeoffset(n): a UTC timestamp and, in a companion column, the offset
+    DateTimeOffset(u8),
 }
 
 fn args(text: &str) -> Vec<String> {
@@ -126,11 +129,7 @@ impl MsType {
             "datetime" => MsType::DateTime,
             "smalldatetime" => MsType::SmallDateTime,
             "datetime2" => MsType::DateTime2(num(0, 7)),
-            "datetimeoffset" => {
-                return Err(
-                    "CAST it to datetime2 (for example `CAST(col AT TIME ZONE 'UTC' AS datetime2(7))`) or to nvarchar(34) to keep the offset",
-                );
-            }
+            "datetimeoffset" => MsType::DateTimeOffset(num(0, 7)),
             "sql_variant" | "hierarchyid" | "geometry" | "geography" => {
                 return Err("CAST it to nvarchar(max) or varbinary(max)");
             }
@@ -165,8 +164,32 @@ impl MsType {
             }
             MsType::DateTime2(7) => DataType::Timestamp(TimeUnit::Nanosecond, None),
             MsType::DateTime2(_) => DataType::Timestamp(TimeUnit::Microsecond, None),
+            MsType::DateTimeOffset(7) => {
+                DataType::Timestamp(TimeUnit::Nanosecond, Some("+00:00".into()))
+            }
+            MsType::DateTimeOffset(_) => {
+                DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()))
+            }
         }
     }
+}
+
+/// Field metadata key of a datetimeoffset's companion column: the column whose offset it
+/// holds.
+pub const OFFSET_OF_KEY: &str = "ferry.sqlserver.offset_of";
+
+/// The name of the companion column that holds the offsets (minutes east of UTC) of
+/// datetimeoffset column `name`.
+pub fn offset_column(name: &str) -> String {
+    format!("{name}_offset_minutes")
+}
+
+/// The companion field of datetimeoffset column `name`: its offsets in minutes.
+pub fn offset_field(name: &str, nullable: bool) -> Field {
+    Field::new(offset_column(name), DataType::Int16, nullable).with_metadata(HashMap::from([(
+        OFFSET_OF_KEY.to_string(),
+        name.to_string(),
+    )]))
 }
 
 /// The Arrow field of column `name` of SQL Server type `type_name`.
@@ -218,6 +241,8 @@ pub enum ColumnBuilder {
     Micros(TimestampMicrosecondBuilder),
     /// Timestamp(ns)
     Nanos(TimestampNanosecondBuilder),
+    /// datetimeoffset: the UTC timestamp (µs or ns) and the offsets
+    Offset(Box<ColumnBuilder>, Int16Builder),
 }
 
 impl ColumnBuilder {
@@ -252,6 +277,18 @@ impl ColumnBuilder {
             MsType::DateTime2(_) => {
                 ColumnBuilder::Micros(TimestampMicrosecondBuilder::with_capacity(rows))
             }
+            MsType::DateTimeOffset(n) => ColumnBuilder::Offset(
+                Box::new(ColumnBuilder::new(MsType::DateTime2(n), rows)),
+                Int16Builder::with_capacity(rows),
+            ),
+        }
+    }
+
+    /// How many arrays this builder makes (a datetimeoffset makes two).
+    pub fn width(&self) -> usize {
+        match self {
+            ColumnBuilder::Offset(..) => 2,
+            _ => 1,
         }
     }
 
@@ -330,15 +367,33 @@ impl ColumnBuilder {
                     b.append_value(nanos)
                 }
             },
+            (B::Offset(instant, offsets), D::DateTimeOffset(v)) => {
+                // The value is the UTC date and time, and the offset to show it in.
+                instant.append(D::DateTime2(v.map(|d| d.datetime2())))?;
+                offsets.append_option(v.map(|d| d.offset()));
+            }
             (_, value) => return Err(mismatch(&value)),
         }
         Ok(())
+    }
+
+    /// The arrays of what was appended ([`ColumnBuilder::width`] of them), for `fields`.
+    pub fn finish_into(&mut self, fields: &[arrow::datatypes::FieldRef], out: &mut Vec<ArrayRef>) {
+        match self {
+            ColumnBuilder::Offset(instant, offsets) => {
+                out.push(instant.finish(&fields[0]));
+                out.push(Arc::new(offsets.finish()));
+            }
+            other => out.push(other.finish(&fields[0])),
+        }
     }
 
     /// The array of what was appended.
     pub fn finish(&mut self, field: &Field) -> ArrayRef {
         use ColumnBuilder as B;
         match self {
+            // The instant; `finish_into` adds the offsets.
+            B::Offset(instant, _) => instant.finish(field),
             B::Bool(b) => Arc::new(b.finish()),
             B::U8(b) => Arc::new(b.finish()),
             B::I16(b) => Arc::new(b.finish()),
