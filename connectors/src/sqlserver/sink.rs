@@ -22,7 +22,7 @@ use tiberius::{ColumnData, TokenRow};
 use tokio::sync::mpsc;
 
 use super::connect::{Connector, SqlClient, sql_error};
-use super::types::{MsType, OFFSET_OF_KEY, TYPE_KEY};
+use super::types::{MsType, OFFSET_OF_KEY, TYPE_KEY, offset_column};
 use super::{SqlServerSinkSpec, SqlServerWriteMode, quote, string_literal};
 
 /// The longest value of a (max) column tiberius 0.13 bulk-loads: it checks a (max) value
@@ -231,7 +231,17 @@ impl Sink for SqlServerSink {
             (Some(_), _) => false,
         };
         // A datetimeoffset's offsets travel in a companion field, not a column of their own.
-        let companion = |f: &Field| f.metadata().get(OFFSET_OF_KEY).cloned();
+        let companion = |f: &Field| {
+            f.metadata().get(OFFSET_OF_KEY).cloned().or_else(|| {
+                // Named `<column>_offset_minutes` beside a datetimeoffset column of the table.
+                let base = f.name().strip_suffix("_offset_minutes")?;
+                existing
+                    .as_ref()?
+                    .iter()
+                    .any(|c| c.name == base && matches!(c.ty, MsType::DateTimeOffset(_)))
+                    .then(|| base.to_string())
+            })
+        };
         let columns: Vec<Target> = if create {
             schema
                 .fields()
@@ -240,7 +250,7 @@ impl Sink for SqlServerSink {
                 .map(|f| Ok(target(f.name(), &type_for(f)?, f.is_nullable())))
                 .collect::<Result<_>>()?
         } else {
-            existing.unwrap_or_default()
+            existing.clone().unwrap_or_default()
         };
         let mut targets = Vec::with_capacity(schema.fields().len());
         for (index, field) in schema.fields().iter().enumerate() {
@@ -284,10 +294,21 @@ impl Sink for SqlServerSink {
                     field.data_type()
                 )));
             }
+            // The offsets of a datetimeoffset: the companion field, marked, or named so (its
+            // mark does not survive every store on the way).
             let offsets = schema
                 .fields()
                 .iter()
-                .position(|f| companion(f).as_deref() == Some(name.as_str()));
+                .position(|f| companion(f).as_deref() == Some(name.as_str()))
+                .or_else(|| {
+                    matches!(found.ty, MsType::DateTimeOffset(_))
+                        .then(|| {
+                            schema.fields().iter().position(|f| {
+                                f.name() == &offset_column(name) && f.data_type().is_integer()
+                            })
+                        })
+                        .flatten()
+                });
             targets.push(Target {
                 source: index,
                 offsets,
