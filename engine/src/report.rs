@@ -139,6 +139,10 @@ pub struct JobReport {
     /// What `rows_*` count: rows, or whole files for a binary copy.
     #[serde(default)]
     pub unit: CountUnit,
+    /// What the reader of the report should know about how the data was read (for
+    /// example, that partitions read the source at different moments).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// What a report's counts count.
@@ -205,6 +209,7 @@ impl JobReport {
             }),
             prepare_secs: 0.0,
             unit: outcome.unit,
+            notes: progress.notes.lock().map(|n| n.clone()).unwrap_or_default(),
         }
     }
 
@@ -237,6 +242,7 @@ impl JobReport {
             }),
             prepare_secs: 0.0,
             unit: CountUnit::Rows,
+            notes: Vec::new(),
         }
     }
 
@@ -367,6 +373,9 @@ impl fmt::Display for JobReport {
         }
         for o in &self.outputs {
             writeln!(f, "  output    {o}")?;
+        }
+        for n in &self.notes {
+            writeln!(f, "  note      {n}")?;
         }
         for s in &self.skipped_sample {
             writeln!(f, "  skipped   {}: {}", s.location, s.reason)?;

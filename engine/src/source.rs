@@ -118,4 +118,11 @@ pub trait Source: Send + Sync + 'static {
 
     /// The connector name, for metrics labels and reports (`file`, `postgres`).
     fn connector(&self) -> &'static str;
+
+    /// What the job's report should say about reading `partitions` (for example that they
+    /// read the source at different moments); nothing by default.
+    fn notes(&self, partitions: &[Partition]) -> Vec<String> {
+        let _ = partitions;
+        Vec::new()
+    }
 }

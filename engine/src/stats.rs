@@ -99,6 +99,8 @@ impl StageTimes {
 /// Counters of a whole job, shared by its stages and observed by progress displays.
 #[derive(Debug, Default)]
 pub struct JobProgress {
+    /// Notes for the report (see [`crate::Source::notes`]).
+    pub notes: std::sync::Mutex<Vec<String>>,
     /// Partitions planned.
     pub partitions_total: AtomicU64,
     /// Partitions whose reading finished.

@@ -492,6 +492,11 @@ fn partitioned_reads_equal_one_read_with_null_keys_and_gaps() {
         assert!(ok, "{text}");
         assert!(text.contains(&format!("partitions {count} ")), "{text}");
         assert_eq!(
+            text.contains("note      the") && text.contains("no snapshot that sessions share"),
+            count > 1,
+            "the report says when partitions read at different moments: {text}"
+        );
+        assert_eq!(
             ids(&out, 2),
             expected,
             "partitions by {column} ({count}) read every row once"

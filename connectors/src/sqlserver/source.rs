@@ -339,13 +339,6 @@ impl Source for SqlServerSource {
             Some(column) if count > 1 => self.range_filters(column, count).await?,
             _ => vec![],
         };
-        if filters.len() > 1 {
-            tracing::info!(
-                source = %self.from,
-                partitions = filters.len(),
-                "SQL Server has no snapshot shared between sessions: each partition reads the table as it is when that partition starts"
-            );
-        }
         let filters: Vec<Option<String>> = if filters.is_empty() {
             vec![None]
         } else {
@@ -403,6 +396,19 @@ impl Source for SqlServerSource {
 
     fn connector(&self) -> &'static str {
         "sqlserver"
+    }
+
+    fn notes(&self, partitions: &[Partition]) -> Vec<String> {
+        if partitions.len() > 1 {
+            vec![format!(
+                "the {} partitions read {} in {} sessions, each as the table was when it started: SQL Server has no snapshot that sessions share",
+                partitions.len(),
+                self.from,
+                partitions.len()
+            )]
+        } else {
+            Vec::new()
+        }
     }
 }
 

@@ -157,6 +157,9 @@ async fn copy(ctx: &Arc<JobContext>, cancel: &CancellationToken) -> Result<Commi
     ctx.progress
         .partitions_total
         .store(partitions.len() as u64, Relaxed);
+    if let Ok(mut notes) = ctx.progress.notes.lock() {
+        *notes = ctx.source.notes(&partitions);
+    }
     ctx.progress
         .input_bytes_total
         .store(partitions.iter().filter_map(|p| p.size_hint).sum(), Relaxed);
