@@ -10,6 +10,7 @@ pub mod format;
 pub mod job;
 pub mod policy;
 pub mod postgres;
+pub mod ranges;
 pub mod registry;
 pub mod sqlserver;
 pub mod staged;

@@ -18,8 +18,8 @@ pub mod types;
 
 use std::num::NonZeroUsize;
 
+use ferry_engine::Result;
 use ferry_engine::config::JobSettings;
-use ferry_engine::{Error, Result};
 
 use serde::{Deserialize, Serialize};
 
@@ -121,30 +121,13 @@ impl PostgresSinkSpec {
 }
 
 /// What a `postgres` source reads: a table or a query, never both.
-#[derive(Debug, Clone, Copy)]
-pub enum ReadTarget<'a> {
-    /// A table (or view).
-    Table(&'a TableName),
-    /// A query, without a trailing `;`.
-    Query(&'a str),
-}
+/// What a PostgreSQL source reads.
+pub type ReadTarget<'a> = crate::ranges::ReadTarget<'a, TableName>;
 
 impl PostgresSourceSpec {
     /// What the source reads; the one check of `table` against `query`.
     pub fn target(&self) -> Result<ReadTarget<'_>> {
-        match (&self.table, &self.query) {
-            (Some(_), Some(_)) => Err(Error::config(
-                "postgres source: give either `table` or `query`, not both",
-            )),
-            (None, None) => Err(Error::config(
-                "postgres source: give a `table` or a `query` to read",
-            )),
-            (None, Some(q)) if q.trim().trim_end_matches(';').trim().is_empty() => {
-                Err(Error::config("postgres source: `query` is empty"))
-            }
-            (Some(table), None) => Ok(ReadTarget::Table(table)),
-            (None, Some(q)) => Ok(ReadTarget::Query(q.trim().trim_end_matches(';'))),
-        }
+        crate::ranges::read_target("postgres", self.table.as_ref(), self.query.as_ref())
     }
 
     /// Checks the spec without I/O.

@@ -21,6 +21,7 @@ use super::decode::{CopyDecoder, DecodeError};
 use super::ident::{literal, quote};
 use super::types::{PgColumn, PgType, arrow_field, columns_of};
 use super::{PartitionSpec, PostgresSourceSpec, ReadTarget};
+use crate::ranges::{boundaries, range_filters};
 
 /// COPY data is handed to the decoder in chunks of about this size.
 pub const CHUNK_BYTES: usize = 512 * 1024;
@@ -259,7 +260,7 @@ impl PostgresSource {
             (Some(lo), Some(hi)) => {
                 let bounds: Vec<String> =
                     boundaries(lo, hi, count).into_iter().map(render).collect();
-                range_filters(column, &bounds)
+                range_filters(&quote(column), &bounds)
             }
             _ => vec![],
         })
@@ -330,30 +331,6 @@ async fn describe_query(
         .map_err(|e| pg_error(what, e))?;
     // A view's columns are never NOT NULL in the catalog; that is what we want anyway.
     Ok(columns)
-}
-
-/// Cuts `lo..=hi` into `count` ranges; returns the inner boundaries.
-fn boundaries(lo: i64, hi: i64, count: usize) -> Vec<i64> {
-    let span = (hi as i128 - lo as i128 + 1).max(1);
-    let count = (count as i128).min(span).max(1);
-    (1..count)
-        .map(|i| (lo as i128 + span * i / count) as i64)
-        .collect()
-}
-
-/// WHERE clauses for ranges of `column` split at `bounds` (rendered by `lit`); NULLs go with
-/// the first range.
-fn range_filters(column: &str, bounds: &[String]) -> Vec<String> {
-    if bounds.is_empty() {
-        return vec![];
-    }
-    let c = quote(column);
-    let mut filters = vec![format!("({c} < {} OR {c} IS NULL)", bounds[0])];
-    for pair in bounds.windows(2) {
-        filters.push(format!("({c} >= {} AND {c} < {})", pair[0], pair[1]));
-    }
-    filters.push(format!("{c} >= {}", bounds[bounds.len() - 1]));
-    filters
 }
 
 #[async_trait::async_trait]
@@ -596,27 +573,4 @@ fn decode_chunks(
         return;
     }
     send(&mut decoder, &mut input_bytes);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ranges_cover_everything_once() {
-        assert_eq!(boundaries(1, 100, 4), [26, 51, 76]);
-        assert_eq!(boundaries(5, 6, 8), [6], "never more ranges than values");
-        assert!(boundaries(7, 7, 4).is_empty());
-        assert_eq!(boundaries(i64::MIN, i64::MAX, 2), [0]);
-        let f = range_filters("id", &["10".into(), "20".into()]);
-        assert_eq!(
-            f,
-            [
-                "(\"id\" < 10 OR \"id\" IS NULL)",
-                "(\"id\" >= 10 AND \"id\" < 20)",
-                "\"id\" >= 20"
-            ]
-        );
-        assert!(range_filters("id", &[]).is_empty());
-    }
 }

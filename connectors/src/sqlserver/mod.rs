@@ -201,31 +201,13 @@ pub struct PartitionSpec {
     pub count: Option<NonZeroUsize>,
 }
 
-/// What a source reads.
-#[derive(Debug, Clone, Copy)]
-pub enum ReadTarget<'a> {
-    /// A table.
-    Table(&'a TableName),
-    /// A query.
-    Query(&'a str),
-}
+/// What a SQL Server source reads.
+pub type ReadTarget<'a> = crate::ranges::ReadTarget<'a, TableName>;
 
 impl SqlServerSourceSpec {
     /// The table or the query, settled.
     pub fn target(&self) -> Result<ReadTarget<'_>> {
-        match (&self.table, &self.query) {
-            (Some(_), Some(_)) => Err(Error::config(
-                "sqlserver source: give either `table` or `query`, not both",
-            )),
-            (None, None) => Err(Error::config(
-                "sqlserver source: give a `table` or a `query` to read",
-            )),
-            (None, Some(q)) if q.trim().trim_end_matches(';').trim().is_empty() => {
-                Err(Error::config("sqlserver source: `query` is empty"))
-            }
-            (Some(table), None) => Ok(ReadTarget::Table(table)),
-            (None, Some(q)) => Ok(ReadTarget::Query(q.trim().trim_end_matches(';'))),
-        }
+        crate::ranges::read_target("sqlserver", self.table.as_ref(), self.query.as_ref())
     }
 
     /// Checks the section without I/O.

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use super::connect::{Connector, SqlClient, sql_error};
 use super::types::{ColumnBuilder, MsType, OFFSET_OF_KEY, arrow_field, offset_field};
 use super::{PartitionSpec, ReadTarget, SqlServerSourceSpec, quote, string_literal};
+use crate::ranges::{boundaries, range_filters};
 
 /// A partition's private description.
 #[derive(Debug, Serialize, Deserialize)]
@@ -299,28 +300,6 @@ fn date_text(days: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-/// Cuts `lo..=hi` into `count` ranges; returns the inner boundaries.
-fn boundaries(lo: i64, hi: i64, count: usize) -> Vec<i64> {
-    let span = (hi as i128 - lo as i128 + 1).max(1);
-    let count = (count as i128).min(span).max(1);
-    (1..count)
-        .map(|i| (lo as i128 + span * i / count) as i64)
-        .collect()
-}
-
-/// WHERE clauses for ranges of quoted column `c` split at `bounds`; NULLs go with the first.
-fn range_filters(c: &str, bounds: &[String]) -> Vec<String> {
-    if bounds.is_empty() {
-        return vec![];
-    }
-    let mut filters = vec![format!("({c} < {} OR {c} IS NULL)", bounds[0])];
-    for pair in bounds.windows(2) {
-        filters.push(format!("({c} >= {} AND {c} < {})", pair[0], pair[1]));
-    }
-    filters.push(format!("{c} >= {}", bounds[bounds.len() - 1]));
-    filters
-}
-
 #[async_trait::async_trait]
 impl Source for SqlServerSource {
     fn schema(&self) -> SchemaRef {
@@ -507,23 +486,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ranges_cover_every_key_once_and_dates_print_as_iso() {
-        assert_eq!(boundaries(1, 10, 3), vec![4, 7]);
-        assert_eq!(boundaries(5, 5, 4), Vec::<i64>::new());
-        assert_eq!(
-            boundaries(i64::MIN, i64::MAX, 2),
-            vec![0],
-            "no overflow at the ends"
-        );
-        let f = range_filters("[id]", &["4".into(), "7".into()]);
-        assert_eq!(
-            f,
-            vec![
-                "([id] < 4 OR [id] IS NULL)",
-                "([id] >= 4 AND [id] < 7)",
-                "[id] >= 7"
-            ]
-        );
+    fn dates_print_as_iso() {
         assert_eq!(date_text(0), "0001-01-01");
         assert_eq!(date_text(719_162), "1970-01-01");
         assert_eq!(date_text(3_652_058), "9999-12-31");
