@@ -85,6 +85,11 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    // SAFETY: set first, before this process starts any thread.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("FERRY_BENCH_MSSQL_PW", "Bench-pw-1")
+    };
     let dir = tempfile::tempdir().unwrap();
     let ca_key = rcgen::KeyPair::generate().unwrap();
     let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -108,11 +113,6 @@ fn setup() -> Setup {
         snapshot_isolation: false,
     })
     .unwrap();
-    // SAFETY: set before any connection reads it, in this single-threaded setup.
-    #[allow(unsafe_code)]
-    unsafe {
-        std::env::set_var("FERRY_BENCH_MSSQL_PW", "Bench-pw-1")
-    };
     let batches = lineitem();
     peer.create_table("dbo.lineitem", &LINEITEM);
     let mut rows = Vec::new();

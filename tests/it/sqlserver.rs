@@ -526,6 +526,7 @@ fn bad_settings_fail_clearly_and_write_nothing() {
             .arg(dir.path().join("job.json"))
             .arg("--connections")
             .arg(dir.path().join("connections.json"))
+            .env("FERRY_IT_MSSQL_WRONG", "not-the-password")
             .output()
             .unwrap();
         assert!(!o.status.success());
@@ -538,11 +539,6 @@ fn bad_settings_fail_clearly_and_write_nothing() {
         |t: &str| serde_json::json!({"type": "sqlserver", "connection": "mssql", "table": t});
     let mut wrong_password = server.connection();
     wrong_password["password"] = serde_json::json!({"env": "FERRY_IT_MSSQL_WRONG"});
-    // SAFETY: a name of this test's own.
-    #[allow(unsafe_code)]
-    unsafe {
-        std::env::set_var("FERRY_IT_MSSQL_WRONG", "not-the-password")
-    };
     let text = run(wrong_password, table("id_only"));
     assert!(
         text.contains("18456") && text.contains("check `user` and `password`"),
