@@ -842,6 +842,59 @@ impl Session {
                 }
                 Ok((0, None))
             }
+            Statement::InsertSelect {
+                table,
+                columns,
+                select,
+            } => {
+                let target = self.view(&table).ok_or_else(|| invalid_object(&table))?;
+                let source = self
+                    .view(&select.table)
+                    .ok_or_else(|| invalid_object(&select.table))?;
+                let names = select.columns.clone().unwrap_or_else(|| {
+                    source
+                        .columns
+                        .iter()
+                        .map(|c| c.name.to_lowercase())
+                        .collect()
+                });
+                let from: Vec<usize> = names
+                    .iter()
+                    .map(|n| {
+                        column_index(&source, n)
+                            .ok_or_else(|| (207, 16, format!("Invalid column name '{n}'.")))
+                    })
+                    .collect::<Result<_, _>>()?;
+                let to: Vec<usize> = columns
+                    .iter()
+                    .map(|n| {
+                        column_index(&target, n)
+                            .ok_or_else(|| (207, 16, format!("Invalid column name '{n}'.")))
+                    })
+                    .collect::<Result<_, _>>()?;
+                let mut rows = Vec::with_capacity(source.rows.len());
+                for row in &source.rows {
+                    let mut out = vec![Value::Null; target.columns.len()];
+                    for (f, t) in from.iter().zip(&to) {
+                        out[*t] = fit(&target.columns[*t].ty, row[*f].clone())
+                            .map_err(|e| (8115, 16, e))?;
+                    }
+                    rows.push(out);
+                }
+                let n = rows.len() as u64;
+                match &mut self.tx {
+                    Some(tx) => match tx.created.get_mut(&table) {
+                        Some(created) => created.rows.extend(rows),
+                        None => tx.inserted.entry(table).or_default().extend(rows),
+                    },
+                    None => {
+                        if let Some(t) = self.lock().tables.get_mut(&table) {
+                            t.rows.extend(rows);
+                        }
+                    }
+                }
+                Ok((0xC3, Some(n)))
+            }
             Statement::InsertBulk { table, .. } => {
                 if self.view(&table).is_none() {
                     return Err(invalid_object(&table));
@@ -862,7 +915,7 @@ impl Session {
                 "Bulk load data came without an INSERT BULK statement.".to_string(),
             )),
             Some((table, statement)) => {
-                let applied = self.decode_bulk(&table, &payload);
+                let applied = self.decode_bulk(&table, &statement, &payload);
                 self.lock().bulk_loads.push(BulkLoad {
                     table: table.clone(),
                     statement,
@@ -895,7 +948,16 @@ impl Session {
         w.0
     }
 
-    fn decode_bulk(&self, table: &str, payload: &[u8]) -> Result<Vec<Vec<Value>>, Failure> {
+    fn decode_bulk(
+        &self,
+        table: &str,
+        statement: &str,
+        payload: &[u8],
+    ) -> Result<Vec<Vec<Value>>, Failure> {
+        let declared = match sql::parse(statement) {
+            Ok(Statement::InsertBulk { columns, .. }) => columns,
+            _ => Vec::new(),
+        };
         let bad = |e: String| {
             (
                 4816,
@@ -924,6 +986,36 @@ impl Session {
             let name = String::from_utf16_lossy(&units);
             let index = column_index(&target, &name)
                 .ok_or_else(|| (207, 16, format!("Invalid column name '{name}'.")))?;
+            // A server checks the bulk data's types against what INSERT BULK declared: a
+            // time, datetime2 or datetimeoffset of another scale, or a decimal of another
+            // precision or scale, is refused.
+            if let Some(declared_ty) = declared
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(&name))
+                .map(|(_, t)| t)
+            {
+                let same = match (declared_ty, &ty) {
+                    (SqlType::Time(a), SqlType::Time(b))
+                    | (SqlType::DateTime2(a), SqlType::DateTime2(b))
+                    | (SqlType::DateTimeOffset(a), SqlType::DateTimeOffset(b)) => a == b,
+                    (SqlType::Decimal(p, s), SqlType::Decimal(q, t)) => p == q && s == t,
+                    (SqlType::DateTime, SqlType::SmallDateTime)
+                    | (SqlType::SmallDateTime, SqlType::DateTime) => false,
+                    _ => true,
+                };
+                if !same {
+                    return Err((
+                        4816,
+                        16,
+                        format!(
+                            "Invalid column attribute from bcp client for colid {}: INSERT BULK declared {} and the data is {}.",
+                            sent.len() + 1,
+                            declared_ty.name(),
+                            ty.name()
+                        ),
+                    ));
+                }
+            }
             sent.push((index, ty, encoding, flags));
         }
         let mut rows = Vec::new();

@@ -47,6 +47,15 @@ pub enum Statement {
     },
     /// TRUNCATE TABLE t, DELETE FROM t
     Truncate(String),
+    /// INSERT INTO t (cols) SELECT cols FROM s
+    InsertSelect {
+        /// The table written.
+        table: String,
+        /// Its columns, in the order of the SELECT's.
+        columns: Vec<String>,
+        /// What is read.
+        select: Select,
+    },
     /// INSERT BULK t (cols) [WITH (...)]
     InsertBulk {
         /// The table.
@@ -277,6 +286,20 @@ pub fn parse(text: &str) -> Result<Statement, String> {
         }
         ["truncate", "table", ..] => return Ok(Statement::Truncate(table_key(&text[14..]))),
         ["delete", "from", ..] => return Ok(Statement::Truncate(table_key(&text[11..]))),
+        ["insert", "into", ..] => {
+            let at = find_word(text, "select").ok_or_else(near)?;
+            let (head, body) = parenthesised(&text[..at]).ok_or_else(near)?;
+            let table = table_key(head.trim()[11..].trim());
+            let columns = split_commas(body).iter().map(|c| column_key(c)).collect();
+            return match parse(&text[at..])? {
+                Statement::Select(select) => Ok(Statement::InsertSelect {
+                    table,
+                    columns,
+                    select,
+                }),
+                _ => Err(near()),
+            };
+        }
         ["insert", "bulk", ..] => {
             let with = find_word(text, "with").unwrap_or(text.len());
             let (head, body) = parenthesised(&text[..with]).ok_or_else(near)?;

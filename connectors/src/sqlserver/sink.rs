@@ -50,6 +50,10 @@ struct Target {
     type_name: String,
     max_len: Option<usize>,
     nullable: bool,
+    /// The scale its values travel at, when not the column's own (see [`LoadPlan::via`]).
+    send_scale: Option<u8>,
+    /// A smalldatetime whose values travel as datetime (see [`LoadPlan::via`]).
+    send_datetime: bool,
 }
 
 /// What `prepare` worked out for every attempt of the load.
@@ -62,7 +66,17 @@ struct LoadPlan {
     /// The target of each source field, in the source's order.
     targets: Vec<Target>,
     table_lock: bool,
+    /// A session table the rows are bulk-loaded into first, with its DDL and the INSERT
+    /// that moves them to the table in the same transaction. tiberius 0.13 declares time(n)
+    /// and datetimeoffset(n) in `INSERT BULK` without their scale, and a nullable
+    /// smalldatetime as datetime, which a server refuses ("invalid column attribute from bcp
+    /// client"), so such tables load through columns of scale 7 and datetime (the values
+    /// were checked exact at the column's own type).
+    via: Option<(String, String)>,
 }
+
+/// The session table of a load through one (`LoadPlan::via`).
+const LOAD_TABLE: &str = "#ferry_load";
 
 /// Writes into a SQL Server table.
 pub struct SqlServerSink {
@@ -130,6 +144,8 @@ fn target(name: &str, type_name: &str, nullable: bool) -> Target {
         type_name: type_name.to_string(),
         max_len,
         nullable,
+        send_scale: None,
+        send_datetime: false,
     }
 }
 
@@ -315,6 +331,46 @@ impl Sink for SqlServerSink {
                 ..found.clone()
             });
         }
+        let narrow = |t: &Target| {
+            matches!(t.ty, MsType::Time(n) | MsType::DateTimeOffset(n) if n < 7)
+                || t.ty == MsType::SmallDateTime
+        };
+        let via = targets.iter().any(narrow).then(|| {
+            let columns = targets
+                .iter()
+                .map(|t| {
+                    let ty = match t.ty {
+                        MsType::Time(n) if n < 7 => "time(7)".to_string(),
+                        MsType::DateTimeOffset(n) if n < 7 => "datetimeoffset(7)".to_string(),
+                        MsType::SmallDateTime => "datetime".to_string(),
+                        _ => t.type_name.clone(),
+                    };
+                    format!("{} {ty} NULL", quote(&t.name))
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let names = targets
+                .iter()
+                .map(|t| quote(&t.name))
+                .collect::<Vec<_>>()
+                .join(", ");
+            (
+                format!("CREATE TABLE {LOAD_TABLE} ({columns})"),
+                format!(
+                    "INSERT INTO {} ({names}) SELECT {names} FROM {LOAD_TABLE}",
+                    table.quoted()
+                ),
+            )
+        });
+        if via.is_some() {
+            for t in targets.iter_mut().filter(|t| narrow(t)) {
+                if t.ty == MsType::SmallDateTime {
+                    t.send_datetime = true;
+                } else {
+                    t.send_scale = Some(7);
+                }
+            }
+        }
         let mut setup = Vec::new();
         let create_sql = format!(
             "CREATE TABLE {} ({})",
@@ -348,6 +404,7 @@ impl Sink for SqlServerSink {
                 table: table.quoted(),
                 targets,
                 table_lock: self.spec.table_lock,
+                via,
             }),
         }))
     }
@@ -379,6 +436,7 @@ impl PreparedSink for PreparedLoad {
             .into_iter()
             .map(str::to_string)
             .chain(plan.setup.iter().cloned())
+            .chain(plan.via.iter().map(|(create, _)| create.clone()))
         {
             client
                 .simple_query(sql.clone())
@@ -508,6 +566,11 @@ async fn load(
     mut rx: mpsc::Receiver<Bytes>,
 ) -> Result<(SqlClient, u64)> {
     let table = plan.table.clone();
+    let into = if plan.via.is_some() {
+        LOAD_TABLE.to_string()
+    } else {
+        table.clone()
+    };
     let columns: Vec<String> = plan.targets.iter().map(|t| quote(&t.name)).collect();
     let column_refs: Vec<&str> = columns.iter().map(String::as_str).collect();
     let options = if plan.table_lock {
@@ -518,7 +581,7 @@ async fn load(
     let mut rows = 0u64;
     {
         let mut bulk = client
-            .bulk_insert_with_options(&table, &column_refs, options, &[])
+            .bulk_insert_with_options(&into, &column_refs, options, &[])
             .await
             .map_err(|e| {
                 sql_error(
@@ -569,6 +632,18 @@ async fn load(
                 e,
             )
         })?;
+    }
+    if let Some((_, insert)) = &plan.via {
+        for sql in [insert.clone(), format!("DROP TABLE {LOAD_TABLE}")] {
+            let failed = |e| sql_error(&connector, &format!("table {table}: `{sql}` failed"), e);
+            client
+                .simple_query(sql.clone())
+                .await
+                .map_err(failed)?
+                .into_results()
+                .await
+                .map_err(failed)?;
+        }
     }
     Ok((client, rows))
 }
@@ -851,7 +926,11 @@ fn value_at(
                 }
                 _ => array.as_primitive::<t::Time64NanosecondType>().value(r) as i128,
             };
-            Some(Time::new(exact_units(nanos, scale)?, scale))
+            let units = exact_units(nanos, scale)?;
+            Some(match target.send_scale {
+                Some(to) => Time::new(units * 10u64.pow((to - scale) as u32), to),
+                None => Time::new(units, scale),
+            })
         }),
         MsType::DateTime2(scale) => ColumnData::DateTime2(if null {
             None
@@ -879,10 +958,13 @@ fn value_at(
                 ));
             }
             Some(tiberius::time::DateTimeOffset::new(
-                DateTime2::new(
-                    Date::new(days as u32),
-                    Time::new(exact_units(nanos, scale)?, scale),
-                ),
+                DateTime2::new(Date::new(days as u32), {
+                    let units = exact_units(nanos, scale)?;
+                    match target.send_scale {
+                        Some(to) => Time::new(units * 10u64.pow((to - scale) as u32), to),
+                        None => Time::new(units, scale),
+                    }
+                }),
                 offset,
             ))
         }),
@@ -914,6 +996,13 @@ fn value_at(
             }
             if !(0..=65_535).contains(&days) {
                 return Err("is outside smalldatetime's 1900-01-01..2079-06-06".into());
+            }
+            if target.send_datetime {
+                // The same minute as a datetime: 1/300 s ticks.
+                return Ok(ColumnData::DateTime(Some(DateTime::new(
+                    days as i32,
+                    (minutes * 60 * 300) as u32,
+                ))));
             }
             Some(SmallDateTime::new(days as u16, minutes as u16))
         }),
