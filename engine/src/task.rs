@@ -108,6 +108,23 @@ impl<T> Future for OwnedTask<T> {
     }
 }
 
+/// The items of `rx` as a stream that owns `work`, which feeds it: dropping the stream
+/// aborts the work (a source's read ends with its stream).
+pub fn owning_stream<T, W>(
+    rx: tokio::sync::mpsc::Receiver<T>,
+    work: OwnedTask<W>,
+) -> futures::stream::BoxStream<'static, T>
+where
+    T: Send + 'static,
+    W: Send + 'static,
+{
+    use futures::StreamExt;
+    futures::stream::unfold((rx, work), |(mut rx, work)| async move {
+        rx.recv().await.map(|item| (item, (rx, work)))
+    })
+    .boxed()
+}
+
 /// Spawns `future` on the current runtime; the task is aborted when the handle is dropped.
 #[allow(clippy::disallowed_methods)]
 pub fn spawn<F>(future: F) -> OwnedTask<F::Output>

@@ -422,12 +422,7 @@ impl Source for PostgresSource {
         ferry_engine::task::spawn_blocking(move || {
             decode_chunks(decoder, chunk_rx, batch_tx, where_)
         });
-        Ok(
-            futures::stream::unfold((batch_rx, reading), |(mut rx, reading)| async move {
-                rx.recv().await.map(|item| (item, (rx, reading)))
-            })
-            .boxed(),
-        )
+        Ok(ferry_engine::task::owning_stream(batch_rx, reading))
     }
 
     fn connector(&self) -> &'static str {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use ferry_engine::{BatchStream, Checkpoint, Error, Partition, Result, Source, SourceBatch};
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
@@ -365,12 +365,7 @@ impl Source for SqlServerSource {
                 let _ = tx.send(Err(e)).await;
             }
         });
-        Ok(
-            futures::stream::unfold((rx, reading), |(mut rx, reading)| async move {
-                rx.recv().await.map(|item| (item, (rx, reading)))
-            })
-            .boxed(),
-        )
+        Ok(ferry_engine::task::owning_stream(rx, reading))
     }
 
     fn connector(&self) -> &'static str {
