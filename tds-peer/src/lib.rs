@@ -83,7 +83,7 @@ pub struct Config {
 
 #[derive(Default)]
 struct State {
-    tables: HashMap<String, Table>,
+    tables: HashMap<String, Arc<Table>>,
     bulk_loads: Vec<BulkLoad>,
     next_tx: u64,
 }
@@ -165,11 +165,11 @@ impl Peer {
             .collect();
         self.lock().tables.insert(
             sql::table_key(name),
-            Table {
+            Arc::new(Table {
                 columns,
                 rows: Vec::new(),
                 primary_key: Vec::new(),
-            },
+            }),
         );
     }
 
@@ -180,7 +180,7 @@ impl Peer {
             .tables
             .get_mut(&sql::table_key(name))
             .unwrap_or_else(|| panic!("no table {name}"));
-        table.primary_key = columns.iter().map(|c| c.to_string()).collect();
+        Arc::make_mut(table).primary_key = columns.iter().map(|c| c.to_string()).collect();
     }
 
     /// Appends rows to table `name`.
@@ -190,12 +190,15 @@ impl Peer {
             .tables
             .get_mut(&sql::table_key(name))
             .unwrap_or_else(|| panic!("no table {name}"));
-        table.rows.extend(rows);
+        Arc::make_mut(table).rows.extend(rows);
     }
 
     /// Table `name` as committed, if it exists.
     pub fn table(&self, name: &str) -> Option<Table> {
-        self.lock().tables.get(&sql::table_key(name)).cloned()
+        self.lock()
+            .tables
+            .get(&sql::table_key(name))
+            .map(|t| Table::clone(t))
     }
 
     /// The bulk loads received so far.
@@ -479,8 +482,9 @@ impl Session {
         w.0
     }
 
-    /// A table as this session sees it.
-    fn view(&self, key: &str) -> Option<Table> {
+    /// A table as this session sees it (shared with the committed state when its
+    /// transaction did not change it).
+    fn view(&self, key: &str) -> Option<Arc<Table>> {
         let state = self.lock();
         let Some(tx) = &self.tx else {
             return state.tables.get(key).cloned();
@@ -488,18 +492,21 @@ impl Session {
         if tx.dropped.contains(key) && !tx.created.contains_key(key) {
             return None;
         }
-        let mut table = tx
-            .created
-            .get(key)
-            .cloned()
-            .or_else(|| state.tables.get(key).cloned())?;
+        if let Some(created) = tx.created.get(key) {
+            return Some(Arc::new(created.clone()));
+        }
+        let committed = state.tables.get(key)?;
+        if !tx.truncated.contains(key) && !tx.inserted.contains_key(key) {
+            return Some(committed.clone());
+        }
+        let mut table = Table::clone(committed);
         if tx.truncated.contains(key) {
             table.rows.clear();
         }
         if let Some(rows) = tx.inserted.get(key) {
             table.rows.extend(rows.iter().cloned());
         }
-        Some(table)
+        Some(Arc::new(table))
     }
 
     fn execute(&mut self, text: &str, w: &mut Writer) -> Result<(u16, Option<u64>), Failure> {
@@ -536,16 +543,16 @@ impl Session {
                     state.tables.remove(key);
                 }
                 for (key, table) in tx.created {
-                    state.tables.insert(key, table);
+                    state.tables.insert(key, Arc::new(table));
                 }
                 for key in &tx.truncated {
                     if let Some(t) = state.tables.get_mut(key) {
-                        t.rows.clear();
+                        Arc::make_mut(t).rows.clear();
                     }
                 }
                 for (key, rows) in tx.inserted {
                     if let Some(t) = state.tables.get_mut(&key) {
-                        t.rows.extend(rows);
+                        Arc::make_mut(t).rows.extend(rows);
                     }
                 }
                 drop(state);
@@ -593,7 +600,7 @@ impl Session {
                     nullable: false,
                 }];
                 write_metadata(w, &columns);
-                let keys = table.map(|t| t.primary_key).unwrap_or_default();
+                let keys = table.map(|t| t.primary_key.clone()).unwrap_or_default();
                 for k in &keys {
                     write_row(w, &columns, &[Value::Text(k.clone())]).map_err(|e| (245, 16, e))?;
                 }
@@ -661,7 +668,7 @@ impl Session {
                 Ok((0xC1, Some(chosen.len() as u64)))
             }
             Statement::Select(select) => {
-                let mut table = self
+                let table = self
                     .view(&select.table)
                     .ok_or_else(|| invalid_object(&select.table))?;
                 let indexes: Vec<usize> = match &select.columns {
@@ -678,6 +685,7 @@ impl Session {
                 for c in &select.conditions {
                     filters.push(filter(&table, c)?);
                 }
+                let mut order: Vec<usize> = (0..table.rows.len()).collect();
                 if !select.order_by.is_empty() {
                     let keys: Vec<usize> = select
                         .order_by
@@ -687,7 +695,8 @@ impl Session {
                                 .ok_or_else(|| (207, 16, format!("Invalid column name '{n}'.")))
                         })
                         .collect::<Result<_, _>>()?;
-                    table.rows.sort_by(|a, b| {
+                    order.sort_by(|a, b| {
+                        let (a, b) = (&table.rows[*a], &table.rows[*b]);
                         keys.iter()
                             .map(|k| compare(&a[*k], &b[*k]))
                             .find(|o| o.is_ne())
@@ -717,20 +726,22 @@ impl Session {
                 }
                 write_metadata(w, &columns);
                 let mut n = 0u64;
-                for row in &table.rows {
+                for row in order.iter().map(|r| &table.rows[*r]) {
                     if select.top.is_some_and(|top| n as usize >= top) {
                         break;
                     }
                     if !filters.iter().all(|f| f(row)) {
                         continue;
                     }
-                    let projected: Vec<Value> = indexes
+                    let projected: Vec<std::borrow::Cow<'_, Value>> = indexes
                         .iter()
                         .zip(&columns)
                         .map(|(i, c)| match (&row[*i], &c.ty) {
                             // money is an integer of 1/10000: decimal(p, 4) as it is.
-                            (Value::Money(v), SqlType::Decimal(_, 4)) => Value::Decimal(*v as i128),
-                            (v, _) => v.clone(),
+                            (Value::Money(v), SqlType::Decimal(_, 4)) => {
+                                std::borrow::Cow::Owned(Value::Decimal(*v as i128))
+                            }
+                            (v, _) => std::borrow::Cow::Borrowed(v),
                         })
                         .collect();
                     write_row(w, &columns, &projected).map_err(|e| (245, 16, e))?;
@@ -791,7 +802,7 @@ impl Session {
                         tx.created.insert(table, new);
                     }
                     None => {
-                        self.lock().tables.insert(table, new);
+                        self.lock().tables.insert(table, Arc::new(new));
                     }
                 }
                 Ok((0, None))
@@ -836,7 +847,7 @@ impl Session {
                     }
                     None => {
                         if let Some(t) = self.lock().tables.get_mut(&table) {
-                            t.rows.clear();
+                            Arc::make_mut(t).rows.clear();
                         }
                     }
                 }
@@ -889,7 +900,7 @@ impl Session {
                     },
                     None => {
                         if let Some(t) = self.lock().tables.get_mut(&table) {
-                            t.rows.extend(rows);
+                            Arc::make_mut(t).rows.extend(rows);
                         }
                     }
                 }
@@ -930,7 +941,7 @@ impl Session {
                         },
                         None => {
                             if let Some(t) = self.lock().tables.get_mut(&table) {
-                                t.rows.extend(rows);
+                                Arc::make_mut(t).rows.extend(rows);
                             }
                         }
                     }
@@ -1246,12 +1257,17 @@ fn write_metadata(w: &mut Writer, columns: &[Column]) {
 }
 
 /// Writes a row: NBCROW when it holds a NULL, ROW otherwise.
-fn write_row(w: &mut Writer, columns: &[Column], row: &[Value]) -> Result<(), String> {
-    if row.contains(&Value::Null) {
+fn write_row<V: std::borrow::Borrow<Value>>(
+    w: &mut Writer,
+    columns: &[Column],
+    row: &[V],
+) -> Result<(), String> {
+    let row: Vec<&Value> = row.iter().map(|v| v.borrow()).collect();
+    if row.contains(&&Value::Null) {
         w.u8(0xD2);
         let mut bitmap = vec![0u8; columns.len().div_ceil(8)];
         for (i, v) in row.iter().enumerate() {
-            if *v == Value::Null {
+            if **v == Value::Null {
                 bitmap[i / 8] |= 1 << (i % 8);
             }
         }
