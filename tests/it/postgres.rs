@@ -1048,3 +1048,69 @@ fn an_encrypted_password_opens_only_with_the_runtime_s_credential_key() {
     assert!(all.contains("cannot be opened"), "{all}");
     assert!(!out.exists(), "a failed open writes nothing");
 }
+
+#[test]
+fn a_stalled_connection_times_out_and_its_partition_is_read_again() {
+    use crate::support::proxy::Proxy;
+    let pg = server();
+    let db = pg.database("stalled");
+    pg.sql(
+        &db,
+        "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS name FROM generate_series(1, 100000) g",
+    );
+    let proxy = Proxy::start(([127, 0, 0, 1], pg.port).into());
+    let connections = format!(
+        r#"{{"pg": {{"type": "postgres", "host": "127.0.0.1", "port": {}, "user": "postgres", "database": "{db}", "sslmode": "disable", "idle_timeout": "2s"}}}}"#,
+        proxy.port()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    // pg_job retries three times, 50 ms apart.
+    let job = |name: &str| {
+        pg_job(
+            name,
+            r#"{"type": "postgres", "connection": "pg", "table": "t"}"#,
+            &format!(
+                r#"{{"type": "file", "path": {}, "format": {{"type": "parquet"}}}}"#,
+                js(&dir.path().join(format!("{name}.parquet")))
+            ),
+            r#", "parallel_copies": 2"#,
+        )
+    };
+    // One session goes silent in the middle of its COPY: it is given up after idle_timeout,
+    // and its partition is read again from its checkpoint.
+    proxy.stall_after(1_000_000, true);
+    let started = Instant::now();
+    let report = run_job_with(&job("once"), &connections);
+    assert_eq!(report.status, JobStatus::Succeeded, "{report}");
+    assert_eq!(proxy.stalled(), 1);
+    assert!(report.retries >= 1, "{report}");
+    let mut ids: Vec<i32> = read_parquet(&dir.path().join("once.parquet"))
+        .iter()
+        .flat_map(|b| {
+            use arrow::array::AsArray;
+            b.column(0)
+                .as_primitive::<arrow::datatypes::Int32Type>()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (1..=100_000).collect::<Vec<i32>>(), "every row once");
+    assert!(started.elapsed() < Duration::from_secs(60));
+
+    // Every session goes silent: the job fails with the timeout named, and writes nothing.
+    proxy.stall_after(1_000_000, false);
+    let started = Instant::now();
+    let report = run_job_with(&job("always"), &connections);
+    assert_eq!(report.status, JobStatus::Failed, "{report}");
+    let message = &report.error.as_ref().unwrap().message;
+    assert!(
+        message.contains("sent or took nothing for 2s") && message.contains("idle_timeout"),
+        "{message}"
+    );
+    assert!(!dir.path().join("always.parquet").exists());
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "a stall never hangs the job"
+    );
+}

@@ -89,7 +89,16 @@ pub struct PostgresConnection {
     /// Time allowed to open a connection (default 15s).
     #[serde(default)]
     pub connect_timeout: Option<HumanDuration>,
+    /// The longest a read or a load waits for the server's next data (or for it to take
+    /// the next chunk) before it gives the session up and the partition is tried again
+    /// (default 15 min). TCP keepalives find a dead host; this finds a server that is up but
+    /// stuck, or a network path that swallows packets.
+    #[serde(default)]
+    pub idle_timeout: Option<HumanDuration>,
 }
+
+/// The default of [`PostgresConnection::idle_timeout`].
+pub const DEFAULT_IDLE_TIMEOUT: HumanDuration = HumanDuration::secs(15 * 60);
 
 impl fmt::Debug for PostgresConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -114,6 +123,8 @@ pub struct Connector {
     /// Why this connection may be read or altered on the network, if it may: logged as a
     /// warning at every connect.
     unverified: Option<&'static str>,
+    /// See [`PostgresConnection::idle_timeout`].
+    idle_timeout: Duration,
 }
 
 impl fmt::Debug for Connector {
@@ -179,6 +190,7 @@ impl PostgresConnection {
             config,
             tls,
             unverified,
+            idle_timeout: self.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT).0,
         })
     }
 
@@ -467,6 +479,26 @@ impl Connector {
     /// The connection's name, for messages.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Runs `step` (one wait for the server during a read or a load) within the
+    /// connection's `idle_timeout`; past it, a retryable error that names the wait.
+    pub async fn within_idle<T>(
+        &self,
+        what: &str,
+        step: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.idle_timeout, step).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::new(
+                ErrorKind::Connect,
+                format!(
+                    "{what}: the server sent or took nothing for {:?} (`idle_timeout` of connection `{}`); the session is given up",
+                    self.idle_timeout, self.name
+                ),
+            )
+            .with_retryable(true)),
+        }
     }
 
     /// Opens a session; its driver task runs on the current runtime until the client drops.

@@ -290,6 +290,7 @@ impl PreparedSink for PreparedLoad {
             writer: Box::new(PostgresWriter {
                 output,
                 table: table.clone(),
+                connector: self.connector.clone(),
                 client,
                 sink: Box::pin(sink),
                 bytes: 0,
@@ -324,6 +325,7 @@ fn short(sql: &str) -> String {
 struct PostgresWriter {
     output: usize,
     table: String,
+    connector: Connector,
     client: Client,
     sink: Pin<Box<CopyInSink<Bytes>>>,
     bytes: u64,
@@ -334,19 +336,27 @@ impl OutputWriter for PostgresWriter {
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
         self.bytes += chunk.len() as u64;
         let table = &self.table;
-        self.sink
-            .send(chunk)
+        let sink = &mut self.sink;
+        self.connector
+            .within_idle(&format!("table `{table}`"), async {
+                sink.send(chunk)
+                    .await
+                    .map_err(|e| pg_error(&format!("table `{table}`: writing COPY data failed"), e))
+            })
             .await
-            .map_err(|e| pg_error(&format!("table `{table}`: writing COPY data failed"), e))
     }
 
     async fn finish(mut self: Box<Self>) -> Result<Box<dyn StagedOutput>> {
         let table = self.table.clone();
-        self.sink
-            .as_mut()
-            .finish()
-            .await
-            .map_err(|e| pg_error(&format!("table `{table}`: COPY failed"), e))?;
+        let sink = &mut self.sink;
+        self.connector
+            .within_idle(&format!("table `{table}`"), async {
+                sink.as_mut()
+                    .finish()
+                    .await
+                    .map_err(|e| pg_error(&format!("table `{table}`: COPY failed"), e))
+            })
+            .await?;
         Ok(Box::new(OpenTransaction {
             output: self.output,
             table,

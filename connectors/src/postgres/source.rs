@@ -462,7 +462,11 @@ async fn read_copy(
             .map_err(|e| pg_error(&format!("{where_}: COPY failed"), e))?;
         futures::pin_mut!(stream);
         let mut chunk = BytesMut::with_capacity(CHUNK_BYTES + 64 * 1024);
-        while let Some(message) = stream.next().await {
+        loop {
+            let next = connector
+                .within_idle(&where_, async { Ok(stream.next().await) })
+                .await?;
+            let Some(message) = next else { break };
             let message = message.map_err(|e| pg_error(&format!("{where_}: reading COPY data failed"), e))?;
             chunk.extend_from_slice(&message);
             if chunk.len() >= CHUNK_BYTES && tx.send(Ok(chunk.split().freeze())).await.is_err() {

@@ -112,6 +112,7 @@ pub fn js(p: &Path) -> String {
 
 pub mod azurite;
 pub mod postgres;
+pub mod proxy;
 pub mod sqlserver;
 
 /// Runs a job given as JSON in-process with a connections file given as JSON; the report of
