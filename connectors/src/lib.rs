@@ -17,6 +17,9 @@ pub mod staged;
 pub mod tls;
 pub mod tpch;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 pub use connection::{ConnectionSpec, Connections};
 pub use job::{JobFile, SinkSpec, SourceSpec, StagingSpec};
 pub use policy::{NodePolicy, PolicyConfig, PolicyContext};
