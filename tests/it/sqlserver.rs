@@ -1352,3 +1352,79 @@ fn every_type_round_trips_through_postgresql() {
         }
     }
 }
+
+#[test]
+fn a_stalled_sql_server_session_times_out_and_its_partition_is_read_again() {
+    use crate::support::proxy::Proxy;
+    let server = TestServer::start();
+    let peer = &server.peer;
+    peer.create_table(
+        "dbo.t",
+        &[("id", "bigint", false), ("name", "nvarchar(40)", true)],
+    );
+    peer.set_primary_key("dbo.t", &["id"]);
+    peer.insert(
+        "dbo.t",
+        (0..60_000i64)
+            .map(|i| vec![Value::Int(i), Value::Text(format!("row number {i}"))])
+            .collect(),
+    );
+    let proxy = Proxy::start(([127, 0, 0, 1], peer.port()).into());
+    let dir = tempfile::tempdir().unwrap();
+    let mut connection = server.connection();
+    connection["port"] = serde_json::json!(proxy.port());
+    connection["command_timeout"] = serde_json::json!("2s");
+    std::fs::write(
+        dir.path().join("connections.json"),
+        serde_json::json!({ "mssql": connection }).to_string(),
+    )
+    .unwrap();
+    let run = |name: &str| {
+        let job = serde_json::json!({"name": name,
+            "source": {"type": "sqlserver", "connection": "mssql", "table": "t",
+                       "partition": {"column": "id", "count": 2}},
+            "sink": {"type": "file", "path": dir.path().join(format!("{name}.parquet")),
+                     "format": {"type": "parquet"}},
+            "parallel_copies": 2, "retry": {"max_attempts": 3, "initial_backoff": "100ms"}});
+        std::fs::write(dir.path().join("job.json"), job.to_string()).unwrap();
+        let started = std::time::Instant::now();
+        let out = ferry()
+            .arg("copy")
+            .arg(dir.path().join("job.json"))
+            .arg("--connections")
+            .arg(dir.path().join("connections.json"))
+            .output()
+            .unwrap();
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(90),
+            "a stall never hangs the job"
+        );
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    // One session goes silent mid-read: tiberius's command_timeout gives it up and the
+    // partition is read again, resuming in primary-key order.
+    proxy.stall_after(300_000, true);
+    let (ok, text) = run("once");
+    assert!(ok, "{text}");
+    assert_eq!(proxy.stalled(), 1);
+    assert_eq!(
+        ids(&dir.path().join("once.parquet"), 0),
+        (0..60_000).map(Some).collect::<Vec<_>>()
+    );
+    // Every session goes silent: the job fails naming the timeout, and writes nothing.
+    proxy.stall_after(300_000, false);
+    let (ok, text) = run("always");
+    assert!(!ok);
+    assert!(
+        text.contains("answered nothing within `command_timeout` (2s)"),
+        "{text}"
+    );
+    assert!(!dir.path().join("always.parquet").exists());
+}

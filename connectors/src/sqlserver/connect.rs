@@ -200,6 +200,14 @@ impl Connector {
         &self.name
     }
 
+    /// The timeout of one server round trip.
+    pub fn command_timeout(&self) -> Duration {
+        self.connection
+            .command_timeout
+            .unwrap_or(DEFAULT_COMMAND_TIMEOUT)
+            .0
+    }
+
     fn config(&self) -> Result<Config> {
         let c = &self.connection;
         let mut config = match &c.connection_string {
@@ -349,6 +357,14 @@ pub fn sql_error(connector: &Connector, what: &str, e: tiberius::error::Error) -
             )
             .with_retryable(retryable)
         }
+        E::Io { kind, .. } if kind == std::io::ErrorKind::TimedOut => Error::new(
+            ErrorKind::Connect,
+            format!(
+                "connection `{name}`: {what}: the server answered nothing within `command_timeout` ({:?}); the session is given up. Raise `command_timeout` for queries that are slow to start, or check the server and the network",
+                connector.command_timeout()
+            ),
+        )
+        .with_retryable(true),
         E::Io { kind, message } => Error::new(
             ErrorKind::Connect,
             format!("connection `{name}`: {what}: the connection failed ({kind:?}): {message}"),
