@@ -357,7 +357,10 @@ pub fn sql_error(connector: &Connector, what: &str, e: tiberius::error::Error) -
             )
             .with_retryable(retryable)
         }
-        E::Io { kind, .. } if kind == std::io::ErrorKind::TimedOut => Error::new(
+        E::Io {
+            kind: std::io::ErrorKind::TimedOut,
+            ..
+        } => Error::new(
             ErrorKind::Connect,
             format!(
                 "connection `{name}`: {what}: the server answered nothing within `command_timeout` ({:?}); the session is given up. Raise `command_timeout` for queries that are slow to start, or check the server and the network",
