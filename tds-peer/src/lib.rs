@@ -482,6 +482,21 @@ impl Session {
         w.0
     }
 
+    /// Adds rows to `table`: in the open transaction, or committed at once without one.
+    fn append(&mut self, table: String, rows: Vec<Vec<Value>>) {
+        match &mut self.tx {
+            Some(tx) => match tx.created.get_mut(&table) {
+                Some(created) => created.rows.extend(rows),
+                None => tx.inserted.entry(table).or_default().extend(rows),
+            },
+            None => {
+                if let Some(t) = self.lock().tables.get_mut(&table) {
+                    Arc::make_mut(t).rows.extend(rows);
+                }
+            }
+        }
+    }
+
     /// A table as this session sees it (shared with the committed state when its
     /// transaction did not change it).
     fn view(&self, key: &str) -> Option<Arc<Table>> {
@@ -893,17 +908,7 @@ impl Session {
                     rows.push(out);
                 }
                 let n = rows.len() as u64;
-                match &mut self.tx {
-                    Some(tx) => match tx.created.get_mut(&table) {
-                        Some(created) => created.rows.extend(rows),
-                        None => tx.inserted.entry(table).or_default().extend(rows),
-                    },
-                    None => {
-                        if let Some(t) = self.lock().tables.get_mut(&table) {
-                            Arc::make_mut(t).rows.extend(rows);
-                        }
-                    }
-                }
+                self.append(table, rows);
                 Ok((0xC3, Some(n)))
             }
             Statement::InsertBulk { table, .. } => {
@@ -934,17 +939,7 @@ impl Session {
                 });
                 applied.map(|rows| {
                     let n = rows.len() as u64;
-                    match &mut self.tx {
-                        Some(tx) => match tx.created.get_mut(&table) {
-                            Some(created) => created.rows.extend(rows),
-                            None => tx.inserted.entry(table).or_default().extend(rows),
-                        },
-                        None => {
-                            if let Some(t) = self.lock().tables.get_mut(&table) {
-                                Arc::make_mut(t).rows.extend(rows);
-                            }
-                        }
-                    }
+                    self.append(table, rows);
                     n
                 })
             }
