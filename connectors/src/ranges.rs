@@ -57,6 +57,20 @@ pub fn range_filters(c: &str, bounds: &[String]) -> Vec<String> {
     filters
 }
 
+/// [`range_filters`] for boundaries that belong to the range below them (a partition
+/// function's `RANGE LEFT`): `c <= b1`, `b1 < c <= b2`, ..., `c > bn`; NULLs with the first.
+pub fn range_filters_left(c: &str, bounds: &[String]) -> Vec<String> {
+    if bounds.is_empty() {
+        return vec![];
+    }
+    let mut filters = vec![format!("({c} <= {} OR {c} IS NULL)", bounds[0])];
+    for pair in bounds.windows(2) {
+        filters.push(format!("({c} > {} AND {c} <= {})", pair[0], pair[1]));
+    }
+    filters.push(format!("{c} > {}", bounds[bounds.len() - 1]));
+    filters
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +96,14 @@ mod tests {
         );
         assert!(range_filters("\"id\"", &[]).is_empty());
         assert_eq!(boundaries(7, 7, 4), Vec::<i64>::new());
+        assert_eq!(
+            range_filters_left("[d]", &["'a'".into(), "'b'".into()]),
+            vec![
+                "([d] <= 'a' OR [d] IS NULL)",
+                "([d] > 'a' AND [d] <= 'b')",
+                "[d] > 'b'"
+            ]
+        );
         let none: Option<&String> = None;
         assert!(read_target::<()>("x", None, none).is_err());
         let empty = " ; ".to_string();

@@ -43,6 +43,8 @@ pub struct Table {
     pub rows: Vec<Vec<Value>>,
     /// Its primary key's columns.
     pub primary_key: Vec<String>,
+    /// Its partitioning: column, `RANGE RIGHT` (or left), boundary values as text.
+    pub partitioning: Option<(String, bool, Vec<String>)>,
 }
 
 /// A bulk load the peer received, as it came.
@@ -84,6 +86,8 @@ pub struct Config {
 #[derive(Default)]
 struct State {
     tables: HashMap<String, Arc<Table>>,
+    /// Every statement run, in order.
+    statements: Vec<String>,
     bulk_loads: Vec<BulkLoad>,
     next_tx: u64,
 }
@@ -169,8 +173,23 @@ impl Peer {
                 columns,
                 rows: Vec::new(),
                 primary_key: Vec::new(),
+                partitioning: None,
             }),
         );
+    }
+
+    /// Partitions table `name` on `column` at `boundaries` (`RANGE RIGHT` when `right`).
+    pub fn set_partitioning(&self, name: &str, column: &str, right: bool, boundaries: &[&str]) {
+        let mut state = self.lock();
+        let table = state
+            .tables
+            .get_mut(&sql::table_key(name))
+            .unwrap_or_else(|| panic!("no table {name}"));
+        Arc::make_mut(table).partitioning = Some((
+            column.to_string(),
+            right,
+            boundaries.iter().map(|b| b.to_string()).collect(),
+        ));
     }
 
     /// Gives table `name` a primary key on `columns`.
@@ -199,6 +218,11 @@ impl Peer {
             .tables
             .get(&sql::table_key(name))
             .map(|t| Table::clone(t))
+    }
+
+    /// Every statement the peer ran, in order.
+    pub fn statements(&self) -> Vec<String> {
+        self.lock().statements.clone()
     }
 
     /// The bulk loads received so far.
@@ -525,6 +549,7 @@ impl Session {
     }
 
     fn execute(&mut self, text: &str, w: &mut Writer) -> Result<(u16, Option<u64>), Failure> {
+        self.lock().statements.push(text.to_string());
         let statement = sql::parse(text)
             .map_err(|near| (102, 15, format!("Incorrect syntax near '{near}'.")))?;
         match statement {
@@ -606,6 +631,40 @@ impl Session {
                 ];
                 write_row(w, &columns, &row).map_err(|e| (245, 16, e))?;
                 Ok((0xC1, Some(1)))
+            }
+            Statement::PartitionBoundaries(key) => {
+                let table = self.view(&key);
+                let columns = [
+                    Column {
+                        name: "name".into(),
+                        ty: SqlType::NVarChar(Some(128)),
+                        nullable: false,
+                    },
+                    Column {
+                        name: String::new(),
+                        ty: SqlType::Int,
+                        nullable: false,
+                    },
+                    Column {
+                        name: String::new(),
+                        ty: SqlType::NVarChar(Some(4000)),
+                        nullable: true,
+                    },
+                ];
+                write_metadata(w, &columns);
+                let mut n = 0;
+                if let Some((column, right, bounds)) = table.and_then(|t| t.partitioning.clone()) {
+                    for b in &bounds {
+                        let row = [
+                            Value::Text(column.clone()),
+                            Value::Int(right as i64),
+                            Value::Text(b.clone()),
+                        ];
+                        write_row(w, &columns, &row).map_err(|e| (245, 16, e))?;
+                        n += 1;
+                    }
+                }
+                Ok((0xC1, Some(n)))
             }
             Statement::PrimaryKey(key) => {
                 let table = self.view(&key);
@@ -811,6 +870,7 @@ impl Session {
                         .collect(),
                     rows: Vec::new(),
                     primary_key: Vec::new(),
+                    partitioning: None,
                 };
                 match &mut self.tx {
                     Some(tx) => {

@@ -29,6 +29,9 @@ pub enum Statement {
     Describe(Select),
     /// The primary key columns of a table (a catalog query on sys.indexes)
     PrimaryKey(String),
+    /// A table's partitioning column, side and boundaries (a catalog query on
+    /// sys.partition_range_values)
+    PartitionBoundaries(String),
     /// SELECT SERVERPROPERTY('ProductVersion'), DB_NAME(), SUSER_SNAME()
     ServerInfo,
     /// CREATE TABLE t (cols)
@@ -328,6 +331,15 @@ pub fn parse(text: &str) -> Result<Statement, String> {
     }
     if lower.contains("serverproperty(") {
         return Ok(Statement::ServerInfo);
+    }
+    if lower.contains("sys.partition_range_values") {
+        let at = lower.find("object_id(n'").ok_or_else(near)?;
+        let rest = &text[at..];
+        let start = rest.find('\'').ok_or_else(near)?;
+        let end = rest[start + 1..].find('\'').ok_or_else(near)?;
+        return Ok(Statement::PartitionBoundaries(table_key(
+            &rest[start + 1..start + 1 + end],
+        )));
     }
     if lower.contains("is_primary_key") {
         let at = lower.find("object_id(").ok_or_else(near)?;

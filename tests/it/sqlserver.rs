@@ -1428,3 +1428,75 @@ fn a_stalled_sql_server_session_times_out_and_its_partition_is_read_again() {
     );
     assert!(!dir.path().join("always.parquet").exists());
 }
+
+#[test]
+fn physical_partitions_read_every_row_once_on_both_sides_of_each_boundary() {
+    let server = TestServer::start();
+    let peer = &server.peer;
+    let rows = |n: i64| -> Vec<Vec<Value>> {
+        (0..n)
+            .map(|i| {
+                vec![
+                    if i % 101 == 0 {
+                        Value::Null
+                    } else {
+                        Value::Int(i)
+                    },
+                    Value::Date(day(2024, 1, 1) + i % 400),
+                    Value::Int(i),
+                ]
+            })
+            .collect()
+    };
+    for name in ["by_id", "by_day", "plain"] {
+        peer.create_table(
+            &format!("dbo.{name}"),
+            &[
+                ("id", "int", true),
+                ("day", "date", false),
+                ("v", "bigint", false),
+            ],
+        );
+        peer.insert(&format!("dbo.{name}"), rows(5_000));
+    }
+    // RANGE RIGHT on integers: each boundary starts a partition; values equal to one land
+    // above it.
+    peer.set_partitioning("dbo.by_id", "id", true, &["1000", "2000", "3000"]);
+    // RANGE LEFT on dates: each boundary ends a partition.
+    peer.set_partitioning("dbo.by_day", "day", false, &["2024-03-31", "2024-09-30"]);
+    let dir = tempfile::tempdir().unwrap();
+    let expected: Vec<Option<i64>> = (0..5_000).map(Some).collect();
+    for (table, partitions) in [("by_id", 4), ("by_day", 3), ("plain", 1)] {
+        let out = dir.path().join(table);
+        let job = serde_json::json!({"name": table,
+            "source": {"type": "sqlserver", "connection": "mssql", "table": table,
+                       "partition": "physical"},
+            "sink": {"type": "file", "path": format!("{}/", out.display()), "format": {"type": "parquet"}},
+            "parallel_copies": 4});
+        let (ok, text) = copy(&server, dir.path(), job);
+        assert!(ok, "{text}");
+        assert!(
+            text.contains(&format!("partitions {partitions} ")),
+            "{table}: {text}"
+        );
+        assert_eq!(ids(&out, 2), expected, "{table}: every row once");
+    }
+    // The reads follow the partition function's sides: RANGE RIGHT boundaries open a
+    // partition, RANGE LEFT ones close one.
+    let statements = peer.statements().join("\n");
+    assert!(
+        statements.contains("WHERE ([id] >= N'1000' AND [id] < N'2000')"),
+        "{statements}"
+    );
+    assert!(
+        statements.contains("WHERE ([day] > N'2024-03-31' AND [day] <= N'2024-09-30')"),
+        "{statements}"
+    );
+    // A query has no partitions of its own.
+    let job = serde_json::json!({"name": "q",
+        "source": {"type": "sqlserver", "connection": "mssql", "query": "SELECT * FROM by_id",
+                   "partition": "physical"},
+        "sink": {"type": "file", "path": dir.path().join("q.parquet"), "format": {"type": "parquet"}}});
+    let (ok, text) = copy(&server, dir.path(), job);
+    assert!(!ok && text.contains("a `query` has none"), "{text}");
+}

@@ -136,9 +136,37 @@ pub struct SqlServerSourceSpec {
     /// A query to read (instead of a table).
     #[serde(default)]
     pub query: Option<String>,
-    /// Parallel reads by ranges of a column.
+    /// Parallel reads: by ranges of a column, or `"physical"` (the table's own partitions).
     #[serde(default)]
-    pub partition: Option<PartitionSpec>,
+    pub partition: Option<Partitioning>,
+}
+
+/// How a source splits its read.
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Partitioning {
+    /// `"physical"`: one read per partition of a partitioned table (its partition function's
+    /// boundaries).
+    Physical(&'static str),
+    /// `{column, count}`: ranges of a column.
+    Ranges(PartitionSpec),
+}
+
+impl<'de> Deserialize<'de> for Partitioning {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) if s == "physical" => {
+                Ok(Partitioning::Physical("physical"))
+            }
+            serde_json::Value::String(s) => Err(D::Error::custom(format!(
+                "`partition` is \"physical\" or {{\"column\": ..., \"count\": ...}}, not {s:?}"
+            ))),
+            other => serde_json::from_value(other)
+                .map(Partitioning::Ranges)
+                .map_err(D::Error::custom),
+        }
+    }
 }
 
 /// How a sink treats the rows already in its table.

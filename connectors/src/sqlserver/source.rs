@@ -17,8 +17,8 @@ use tokio::sync::mpsc;
 
 use super::connect::{Connector, SqlClient, sql_error};
 use super::types::{ColumnBuilder, MsType, OFFSET_OF_KEY, arrow_field, offset_field};
-use super::{PartitionSpec, ReadTarget, SqlServerSourceSpec, quote, string_literal};
-use crate::ranges::{boundaries, range_filters};
+use super::{Partitioning, ReadTarget, SqlServerSourceSpec, quote, string_literal};
+use crate::ranges::{boundaries, range_filters, range_filters_left};
 
 /// A partition's private description.
 #[derive(Debug, Serialize, Deserialize)]
@@ -38,7 +38,9 @@ pub struct SqlServerSource {
     types: Vec<MsType>,
     /// Primary key columns, quoted: the order a resumed read needs.
     order_by: Option<String>,
-    partition: Option<PartitionSpec>,
+    partition: Option<Partitioning>,
+    /// The table, quoted, for a physical split.
+    table: Option<String>,
     batch_rows: usize,
 }
 
@@ -159,7 +161,12 @@ impl SqlServerSource {
             }
             None => None,
         };
-        if let Some(p) = &spec.partition
+        if matches!(spec.partition, Some(Partitioning::Physical(_))) && table.is_none() {
+            return Err(Error::config(
+                "`partition: \"physical\"` reads the partitions of a table; a `query` has none: give `partition: {column, count}`",
+            ));
+        }
+        if let Some(Partitioning::Ranges(p)) = &spec.partition
             && let Some(column) = &p.column
         {
             let i = fields
@@ -210,6 +217,7 @@ impl SqlServerSource {
             types,
             order_by,
             partition: spec.partition.clone(),
+            table,
             batch_rows: batch_rows.max(1),
         })
     }
@@ -285,6 +293,49 @@ impl SqlServerSource {
     }
 }
 
+impl SqlServerSource {
+    /// WHERE clauses of the table's own partitions: its partition function's boundaries on
+    /// its partitioning column (none when the table is not partitioned).
+    async fn physical_filters(&self) -> Result<Vec<String>> {
+        let Some(table) = &self.table else {
+            return Ok(vec![]);
+        };
+        let mut client = self.connector.connect().await?;
+        let rows = query_rows(
+            &mut client,
+            &self.connector,
+            "cannot read the table's partition function",
+            &format!(
+                "SELECT c.name, CAST(pf.boundary_value_on_right AS int), \
+                 CONVERT(nvarchar(4000), prv.value, 126) FROM sys.indexes i \
+                 JOIN sys.partition_schemes ps ON ps.data_space_id = i.data_space_id \
+                 JOIN sys.partition_functions pf ON pf.function_id = ps.function_id \
+                 JOIN sys.index_columns ic ON ic.object_id = i.object_id AND ic.index_id = i.index_id AND ic.partition_ordinal = 1 \
+                 JOIN sys.columns c ON c.object_id = ic.object_id AND c.column_id = ic.column_id \
+                 JOIN sys.partition_range_values prv ON prv.function_id = pf.function_id \
+                 WHERE i.object_id = OBJECT_ID({}) AND i.index_id IN (0, 1) ORDER BY prv.boundary_id",
+                string_literal(table)
+            ),
+        )
+        .await?;
+        let Some(first) = rows.first() else {
+            tracing::info!(table = %table, "`partition: \"physical\"`: the table is not partitioned; one session reads it");
+            return Ok(vec![]);
+        };
+        let column = quote(first.get::<&str, _>(0).unwrap_or_default());
+        let right = first.get::<i32, _>(1).unwrap_or(1) == 1;
+        let bounds: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r.get::<&str, _>(2).map(string_literal))
+            .collect();
+        Ok(if right {
+            range_filters(&column, &bounds)
+        } else {
+            range_filters_left(&column, &bounds)
+        })
+    }
+}
+
 /// `YYYY-MM-DD` of a day counted from 0001-01-01.
 fn date_text(days: i64) -> String {
     // Howard Hinnant's civil_from_days, from 1970-01-01.
@@ -307,16 +358,16 @@ impl Source for SqlServerSource {
     }
 
     async fn plan(&self, parallelism: usize) -> Result<Vec<Partition>> {
-        let count = self
-            .partition
-            .as_ref()
-            .and_then(|p| p.count)
-            .map(|c| c.get())
-            .unwrap_or(parallelism)
-            .max(1);
-        let filters = match self.partition.as_ref().and_then(|p| p.column.as_deref()) {
-            Some(column) if count > 1 => self.range_filters(column, count).await?,
-            _ => vec![],
+        let filters = match &self.partition {
+            Some(Partitioning::Physical(_)) => self.physical_filters().await?,
+            Some(Partitioning::Ranges(p)) => {
+                let count = p.count.map(|c| c.get()).unwrap_or(parallelism).max(1);
+                match p.column.as_deref() {
+                    Some(column) if count > 1 => self.range_filters(column, count).await?,
+                    _ => vec![],
+                }
+            }
+            None => vec![],
         };
         let filters: Vec<Option<String>> = if filters.is_empty() {
             vec![None]
