@@ -274,34 +274,7 @@ fn local_files_pass_the_sink_suite() {
 
 /// Reads every Parquet blob under `prefix` of `container`.
 fn blob_rows(store: &dyn object_store::ObjectStore, prefix: &str) -> Vec<String> {
-    use futures::TryStreamExt;
-    use object_store::ObjectStoreExt;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let prefix = object_store::path::Path::from(prefix);
-        let mut listed: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
-        listed.sort_by(|a, b| a.location.cmp(&b.location));
-        let mut batches = Vec::new();
-        for meta in listed {
-            let bytes = store
-                .get(&meta.location)
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
-            let reader =
-                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-                    .unwrap()
-                    .build()
-                    .unwrap();
-            batches.extend(reader.map(|b| b.unwrap()));
-        }
-        conformance::rows(&batches)
-    })
+    conformance::rows(&crate::support::azurite::parquet_blobs(store, prefix))
 }
 
 struct BlobTarget {

@@ -1166,41 +1166,15 @@ fn a_load_killed_mid_way_leaves_none_of_its_rows() {
 /// Ids of every Parquet blob under `prefix` of `container`, read with object_store and the
 /// parquet crate (not through ferry).
 fn blob_ids(container: &str, prefix: &str) -> Vec<i64> {
-    use futures::TryStreamExt;
-    use object_store::ObjectStoreExt;
     let az = crate::support::azurite::azurite();
     let store = az.blob_connection().store("az", container).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut ids = Vec::new();
-    rt.block_on(async {
-        let listed: Vec<_> = store
-            .list(Some(&object_store::path::Path::from(prefix)))
-            .try_collect()
-            .await
-            .unwrap();
-        for meta in listed {
-            let bytes = store
-                .get(&meta.location)
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
-            let reader =
-                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
-                    .unwrap()
-                    .build()
-                    .unwrap();
-            for batch in reader {
-                let batch = batch.unwrap();
-                let id = arrow::compute::cast(batch.column(0), &DataType::Int64).unwrap();
-                ids.extend(id.as_primitive::<Int64Type>().values().iter().copied());
-            }
-        }
-    });
+    let mut ids: Vec<i64> = crate::support::azurite::parquet_blobs(store.as_ref(), prefix)
+        .iter()
+        .flat_map(|batch| {
+            let id = arrow::compute::cast(batch.column(0), &DataType::Int64).unwrap();
+            id.as_primitive::<Int64Type>().values().to_vec()
+        })
+        .collect();
     ids.sort();
     ids
 }

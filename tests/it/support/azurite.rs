@@ -136,3 +136,39 @@ impl Azurite {
         names
     }
 }
+
+/// Every Parquet blob under `prefix` in `store`, in name order, read with object_store and
+/// the parquet crate (not through ferry).
+pub fn parquet_blobs(
+    store: &dyn object_store::ObjectStore,
+    prefix: &str,
+) -> Vec<arrow::record_batch::RecordBatch> {
+    use futures::TryStreamExt;
+    use object_store::ObjectStoreExt;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let prefix = object_store::path::Path::from(prefix);
+        let mut listed: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
+        listed.sort_by(|a, b| a.location.cmp(&b.location));
+        let mut batches = Vec::new();
+        for meta in listed {
+            let bytes = store
+                .get(&meta.location)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            let reader =
+                parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+                    .unwrap()
+                    .build()
+                    .unwrap();
+            batches.extend(reader.map(|b| b.unwrap()));
+        }
+        batches
+    })
+}
