@@ -5,6 +5,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 
 use arrow::record_batch::RecordBatch;
@@ -18,32 +20,13 @@ use ferry_engine::Encoder;
 
 /// Lineitem at scale 0.01 (60k rows) as Arrow batches and as CSV text.
 fn lineitem() -> (Vec<RecordBatch>, Vec<u8>) {
-    let batches: Vec<RecordBatch> = tpchgen_arrow_batches();
+    let batches: Vec<RecordBatch> = common::lineitem_batches();
     let mut encoder = CsvEncoder::new(&batches[0].schema(), CsvDialect::default());
     let mut csv = Vec::new();
     for b in &batches {
         csv.extend_from_slice(&encoder.encode(b).unwrap().unwrap());
     }
     (batches, csv)
-}
-
-fn tpchgen_arrow_batches() -> Vec<RecordBatch> {
-    let source = ferry_connectors::tpch::TpchSource::new(
-        serde_json::from_str(r#"{"table":"lineitem","scale_factor":0.01,"partitions":1}"#).unwrap(),
-        8192,
-    );
-    let system = actix::System::new();
-    system.block_on(async move {
-        use ferry_engine::Source;
-        use futures::StreamExt;
-        let partition = source.plan(1).await.unwrap().remove(0);
-        source
-            .open(&partition, None)
-            .unwrap()
-            .map(|b| b.unwrap().batch)
-            .collect()
-            .await
-    })
 }
 
 fn decode_csv(c: &mut Criterion) {

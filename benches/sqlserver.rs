@@ -9,6 +9,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray};
@@ -36,24 +38,6 @@ const LINEITEM: [(&str, &str, bool); 16] = [
     ("l_shipmode", "char(10)", false),
     ("l_comment", "varchar(44)", false),
 ];
-
-fn lineitem() -> Vec<RecordBatch> {
-    let source = ferry_connectors::tpch::TpchSource::new(
-        serde_json::from_str(r#"{"table":"lineitem","scale_factor":0.01,"partitions":1}"#).unwrap(),
-        8192,
-    );
-    actix::System::new().block_on(async move {
-        use ferry_engine::Source;
-        use futures::StreamExt;
-        let partition = source.plan(1).await.unwrap().remove(0);
-        source
-            .open(&partition, None)
-            .unwrap()
-            .map(|b| b.unwrap().batch)
-            .collect()
-            .await
-    })
-}
 
 /// The peer's values of one Arrow cell.
 fn value(array: &dyn Array, row: usize) -> Value {
@@ -113,7 +97,7 @@ fn setup() -> Setup {
         snapshot_isolation: false,
     })
     .unwrap();
-    let batches = lineitem();
+    let batches = common::lineitem_batches();
     peer.create_table("dbo.lineitem", &LINEITEM);
     let mut rows = Vec::new();
     for batch in &batches {
