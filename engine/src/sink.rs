@@ -91,9 +91,14 @@ pub trait StagedOutput: Send + std::fmt::Debug {
 pub async fn publish_all(staged: Vec<Box<dyn StagedOutput>>) -> Result<Vec<String>> {
     let mut published = Vec::new();
     let mut staged = staged.into_iter();
+    let mut index = 0;
     while let Some(output) = staged.next() {
         match output.publish().await {
-            Ok(locations) => published.extend(locations),
+            Ok(locations) => {
+                published.extend(locations);
+                crash_point(&format!("publish:output-{index}"));
+                index += 1;
+            }
             Err(e) => {
                 discard_all(staged.collect()).await;
                 return Err(e);
@@ -128,4 +133,19 @@ pub trait OutputWriter: Send {
 
     /// Discards the output.
     async fn abort(self: Box<Self>) -> Result<()>;
+}
+
+/// Crashes the process at a named step of a commit when the environment variable
+/// `FERRY_TEST_CRASH_AT` names it, as a `kill -9` would there (no clean-up runs). The tests
+/// kill ferry this way between every pair of publish steps; nothing else sets it.
+pub fn crash_point(step: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    if AT
+        .get_or_init(|| std::env::var("FERRY_TEST_CRASH_AT").ok())
+        .as_deref()
+        == Some(step)
+    {
+        eprintln!("FERRY_TEST_CRASH_AT={step}: crashing here on purpose");
+        std::process::abort();
+    }
 }

@@ -11,6 +11,7 @@ mod files;
 mod pipeline;
 mod policy;
 mod postgres;
+mod publish;
 mod sqlserver;
 mod sqlserver_real;
 mod support;

@@ -165,7 +165,23 @@ impl FileSinkSpec {
             Some(name) => self.format.for_output_name(name),
             None => self.format.clone(),
         };
-        Ok(FileSink::new(
+        // A directory's hidden sibling, where the whole set is built and swapped in, when
+        // the paths policy allows writing there (it may not, when the directory is a root).
+        let sibling = match (&name, dir.parent(), dir.file_name()) {
+            (None, Some(parent), Some(base)) => {
+                let sibling = parent.join(format!(
+                    ".{}._ferry_tmp_{}",
+                    base.to_string_lossy(),
+                    settings.name
+                ));
+                settings
+                    .local
+                    .check(&sibling, Access::Write, "file sink")
+                    .ok()
+            }
+            _ => None,
+        };
+        let sink = FileSink::new(
             local_store(),
             object_path(&dir)?,
             Some(dir),
@@ -175,7 +191,11 @@ impl FileSinkSpec {
             &settings.name,
             &self.path,
         )
-        .with_file_mode(settings.local.output_mode()))
+        .with_file_mode(settings.local.output_mode());
+        Ok(match sibling {
+            Some(sibling) => sink.with_exchange_dir(sibling),
+            None => sink,
+        })
     }
 }
 

@@ -1,15 +1,26 @@
 //! Writing files atomically, two ways:
 //!
-//! - [`Publish::Rename`] (local files): every output is written under a temporary directory
-//!   beside the destination (`_ferry_tmp_<job>/`) and renamed into place only when the whole
-//!   job succeeded. Until then each file's name ends in `.partial`, so a reader's pattern for
-//!   the format (`dest/**/*.parquet`) never reaches uncommitted data, even that of a killed
-//!   run. A killed run leaves only that directory, which the next run of the job removes
-//!   before it writes anything.
+//! - [`Publish::Rename`] (local files): every output is written under a temporary name and
+//!   renamed into place only when the whole job succeeded. Until then each file's name ends
+//!   in `.partial`, so a reader's pattern for the format (`dest/**/*.parquet`) never reaches
+//!   uncommitted data, even that of a killed run. A directory of part files is built in a
+//!   hidden sibling (`.<dir>._ferry_tmp_<job>/`) and replaces the destination in one atomic
+//!   rename (an exchange, when the destination exists), so a reader sees the old set or the
+//!   new one, never a mix. Where that cannot be (the destination holds files that are not
+//!   ferry's, is a mount point or a link, or the sibling would leave the allowed paths), the
+//!   outputs wait in `_ferry_tmp_<job>/` inside the destination and are published under the
+//!   manifest protocol below. A single file is one rename. What a killed run leaves is
+//!   removed by the next run of the job before it writes anything.
 //! - [`Publish::CompleteUpload`] (blob stores): every output is a multipart (block) upload to
 //!   its final name whose parts go up as the output streams; the uploads are completed (the
 //!   block list committed) only when the whole job succeeded. Until then no object exists,
 //!   and the parts of a failed or killed run are discarded by the store.
+//!
+//! The manifest protocol, for a directory of part files: the commit first removes
+//! [`MANIFEST`], then publishes the files one by one and removes the earlier run's stale
+//! parts, and writes a new [`MANIFEST`] listing every file of the set (name and size) last.
+//! A reader that must never see part of a set reads only what a manifest lists (and nothing
+//! while there is none). Exchanged directories carry the same manifest.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -29,6 +40,10 @@ use tokio::task::JoinSet;
 
 use crate::format::FormatSpec;
 use crate::format::io::store_error;
+use ferry_engine::sink::crash_point;
+
+/// The file naming a directory output's complete set, written last by its commit.
+pub const MANIFEST: &str = "_ferry_manifest.json";
 
 /// Bytes buffered per output before they go to the store in one part.
 pub const WRITE_BUFFER_BYTES: usize = 8 << 20;
@@ -95,6 +110,31 @@ pub struct FileSink {
     roll: Option<RollOver>,
     /// Mode given to local outputs before they are published.
     file_mode: Option<u32>,
+    /// A directory destination's hidden sibling, where a whole set can be built and swapped
+    /// in by one rename (local files, when the paths policy allows writing it).
+    exchange_dir: Option<PathBuf>,
+}
+
+/// What a directory output's [`MANIFEST`] holds.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Manifest {
+    /// `ferry-manifest/1`.
+    pub format: String,
+    /// The job that wrote the set.
+    pub job: String,
+    /// When the set was committed (RFC 3339, UTC).
+    pub committed_at: String,
+    /// Every file of the set, by name within the directory, in output order.
+    pub files: Vec<ManifestFile>,
+}
+
+/// One file of a [`Manifest`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ManifestFile {
+    /// The file's name within the directory.
+    pub name: String,
+    /// Its size in bytes.
+    pub bytes: u64,
 }
 
 impl FileSink {
@@ -128,7 +168,17 @@ impl FileSink {
             connector: "file",
             roll: None,
             file_mode: None,
+            exchange_dir: None,
         }
+    }
+
+    /// Builds a directory destination's outputs in `sibling` (a hidden directory beside it)
+    /// and swaps the whole set in by one rename when the destination allows it.
+    pub fn with_exchange_dir(mut self, sibling: PathBuf) -> Self {
+        if self.file_name.is_none() && self.local_dir.is_some() {
+            self.exchange_dir = Some(sibling);
+        }
+        self
     }
 
     /// Gives local outputs this mode (such as 0o640) before they are published.
@@ -164,24 +214,127 @@ impl FileSink {
         }
     }
 
+    /// Removes this job's temporary directories (inside the destination and the sibling).
     async fn remove_temp_dir(&self) -> Result<()> {
         if let Some(local) = &self.local_dir {
-            let dir = local.join(format!("_ferry_tmp_{}", self.job));
-            return match tokio::fs::remove_dir_all(&dir).await {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(Error::io(
-                    format!("remove leftovers in {}", dir.display()),
-                    e,
-                )),
-            };
+            let inside = local.join(format!("_ferry_tmp_{}", self.job));
+            for dir in std::iter::once(&inside).chain(self.exchange_dir.as_ref()) {
+                remove_local_dir(dir).await?;
+            }
+            return Ok(());
         }
         crate::format::io::delete_under(self.store.as_ref(), &self.temp_dir()).await
     }
 
+    /// Whether `name` is one of the `part-NNNNN[-RRRR].<ext>` files this sink writes.
+    fn is_part_name(&self, name: &str) -> bool {
+        let suffix = format!(".{}", self.format.extension());
+        name.strip_prefix("part-")
+            .and_then(|rest| rest.strip_suffix(suffix.as_str()))
+            .is_some_and(|n| {
+                let (part, roll) = n.split_once('-').unwrap_or((n, "0000"));
+                part.len() == 5
+                    && part.bytes().all(|b| b.is_ascii_digit())
+                    && roll.len() == 4
+                    && roll.bytes().all(|b| b.is_ascii_digit())
+            })
+    }
+
+    /// Whether the local destination directory `dest` can be replaced as a whole: it does
+    /// not exist, or it is a real directory on its parent's file system holding only this
+    /// sink's part files, a manifest and this job's temporary directory.
+    async fn exchangeable(&self, dest: &std::path::Path) -> Result<bool> {
+        use std::os::unix::fs::MetadataExt;
+        let sink = self.clone();
+        let dest = dest.to_path_buf();
+        let checked = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+            let meta = match std::fs::symlink_metadata(&dest) {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
+                Err(e) => return Err(e),
+            };
+            let parent = dest.parent().unwrap_or(std::path::Path::new("/"));
+            if !meta.is_dir() || meta.dev() != std::fs::metadata(parent)?.dev() {
+                return Ok(false);
+            }
+            let own_temp = format!("_ferry_tmp_{}", sink.job);
+            for entry in std::fs::read_dir(&dest)? {
+                let name = entry?.file_name();
+                let name = name.to_string_lossy();
+                if !(sink.is_part_name(&name) || name == MANIFEST || name == own_temp) {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        })
+        .await
+        .map_err(|e| Error::internal(format!("directory check failed: {e}")))?;
+        checked.map_err(|e| Error::io(format!("cannot read {}", self.shown), e))
+    }
+
+    /// Writes the manifest of `files` (all in `dir`) as `dir/_ferry_manifest.json`, in one
+    /// put (atomic on every store).
+    async fn write_manifest(&self, dir: &Path, files: &[Path]) -> Result<()> {
+        let mut listed = Vec::with_capacity(files.len());
+        for file in files {
+            let meta = self
+                .store
+                .head(file)
+                .await
+                .map_err(|e| store_error("read the size of", file, e))?;
+            listed.push(ManifestFile {
+                name: file.filename().unwrap_or_default().to_string(),
+                bytes: meta.size,
+            });
+        }
+        let manifest = Manifest {
+            format: "ferry-manifest/1".into(),
+            job: self.job.clone(),
+            committed_at: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            files: listed,
+        };
+        let body = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| Error::internal(format!("manifest: {e}")))?;
+        let path = dir.clone().join(MANIFEST);
+        self.store
+            .put(&path, PutPayload::from(body))
+            .await
+            .map_err(|e| store_error("write", &path, e))?;
+        Ok(())
+    }
+
+    /// Removes `dir/_ferry_manifest.json`: from here until a new one is written, a reader
+    /// following the manifest protocol reads nothing.
+    async fn remove_manifest(&self, dir: &Path) -> Result<()> {
+        let path = dir.clone().join(MANIFEST);
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(store_error("remove", &path, e)),
+        }
+    }
+
+    /// Removes the stale parts that `published` did not replace, then lists `published` in
+    /// a new manifest; returns what was removed.
+    async fn finish_listed(&self, published: &[Path], stale: Vec<Path>) -> Result<Vec<String>> {
+        let names: std::collections::HashSet<&str> = published.iter().map(|p| p.as_ref()).collect();
+        let mut removed = Vec::new();
+        for old in stale.into_iter().filter(|p| !names.contains(p.as_ref())) {
+            self.store
+                .delete(&old)
+                .await
+                .map_err(|e| store_error("remove earlier output", &old, e))?;
+            removed.push(format!("/{old}"));
+        }
+        crash_point("publish:stale-removed");
+        self.write_manifest(&self.dir, published).await?;
+        crash_point("publish:listed");
+        Ok(removed)
+    }
+
     /// Earlier `part-NNNNN.<ext>` files of a directory destination.
     async fn existing_parts(&self) -> Result<Vec<Path>> {
-        let suffix = format!(".{}", self.format.extension());
         let listed: Vec<_> = self
             .store
             .list_with_delimiter(Some(&self.dir))
@@ -194,20 +347,41 @@ impl FileSink {
         Ok(listed
             .into_iter()
             .map(|m| m.location)
-            .filter(|p| {
-                p.filename().is_some_and(|f| {
-                    f.strip_prefix("part-")
-                        .and_then(|rest| rest.strip_suffix(suffix.as_str()))
-                        .is_some_and(|n| {
-                            let (part, roll) = n.split_once('-').unwrap_or((n, "0000"));
-                            part.len() == 5
-                                && part.bytes().all(|b| b.is_ascii_digit())
-                                && roll.len() == 4
-                                && roll.bytes().all(|b| b.is_ascii_digit())
-                        })
-                })
-            })
+            .filter(|p| p.filename().is_some_and(|f| self.is_part_name(f)))
             .collect())
+    }
+}
+
+/// Removes a local directory and everything in it; a missing one is fine.
+async fn remove_local_dir(dir: &std::path::Path) -> Result<()> {
+    match tokio::fs::remove_dir_all(dir).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(
+            format!("remove leftovers in {}", dir.display()),
+            e,
+        )),
+    }
+}
+
+/// Puts directory `staged` in the place of `dest` in one rename: an exchange when `dest`
+/// exists (its mode carried over; the old contents end up in `staged`), a plain rename when
+/// it does not.
+fn swap_in(staged: &std::path::Path, dest: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::metadata(dest) {
+        Ok(meta) => {
+            std::fs::set_permissions(staged, meta.permissions())?;
+            rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                staged,
+                rustix::fs::CWD,
+                dest,
+                rustix::fs::RenameFlags::EXCHANGE,
+            )
+            .map_err(std::io::Error::from)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::rename(staged, dest),
+        Err(e) => Err(e),
     }
 }
 
@@ -652,6 +826,7 @@ impl Sink for FileSink {
                 )));
             }
         }
+        let mut sibling = None;
         let created = match self.publish {
             Publish::CompleteUpload { .. } => {
                 self.check_container().await?;
@@ -659,12 +834,19 @@ impl Sink for FileSink {
             }
             Publish::Rename => {
                 self.remove_temp_dir().await?;
-                self.create_temp_dir().await?
+                sibling = match (&self.exchange_dir, &self.local_dir) {
+                    (Some(dir), Some(local)) if self.exchangeable(local).await? => {
+                        Some(dir.clone())
+                    }
+                    _ => None,
+                };
+                self.create_temp_dir(sibling.as_deref()).await?
             }
         };
         Ok(Box::new(PreparedFiles {
             sink: self.clone(),
             created,
+            sibling,
         }))
     }
 
@@ -691,14 +873,17 @@ impl FileSink {
         }
     }
 
-    /// Creates the local temporary directory beside the destination; returns the
-    /// destination directories it had to create, deepest first (a failed job removes them
-    /// again when they are empty, leaving no trace).
-    async fn create_temp_dir(&self) -> Result<Vec<PathBuf>> {
+    /// Creates the local temporary directory (`sibling`, or `_ferry_tmp_<job>/` in the
+    /// destination); returns the destination directories it had to create, deepest first (a
+    /// failed job removes them again when they are empty, leaving no trace).
+    async fn create_temp_dir(&self, sibling: Option<&std::path::Path>) -> Result<Vec<PathBuf>> {
         let Some(local) = &self.local_dir else {
             return Ok(Vec::new());
         };
-        let temp = local.join(format!("_ferry_tmp_{}", self.job));
+        let temp = match sibling {
+            Some(dir) => dir.to_path_buf(),
+            None => local.join(format!("_ferry_tmp_{}", self.job)),
+        };
         let missing: Vec<PathBuf> = local
             .ancestors()
             .take_while(|d| !d.exists())
@@ -784,23 +969,35 @@ impl FileSink {
         }))
     }
 
-    /// A writer of output `output` under a temporary name, renamed into place on commit.
-    fn temporary_writer(&self, output: usize) -> Box<dyn OutputWriter> {
+    /// A writer of output `output` under a temporary name, renamed on commit into place, or
+    /// to its final name in `sibling` when the set is swapped in as a whole.
+    fn temporary_writer(
+        &self,
+        output: usize,
+        sibling: Option<&std::path::Path>,
+    ) -> Result<Box<dyn OutputWriter>> {
         let name = self.target_name(output);
+        let (temp_dir, target_dir) = match sibling {
+            Some(dir) => {
+                let dir = super::object_path(dir)?;
+                (dir.clone(), dir)
+            }
+            None => (self.temp_dir(), self.dir.clone()),
+        };
         // Not the output's own extension: globbing the destination must not find it.
-        let temporary = self.temp_dir().join(format!("{}-{name}.partial", self.run));
+        let temporary = temp_dir.join(format!("{}-{name}.partial", self.run));
         let writer =
             BufWriter::with_capacity(self.store.clone(), temporary.clone(), WRITE_BUFFER_BYTES)
                 .with_max_concurrency(2);
-        Box::new(FileOutputWriter {
+        Ok(Box::new(FileOutputWriter {
             store: self.store.clone(),
             writer,
             output,
             temporary,
-            target: self.dir.clone().join(name.as_str()),
+            target: target_dir.join(name.as_str()),
             bytes: 0,
             file_mode: self.local_dir.as_ref().and(self.file_mode),
-        })
+        }))
     }
 }
 
@@ -809,6 +1006,8 @@ struct PreparedFiles {
     sink: FileSink,
     /// The destination directories `prepare` created, deepest first.
     created: Vec<PathBuf>,
+    /// Where a directory destination's set is built, to replace it in one rename.
+    sibling: Option<PathBuf>,
 }
 
 #[async_trait::async_trait]
@@ -842,48 +1041,40 @@ impl PreparedSink for PreparedFiles {
             }
             Publish::Rename => Ok(OpenOutput {
                 encoder: sink.encoder(schema, None)?,
-                writer: sink.temporary_writer(output),
+                writer: sink.temporary_writer(output, self.sibling.as_deref())?,
             }),
         }
     }
 
     async fn commit(&self, staged: Vec<Box<dyn StagedOutput>>) -> Result<Committed> {
         let sink = &self.sink;
-        let stale = if sink.file_name.is_none() {
-            match sink.existing_parts().await {
-                Ok(stale) => stale,
-                Err(e) => {
-                    ferry_engine::sink::discard_all(staged).await;
-                    return Err(e);
-                }
+        if sink.file_name.is_some() {
+            let outputs = ferry_engine::sink::publish_all(staged).await?;
+            if let Publish::Rename = sink.publish {
+                sink.remove_temp_dir().await?;
             }
-        } else {
-            Vec::new()
-        };
-        let mut committed = Committed {
-            outputs: ferry_engine::sink::publish_all(staged).await?,
-            removed: Vec::new(),
-        };
-        let published: std::collections::HashSet<&str> = committed
-            .outputs
-            .iter()
-            .map(|p| p.trim_start_matches('/'))
-            .collect();
-        let stale: Vec<Path> = stale
-            .into_iter()
-            .filter(|p| !published.contains(p.as_ref() as &str))
-            .collect();
-        for old in stale {
-            sink.store
-                .delete(&old)
-                .await
-                .map_err(|e| store_error("remove earlier output", &old, e))?;
-            committed.removed.push(format!("/{old}"));
+            return Ok(Committed {
+                outputs,
+                removed: Vec::new(),
+            });
         }
-        if let Publish::Rename = sink.publish {
-            sink.remove_temp_dir().await?;
+        let stale = match sink.existing_parts().await {
+            Ok(stale) => stale,
+            Err(e) => {
+                ferry_engine::sink::discard_all(staged).await;
+                return Err(e);
+            }
+        };
+        let committed = match &self.sibling {
+            Some(sibling) => self.commit_by_exchange(sibling, staged, stale).await,
+            None => self.commit_listed(staged, stale).await,
+        };
+        if committed.is_err()
+            && let Some(sibling) = &self.sibling
+        {
+            let _ = remove_local_dir(sibling).await;
         }
-        Ok(committed)
+        committed
     }
 
     async fn abort(&self, staged: Vec<Box<dyn StagedOutput>>) -> Result<()> {
@@ -898,17 +1089,135 @@ impl PreparedSink for PreparedFiles {
         }
         // Other outputs may still be writing: remove the directory only once it is empty,
         // and then the destination directories this run created, if they are empty too.
-        if let Some(local) = &self.sink.local_dir
-            && tokio::fs::remove_dir(local.join(format!("_ferry_tmp_{}", self.sink.job)))
-                .await
-                .is_ok()
-        {
-            for dir in &self.created {
-                if tokio::fs::remove_dir(dir).await.is_err() {
-                    break;
+        if let Some(local) = &self.sink.local_dir {
+            let temp = match &self.sibling {
+                Some(dir) => dir.clone(),
+                None => local.join(format!("_ferry_tmp_{}", self.sink.job)),
+            };
+            if tokio::fs::remove_dir(&temp).await.is_ok() {
+                for dir in &self.created {
+                    match tokio::fs::remove_dir(dir).await {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(_) => break,
+                    }
                 }
             }
         }
         Ok(())
     }
 }
+
+impl PreparedFiles {
+    /// The manifest protocol: unlist, publish file by file, remove stale parts, list.
+    async fn commit_listed(
+        &self,
+        staged: Vec<Box<dyn StagedOutput>>,
+        stale: Vec<Path>,
+    ) -> Result<Committed> {
+        let sink = &self.sink;
+        if let Err(e) = sink.remove_manifest(&sink.dir).await {
+            ferry_engine::sink::discard_all(staged).await;
+            return Err(e);
+        }
+        crash_point("publish:unlisted");
+        let outputs = ferry_engine::sink::publish_all(staged).await?;
+        let published = object_paths(&outputs)?;
+        let removed = sink.finish_listed(&published, stale).await?;
+        if let Publish::Rename = sink.publish {
+            sink.remove_temp_dir().await?;
+        }
+        Ok(Committed { outputs, removed })
+    }
+
+    /// Names every output in the sibling, lists them in its manifest and swaps the sibling
+    /// in for the destination in one rename; the old set goes with the sibling. When the
+    /// destination gained files that are not ferry's while the job ran, or its file system
+    /// cannot exchange directories, the files move in one by one under the manifest protocol.
+    async fn commit_by_exchange(
+        &self,
+        sibling: &std::path::Path,
+        staged: Vec<Box<dyn StagedOutput>>,
+        stale: Vec<Path>,
+    ) -> Result<Committed> {
+        let sink = &self.sink;
+        let local = sink
+            .local_dir
+            .clone()
+            .ok_or_else(|| Error::internal("exchange without a local directory"))?;
+        let in_sibling = object_paths(&ferry_engine::sink::publish_all(staged).await?)?;
+        crash_point("publish:staged");
+        let sibling_path = super::object_path(sibling)?;
+        let at_dest: Vec<Path> = in_sibling
+            .iter()
+            .map(|p| sink.dir.clone().join(p.filename().unwrap_or_default()))
+            .collect();
+        let outputs: Vec<String> = at_dest.iter().map(|p| format!("/{p}")).collect();
+        if sink.exchangeable(&local).await? {
+            sink.write_manifest(&sibling_path, &in_sibling).await?;
+            crash_point("publish:listed");
+            let (from, to) = (sibling.to_path_buf(), local.clone());
+            let swapped = tokio::task::spawn_blocking(move || swap_in(&from, &to))
+                .await
+                .map_err(|e| Error::internal(format!("publish task failed: {e}")))?;
+            match swapped {
+                Ok(()) => {
+                    crash_point("publish:exchanged");
+                    remove_local_dir(sibling).await?;
+                    let kept: std::collections::HashSet<&str> =
+                        at_dest.iter().map(|p| p.as_ref()).collect();
+                    let removed = stale
+                        .iter()
+                        .filter(|p| !kept.contains(p.as_ref()))
+                        .map(|p| format!("/{p}"))
+                        .collect();
+                    return Ok(Committed { outputs, removed });
+                }
+                // A file system that cannot exchange (or a destination that became a mount
+                // point): publish file by file below.
+                Err(e) if matches!(e.raw_os_error(), Some(n) if NO_EXCHANGE.contains(&n)) => {
+                    tracing::warn!(
+                        destination = %sink.shown,
+                        error = %e,
+                        "cannot swap the output directory in; publishing file by file"
+                    );
+                    sink.remove_manifest(&sibling_path).await?;
+                }
+                Err(e) => {
+                    return Err(Error::io(format!("cannot publish {}", sink.shown), e));
+                }
+            }
+        }
+        sink.remove_manifest(&sink.dir).await?;
+        crash_point("publish:unlisted");
+        for (index, (from, to)) in in_sibling.iter().zip(&at_dest).enumerate() {
+            sink.store
+                .rename(from, to)
+                .await
+                .map_err(|e| store_error("publish", to, e))?;
+            crash_point(&format!("publish:output-{index}"));
+        }
+        let removed = sink.finish_listed(&at_dest, stale).await?;
+        remove_local_dir(sibling).await?;
+        Ok(Committed { outputs, removed })
+    }
+}
+
+/// The object paths of published locations (`/a/b` -> `a/b`).
+fn object_paths(locations: &[String]) -> Result<Vec<Path>> {
+    locations
+        .iter()
+        .map(|l| {
+            Path::parse(l.trim_start_matches('/'))
+                .map_err(|e| Error::internal(format!("published path {l}: {e}")))
+        })
+        .collect()
+}
+
+/// Errors of an exchange that make it publish file by file instead: a file system without
+/// exchange, another file system, a busy mount point.
+const NO_EXCHANGE: [i32; 3] = [
+    rustix::io::Errno::INVAL.raw_os_error(),
+    rustix::io::Errno::XDEV.raw_os_error(),
+    rustix::io::Errno::BUSY.raw_os_error(),
+];

@@ -112,6 +112,27 @@ impl Azurite {
         }
     }
 
+    /// The bytes of blob `name` in `container`, read with object_store (not through ferry).
+    pub fn get(&self, container: &str, name: &str) -> Vec<u8> {
+        use object_store::ObjectStoreExt;
+        let store = self.blob_connection().store("az", container).unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                let path = object_store::path::Path::from(name);
+                store
+                    .get(&path)
+                    .await
+                    .unwrap()
+                    .bytes()
+                    .await
+                    .unwrap()
+                    .to_vec()
+            })
+    }
+
     /// Every blob name in `container` under `prefix`, sorted.
     pub fn list(&self, container: &str, prefix: &str) -> Vec<String> {
         let conn = self.blob_connection();
