@@ -144,7 +144,8 @@ fn many_blobs_in_parallel_and_reruns_replace_parts() {
     };
     let report = run_job_with(&job(6), &connections(""));
     assert_eq!(report.status, JobStatus::Succeeded, "{report}");
-    assert_eq!(az.list(&container, "out").len(), 12);
+    // Twelve parts and the manifest that lists them.
+    assert_eq!(az.list(&container, "out").len(), 13);
     // Read all of them back by glob, in parallel.
     let out = dir.path().join("back.parquet");
     let back = run_job_with(
@@ -166,8 +167,12 @@ fn many_blobs_in_parallel_and_reruns_replace_parts() {
     let report = run_job_with(&job(2), &connections(""));
     assert_eq!(report.status, JobStatus::Succeeded, "{report}");
     assert_eq!(
-        az.list(&container, "out").len(),
-        2,
+        az.list(&container, "out"),
+        [
+            "out/_ferry_manifest.json",
+            "out/part-00000.parquet",
+            "out/part-00001.parquet"
+        ],
         "earlier part blobs are removed"
     );
 }
@@ -512,7 +517,8 @@ fn outputs_roll_over_into_several_blobs() {
     assert_eq!(report.status, JobStatus::Succeeded, "{report}");
     // Files end at the first batch boundary past 12000 rows (batches hold at most 4096):
     // 50,000 rows make 4 or 5 files, named in sequence.
-    let blobs = az.list(&container, "rows");
+    let mut blobs = az.list(&container, "rows");
+    assert_eq!(blobs.remove(0), "rows/_ferry_manifest.json");
     assert!((4..=5).contains(&blobs.len()), "{blobs:?}");
     let mut expected: Vec<String> = (1..blobs.len())
         .map(|i| format!("rows/part-00000-{i:04}.parquet"))
@@ -535,16 +541,21 @@ fn outputs_roll_over_into_several_blobs() {
         &connections(""),
     );
     assert_eq!(report.status, JobStatus::Succeeded, "{report}");
-    // About 1.9 MB of CSV: two files.
+    // About 1.9 MB of CSV: two files, and the manifest.
     assert_eq!(
-        az.list(&container, "size").len(),
-        2,
-        "{:?}",
-        az.list(&container, "size")
+        az.list(&container, "size"),
+        [
+            "size/_ferry_manifest.json",
+            "size/part-00000-0001.csv",
+            "size/part-00000.csv"
+        ]
     );
     let report = run_job_with(&job("", "size/"), &connections(""));
     assert_eq!(report.status, JobStatus::Succeeded, "{report}");
-    assert_eq!(az.list(&container, "size"), ["size/part-00000.csv"]);
+    assert_eq!(
+        az.list(&container, "size"),
+        ["size/_ferry_manifest.json", "size/part-00000.csv"]
+    );
 }
 
 #[test]

@@ -245,9 +245,14 @@ impl SinkTarget for LocalTarget {
             .iter()
             .map(|p| p.strip_prefix(&base).unwrap().display().to_string())
             .collect();
+        // The manifest is part of a published set of part files.
         tree(&base)
             .into_iter()
-            .filter(|p| !published.contains(p) && (p != "out/" || published.is_empty()))
+            .filter(|p| {
+                !published.contains(p)
+                    && (p != "out/" || published.is_empty())
+                    && (p != "out/_ferry_manifest.json" || published.is_empty())
+            })
             .collect()
     }
 }

@@ -406,6 +406,7 @@ fn directories_globs_and_reruns() {
     assert_eq!(
         tree(&out),
         [
+            "_ferry_manifest.json",
             "part-00000.parquet",
             "part-00001.parquet",
             "part-00002.parquet"
@@ -420,7 +421,11 @@ fn directories_globs_and_reruns() {
     );
     assert_eq!(
         tree(&out),
-        ["part-00000.parquet", "part-00001.parquet"],
+        [
+            "_ferry_manifest.json",
+            "part-00000.parquet",
+            "part-00001.parquet"
+        ],
         "the re-run replaced the earlier parts"
     );
     assert_eq!(report.removed.len(), 1);
@@ -434,7 +439,7 @@ fn directories_globs_and_reruns() {
         "{}",
         error.message
     );
-    assert_eq!(tree(&out).len(), 2, "the failed job touched nothing");
+    assert_eq!(tree(&out).len(), 3, "the failed job touched nothing");
 
     let report = run_job(&job(
         "dir",

@@ -14,6 +14,9 @@ use crate::support::{ferry, js, tree};
 /// What a reader sees in the output directory: every file by name, with its bytes.
 type Listing = BTreeMap<String, Vec<u8>>;
 
+/// Checks what a reader sees after a crash at a step, given both runs' rows.
+type AfterCrash<'a> = &'a dyn Fn(&str, &Listing, &[String], &[String]);
+
 const MANIFEST: &str = "_ferry_manifest.json";
 
 /// Writes run `run`'s input, `files` CSV files of 500 rows each (`id,run`), into `dir`
@@ -140,15 +143,14 @@ impl Case<'_> {
     }
 }
 
-/// Runs the crash loop: for each step, publish run 1 (three part files), then crash run 2
-/// (two part files) at the step and check what a reader sees with `seen`; then run 2 again
-/// and check it cleaned up. `expect(step)` says which run a reader must see after the crash
-/// and whether the manifest may be missing.
+/// Runs the crash loop: for each step, publish run one (three part files), then crash run
+/// two (two part files) at the step and `check` what a reader sees; then run two again and
+/// check that it published its set whole and cleaned up (`foreign` files are not ferry's).
 fn crash_between_steps(
     case: &Case,
     steps: &[&str],
     listing: &dyn Fn() -> Listing,
-    check: &dyn Fn(&str, &Listing, &[String], &[String]),
+    check: AfterCrash,
     foreign: &[&str],
 ) {
     for step in steps {

@@ -247,7 +247,7 @@ impl FileSink {
         use std::os::unix::fs::MetadataExt;
         let sink = self.clone();
         let dest = dest.to_path_buf();
-        let checked = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+        let checked = ferry_engine::task::spawn_blocking(move || -> std::io::Result<bool> {
             let meta = match std::fs::symlink_metadata(&dest) {
                 Ok(meta) => meta,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
@@ -1157,7 +1157,7 @@ impl PreparedFiles {
             sink.write_manifest(&sibling_path, &in_sibling).await?;
             crash_point("publish:listed");
             let (from, to) = (sibling.to_path_buf(), local.clone());
-            let swapped = tokio::task::spawn_blocking(move || swap_in(&from, &to))
+            let swapped = ferry_engine::task::spawn_blocking(move || swap_in(&from, &to))
                 .await
                 .map_err(|e| Error::internal(format!("publish task failed: {e}")))?;
             match swapped {

@@ -175,7 +175,10 @@ pub fn parquet_blobs(
         let mut listed: Vec<_> = store.list(Some(&prefix)).try_collect().await.unwrap();
         listed.sort_by(|a, b| a.location.cmp(&b.location));
         let mut batches = Vec::new();
-        for meta in listed {
+        for meta in listed
+            .iter()
+            .filter(|m| m.location.as_ref().ends_with(".parquet"))
+        {
             let bytes = store
                 .get(&meta.location)
                 .await
