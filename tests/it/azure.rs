@@ -702,3 +702,92 @@ fn a_staged_run_removes_the_interim_files_of_dead_runs_only() {
         "the dead runs of this job are gone, its own run cleaned up, the rest untouched"
     );
 }
+
+#[test]
+fn busy_and_throttled_storage_is_retried_after_the_wait_it_asks_for() {
+    use crate::support::http_faults::HttpFaults;
+    let az = azurite();
+    let container = az.container("throttled");
+    let faults = HttpFaults::start(&format!("http://127.0.0.1:{}", az.blob_port));
+    let conns = format!(
+        r#"{{"az": {}}}"#,
+        az.connection()
+            .replace(&az.endpoint(), &format!("{}/{ACCOUNT}", faults.endpoint()))
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    let mut expected = Vec::new();
+    for f in 0..3 {
+        let mut text = String::from("id,name\n");
+        for i in 0..2000 {
+            let row = format!("{},row {f}-{i}", f * 2000 + i);
+            text.push_str(&row);
+            text.push('\n');
+            expected.push(row);
+        }
+        std::fs::write(input.join(format!("in-{f}.csv")), text).unwrap();
+    }
+    expected.sort();
+
+    // Sink side: the listing before the load fails with a 500, a block upload is refused
+    // with 503 and Retry-After: 1, a block list commit with 429 and Retry-After: 2.
+    faults.answer("GET", 0, 500, None);
+    faults.answer("PUT", 1, 503, Some(1));
+    faults.answer("PUT", 4, 429, Some(2));
+    let started = std::time::Instant::now();
+    let report = run_job_with(
+        &format!(
+            r#"{{"name": "throttled", "source": {{"type": "file", "path": {}, "format": {{"type": "csv"}}}},
+                "sink": {{"type": "azure_blob", "connection": "az", "container": "{container}", "path": "out/", "format": {{"type": "csv"}}}}}}"#,
+            js(&input)
+        ),
+        &conns,
+    );
+    assert_eq!(report.status, JobStatus::Succeeded, "{report}");
+    assert_eq!(faults.answered(), 3, "every planned fault was met");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(3),
+        "the retries waited the 1 s and 2 s the service asked for: {:?}",
+        started.elapsed()
+    );
+    // The blobs, read straight from Azurite, hold every input row once.
+    let mut rows: Vec<String> = az
+        .list(&container, "out")
+        .iter()
+        .filter(|b| b.ends_with(".csv"))
+        .flat_map(|b| {
+            String::from_utf8(az.get(&container, b))
+                .unwrap()
+                .lines()
+                .skip(1)
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(rows, expected);
+
+    // Source side: reads answered 503 with Retry-After: 1 are retried too.
+    faults.answer("GET", 1, 503, Some(1));
+    faults.answer("GET", 2, 503, Some(1));
+    let back = dir.path().join("back.csv");
+    let report = run_job_with(
+        &format!(
+            r#"{{"name": "throttled-back", "source": {{"type": "azure_blob", "connection": "az", "container": "{container}", "path": "out/", "format": {{"type": "csv"}}}},
+                "sink": {{"type": "file", "path": {}, "format": {{"type": "csv"}}}}}}"#,
+            js(&back)
+        ),
+        &conns,
+    );
+    assert_eq!(report.status, JobStatus::Succeeded, "{report}");
+    assert_eq!(faults.answered(), 5);
+    let mut rows: Vec<String> = std::fs::read_to_string(&back)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    rows.sort();
+    assert_eq!(rows, expected);
+}

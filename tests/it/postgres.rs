@@ -1082,7 +1082,7 @@ fn a_stalled_connection_times_out_and_its_partition_is_read_again() {
     let started = Instant::now();
     let report = run_job_with(&job("once"), &connections);
     assert_eq!(report.status, JobStatus::Succeeded, "{report}");
-    assert_eq!(proxy.stalled(), 1);
+    assert_eq!(proxy.faulted(), 1);
     assert!(report.retries >= 1, "{report}");
     let mut ids: Vec<i32> = read_parquet(&dir.path().join("once.parquet"))
         .iter()
@@ -1113,4 +1113,119 @@ fn a_stalled_connection_times_out_and_its_partition_is_read_again() {
         started.elapsed() < Duration::from_secs(60),
         "a stall never hangs the job"
     );
+}
+
+/// The ids of column 0 (int4) of a Parquet file, sorted.
+fn parquet_ids(path: &std::path::Path) -> Vec<i32> {
+    use arrow::array::AsArray;
+    let mut ids: Vec<i32> = read_parquet(path)
+        .iter()
+        .flat_map(|b| {
+            b.column(0)
+                .as_primitive::<arrow::datatypes::Int32Type>()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn a_reset_or_closed_read_is_retried_from_its_checkpoint_and_a_slow_one_finishes() {
+    use crate::support::proxy::{Direction, Fault, Proxy};
+    let pg = server();
+    let db = pg.database("faulted_read");
+    pg.sql(
+        &db,
+        "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS name FROM generate_series(1, 100000) g",
+    );
+    let proxy = Proxy::start(([127, 0, 0, 1], pg.port).into());
+    let connections = format!(
+        r#"{{"pg": {{"type": "postgres", "host": "127.0.0.1", "port": {}, "user": "postgres", "database": "{db}", "sslmode": "disable", "idle_timeout": "2s"}}}}"#,
+        proxy.port()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let run = |name: &str| {
+        let job = pg_job(
+            name,
+            r#"{"type": "postgres", "connection": "pg", "table": "t"}"#,
+            &format!(
+                r#"{{"type": "file", "path": {}, "format": {{"type": "parquet"}}}}"#,
+                js(&dir.path().join(format!("{name}.parquet")))
+            ),
+            r#", "parallel_copies": 2"#,
+        );
+        run_job_with(&job, &connections)
+    };
+    // A session reset, or closed by the server's side, in the middle of its COPY: the
+    // partition is read again from its checkpoint, and every row arrives once.
+    for (name, fault) in [("reset", Fault::Reset), ("closed", Fault::HalfClose)] {
+        let before = proxy.faulted();
+        proxy.fault_after(fault, Direction::FromServer, 1_000_000, true);
+        let report = run(name);
+        assert_eq!(report.status, JobStatus::Succeeded, "{name}: {report}");
+        assert_eq!(proxy.faulted(), before + 1, "{name}: the fault happened");
+        assert!(report.retries >= 1, "{name}: {report}");
+        assert_eq!(
+            parquet_ids(&dir.path().join(format!("{name}.parquet"))),
+            (1..=100_000).collect::<Vec<i32>>(),
+            "{name}: every row once"
+        );
+    }
+    // Every session slowed to 1 MB/s, but never silent for the 2 s idle_timeout: slow is
+    // not stalled, and the job finishes without a retry.
+    proxy.fault_after(Fault::Throttle(1_000_000), Direction::FromServer, 0, false);
+    let report = run("slow");
+    assert_eq!(report.status, JobStatus::Succeeded, "{report}");
+    assert_eq!(report.retries, 0, "{report}");
+    assert_eq!(
+        parquet_ids(&dir.path().join("slow.parquet")),
+        (1..=100_000).collect::<Vec<i32>>()
+    );
+}
+
+#[test]
+fn a_load_reset_midway_commits_nothing_of_the_failed_attempt() {
+    use crate::support::proxy::{Direction, Fault, Proxy};
+    let pg = server();
+    let db = pg.database("faulted_load");
+    pg.sql(&db, "CREATE TABLE t (id int PRIMARY KEY, name text)");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.csv");
+    let mut text = String::from("id,name\n");
+    for i in 1..=200_000 {
+        text.push_str(&format!("{i},name-{i}\n"));
+    }
+    std::fs::write(&input, text).unwrap();
+    let proxy = Proxy::start(([127, 0, 0, 1], pg.port).into());
+    let connections = format!(
+        r#"{{"pg": {{"type": "postgres", "host": "127.0.0.1", "port": {}, "user": "postgres", "database": "{db}", "sslmode": "disable", "idle_timeout": "2s"}}}}"#,
+        proxy.port()
+    );
+    let job = pg_job(
+        "load",
+        &format!(
+            r#"{{"type": "file", "path": {}, "format": {{"type": "csv"}}}}"#,
+            js(&input)
+        ),
+        r#"{"type": "postgres", "connection": "pg", "table": "t", "mode": "append"}"#,
+        "",
+    );
+    // The load's session is reset after 1 MB of COPY data: the transaction dies with it.
+    proxy.fault_after(Fault::Reset, Direction::ToServer, 1_000_000, true);
+    let report = run_job_with(&job, &connections);
+    assert_eq!(proxy.faulted(), 1, "the fault happened");
+    // The load is run again from the start in a new transaction: every row once.
+    assert_eq!(report.status, JobStatus::Succeeded, "{report}");
+    assert!(report.retries >= 1, "{report}");
+    let count = pg.count(&db, "SELECT count(*) FROM t");
+    let distinct = pg.count(&db, "SELECT count(DISTINCT id) FROM t");
+    assert_eq!((count, distinct), (200_000, 200_000));
+    // No session of the load is left behind on the server.
+    let left: i64 = pg.count(
+        &db,
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    );
+    assert_eq!(left, 0);
 }

@@ -1387,7 +1387,7 @@ fn a_stalled_sql_server_session_times_out_and_its_partition_is_read_again() {
     proxy.stall_after(300_000, true);
     let (ok, text) = run("once");
     assert!(ok, "{text}");
-    assert_eq!(proxy.stalled(), 1);
+    assert_eq!(proxy.faulted(), 1);
     assert_eq!(
         ids(&dir.path().join("once.parquet"), 0),
         (0..60_000).map(Some).collect::<Vec<_>>()

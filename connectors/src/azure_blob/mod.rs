@@ -17,6 +17,8 @@ use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::{ClientOptions, ObjectStore, RetryConfig};
 use serde::{Deserialize, Serialize};
 
+mod retry_after;
+
 use crate::file::{self, FileSink, FileSource, Publish, RollOver, WriteMode};
 use crate::format::FormatSpec;
 
@@ -521,9 +523,11 @@ impl AzureBlobConnection {
             builder = builder.with_endpoint(endpoint.trim_end_matches('/').to_string());
         }
         builder = builder.with_client_options(self.client_options().map_err(in_conn)?);
-        if let Some(connector) = connector {
-            builder = builder.with_http_connector(connector);
-        }
+        let inner: Box<dyn object_store::client::HttpConnector> = match connector {
+            Some(connector) => Box::new(connector),
+            None => Box::new(object_store::client::ReqwestConnector::default()),
+        };
+        builder = builder.with_http_connector(retry_after::RetryAfterConnector(inner));
         builder = match &self.auth {
             AzureAuth::SharedKey { key } => {
                 builder.with_access_key(key.expose().map_err(in_conn)?.as_str())

@@ -111,6 +111,7 @@ pub fn js(p: &Path) -> String {
 }
 
 pub mod azurite;
+pub mod http_faults;
 pub mod postgres;
 pub mod proxy;
 pub mod sqlserver;
