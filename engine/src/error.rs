@@ -101,6 +101,9 @@ impl Error {
     /// An I/O error while doing `what`; retryable when the OS error is transient.
     pub fn io(what: impl Into<String>, err: std::io::Error) -> Self {
         use std::io::ErrorKind as K;
+        if is_disk_full(&err) {
+            return Self::disk_full(what).with_source(err);
+        }
         let retryable = matches!(
             err.kind(),
             K::Interrupted
@@ -119,6 +122,18 @@ impl Error {
         Self::new(kind, what)
             .with_retryable(retryable)
             .with_source(err)
+    }
+
+    /// `what` failed because its disk (or the user's quota on it) is full: not retried, since
+    /// a retry would fill it again.
+    pub fn disk_full(what: impl Into<String>) -> Self {
+        Self::new(
+            ErrorKind::Io,
+            format!(
+                "{}: the disk is full; free space there or write elsewhere",
+                what.into()
+            ),
+        )
     }
 
     /// Attaches the underlying error.
@@ -162,6 +177,28 @@ impl Error {
             _ => 1,
         }
     }
+}
+
+/// Whether `err` (or an error it wraps) says a disk or quota is full: `ENOSPC` or `EDQUOT`,
+/// also when a store reports it only in its text.
+pub fn is_disk_full(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        {
+            return true;
+        }
+        let text = e.to_string();
+        if text.contains("No space left on device") || text.contains("Disk quota exceeded") {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 impl fmt::Display for Error {

@@ -503,3 +503,82 @@ fn tpch_generator_to_csv_and_parquet_agree() {
     };
     assert_eq!(keys(&parquet), keys(&from_csv));
 }
+
+/// A 1 MiB tmpfs mounted at `dir` for the test (unmounted when dropped), or `None` with the
+/// reason printed when this user may not mount (the fault needs root or a user namespace).
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path) -> Option<SmallDisk> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(dir)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(SmallDisk(dir.to_path_buf())),
+            Ok(o) => {
+                eprintln!(
+                    "SKIPPED: a full disk needs a small tmpfs and this user cannot mount one: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: a full disk needs `mount`: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_naming_the_path_and_leaves_nothing() {
+    let tmp = TempDir::new().unwrap();
+    let full = tmp.path().join("full");
+    let Some(_disk) = SmallDisk::mount(&full) else {
+        return;
+    };
+    // About 35 MB of CSV (and several MB of compressed interim files) into 1 MiB: as one
+    // file, as part files, and through local staging.
+    let source = r#"{"type":"tpch","table":"lineitem","scale_factor":0.05}"#;
+    let cases = [
+        ("one", file(&full.join("one.csv"), CSV), String::new()),
+        ("parts", dir(&full.join("parts"), CSV), String::new()),
+        (
+            "staged",
+            file(&tmp.path().join("staged.csv"), CSV),
+            format!(r#", "staging": {{"path": {}}}"#, js(&full.join("staging"))),
+        ),
+    ];
+    for (name, sink, extra) in cases {
+        let reports = crate::support::run_phases(&job(name, source.into(), sink, &extra), "{}");
+        let error = reports
+            .iter()
+            .find_map(|r| r.error.as_ref())
+            .unwrap_or_else(|| panic!("{name}: {reports:?}"));
+        assert!(
+            error.message.contains("No space left on device")
+                && error.message.contains(&full.display().to_string()),
+            "{name}: the error says the disk is full and names where: {}",
+            error.message
+        );
+        // Only the (empty) staging area the job names may stay.
+        let kept: &[&str] = if name == "staged" { &["staging/"] } else { &[] };
+        assert_eq!(
+            tree(&full),
+            kept,
+            "{name}: nothing published and no temporary file left"
+        );
+        assert!(!tmp.path().join("staged.csv").exists());
+    }
+}

@@ -413,7 +413,8 @@ impl OutputWriter for FileOutputWriter {
 
     async fn finish(mut self: Box<Self>) -> Result<Box<dyn StagedOutput>> {
         self.writer.shutdown().await.map_err(|e| {
-            Error::io(format!("complete {}", self.temporary), e).with_retryable(true)
+            let retryable = !ferry_engine::error::is_disk_full(&e);
+            Error::io(format!("complete /{}", self.temporary), e).with_retryable(retryable)
         })?;
         Ok(Box::new(TemporaryFile {
             store: self.store,

@@ -45,6 +45,9 @@ pub async fn delete_under(store: &dyn ObjectStore, prefix: &Path) -> Result<()> 
 pub fn store_error(what: &str, path: &Path, e: object_store::Error) -> Error {
     // Some backends report HTTP failures as `Generic` with the status in the text.
     let text = e.to_string();
+    if ferry_engine::error::is_disk_full(&e) {
+        return Error::disk_full(format!("{what} /{path}")).with_source(e);
+    }
     let denied = text.contains("403 Forbidden") || text.contains("401 Unauthorized");
     match e {
         object_store::Error::NotFound { .. } => {
