@@ -18,6 +18,8 @@ pub mod tls;
 pub mod tpch;
 
 #[cfg(test)]
+mod fuzz_formats;
+#[cfg(test)]
 mod fuzz_tests;
 
 pub use connection::{ConnectionSpec, Connections};

@@ -458,7 +458,25 @@ struct ReadTask {
 struct Closed;
 
 impl ReadTask {
+    /// Reads the partition. The format readers (arrow's IPC decoder above all) can panic on
+    /// a damaged file instead of failing; such a panic fails the read with the file named.
     fn run(self) -> Result<()> {
+        let label = self.part.file.label.clone();
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.read())).unwrap_or_else(
+            |panic| {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("no reason given");
+                Err(Error::data(format!(
+                    "{label} is damaged: its reader failed on it ({why}); write it again"
+                )))
+            },
+        )
+    }
+
+    fn read(self) -> Result<()> {
         match &self.format {
             FormatSpec::Csv(_) | FormatSpec::Jsonl(_) => self.read_text(),
             FormatSpec::Parquet(_) => self.read_parquet(),
@@ -665,7 +683,12 @@ impl ReadTask {
                 .map_err(|e| store_error("read", &path, e))
         };
         for block in &footer.dictionaries {
-            arrow_ipc::read_dictionary(&mut decoder, block, get(arrow_ipc::block_range(block))?)?;
+            arrow_ipc::read_dictionary(
+                &mut decoder,
+                block,
+                get(arrow_ipc::block_range(block))?,
+                &file.label,
+            )?;
         }
         let start = self
             .resume
@@ -676,7 +699,8 @@ impl ReadTask {
             let block = &footer.batches[index];
             let range = arrow_ipc::block_range(block);
             let input_bytes = range.end - range.start;
-            let Some(batch) = arrow_ipc::read_batch(&decoder, block, get(range)?)? else {
+            let Some(batch) = arrow_ipc::read_batch(&decoder, block, get(range)?, &file.label)?
+            else {
                 continue;
             };
             records += batch.num_rows() as u64;

@@ -67,18 +67,35 @@ pub fn decoder(footer: &IpcFooter) -> FileDecoder {
     FileDecoder::new(footer.schema.clone(), footer.version)
 }
 
-/// Reads a dictionary block.
-pub fn read_dictionary(decoder: &mut FileDecoder, block: &Block, bytes: Bytes) -> Result<()> {
-    Ok(decoder.read_dictionary(block, &Buffer::from(bytes))?)
+/// Reads a dictionary block of `file`.
+pub fn read_dictionary(
+    decoder: &mut FileDecoder,
+    block: &Block,
+    bytes: Bytes,
+    file: &str,
+) -> Result<()> {
+    decoder
+        .read_dictionary(block, &Buffer::from(bytes))
+        .map_err(|e| damaged(file, e))
 }
 
-/// Reads a record batch block.
+/// Reads a record batch block of `file`.
 pub fn read_batch(
     decoder: &FileDecoder,
     block: &Block,
     bytes: Bytes,
+    file: &str,
 ) -> Result<Option<RecordBatch>> {
-    Ok(decoder.read_record_batch(block, &Buffer::from(bytes))?)
+    decoder
+        .read_record_batch(block, &Buffer::from(bytes))
+        .map_err(|e| damaged(file, e))
+}
+
+/// A block of `file` that does not decode: the file is damaged (not retried).
+fn damaged(file: &str, e: arrow::error::ArrowError) -> Error {
+    Error::data(format!(
+        "{file} is damaged or not an Arrow IPC file: {e}; write it again"
+    ))
 }
 
 /// Encodes batches into one Arrow IPC file.
