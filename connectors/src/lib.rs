@@ -16,6 +16,7 @@ pub mod sqlserver;
 pub mod staged;
 pub mod tls;
 pub mod tpch;
+pub mod verify;
 
 #[cfg(test)]
 mod fuzz_formats;

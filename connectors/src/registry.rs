@@ -24,6 +24,7 @@ pub fn parse_job(text: &str) -> Result<(JobFile, JobSettings)> {
     if crate::binary::is_binary(&spec) {
         crate::binary::validate(&spec).map_err(in_job)?;
     }
+    crate::verify::check(&spec, &settings).map_err(in_job)?;
     Ok((spec, settings))
 }
 

@@ -358,9 +358,12 @@ async fn run_one(
             // the report counts them.
             let prepared = preparing.elapsed().as_secs_f64();
             let schema = job.source.schema();
+            let settings = job.settings.clone();
             let running = ferry_engine::start(job);
             observe(&running.control());
             let report = running.report().await.with_preparation(prepared);
+            let report =
+                crate::verify::verify_output(spec, connections, &settings, &schema, report).await;
             (report, Some(schema))
         }
         Err(e) => (failed_before_start(spec, &name, e), None),

@@ -30,6 +30,7 @@ pub mod stats;
 pub mod task;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod verify;
 
 use std::sync::Arc;
 

@@ -55,6 +55,8 @@ pub struct RunOutcome {
     pub skipped_sample: Vec<SkippedRow>,
     /// What the counts count.
     pub unit: CountUnit,
+    /// The figures of what passed to the sink, when the job verifies.
+    pub figures: Option<crate::verify::Figures>,
 }
 
 /// The failure of a failed job.
@@ -143,6 +145,20 @@ pub struct JobReport {
     /// example, that partitions read the source at different moments).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// `verify: true`: the figures of what was read and of the output read back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<Verification>,
+}
+
+/// What `verify: true` compared.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Verification {
+    /// Figures of the data read, as it passed to the sink.
+    pub read: crate::verify::Figures,
+    /// Figures of the published output, read back after the commit.
+    pub output: Option<crate::verify::Figures>,
+    /// Seconds the read-back took.
+    pub secs: f64,
 }
 
 /// What a report's counts count.
@@ -210,6 +226,11 @@ impl JobReport {
             prepare_secs: 0.0,
             unit: outcome.unit,
             notes: progress.notes.lock().map(|n| n.clone()).unwrap_or_default(),
+            verification: outcome.figures.map(|read| Verification {
+                read,
+                output: None,
+                secs: 0.0,
+            }),
         }
     }
 
@@ -243,6 +264,7 @@ impl JobReport {
             prepare_secs: 0.0,
             unit: CountUnit::Rows,
             notes: Vec::new(),
+            verification: None,
         }
     }
 
@@ -376,6 +398,24 @@ impl fmt::Display for JobReport {
         }
         for n in &self.notes {
             writeln!(f, "  note      {n}")?;
+        }
+        if let Some(v) = &self.verification
+            && let Some(output) = &v.output
+        {
+            writeln!(
+                f,
+                "  verified  {} rows, {} columns read back in {:.2}s: row checksum {} {} {}",
+                output.rows,
+                output.columns.len(),
+                v.secs,
+                v.read.checksum,
+                if v.read.differences(output).is_empty() {
+                    "="
+                } else {
+                    "!="
+                },
+                output.checksum
+            )?;
         }
         for s in &self.skipped_sample {
             writeln!(f, "  skipped   {}: {}", s.location, s.reason)?;

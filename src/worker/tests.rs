@@ -83,6 +83,7 @@ impl JobRunner for FakeRunner {
                 result,
                 skipped_sample: Vec::new(),
                 unit: CountUnit::Rows,
+                figures: None,
             };
             vec![JobReport::build(outcome, &control.progress)]
         })

@@ -15,4 +15,5 @@ mod publish;
 mod sqlserver;
 mod sqlserver_real;
 mod support;
+mod verify;
 mod worker;

@@ -9,7 +9,7 @@ use crate::support::postgres::{PASSWORD, Postgres, make_certificates, server};
 use crate::support::{js, read_parquet, run_job_with, sorted_rows};
 
 /// A table with every type the type table lists, edge values, NULLs and arrays.
-const EVERYTHING: &str = r#"
+pub(crate) const EVERYTHING: &str = r#"
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
 CREATE DOMAIN posint AS integer CHECK (VALUE > 0);
 CREATE TABLE everything (

@@ -18,7 +18,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use serde::{Deserialize, Serialize};
 
 pub(crate) use sink::PartUploader;
-pub use sink::{FileSink, Publish, RollOver, WriteMode};
+pub use sink::{FileSink, MANIFEST, Manifest, ManifestFile, Publish, RollOver, WriteMode};
 pub use source::{FileSource, InputFile};
 
 use crate::format::FormatSpec;

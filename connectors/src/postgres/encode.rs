@@ -181,7 +181,7 @@ fn time_from_text(array: &ArrayRef, to: &DataType, column: &str) -> Result<Array
 }
 
 /// Text intervals: ISO 8601 (as ferry writes them to Parquet) or Arrow's interval syntax.
-fn interval_from_text(array: &ArrayRef, column: &str) -> Result<ArrayRef> {
+pub(crate) fn interval_from_text(array: &ArrayRef, column: &str) -> Result<ArrayRef> {
     let text =
         cast_with_options(array, &DataType::Utf8, &strict()).map_err(|e| cast_error(column, e))?;
     let text = text.as_string::<i32>();

@@ -42,6 +42,7 @@ fn encode_output(msg: EncodeOutput) -> StageExit {
         max_buffered,
         progress,
         cancel,
+        figures,
     } = msg;
     let clock = progress.clock(Stage::Encode);
     let mut held = Reservation::empty();
@@ -69,6 +70,12 @@ fn encode_output(msg: EncodeOutput) -> StageExit {
             std::sync::atomic::Ordering::Relaxed,
         );
         let (encoded, busy) = timed(|| {
+            if let Some(figures) = &figures {
+                figures
+                    .lock()
+                    .map_err(|_| crate::Error::internal("verification figures poisoned"))?
+                    .add(&item.batch)?;
+            }
             let mut out = encoder.encode(&item.batch)?;
             if out.is_none() && encoder.buffered_bytes() > max_buffered {
                 out = encoder.flush()?;

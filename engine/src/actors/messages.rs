@@ -57,6 +57,8 @@ pub struct EncodeOutput {
     pub progress: std::sync::Arc<crate::stats::JobProgress>,
     /// Set when the job or the output is cancelled.
     pub cancel: CancellationToken,
+    /// The attempt's verification figures, when the job verifies.
+    pub figures: Option<std::sync::Arc<std::sync::Mutex<crate::verify::Figures>>>,
 }
 
 /// How a stage ended, like a process exit status.

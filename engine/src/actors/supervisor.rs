@@ -99,6 +99,8 @@ struct OutputTotals {
     records: u64,
     skipped: u64,
     rows_written: u64,
+    /// What passed to the sink, when the job verifies.
+    figures: Option<crate::verify::Figures>,
 }
 
 /// Runs a job to its end and reports; never panics, never publishes partial output.
@@ -121,7 +123,10 @@ async fn run_job(job: Job, progress: Arc<JobProgress>, cancel: CancellationToken
         progress: progress.clone(),
     });
     tracing::info!(job = %name, source = source_name, sink = sink_name, "job started");
-    let result = copy(&ctx, &cancel).await;
+    let (result, figures) = match copy(&ctx, &cancel).await {
+        Ok((committed, figures)) => (Ok(committed), figures),
+        Err(e) => (Err(e), None),
+    };
     let outcome = RunOutcome {
         job: name.clone(),
         kinds: (source_name, sink_name),
@@ -129,6 +134,7 @@ async fn run_job(job: Job, progress: Arc<JobProgress>, cancel: CancellationToken
         result,
         skipped_sample: ctx.faults.finish().unwrap_or_default(),
         unit: CountUnit::Rows,
+        figures,
     };
     let report = JobReport::build(outcome, &progress);
     crate::metrics::record_job(&report);
@@ -145,7 +151,10 @@ async fn run_job(job: Job, progress: Arc<JobProgress>, cancel: CancellationToken
 
 /// Prepares, copies every output, checks the row accounting and commits; on any failure,
 /// aborts everything that was staged.
-async fn copy(ctx: &Arc<JobContext>, cancel: &CancellationToken) -> Result<Committed> {
+async fn copy(
+    ctx: &Arc<JobContext>,
+    cancel: &CancellationToken,
+) -> Result<(Committed, Option<crate::verify::Figures>)> {
     let job = ctx.settings.name.as_str();
     let in_job = |e: Error| e.context(format!("job {job}"));
     let sink: Arc<dyn PreparedSink> = ctx.sink.prepare(&ctx.schema).await.map_err(in_job)?.into();
@@ -189,7 +198,13 @@ async fn copy(ctx: &Arc<JobContext>, cancel: &CancellationToken) -> Result<Commi
         })
         .buffer_unordered(parallel);
     let mut staged = Vec::new();
-    let mut totals = OutputTotals::default();
+    let mut totals = OutputTotals {
+        figures: ctx
+            .settings
+            .verify
+            .then(|| crate::verify::Figures::new(&ctx.schema)),
+        ..OutputTotals::default()
+    };
     let mut failure: Option<Error> = None;
     while let Some(result) = results.next().await {
         match result {
@@ -198,6 +213,9 @@ async fn copy(ctx: &Arc<JobContext>, cancel: &CancellationToken) -> Result<Commi
                 totals.records += t.records;
                 totals.skipped += t.skipped;
                 totals.rows_written += t.rows_written;
+                if let (Some(all), Some(part)) = (&mut totals.figures, &t.figures) {
+                    all.merge(part);
+                }
             }
             Err(e) => {
                 cancel.cancel();
@@ -236,7 +254,7 @@ async fn copy(ctx: &Arc<JobContext>, cancel: &CancellationToken) -> Result<Commi
         return Err(in_job(e));
     }
     match sink.commit(staged).await {
-        Ok(committed) => Ok(committed),
+        Ok(committed) => Ok((committed, totals.figures)),
         Err(e) => {
             // The commit discarded what it did not publish; this removes the run's traces.
             let _ = sink.abort(Vec::new()).await;
@@ -357,6 +375,11 @@ async fn run_output(
         sink.open(&ctx.schema, index).await.map_err(fail)?;
     let (batch_tx, batch_rx) = mpsc::channel(BATCH_CHANNEL_CAPACITY);
     let (chunk_tx, chunk_rx) = mpsc::channel(CHUNK_CHANNEL_CAPACITY);
+    let figures = ctx.settings.verify.then(|| {
+        Arc::new(std::sync::Mutex::new(crate::verify::Figures::new(
+            &ctx.schema,
+        )))
+    });
 
     let (writer_done, writer_exit) = oneshot::channel();
     SinkWriter {
@@ -374,6 +397,7 @@ async fn run_output(
         max_buffered,
         progress: ctx.progress.clone(),
         cancel: token.clone(),
+        figures: figures.clone(),
     });
     let readers = join_all(
         partitions
@@ -393,6 +417,7 @@ async fn run_output(
 
     let mut totals = OutputTotals {
         rows_written: result.rows,
+        figures: figures.and_then(|f| f.lock().ok().map(|f| f.clone())),
         ..OutputTotals::default()
     };
     let mut exits = Vec::new();

@@ -63,7 +63,8 @@ pub struct JobSpec<Src, Snk, Stg> {
     /// Retry of retryable failures.
     #[serde(default)]
     pub retry: RetryPolicy,
-    /// Compare checksums of the data read and written (not available yet: must be false).
+    /// After the commit, read the published output back and compare its row count and
+    /// checksums with those of the data read (docs/operations.md, "Verifying a copy").
     #[serde(default)]
     pub verify: bool,
 }
@@ -149,6 +150,8 @@ pub struct JobSettings {
     pub commit_gate: Option<CommitGate>,
     /// The local paths the job may touch, and the mode of the files it creates.
     pub local: std::sync::Arc<super::LocalFiles>,
+    /// Whether the job's figures are computed for verification.
+    pub verify: bool,
 }
 
 /// The answer a job needs right before it publishes: may it still? A worker node answers by
@@ -203,6 +206,7 @@ impl JobSettings {
             max_backoff: DEFAULT_MAX_BACKOFF.0,
             commit_gate: None,
             local: Default::default(),
+            verify: false,
         }
     }
 }
@@ -245,11 +249,6 @@ impl<Src, Snk, Stg> JobSpec<Src, Snk, Stg> {
         {
             return Err(Error::config(format!(
                 "invalid job: name `{name}` may contain only letters, digits, `-`, `_` and `.` (it names temporary files)"
-            )));
-        }
-        if self.verify {
-            return Err(Error::config(format!(
-                "job {name}: `verify` is not available in this version of ferry; set it to false (row counts are always checked)"
             )));
         }
         let parallel_copies = NonZeroUsize::new(self.parallel_copies).ok_or_else(|| {
@@ -296,6 +295,7 @@ impl<Src, Snk, Stg> JobSpec<Src, Snk, Stg> {
             max_backoff: self.retry.max_backoff.0,
             commit_gate: None,
             local: Default::default(),
+            verify: self.verify,
         })
     }
 }
@@ -362,10 +362,6 @@ mod tests {
             (
                 r#"{"name":"j","source":{},"sink":{},"max_buffer_bytes":"10KiB"}"#,
                 "below the minimum",
-            ),
-            (
-                r#"{"name":"j","source":{},"sink":{},"verify":true}"#,
-                "`verify` is not available",
             ),
             (
                 r#"{"name":"j","source":{},"sink":{},"retry":{"max_attempts":0}}"#,
