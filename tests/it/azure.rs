@@ -224,11 +224,7 @@ fn credentials_and_containers_fail_clearly() {
         r#"{{"az": {{"type": "azure_blob", "account": "{ACCOUNT}", "endpoint": "{}", "allow_http": true, "auth": {{"type": "shared_key", "key": {{"env": "FERRY_IT_WRONG_KEY"}}}}}}}}"#,
         az.endpoint()
     );
-    #[allow(unsafe_code)]
-    // SAFETY: a variable only this test uses.
-    unsafe {
-        std::env::set_var("FERRY_IT_WRONG_KEY", "d3JvbmcgdGhpcyBrZXkgaXM=")
-    };
+    crate::support::expect_env("FERRY_IT_WRONG_KEY", "d3JvbmcgdGhpcyBrZXkgaXM=");
     let report = run_job_with(&job(&container), &bad_key);
     let error = report.error.unwrap();
     assert_eq!(error.kind, ErrorKind::Auth, "{}", error.message);
@@ -247,32 +243,54 @@ fn credentials_and_containers_fail_clearly() {
         error.message
     );
 
-    // A SAS token with read and list rights reads, and cannot write.
+    // A SAS token with read and list rights reads, and cannot write. The token is made now,
+    // so `ferry copy` runs as a child process with it in its environment.
     let sas = az.sas("rl");
-    #[allow(unsafe_code)]
-    // SAFETY: a variable only this test uses.
-    unsafe {
-        std::env::set_var("FERRY_IT_SAS_RL", &sas)
+    let sas_conn = dir.path().join("sas.json");
+    std::fs::write(
+        &sas_conn,
+        format!(
+            r#"{{"az": {{"type": "azure_blob", "account": "{ACCOUNT}", "endpoint": "{}", "allow_http": true, "auth": {{"type": "sas", "token": {{"env": "FERRY_IT_SAS_RL"}}}}}}}}"#,
+            az.endpoint()
+        ),
+    )
+    .unwrap();
+    let with_sas = |name: &str, job: &str| {
+        let file = dir.path().join(format!("{name}.json"));
+        std::fs::write(&file, job).unwrap();
+        crate::support::ferry()
+            .arg("copy")
+            .arg(&file)
+            .arg("--connections")
+            .arg(&sas_conn)
+            .env("FERRY_IT_SAS_RL", &sas)
+            .output()
+            .unwrap()
     };
-    let sas_conn = format!(
-        r#"{{"az": {{"type": "azure_blob", "account": "{ACCOUNT}", "endpoint": "{}", "allow_http": true, "auth": {{"type": "sas", "token": {{"env": "FERRY_IT_SAS_RL"}}}}}}}}"#,
-        az.endpoint()
+    let refused = with_sas("sas-write", &job(&container));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("access denied"),
+        "{stderr}"
     );
-    let report = run_job_with(&job(&container), &sas_conn);
-    assert_eq!(report.error.unwrap().kind, ErrorKind::Auth);
     let report = run_job_with(&job(&container), &connections(""));
     assert_eq!(report.status, JobStatus::Succeeded, "{report}");
     let out = dir.path().join("via-sas.parquet");
-    let report = run_job_with(
+    let read = with_sas(
+        "sas-read",
         &format!(
             r#"{{"name": "sas-read", "source": {{"type": "azure_blob", "connection": "az", "container": "{container}", "path": "x/", "format": {{"type": "csv"}}}},
                 "sink": {{"type": "file", "path": {}, "format": {{"type": "parquet"}}}}}}"#,
             js(&out)
         ),
-        &sas_conn,
     );
-    assert_eq!(report.status, JobStatus::Succeeded, "{report}");
-    assert_eq!(report.rows_read, 100);
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let rows: usize = read_parquet(&out).iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 100);
 }
 
 #[test]

@@ -475,9 +475,8 @@ fn connection_faults_are_clear() {
         )
     };
 
-    // SAFETY of the environment: tests set distinct variable names.
-    unsafe_env_set("FERRY_IT_PG_GOOD", PASSWORD);
-    unsafe_env_set("FERRY_IT_PG_BAD", "wrong");
+    crate::support::expect_env("FERRY_IT_PG_GOOD", PASSWORD);
+    crate::support::expect_env("FERRY_IT_PG_BAD", "wrong");
     let report = run_job_with(
         &job,
         &conn(r#""user": "ferry_pw", "password": {"env": "FERRY_IT_PG_GOOD"}"#),
@@ -533,15 +532,6 @@ fn connection_faults_are_clear() {
         "{}",
         error.message
     );
-}
-
-fn unsafe_env_set(key: &str, value: &str) {
-    // Each test uses its own variable names, so concurrent tests do not race on them.
-    #[allow(unsafe_code)]
-    // SAFETY: no other thread reads or writes these variables.
-    unsafe {
-        std::env::set_var(key, value)
-    };
 }
 
 /// A new database `name` with a table `t` of `rows` ids, and a job (named `name`) that copies
@@ -681,7 +671,7 @@ fn secure_defaults_verify_the_server_and_never_send_a_cleartext_password() {
     let pg = server();
     let (db, dir, job) = table_to_csv(pg, "securedefaults", 10);
     let ca = pg.dir.join("ca.pem");
-    unsafe_env_set("FERRY_IT_PG_CLEAR", PASSWORD);
+    crate::support::expect_env("FERRY_IT_PG_CLEAR", PASSWORD);
     let run = |fields: &str| {
         run_job_with(
             &job,

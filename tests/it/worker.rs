@@ -47,6 +47,8 @@ pub(crate) struct Runtime {
     /// The Azure channel itself, to send raw messages as a control plane would.
     azure: Option<Arc<AzureQueueChannel>>,
     tokio: tokio::runtime::Runtime,
+    /// Environment given to every node (a SAS token made for this test).
+    node_env: Vec<(String, String)>,
 }
 
 /// A name part no other test of this run uses.
@@ -74,6 +76,7 @@ impl Runtime {
             .enable_all()
             .build()
             .unwrap();
+        let mut node_env = Vec::new();
         let (channel, channel_toml, azure, queue): (Arc<dyn Channel>, String, _, _) = match kind {
             Kind::Local => (
                 Arc::new(
@@ -104,29 +107,33 @@ impl Runtime {
                         azurite::KEY_ENV
                     )
                 };
-                let connection = format!(
-                    r#"{{"type": "azure_blob", "account": "{}", "endpoint": "{}", "allow_http": true, "auth": {auth}}}"#,
-                    azurite::ACCOUNT,
-                    az.endpoint()
-                );
+                let connection = |auth: &str| {
+                    format!(
+                        r#"{{"type": "azure_blob", "account": "{}", "endpoint": "{}", "allow_http": true, "auth": {auth}}}"#,
+                        azurite::ACCOUNT,
+                        az.endpoint()
+                    )
+                };
                 std::fs::write(
                     dir.path().join("connections.json"),
-                    format!(r#"{{"control": {connection}}}"#),
+                    format!(r#"{{"control": {}}}"#, connection(&auth)),
                 )
                 .unwrap();
+                // The nodes read the token from their environment; the test's own client
+                // (the control plane) uses the account key.
                 if sas {
-                    // SAFETY: a name of this test's own; set before any node reads it.
-                    #[allow(unsafe_code)]
-                    unsafe {
-                        std::env::set_var(
-                            format!("FERRY_IT_QUEUE_SAS_{unique}"),
-                            az.sas_for("rwdlacup", "bq"),
-                        )
-                    };
+                    node_env.push((
+                        format!("FERRY_IT_QUEUE_SAS_{unique}"),
+                        az.sas_for("rwdlacup", "bq"),
+                    ));
                 }
+                let own = connection(&format!(
+                    r#"{{"type": "shared_key", "key": {{"env": "{}"}}}}"#,
+                    azurite::KEY_ENV
+                ));
                 let settings = AzureQueueSettings {
                     connection_name: "control".into(),
-                    connection: match serde_json::from_str(&connection).unwrap() {
+                    connection: match serde_json::from_str(&own).unwrap() {
                         ConnectionSpec::AzureBlob(c) => c,
                         other => panic!("not azure_blob: {other:?}"),
                     },
@@ -160,6 +167,7 @@ impl Runtime {
             channel,
             azure,
             tokio,
+            node_env,
         }
     }
 
@@ -190,6 +198,7 @@ impl Runtime {
             ferry()
                 .args(["worker", "--config"])
                 .arg(&config)
+                .envs(self.node_env.iter().map(|(k, v)| (k, v)))
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(self.path().join(format!("{name}.log"))).unwrap())
                 .spawn()

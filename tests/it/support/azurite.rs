@@ -46,12 +46,8 @@ pub fn azurite() -> &'static Azurite {
             dir.display()
         );
         super::stop_when_tests_end(&script, &dir);
-        // Each test names the key by this variable; its value never changes.
-        #[allow(unsafe_code)]
-        // SAFETY: set once, before any connection reads it, to the same constant.
-        unsafe {
-            std::env::set_var(KEY_ENV, KEY)
-        };
+        // Each test names the key by this variable, set by .cargo/config.toml.
+        super::expect_env(KEY_ENV, KEY);
         Azurite {
             blob_port,
             queue_port,

@@ -131,6 +131,16 @@ pub fn run_phases(json: &str, connections: &str) -> Vec<JobReport> {
     })
 }
 
+/// Checks that environment variable `name` holds `value`: the tests' secrets are set by
+/// .cargo/config.toml before the test process starts (never with `set_var` while tests run).
+pub fn expect_env(name: &str, value: &str) {
+    assert_eq!(
+        std::env::var(name).as_deref(),
+        Ok(value),
+        "{name} is set by .cargo/config.toml; run the tests with cargo from the repository"
+    );
+}
+
 /// A free TCP port on the loopback interface.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -48,16 +48,9 @@ impl TestServer {
             snapshot_isolation: false,
         })
         .unwrap();
-        // The in-process sources and sinks read the password from the environment: set once
-        // per process, always to the same value.
-        static SET: std::sync::Once = std::sync::Once::new();
-        SET.call_once(|| {
-            // SAFETY: a name of these tests' own, set once, to one value.
-            #[allow(unsafe_code)]
-            unsafe {
-                std::env::set_var(PASSWORD_ENV, PASSWORD)
-            };
-        });
+        // The in-process sources and sinks read the password from the environment, set by
+        // .cargo/config.toml.
+        super::expect_env(PASSWORD_ENV, PASSWORD);
         TestServer { peer, dir }
     }
 
