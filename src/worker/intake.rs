@@ -229,11 +229,17 @@ impl<R: JobRunner> JobIntake<R> {
                 }
                 None => free,
             };
+            // A renewal that takes longer than the lease is useless: the lease is gone by then.
+            let lease = channel.lease_timeout();
             for id in renew {
-                match channel.renew(&id, &node).await {
-                    Ok(true) => {}
-                    Ok(false) => result.lost.push(id),
-                    Err(e) => tracing::warn!(job = %id, error = %e, "cannot renew the lease"),
+                match tokio::time::timeout(lease, channel.renew(&id, &node)).await {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) => result.lost.push(id),
+                    Ok(Err(e)) => tracing::warn!(job = %id, error = %e, "cannot renew the lease"),
+                    Err(_) => tracing::warn!(
+                        job = %id,
+                        "cannot renew the lease: the control channel did not answer within the lease timeout"
+                    ),
                 }
             }
             match channel.cancel_requested(&running).await {
@@ -414,7 +420,29 @@ impl<R: JobRunner> JobIntake<R> {
                 let (channel, id, node, intake) =
                     (channel.clone(), id.clone(), node.clone(), intake.clone());
                 Box::pin(async move {
-                    let held = channel.renew(&id, &node).await?;
+                    // Publishing needs the lease held for sure: a renewal that fails or does not
+                    // answer within the lease timeout (the channel is unreachable) counts as
+                    // lost. The job is neither published nor reported; once its lease expires,
+                    // a node that reaches the channel runs it again.
+                    let held = match tokio::time::timeout(
+                        channel.lease_timeout(),
+                        channel.renew(&id, &node),
+                    )
+                    .await
+                    {
+                        Ok(Ok(held)) => held,
+                        Ok(Err(e)) => {
+                            tracing::warn!(job = %id, error = %e, "cannot renew the lease before publishing");
+                            false
+                        }
+                        Err(_) => {
+                            tracing::warn!(
+                                job = %id,
+                                "cannot renew the lease before publishing: the control channel did not answer within the lease timeout"
+                            );
+                            false
+                        }
+                    };
                     if !held {
                         intake.do_send(LeaseLost { id });
                     }

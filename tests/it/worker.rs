@@ -177,20 +177,47 @@ impl Runtime {
 
     /// Writes the configuration of node `name` and starts it.
     pub(crate) fn node(&self, name: &str, max_jobs: usize) -> Node {
+        self.start_node(name, max_jobs, &self.channel_toml, "connections.json")
+    }
+
+    /// Starts node `name` reaching the Azure channel's storage through local TCP proxies on
+    /// `blob` and `queue` (its other connections go direct).
+    pub(crate) fn node_through(&self, name: &str, max_jobs: usize, blob: u16, queue: u16) -> Node {
+        let az = azurite();
+        let via = |port: u16| format!("http://127.0.0.1:{port}/{}", azurite::ACCOUNT);
+        let connections = format!("connections-{name}.json");
+        std::fs::write(
+            self.path().join(&connections),
+            std::fs::read_to_string(self.path().join("connections.json"))
+                .unwrap()
+                .replace(&az.endpoint(), &via(blob)),
+        )
+        .unwrap();
+        let channel = self.channel_toml.replace(&az.queue_endpoint(), &via(queue));
+        self.start_node(name, max_jobs, &channel, &connections)
+    }
+
+    fn start_node(
+        &self,
+        name: &str,
+        max_jobs: usize,
+        channel_toml: &str,
+        connections_file: &str,
+    ) -> Node {
         let config = self.path().join(format!("{name}.toml"));
         let connections =
-            if self.kind == Kind::Local && !self.path().join("connections.json").exists() {
-                ""
+            if self.kind == Kind::Local && !self.path().join(connections_file).exists() {
+                String::new()
             } else {
-                "connections = \"connections.json\"\n"
+                format!("connections = \"{connections_file}\"\n")
             };
         std::fs::write(
             &config,
             format!(
                 "node = \"{name}\"\nmax_concurrent_jobs = {max_jobs}\ngrace_period = \"60s\"\n\
                  admin_address = \"127.0.0.1:0\"\nadmin_token_file = \"admin-token\"\n\
-                 state_dir = \"state-{name}\"\n{connections}{}{}",
-                self.channel_toml, self.policy_toml
+                 state_dir = \"state-{name}\"\n{connections}{channel_toml}{}",
+                self.policy_toml
             ),
         )
         .unwrap();
@@ -1216,6 +1243,49 @@ fn a_frozen_node_stops_its_job_once_another_node_took_it() {
     for node in [a, b] {
         assert!(stop(node).success());
     }
+}
+
+#[test]
+fn a_node_cut_off_from_its_channel_publishes_nothing_and_comes_back() {
+    use crate::support::proxy::Proxy;
+    let rt = Runtime::with(Kind::Azure { sas: false });
+    add_postgres(&rt);
+    let az = azurite();
+    let blob = Proxy::start(([127, 0, 0, 1], az.blob_port).into());
+    let queue = Proxy::start(([127, 0, 0, 1], az.queue_port).into());
+    let out = rt.path().join("out/slow.parquet");
+    let id = rt.submit(slow_job(8, &out));
+    let a = rt.node_through("a", 1, blob.port(), queue.port());
+    assert_eq!(rt.wait_running(&id), "a");
+    // The network between node a and its channel goes silent (a partition, a dead proxy):
+    // a cannot renew its lease, which expires; node b, which still reaches the channel,
+    // takes the job and publishes it.
+    blob.stall_after(0, false);
+    queue.stall_after(0, false);
+    let b = rt.node("b", 1);
+    let done = rt.wait(std::slice::from_ref(&id), Duration::from_secs(120));
+    assert_eq!(done[0].status, JobStatus::Succeeded, "{:?}", done[0]);
+    assert_eq!((done[0].node.as_str(), done[0].attempt), ("b", 2));
+    assert_eq!(rows(&out), 1_000);
+    // Node a finished its copy meanwhile and asked to publish: it could not renew the lease,
+    // so it published nothing.
+    wait_for_log(&rt, "a", "nothing published");
+    // The channel comes back: a takes work again, and the job's record stays b's.
+    blob.heal();
+    queue.heal();
+    assert!(stop(b).success());
+    let out2 = rt.path().join("out/after.parquet");
+    let second = rt.submit(slow_job(0, &out2));
+    let done = rt.wait(std::slice::from_ref(&second), Duration::from_secs(120));
+    assert_eq!(done[0].status, JobStatus::Succeeded, "{:?}", done[0]);
+    assert_eq!(done[0].node, "a");
+    assert_eq!(rows(&out2), 1_000);
+    let first = rt.report(&id).expect("the first job's record");
+    assert_eq!(
+        (first.status, first.node.as_str()),
+        (JobStatus::Succeeded, "b")
+    );
+    assert!(stop(a).success());
 }
 
 #[test]

@@ -129,6 +129,12 @@ impl Proxy {
         });
     }
 
+    /// No fault from now on for new connections (those already stalled stay so, as a path
+    /// that swallowed their packets would leave them).
+    pub fn heal(&self) {
+        *self.faults.plan.lock().unwrap() = None;
+    }
+
     /// Connections stall once `bytes` came from upstream on them (see [`Proxy::fault_after`]).
     pub fn stall_after(&self, bytes: u64, once: bool) {
         self.fault_after(Fault::Stall, Direction::FromServer, bytes, once);
