@@ -175,7 +175,8 @@ fn typed(format: &FormatSpec, schema: &SchemaRef) -> FormatSpec {
     }
 }
 
-/// Reads every published output back and computes its figures.
+/// Reads every published output back and computes its figures: `parallel_copies`
+/// partitions at once, the figures on blocking threads.
 async fn read_back(
     spec: &JobFile,
     connections: &Connections,
@@ -183,16 +184,32 @@ async fn read_back(
     schema: &SchemaRef,
     outputs: &[String],
 ) -> Result<Figures> {
-    let mut figures = Figures::new(schema);
+    let parallel = settings.parallel_copies.get();
+    let mut parts = Vec::new();
     for source_spec in read_back_specs(spec, outputs, schema) {
         let source = crate::registry::build_source(&source_spec, connections, settings).await?;
-        for partition in source.plan(settings.parallel_copies.get()).await? {
+        for partition in source.plan(parallel).await? {
+            parts.push((source.clone(), partition));
+        }
+    }
+    let mut figures = Figures::new(schema);
+    let mut read = futures::stream::iter(parts)
+        .map(|(source, partition)| async move {
+            let mut figures = Figures::new(schema);
             let mut stream = source.open(&partition, None)?;
             while let Some(batch) = stream.next().await {
-                let batch = batch?.batch;
-                figures.add(&by_name(&batch, schema)?)?;
+                let batch = by_name(&batch?.batch, schema)?;
+                figures = ferry_engine::task::spawn_blocking(move || {
+                    figures.add(&batch).map(|()| figures)
+                })
+                .await
+                .map_err(|e| Error::internal(format!("verify task: {e}")))??;
             }
-        }
+            Ok::<Figures, Error>(figures)
+        })
+        .buffer_unordered(parallel);
+    while let Some(part) = read.next().await {
+        figures.merge(&part?);
     }
     Ok(figures)
 }
