@@ -429,6 +429,60 @@ fn ctrl_c_while_a_job_is_prepared_ends_it_cleanly() {
 }
 
 #[test]
+fn ctrl_c_in_the_middle_of_a_copy_publishes_nothing_and_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("job.json");
+    let out = dir.path().join("out");
+    std::fs::write(
+        &job,
+        format!(
+            r#"{{"name": "midway", "source": {{"type": "tpch", "table": "lineitem", "scale_factor": 0.2}},
+                "sink": {{"type": "file", "path": "{}/", "format": {{"type": "csv"}}}}, "parallel_copies": 2}}"#,
+            out.display()
+        ),
+    )
+    .unwrap();
+    let child = ferry()
+        .arg("copy")
+        .arg(&job)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until output is being written (in the directory's hidden sibling), then Ctrl-C.
+    let sibling = dir.path().join(".out._ferry_tmp_midway");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(&sibling).map_or(0, |d| d.count()) == 0 {
+        assert!(Instant::now() < deadline, "the copy never started writing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cancelling: nothing will be published") && stderr.contains("cancelled"),
+        "{stderr}"
+    );
+    let mut left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["job.json"],
+        "nothing published, no temporary file left"
+    );
+}
+
+#[test]
 fn completions_and_man_pages_come_from_the_command_line_definition() {
     let bash = crate::support::succeed(ferry().args(["completions", "bash"]));
     assert!(
