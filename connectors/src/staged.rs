@@ -44,6 +44,107 @@ struct Interim {
     place: Place,
 }
 
+/// A staging location, as the housekeeping of dead runs sees it.
+#[derive(Clone)]
+struct Area {
+    store: Arc<dyn ObjectStore>,
+    base: object_store::path::Path,
+    /// The local directory, when the store is the local file system.
+    local: Option<std::path::PathBuf>,
+}
+
+impl Area {
+    /// A name for the area (to tell areas apart).
+    fn key(&self) -> String {
+        format!("{}/{}", self.store, self.base)
+    }
+
+    /// Removes the interim files of dead runs below the area: of `job` (a run directory
+    /// `<job>-<hex>` whose marker, or newest file when it has none, is older than
+    /// [`DEAD_RUN_AFTER`]), or, with no job, of any job whose run left a marker that old.
+    /// `keep` is a live run's directory. Returns the directory names removed.
+    async fn remove_dead_runs(&self, job: Option<&str>, keep: &str) -> Result<Vec<String>> {
+        let listed = match self.store.list_with_delimiter(Some(&self.base)).await {
+            Ok(listed) => listed.common_prefixes,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(crate::format::io::store_error("list", &self.base, e)),
+        };
+        let now = crate::control::now_ms() as i64;
+        let mut removed = Vec::new();
+        for dir in listed {
+            let Some(name) = dir.filename().map(str::to_string) else {
+                continue;
+            };
+            let ours = match job {
+                Some(job) => is_run_of(&name, job),
+                None => is_a_run(&name),
+            };
+            if name == keep || !ours {
+                continue;
+            }
+            let files: Vec<_> = self
+                .store
+                .list(Some(&dir))
+                .try_collect()
+                .await
+                .map_err(|e| crate::format::io::store_error("list", &dir, e))?;
+            let marker = files
+                .iter()
+                .find(|m| m.location.filename() == Some(RUN_MARKER));
+            // Without a job name only a marker proves the directory is a ferry run.
+            let age_of = match (marker, job) {
+                (Some(m), _) => Some(m),
+                (None, Some(_)) => files.iter().max_by_key(|m| m.last_modified),
+                (None, None) => continue,
+            };
+            let dead = age_of.is_none_or(|m| {
+                now.saturating_sub(m.last_modified.timestamp_millis())
+                    > DEAD_RUN_AFTER.as_millis() as i64
+            });
+            if !dead {
+                continue;
+            }
+            crate::format::io::delete_listed(self.store.as_ref(), &files).await?;
+            if let Some(base) = &self.local {
+                let _ = tokio::fs::remove_dir_all(base.join(&name)).await;
+            }
+            removed.push(name);
+        }
+        Ok(removed)
+    }
+}
+
+/// The staging areas this process has run staged copies in: a worker node sweeps them for
+/// dead runs of any job (`sweep_dead_runs`), not only the next run of the same job.
+static AREAS: std::sync::Mutex<Vec<Area>> = std::sync::Mutex::new(Vec::new());
+
+/// Remembers `area` for the node's housekeeping.
+fn remember(area: Area) {
+    if let Ok(mut areas) = AREAS.lock()
+        && !areas.iter().any(|a| a.key() == area.key())
+    {
+        areas.push(area);
+    }
+}
+
+/// Removes the interim files of dead runs, of any job, in every staging area this process
+/// has used (a worker node calls it periodically and after each job); returns the run
+/// directories removed. A directory counts as a dead run only when its `_ferry_run` marker is
+/// older than [`DEAD_RUN_AFTER`].
+pub async fn sweep_dead_runs() -> Vec<String> {
+    let areas: Vec<Area> = AREAS.lock().map(|a| a.clone()).unwrap_or_default();
+    let mut removed = Vec::new();
+    for area in areas {
+        match area.remove_dead_runs(None, "").await {
+            Ok(runs) => removed.extend(runs),
+            Err(e) => {
+                tracing::warn!(area = %area.key(), error = %e, "cannot sweep the staging area")
+            }
+        }
+    }
+    removed
+}
+
 /// What the phases' specs name.
 enum Place {
     /// A local staging directory.
@@ -53,6 +154,13 @@ enum Place {
         connection: String,
         container: String,
     },
+}
+
+/// Whether directory `name` looks like a run of some job: `<name>-<hex>`.
+fn is_a_run(name: &str) -> bool {
+    name.rsplit_once('-').is_some_and(|(job, hex)| {
+        !job.is_empty() && !hex.is_empty() && hex.bytes().all(|b| b.is_ascii_hexdigit())
+    })
 }
 
 /// Whether directory `name` is a run of `job`: `<job>-<hex>`.
@@ -143,6 +251,7 @@ impl Interim {
             }
         }
         let heartbeat = interim.keep_alive().await.map_err(in_staging)?;
+        remember(interim.area());
         Ok((interim, heartbeat))
     }
 
@@ -234,44 +343,19 @@ impl Interim {
     /// they have none, older than [`DEAD_RUN_AFTER`]); returns their directory names. Runs
     /// of other jobs, and live runs of this one, are left alone.
     async fn remove_dead_runs(&self, job: &str) -> Result<Vec<String>> {
-        let listed = match self.store.list_with_delimiter(Some(&self.base)).await {
-            Ok(listed) => listed.common_prefixes,
-            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
-            Err(e) => return Err(crate::format::io::store_error("list", &self.base, e)),
-        };
-        let now = crate::control::now_ms() as i64;
-        let mut removed = Vec::new();
-        for dir in listed {
-            let Some(name) = dir.filename().map(str::to_string) else {
-                continue;
-            };
-            if name == self.run || !is_run_of(&name, job) {
-                continue;
-            }
-            let files: Vec<_> = self
-                .store
-                .list(Some(&dir))
-                .try_collect()
-                .await
-                .map_err(|e| crate::format::io::store_error("list", &dir, e))?;
-            let marker = files
-                .iter()
-                .find(|m| m.location.filename() == Some(RUN_MARKER))
-                .or_else(|| files.iter().max_by_key(|m| m.last_modified));
-            let dead = marker.is_none_or(|m| {
-                now.saturating_sub(m.last_modified.timestamp_millis())
-                    > DEAD_RUN_AFTER.as_millis() as i64
-            });
-            if !dead {
-                continue;
-            }
-            crate::format::io::delete_listed(self.store.as_ref(), &files).await?;
-            if let Place::Local(base) = &self.place {
-                let _ = tokio::fs::remove_dir_all(base.join(&name)).await;
-            }
-            removed.push(name);
+        self.area().remove_dead_runs(Some(job), &self.run).await
+    }
+
+    /// The staging area this run's directory is in.
+    fn area(&self) -> Area {
+        Area {
+            store: self.store.clone(),
+            base: self.base.clone(),
+            local: match &self.place {
+                Place::Local(base) => Some(base.clone()),
+                Place::Blob { .. } => None,
+            },
         }
-        Ok(removed)
     }
 
     /// Deletes every interim file of this run; nothing to delete is fine.

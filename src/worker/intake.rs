@@ -551,6 +551,7 @@ impl<R: JobRunner> Actor for JobIntake<R> {
         tracing::info!(node = %self.node, max_concurrent_jobs = self.max_jobs, "worker started");
         self.tick(ctx);
         ctx.run_interval(self.poll, |act, ctx| act.tick(ctx));
+        ctx.run_interval(SWEEP_EVERY, |_, _| sweep_staging());
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -616,6 +617,22 @@ impl<R: JobRunner> Handler<JobEnded> for JobIntake<R> {
             }
             self.write(ctx, async move { channel.complete(&finished).await });
         }
+        sweep_staging();
         self.tick(ctx);
     }
+}
+
+/// How often a node sweeps the staging areas it has used for dead runs (also after each
+/// job).
+const SWEEP_EVERY: Duration = Duration::from_secs(5 * 60);
+
+/// Housekeeping: removes the interim files of dead staged runs, of any job, in the staging
+/// areas this node has used (a run whose marker is older than the dead-run age).
+fn sweep_staging() {
+    ferry_engine::task::spawn_detached(async {
+        let removed = ferry_connectors::staged::sweep_dead_runs().await;
+        if !removed.is_empty() {
+            tracing::info!(runs = ?removed, "housekeeping: removed the interim files of dead staged runs");
+        }
+    });
 }

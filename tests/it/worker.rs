@@ -1289,6 +1289,64 @@ fn a_node_cut_off_from_its_channel_publishes_nothing_and_comes_back() {
 }
 
 #[test]
+fn a_node_sweeps_the_staging_areas_it_used_for_dead_runs_of_any_job() {
+    let rt = Runtime::with(Kind::Local);
+    let input = rt.path().join("in.csv");
+    write_csv(&input, 2_000);
+    let staging = rt.path().join("staging");
+    let staged = |name: &str| {
+        let mut job = rt.job(name, &input, &rt.path().join(format!("out/{name}.parquet")));
+        job["staging"] = serde_json::json!({ "path": staging });
+        job
+    };
+    let node = rt.node("a", 1);
+    let first = rt.submit(staged("first"));
+    let done = rt.wait(std::slice::from_ref(&first), Duration::from_secs(60));
+    assert_eq!(done[0].status, JobStatus::Succeeded, "{:?}", done[0]);
+    // Runs of other jobs in the area the node used: one died an hour ago (its marker says
+    // so), one is alive, one left no marker (only its own job's next run may judge it).
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for (run, marker) in [
+        ("other-5f3a", true),
+        ("alive-77aa", true),
+        ("nomarker-1234", false),
+    ] {
+        let dir = staging.join(run);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(if marker {
+            "_ferry_run"
+        } else {
+            "part-00000.parquet"
+        });
+        std::fs::write(&file, "x").unwrap();
+        if run != "alive-77aa" {
+            std::fs::File::options()
+                .write(true)
+                .open(&file)
+                .unwrap()
+                .set_modified(hour_ago)
+                .unwrap();
+        }
+    }
+    // The node sweeps after its next job (and every five minutes).
+    let second = rt.submit(rt.job("plain", &input, &rt.path().join("out/plain.parquet")));
+    let done = rt.wait(std::slice::from_ref(&second), Duration::from_secs(60));
+    assert_eq!(done[0].status, JobStatus::Succeeded, "{:?}", done[0]);
+    wait_for_log(
+        &rt,
+        "a",
+        "housekeeping: removed the interim files of dead staged runs",
+    );
+    let mut left: Vec<String> = std::fs::read_dir(&staging)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["alive-77aa", "nomarker-1234"]);
+    assert!(stop(node).success());
+}
+
+#[test]
 fn an_azure_queue_hands_back_without_counting_and_poisons_after_max_attempts() {
     let rt = Runtime::with(Kind::Azure { sas: false });
     let id = rt.submit(serde_json::json!({"name": "doomed", "source": {}, "sink": {}}));
