@@ -1328,8 +1328,8 @@ fn every_type_round_trips_through_postgresql() {
 }
 
 #[test]
-fn a_stalled_sql_server_session_times_out_and_its_partition_is_read_again() {
-    use crate::support::proxy::Proxy;
+fn sql_server_sessions_that_stall_reset_or_close_are_read_or_loaded_again() {
+    use crate::support::proxy::{Direction, Fault, Proxy};
     let server = TestServer::start();
     let peer = &server.peer;
     peer.create_table(
@@ -1392,6 +1392,58 @@ fn a_stalled_sql_server_session_times_out_and_its_partition_is_read_again() {
         ids(&dir.path().join("once.parquet"), 0),
         (0..60_000).map(Some).collect::<Vec<_>>()
     );
+    // A session reset, or closed by the server's side, mid-read: the partition is read
+    // again, every row once.
+    for (name, fault) in [("reset", Fault::Reset), ("closed", Fault::HalfClose)] {
+        let before = proxy.faulted();
+        proxy.fault_after(fault, Direction::FromServer, 300_000, true);
+        let (ok, text) = run(name);
+        assert!(ok, "{name}: {text}");
+        assert_eq!(proxy.faulted(), before + 1, "{name}: the fault happened");
+        assert_eq!(
+            ids(&dir.path().join(format!("{name}.parquet")), 0),
+            (0..60_000).map(Some).collect::<Vec<_>>(),
+            "{name}"
+        );
+    }
+    // The load side: a bulk load's session reset after 300 KB. The transaction dies with
+    // the session; the load runs again in a new one, and the table holds every row once.
+    peer.create_table(
+        "dbo.u",
+        &[("id", "bigint", false), ("name", "nvarchar(40)", true)],
+    );
+    proxy.fault_after(Fault::Reset, Direction::ToServer, 300_000, true);
+    let before = proxy.faulted();
+    let job = serde_json::json!({"name": "load",
+        "source": {"type": "file", "path": dir.path().join("once.parquet"), "format": {"type": "parquet"}},
+        "sink": {"type": "sqlserver", "connection": "mssql", "table": "u", "mode": "truncate"},
+        "retry": {"max_attempts": 3, "initial_backoff": "100ms"}});
+    std::fs::write(dir.path().join("load.json"), job.to_string()).unwrap();
+    let out = ferry()
+        .arg("copy")
+        .arg(dir.path().join("load.json"))
+        .arg("--connections")
+        .arg(dir.path().join("connections.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(proxy.faulted(), before + 1, "the load's session was reset");
+    let mut loaded: Vec<i64> = peer
+        .table("dbo.u")
+        .unwrap()
+        .rows
+        .iter()
+        .map(|r| match &r[0] {
+            Value::Int(i) => *i,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    loaded.sort();
+    assert_eq!(loaded, (0..60_000).collect::<Vec<i64>>());
     // Every session goes silent: the job fails naming the timeout, and writes nothing.
     proxy.stall_after(300_000, false);
     let (ok, text) = run("always");
