@@ -820,3 +820,60 @@ fn busy_and_throttled_storage_is_retried_after_the_wait_it_asks_for() {
     rows.sort();
     assert_eq!(rows, expected);
 }
+
+#[test]
+fn blob_connections_reset_or_closed_midway_are_retried() {
+    use crate::support::proxy::{Direction, Fault, Proxy};
+    let az = azurite();
+    let container = az.container("tcpfaults");
+    let proxy = Proxy::start(([127, 0, 0, 1], az.blob_port).into());
+    let conns = format!(
+        r#"{{"az": {}}}"#,
+        az.connection().replace(
+            &az.endpoint(),
+            &format!("http://127.0.0.1:{}/{ACCOUNT}", proxy.port())
+        )
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("in.csv");
+    write_csv(&csv, 60_000);
+    let expected = sorted_rows(&[csv_rows(60_000)]);
+    for (name, fault) in [("reset", Fault::Reset), ("closed", Fault::HalfClose)] {
+        // An upload's connection fails after 1 MB on the way to the service: the block is
+        // sent again.
+        let before = proxy.faulted();
+        proxy.fault_after(fault, Direction::ToServer, 1_000_000, true);
+        let report = run_job_with(
+            &format!(
+                r#"{{"name": "up-{name}", "source": {{"type": "file", "path": {}, "format": {{"type": "csv", "schema": {SCHEMA}}}}},
+                    "sink": {{"type": "azure_blob", "connection": "az", "container": "{container}", "path": "{name}/", "format": {{"type": "csv"}}, "block_size": "1MiB"}}}}"#,
+                js(&csv)
+            ),
+            &conns,
+        );
+        assert_eq!(report.status, JobStatus::Succeeded, "{name}: {report}");
+        assert_eq!(
+            proxy.faulted(),
+            before + 1,
+            "{name}: the upload's fault happened"
+        );
+        // A download's connection fails after 1 MB on the way back: the read is retried.
+        proxy.fault_after(fault, Direction::FromServer, 1_000_000, true);
+        let out = dir.path().join(format!("{name}.parquet"));
+        let report = run_job_with(
+            &format!(
+                r#"{{"name": "down-{name}", "source": {{"type": "azure_blob", "connection": "az", "container": "{container}", "path": "{name}/", "format": {{"type": "csv", "schema": {SCHEMA}}}}},
+                    "sink": {{"type": "file", "path": {}, "format": {{"type": "parquet"}}}}}}"#,
+                js(&out)
+            ),
+            &conns,
+        );
+        assert_eq!(report.status, JobStatus::Succeeded, "{name}: {report}");
+        assert_eq!(
+            proxy.faulted(),
+            before + 2,
+            "{name}: the download's fault happened"
+        );
+        assert_eq!(sorted_rows(&read_parquet(&out)), expected, "{name}");
+    }
+}
