@@ -95,6 +95,9 @@ fn init_logging(logging: Logging) {
         (2, _) => "debug",
         _ => "trace",
     };
+    // tiberius logs every error token the server sends at ERROR level, also those ferry
+    // expects and handles (an existence check); ferry reports the ones that matter itself.
+    let level = format!("{level},tiberius::tds::stream::token=off");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     type Boxed = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
     let stderr = tracing_subscriber::fmt::layer()

@@ -15,6 +15,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod azure;
 mod postgres;
+mod sqlserver;
 mod worker;
 
 #[derive(Parser)]
@@ -33,6 +34,11 @@ enum Scenario {
     Worker(Binary),
     /// PostgreSQL -> Parquet and PostgreSQL -> PostgreSQL: ferry vs ADBC, ConnectorX, psql.
     Postgres(Lineitem),
+    /// SQL Server (the TDS test peer) -> Parquet and Parquet -> SQL Server.
+    Sqlserver(Lineitem),
+    /// The TDS test peer holding lineitem, in its own process for the `sqlserver` scenario.
+    #[command(hide = true)]
+    SqlserverPeer(sqlserver::PeerArgs),
 }
 
 /// The ferry binary a scenario measures.
@@ -350,5 +356,7 @@ fn main() -> Result<()> {
         Scenario::Postgres(s) => postgres::run(s.scale, s.runs, &s.binary.ferry),
         Scenario::Azure(s) => azure::run(s.scale, s.runs, &s.binary.ferry),
         Scenario::Worker(b) => worker::run(&b.ferry),
+        Scenario::Sqlserver(s) => sqlserver::run(s.scale, s.runs, &s.binary.ferry),
+        Scenario::SqlserverPeer(p) => sqlserver::serve(&p),
     }
 }
