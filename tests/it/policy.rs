@@ -236,6 +236,23 @@ fn a_node_refuses_what_its_policy_forbids_and_keeps_serving() {
         mode, 0o640,
         "outputs are created with the policy's output_mode"
     );
+    // So are part files and the manifest of a directory output.
+    let id = rt.submit(csv_job("parts", "\"in.csv\"", "\"out/parts/\"", ""));
+    let done = rt.wait(std::slice::from_ref(&id), Duration::from_secs(60));
+    assert_eq!(
+        done[0].status,
+        ferry_engine::JobStatus::Succeeded,
+        "{:?}",
+        done[0].reports
+    );
+    for name in ["part-00000.parquet", "_ferry_manifest.json"] {
+        let mode = std::fs::metadata(data.join("out/parts").join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o640, "{name}");
+    }
     // A job within the rules that fails while it is built (its input is missing) is logged
     // and counted like every other failure.
     let missing = rt.submit(csv_job("missing", "\"nope.csv\"", "\"out/m.parquet\"", ""));
@@ -256,7 +273,7 @@ fn a_node_refuses_what_its_policy_forbids_and_keeps_serving() {
             .and_then(|v| v.trim().parse::<u64>().ok())
     };
     assert_eq!(count("failed"), Some(ids.len() as u64 + 1), "{metrics}");
-    assert_eq!(count("succeeded"), Some(1), "{metrics}");
+    assert_eq!(count("succeeded"), Some(2), "{metrics}");
     assert!(
         !metrics.contains("job=\""),
         "no job names in labels: {metrics}"

@@ -302,6 +302,14 @@ impl FileSink {
             .put(&path, PutPayload::from(body))
             .await
             .map_err(|e| store_error("write", &path, e))?;
+        // A local manifest gets the mode of the files it lists.
+        if let (Some(mode), Some(_)) = (self.file_mode, &self.local_dir) {
+            use std::os::unix::fs::PermissionsExt;
+            let local = format!("/{path}");
+            tokio::fs::set_permissions(&local, std::fs::Permissions::from_mode(mode))
+                .await
+                .map_err(|e| Error::io(format!("cannot set the mode of {local}"), e))?;
+        }
         Ok(())
     }
 
