@@ -148,6 +148,10 @@ pub struct JobReport {
     /// `verify: true`: the figures of what was read and of the output read back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verification: Option<Verification>,
+    /// What to change to make the job faster, from the stages' measured busy and waiting
+    /// times (empty when nothing stands out, or the job was too short to tell).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub advice: Vec<String>,
 }
 
 /// What `verify: true` compared.
@@ -198,6 +202,19 @@ impl JobReport {
             Ok(committed) => (committed, None),
             Err(e) => (crate::sink::Committed::default(), Some(e)),
         };
+        let advice = match (&error, progress.settings.get()) {
+            (None, Some(&(parallel_copies, budget))) => advise(&Measured {
+                stages: &stages,
+                secs,
+                partitions: snapshot.partitions_total,
+                parallel_copies,
+                budget,
+                budget_wait_secs: progress.budget_wait_ns.load(Relaxed) as f64 / 1e9,
+                cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u64),
+                kinds: outcome.kinds,
+            }),
+            _ => Vec::new(),
+        };
         JobReport {
             job: outcome.job,
             source: outcome.kinds.0.to_string(),
@@ -231,6 +248,7 @@ impl JobReport {
                 output: None,
                 secs: 0.0,
             }),
+            advice,
         }
     }
 
@@ -265,6 +283,7 @@ impl JobReport {
             unit: CountUnit::Rows,
             notes: Vec::new(),
             verification: None,
+            advice: Vec::new(),
         }
     }
 
@@ -305,6 +324,87 @@ impl JobReport {
     pub fn exit_code(&self) -> i32 {
         self.error.as_ref().map_or(0, |e| e.exit_code)
     }
+}
+
+/// What the advice of a finished job is derived from.
+struct Measured<'a> {
+    stages: &'a [StageTimes],
+    secs: f64,
+    partitions: u64,
+    parallel_copies: u64,
+    budget: u64,
+    budget_wait_secs: f64,
+    cores: u64,
+    kinds: (&'static str, &'static str),
+}
+
+/// Jobs shorter than this get no advice: their stage times say little.
+const ADVICE_AFTER_SECS: f64 = 2.0;
+
+/// Concrete advice for a job that succeeded, from where its time went: the readers waiting
+/// for room in the memory budget while the stages after them had time to spare
+/// (budget-starved), or the busiest stage (source-, encoder- or sink-bound).
+fn advise(m: &Measured) -> Vec<String> {
+    if m.secs < ADVICE_AFTER_SECS {
+        return Vec::new();
+    }
+    let stage = |s: Stage| m.stages.iter().find(|t| t.stage == s).cloned();
+    let (Some(source), Some(encode), Some(sink)) = (
+        stage(Stage::Source),
+        stage(Stage::Encode),
+        stage(Stage::Sink),
+    ) else {
+        return Vec::new();
+    };
+    let source_total = source.busy_secs + source.wait_input_secs + source.wait_output_secs;
+    if source_total > 0.0
+        && m.budget_wait_secs >= 0.25 * source_total
+        && encode.utilization() < 0.5
+        && sink.utilization() < 0.5
+    {
+        return vec![format!(
+            "budget-starved: readers waited {:.1}s for room in the memory budget while the encoders and the sink had time to spare; raise max_buffer_bytes (now {})",
+            m.budget_wait_secs,
+            human_bytes(m.budget)
+        )];
+    }
+    let Some(bottleneck) = JobReport::find_bottleneck(m.stages) else {
+        return Vec::new();
+    };
+    let advice = match bottleneck {
+        Stage::Source if m.partitions < m.parallel_copies => {
+            let how = match m.kinds.0 {
+                "postgres" | "sqlserver" => "give the source a `partition` (a column to split on)",
+                "file" | "azure_blob" => {
+                    "a compressed file, or one smaller than the split size, is read whole: write the input as several files, or uncompressed"
+                }
+                _ => "split the input",
+            };
+            format!(
+                "source-bound: the source was read as {} partition(s), so only {} of the {} parallel_copies read; {how}",
+                m.partitions, m.partitions, m.parallel_copies
+            )
+        }
+        Stage::Source => format!(
+            "source-bound: the {} partitions were read {} at a time and the stages after the readers waited for them; raise parallel_copies (now {}) if the source can serve more readers",
+            m.partitions, m.parallel_copies, m.parallel_copies
+        ),
+        Stage::Encode if m.parallel_copies < m.cores => format!(
+            "encoder-bound: encoding ran on {} thread(s) of {} cores; raise parallel_copies to {}",
+            m.parallel_copies, m.cores, m.cores
+        ),
+        Stage::Encode => format!(
+            "encoder-bound: encoding kept the {} cores busy; more cores, or a lighter compression (snappy, or none), make it faster",
+            m.cores
+        ),
+        Stage::Sink => match m.kinds.1 {
+            "postgres" => "sink-bound: PostgreSQL took the rows slower than they came (one COPY session per job); load several tables in parallel jobs, or drop the table's indexes and triggers during the load".to_string(),
+            "sqlserver" => "sink-bound: SQL Server took the rows slower than they came (one bulk load per job); set table_lock, or load into a heap without indexes".to_string(),
+            "azure_blob" => "sink-bound: Azure Blob Storage took the data slower than it came; raise block_size or max_concurrency, or check the network to the account".to_string(),
+            _ => "sink-bound: the destination took the data slower than it came; write to a faster disk or store".to_string(),
+        },
+    };
+    vec![advice]
 }
 
 fn human_bytes(n: u64) -> String {
@@ -399,6 +499,9 @@ impl fmt::Display for JobReport {
         for n in &self.notes {
             writeln!(f, "  note      {n}")?;
         }
+        for a in &self.advice {
+            writeln!(f, "  advice    {a}")?;
+        }
         if let Some(v) = &self.verification
             && let Some(output) = &v.output
         {
@@ -454,6 +557,90 @@ mod tests {
             times(Stage::Sink, 0.33, 0.1),
         ];
         assert_eq!(JobReport::find_bottleneck(&short), Some(Stage::Sink));
+    }
+
+    #[test]
+    fn advice_follows_where_the_time_went() {
+        let stage = |stage, busy, wait_input, wait_output| StageTimes {
+            stage,
+            busy_secs: busy,
+            wait_input_secs: wait_input,
+            wait_output_secs: wait_output,
+        };
+        let measured =
+            |stages: &[StageTimes], partitions, parallel_copies, budget_wait_secs, kinds| {
+                advise(&Measured {
+                    stages,
+                    secs: 10.0,
+                    partitions,
+                    parallel_copies,
+                    budget: 64 << 20,
+                    budget_wait_secs,
+                    cores: 8,
+                    kinds,
+                })
+            };
+        // Readers busy, the rest waiting for them: source-bound, and with fewer partitions
+        // than parallel_copies the advice is to split the source.
+        let reading = [
+            stage(Stage::Source, 9.0, 0.0, 1.0),
+            stage(Stage::Encode, 1.0, 9.0, 0.0),
+            stage(Stage::Sink, 0.5, 9.5, 0.0),
+        ];
+        let one = measured(&reading, 1, 4, 0.0, ("postgres", "file"));
+        assert!(
+            one[0].starts_with("source-bound") && one[0].contains("`partition`"),
+            "{one:?}"
+        );
+        let many = measured(&reading, 8, 4, 0.0, ("postgres", "file"));
+        assert!(
+            many[0].contains("raise parallel_copies (now 4)"),
+            "{many:?}"
+        );
+        // Encoders busy: more threads while cores are left, else more cores.
+        let encoding = [
+            stage(Stage::Source, 2.0, 0.0, 8.0),
+            stage(Stage::Encode, 9.5, 0.5, 0.0),
+            stage(Stage::Sink, 1.0, 9.0, 0.0),
+        ];
+        let few = measured(&encoding, 8, 2, 0.0, ("file", "file"));
+        assert!(few[0].contains("raise parallel_copies to 8"), "{few:?}");
+        let all = measured(&encoding, 8, 8, 0.0, ("file", "file"));
+        assert!(all[0].contains("more cores"), "{all:?}");
+        // The sink busy: advice for that store.
+        let loading = [
+            stage(Stage::Source, 1.0, 0.0, 9.0),
+            stage(Stage::Encode, 1.0, 1.0, 8.0),
+            stage(Stage::Sink, 9.5, 0.5, 0.0),
+        ];
+        let pg = measured(&loading, 4, 4, 0.0, ("file", "postgres"));
+        assert!(pg[0].starts_with("sink-bound: PostgreSQL"), "{pg:?}");
+        // Readers waiting for the budget while the encoders and the sink idle: budget-starved.
+        let starved = [
+            stage(Stage::Source, 2.0, 0.0, 8.0),
+            stage(Stage::Encode, 2.0, 8.0, 0.0),
+            stage(Stage::Sink, 1.0, 9.0, 0.0),
+        ];
+        let advice = measured(&starved, 4, 4, 6.0, ("file", "file"));
+        assert!(
+            advice[0].starts_with("budget-starved") && advice[0].contains("64MiB"),
+            "{advice:?}"
+        );
+        // The same waits behind a busy sink are backpressure, not starvation.
+        let behind = measured(&loading, 4, 4, 6.0, ("file", "postgres"));
+        assert!(behind[0].starts_with("sink-bound"), "{behind:?}");
+        // A short job gets no advice.
+        let short = advise(&Measured {
+            stages: &reading,
+            secs: 1.0,
+            partitions: 1,
+            parallel_copies: 4,
+            budget: 64 << 20,
+            budget_wait_secs: 0.0,
+            cores: 8,
+            kinds: ("postgres", "file"),
+        });
+        assert!(short.is_empty());
     }
 
     #[test]

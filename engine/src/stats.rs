@@ -122,6 +122,11 @@ pub struct JobProgress {
     pub bytes_written: AtomicU64,
     /// Retries so far.
     pub retries: AtomicU64,
+    /// Nanoseconds readers waited for room in the job's memory budget (part of the source
+    /// stage's time blocked downstream).
+    pub budget_wait_ns: AtomicU64,
+    /// What tuning advice is measured against: `parallel_copies`, `max_buffer_bytes`.
+    pub settings: std::sync::OnceLock<(u64, u64)>,
     source: StageClock,
     encode: StageClock,
     sink: StageClock,

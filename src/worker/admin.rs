@@ -140,6 +140,7 @@ async fn status(state: &State) -> StatusJson {
                 "rows_written": last.map(|r| r.rows_written),
                 "duration_secs": last.map(|r| r.duration_secs),
                 "bottleneck": last.and_then(|r| r.bottleneck),
+                "advice": last.map(|r| r.advice.join(" ")).unwrap_or_default(),
                 "error": last.and_then(|r| r.error.as_ref()).map(|e| e.message.clone()),
             })
         })

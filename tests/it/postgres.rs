@@ -1219,3 +1219,69 @@ fn a_load_reset_midway_commits_nothing_of_the_failed_attempt() {
     );
     assert_eq!(left, 0);
 }
+
+#[test]
+fn the_report_advises_on_a_slow_source_and_a_slow_sink() {
+    use crate::support::proxy::{Direction, Fault, Proxy};
+    let pg = server();
+    let db = pg.database("advice");
+    let dir = tempfile::tempdir().unwrap();
+    // A query the server produces slowly (1 ms a row), read as one partition: the report
+    // says the source is the limit and to give it a partition column.
+    let job = pg_job(
+        "slow-source",
+        r#"{"type": "postgres", "connection": "pg", "query": "select g, md5(g::text) as m from generate_series(1, 3000) g where pg_sleep(0.001) is not null"}"#,
+        &format!(
+            r#"{{"type": "file", "path": {}, "format": {{"type": "csv"}}}}"#,
+            js(&dir.path().join("slow.csv"))
+        ),
+        "",
+    );
+    let report = run_job_with(&job, &pg.connections(&db, ""));
+    assert_eq!(report.status, JobStatus::Succeeded, "{report}");
+    assert_eq!(
+        report.bottleneck,
+        Some(ferry_engine::Stage::Source),
+        "{report}"
+    );
+    assert!(
+        report.advice.len() == 1
+            && report.advice[0].starts_with("source-bound: the source was read as 1 partition")
+            && report.advice[0].contains("`partition`"),
+        "{report}"
+    );
+    // A load through a network path of 1 MB/s: the sink is the limit.
+    pg.sql(&db, "CREATE TABLE t (id int, name text)");
+    let input = dir.path().join("in.csv");
+    let mut text = String::from("id,name\n");
+    for i in 0..100_000 {
+        text.push_str(&format!("{i},name-{i}\n"));
+    }
+    std::fs::write(&input, text).unwrap();
+    let proxy = Proxy::start(([127, 0, 0, 1], pg.port).into());
+    proxy.fault_after(Fault::Throttle(1_000_000), Direction::ToServer, 0, false);
+    let connections = format!(
+        r#"{{"pg": {{"type": "postgres", "host": "127.0.0.1", "port": {}, "user": "postgres", "database": "{db}", "sslmode": "disable"}}}}"#,
+        proxy.port()
+    );
+    let job = pg_job(
+        "slow-sink",
+        &format!(
+            r#"{{"type": "file", "path": {}, "format": {{"type": "csv"}}}}"#,
+            js(&input)
+        ),
+        r#"{"type": "postgres", "connection": "pg", "table": "t"}"#,
+        "",
+    );
+    let report = run_job_with(&job, &connections);
+    assert_eq!(report.status, JobStatus::Succeeded, "{report}");
+    assert_eq!(
+        report.bottleneck,
+        Some(ferry_engine::Stage::Sink),
+        "{report}"
+    );
+    assert!(
+        report.advice.len() == 1 && report.advice[0].starts_with("sink-bound: PostgreSQL"),
+        "{report}"
+    );
+}

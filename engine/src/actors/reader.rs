@@ -130,6 +130,9 @@ async fn read_partition(
                 _ = cancel.cancelled() => return (StageExit::Killed, counts),
                 r = ctx.budget.reserve(batch.batch.get_array_memory_size()) => r,
             };
+            ctx.progress
+                .budget_wait_ns
+                .fetch_add(waiting.elapsed().as_nanos() as u64, Relaxed);
             let item = BatchItem {
                 batch: batch.batch,
                 reservation,

@@ -122,6 +122,10 @@ async fn run_job(job: Job, progress: Arc<JobProgress>, cancel: CancellationToken
         schema,
         progress: progress.clone(),
     });
+    let _ = progress.settings.set((
+        ctx.settings.parallel_copies.get() as u64,
+        ctx.settings.max_buffer_bytes,
+    ));
     tracing::info!(job = %name, source = source_name, sink = sink_name, "job started");
     let (result, figures) = match copy(&ctx, &cancel).await {
         Ok((committed, figures)) => (Ok(committed), figures),
