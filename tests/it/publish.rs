@@ -340,3 +340,48 @@ fn a_crash_while_blobs_are_published_never_lists_a_mix() {
         &[],
     );
 }
+
+#[test]
+fn a_destination_that_is_a_link_stays_a_link() {
+    // Operators point data directories at other disks with links: ferry must publish into
+    // the directory the link names, not replace the link with a directory of its own.
+    let tmp = tempfile::tempdir().unwrap();
+    let real = tmp.path().join("disk2/orders");
+    std::fs::create_dir_all(&real).unwrap();
+    let link = tmp.path().join("out");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let job = tmp.path().join("job.json");
+    std::fs::write(
+        &job,
+        format!(
+            r#"{{"name": "linked", "source": {{"type": "file", "path": "{}/", "format": {{"type": "csv"}}}}, "sink": {{"type": "file", "path": "{}/", "format": {{"type": "csv"}}}}}}"#,
+            tmp.path().join("in").display(),
+            link.display()
+        ),
+    )
+    .unwrap();
+    let case = Case {
+        tmp: tmp.path(),
+        job,
+        connections: None,
+    };
+    for (run, files) in [("one", 3), ("two", 2)] {
+        let rows = case.input(run, files);
+        case.run_ok();
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "the link is still a link after run {run}"
+        );
+        let seen = local_listing(&real);
+        assert_eq!(globbed(&seen), rows, "run {run}");
+        assert_eq!(listed(&seen).as_deref(), Some(&rows[..]), "run {run}");
+    }
+    assert_eq!(
+        tree(&real),
+        [MANIFEST, "part-00000.csv", "part-00001.csv"],
+        "the stale part is gone"
+    );
+}

@@ -147,7 +147,9 @@ impl FileSinkSpec {
     pub fn build(&self, root: Option<&FileConnection>, settings: &JobSettings) -> Result<FileSink> {
         let path = self.local_path(root, &settings.local)?;
         let (dir, name) = if is_directory_path(&self.path) {
-            (path, None)
+            // Without the trailing `/`: with it, a link to a directory reads as the directory
+            // itself, and a rename would act on what it points to.
+            (path.components().collect::<PathBuf>(), None)
         } else {
             let name = path
                 .file_name()
