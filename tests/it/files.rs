@@ -541,9 +541,13 @@ struct SmallDisk(std::path::PathBuf);
 
 impl SmallDisk {
     fn mount(dir: &std::path::Path) -> Option<SmallDisk> {
+        Self::mount_sized(dir, "1m")
+    }
+
+    fn mount_sized(dir: &std::path::Path, size: &str) -> Option<SmallDisk> {
         std::fs::create_dir_all(dir).unwrap();
         let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(dir)
             .output();
         match out {
@@ -612,4 +616,43 @@ fn a_full_disk_fails_naming_the_path_and_leaves_nothing() {
         );
         assert!(!tmp.path().join("staged.csv").exists());
     }
+}
+
+#[test]
+fn a_destination_that_is_a_mount_point_is_published_in_place() {
+    // A directory that is a mount point cannot be swapped for another: the set is published
+    // into it file by file under its manifest, twice (the second run replaces the first).
+    let tmp = TempDir::new().unwrap();
+    let out = tmp.path().join("mounted");
+    let Some(_disk) = SmallDisk::mount_sized(&out, "64m") else {
+        return;
+    };
+    for (run, scale) in [("first", "0.001"), ("second", "0.002")] {
+        let source =
+            format!(r#"{{"type":"tpch","table":"orders","scale_factor":{scale},"partitions":2}}"#);
+        let report = run_ok(&job("mounted", source, dir(&out, CSV), ""));
+        assert_eq!(
+            tree(&out),
+            ["_ferry_manifest.json", "part-00000.csv", "part-00001.csv"],
+            "{run}: {report}"
+        );
+        // orders has 1,500 rows per 0.001 of scale (tpchgen is deterministic); each part has
+        // its header.
+        let rows: usize = ["part-00000.csv", "part-00001.csv"]
+            .iter()
+            .map(|p| {
+                std::fs::read_to_string(out.join(p))
+                    .unwrap()
+                    .lines()
+                    .count()
+                    - 1
+            })
+            .sum();
+        let expected = if run == "first" { 1_500 } else { 3_000 };
+        assert_eq!(rows, expected, "{run}");
+    }
+    assert!(
+        !tmp.path().join(".mounted._ferry_tmp_mounted").exists(),
+        "no sibling left beside the mount point"
+    );
 }
