@@ -483,7 +483,9 @@ impl fmt::Display for JobReport {
                 s.utilization() * 100.0
             )?;
         }
-        if let Some(b) = self.bottleneck {
+        if let Some(b) = self.bottleneck
+            && self.advice.is_empty()
+        {
             let hint = match b {
                 Stage::Source => {
                     "the source: raise parallel_copies if the source can serve more readers"
