@@ -210,13 +210,11 @@ fn a_sql_server_table_verifies_both_ways() {
     let parquet = tmp.path().join("orders.parquet");
     // TPC-H orders (15,000 rows at scale 0.01: keys, decimals, dates, text) into a table the
     // job creates, read back through the peer; then that table to Parquet, read back too.
-    let load = format!(
-        r#"{{"name": "v-mssql-load", "source": {{"type": "tpch", "table": "orders", "scale_factor": 0.01}},
-            "sink": {{"type": "sqlserver", "connection": "mssql", "table": "orders", "mode": "overwrite"}},
-            "verify": true}}"#
-    );
+    let load = r#"{"name": "v-mssql-load", "source": {"type": "tpch", "table": "orders", "scale_factor": 0.01},
+        "sink": {"type": "sqlserver", "connection": "mssql", "table": "orders", "mode": "overwrite"},
+        "verify": true}"#;
     assert_eq!(
-        verified(&run_job_with(&load, &connections)).read.rows,
+        verified(&run_job_with(load, &connections)).read.rows,
         15_000
     );
     let read = format!(
