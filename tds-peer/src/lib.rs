@@ -449,13 +449,22 @@ impl Session {
                     wire::write_done(&mut w, 0x0020, 0, 0);
                     w.0
                 }
-                packet::RPC | packet::TRANSACTION_MANAGER => {
+                packet::RPC => match rpc_batch(&payload) {
+                    Ok(batch) => self.batch(&batch),
+                    Err((number, message)) => {
+                        let mut w = Writer::default();
+                        wire::write_error(&mut w, number, 16, &message);
+                        wire::write_done(&mut w, done::ERROR, 0, 0);
+                        w.0
+                    }
+                },
+                packet::TRANSACTION_MANAGER => {
                     let mut w = Writer::default();
                     wire::write_error(
                         &mut w,
                         2812,
                         16,
-                        "The test peer answers SQL batches and bulk loads only, not RPC requests.",
+                        "The test peer answers SQL batches, sp_executesql and bulk loads only.",
                     );
                     wire::write_done(&mut w, done::ERROR, 0, 0);
                     w.0
@@ -1360,6 +1369,103 @@ fn is_fixed(ty: &SqlType) -> bool {
 }
 
 /// Splits a batch at `;` outside quotes and brackets.
+/// An RPC request to `sp_executesql` (by name, or as procedure id 10) as the SQL batch it
+/// stands for: the statement with each parameter replaced by its value as a literal. Other
+/// procedures are refused as SQL Server refuses an unknown one (2812).
+fn rpc_batch(payload: &[u8]) -> Result<Vec<u8>, (u32, String)> {
+    let bad = |e: String| (8016, format!("The incoming RPC request is incorrect: {e}"));
+    let headers = payload
+        .get(..4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .ok_or_else(|| bad("no headers".into()))?;
+    let mut r = wire::Reader::new(
+        payload
+            .get(headers..)
+            .ok_or_else(|| bad("headers".into()))?,
+    );
+    let name_len = r.u16().map_err(bad)?;
+    let procedure = if name_len == 0xFFFF {
+        match r.u16().map_err(bad)? {
+            10 => "sp_executesql".to_string(),
+            id => format!("procedure id {id}"),
+        }
+    } else {
+        utf16(r.take(name_len as usize * 2).map_err(bad)?)
+    };
+    if !procedure.eq_ignore_ascii_case("sp_executesql") {
+        return Err((
+            2812,
+            format!("Could not find stored procedure '{procedure}'."),
+        ));
+    }
+    r.u16().map_err(bad)?; // option flags
+    let mut params = Vec::new();
+    while !r.is_empty() {
+        let len = r.u8().map_err(bad)? as usize;
+        let name = utf16(r.take(len * 2).map_err(bad)?);
+        r.u8().map_err(bad)?; // status flags
+        let (ty, encoding) = SqlType::read_type_info(&mut r).map_err(bad)?;
+        let value = ty.read_value(&mut r, encoding).map_err(bad)?;
+        params.push((name, ty, value));
+    }
+    let mut params = params.into_iter();
+    let statement = match params.next() {
+        Some((_, _, Value::Text(text))) => text,
+        _ => return Err(bad("the first parameter is not the statement".into())),
+    };
+    // The second parameter declares the others (`@P1 int, ...`); their values follow.
+    let mut values: Vec<(String, String)> = params
+        .skip(1)
+        .map(|(name, ty, value)| Ok((name, literal(&ty, &value)?)))
+        .collect::<Result<_, String>>()
+        .map_err(|e| (8016, e))?;
+    // Longest names first, so that @P1 does not replace the start of @P10.
+    values.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
+    let mut text = statement;
+    for (name, literal) in values {
+        text = text.replace(&name, &literal);
+    }
+    let mut batch = payload[..headers].to_vec();
+    batch.extend(text.encode_utf16().flat_map(u16::to_le_bytes));
+    Ok(batch)
+}
+
+fn utf16(bytes: &[u8]) -> String {
+    let units: Vec<u16> = bytes
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    String::from_utf16_lossy(&units)
+}
+
+/// A parameter's value as a T-SQL literal.
+fn literal(ty: &SqlType, value: &Value) -> Result<String, String> {
+    Ok(match value {
+        Value::Null => "NULL".into(),
+        Value::Bool(b) => u8::from(*b).to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::F32(f) => format!("{f:e}"),
+        Value::F64(f) => format!("{f:e}"),
+        Value::Text(t) => format!("N'{}'", t.replace('\'', "''")),
+        Value::Decimal(unscaled) => {
+            let scale = match ty {
+                SqlType::Decimal(_, s) => *s as usize,
+                _ => 0,
+            };
+            let digits = unscaled.unsigned_abs().to_string();
+            let digits = format!("{digits:0>width$}", width = scale + 1);
+            let (int, frac) = digits.split_at(digits.len() - scale);
+            let sign = if *unscaled < 0 { "-" } else { "" };
+            if scale == 0 {
+                format!("{sign}{int}")
+            } else {
+                format!("{sign}{int}.{frac}")
+            }
+        }
+        other => return Err(format!("the test peer takes no {other:?} parameter")),
+    })
+}
+
 fn split_statements(text: &str) -> Vec<String> {
     let mut out = Vec::new();
     let (mut quote, mut bracket) = (false, false);

@@ -520,11 +520,15 @@ fn condition(part: &str) -> Option<Condition> {
     ] {
         if let Some(at) = part.find(text) {
             let literal = part[at + text.len()..].trim();
-            let literal = literal
-                .strip_prefix('N')
-                .unwrap_or(literal)
-                .trim_matches('\'')
-                .to_string();
+            let literal = literal.strip_prefix('N').unwrap_or(literal);
+            // A quoted string: its quotes off, and its doubled quotes single again.
+            let literal = match literal
+                .strip_prefix('\'')
+                .and_then(|l| l.strip_suffix('\''))
+            {
+                Some(inner) => inner.replace("''", "'"),
+                None => literal.to_string(),
+            };
             return Some(Condition::Compare(column_key(&part[..at]), op, literal));
         }
     }

@@ -932,6 +932,55 @@ fn civil(days: i64) -> (i64, u32, u32) {
 }
 
 #[test]
+fn the_peer_answers_parameterized_queries_sent_as_rpc() {
+    // pytds sends a query with parameters as an RPC request to sp_executesql; the peer
+    // answers it like the batch it stands for.
+    let server = TestServer::start();
+    let peer = &server.peer;
+    peer.create_table(
+        "dbo.people",
+        &[("id", "int", false), ("name", "nvarchar(20)", true)],
+    );
+    peer.insert(
+        "dbo.people",
+        [
+            (1, "ann"),
+            (2, "bob"),
+            (3, "o'neil"),
+            (4, "dee"),
+            (5, "eve"),
+        ]
+        .into_iter()
+        .map(|(i, n)| vec![Value::Int(i), Value::Text(n.into())])
+        .collect(),
+    );
+    let answer = tds_clients(
+        &server,
+        &[
+            "params",
+            &peer.port().to_string(),
+            &server.ca().display().to_string(),
+            "ferry",
+            crate::support::sqlserver::USER,
+            "dbo.people",
+        ],
+        None,
+    );
+    assert_eq!(
+        answer["by_range"],
+        serde_json::json!([[2, "bob"], [3, "o'neil"], [4, "dee"]])
+    );
+    assert_eq!(answer["by_name"], serde_json::json!([[3, "o'neil"]]));
+    assert!(
+        peer.statements()
+            .iter()
+            .any(|s| s.contains("WHERE name = N'o''neil'")),
+        "the statement ran with the parameter as a literal: {:?}",
+        peer.statements()
+    );
+}
+
+#[test]
 fn independent_clients_read_the_peer_s_values_as_they_were_put_in() {
     let server = TestServer::start();
     let peer = &server.peer;

@@ -95,6 +95,30 @@ def read(client, port, ca, database, user, table):
     json.dump({"types": types, "rows": rows}, sys.stdout)
 
 
+def params(port, ca, database, user, table):
+    """A parameterized query: pytds sends it as an RPC request to sp_executesql."""
+    import pytds
+
+    conn = pytds.connect(
+        server="127.0.0.1",
+        port=port,
+        database=database,
+        user=user,
+        password=os.environ["FERRY_IT_MSSQL_PASSWORD"],
+        cafile=ca,
+        validate_host=False,
+        autocommit=True,
+    )
+    cursor = conn.cursor()
+    cursor.execute(
+        "SELECT id, name FROM %s WHERE id >= %%s AND id < %%s" % table, (2, 5)
+    )
+    by_range = [list(row) for row in cursor.fetchall()]
+    cursor.execute("SELECT id, name FROM %s WHERE name = %%s" % table, ("o'neil",))
+    by_name = [list(row) for row in cursor.fetchall()]
+    json.dump({"by_range": by_range, "by_name": by_name}, sys.stdout)
+
+
 def bulk(port, ca, database, user, table):
     import pytds
     import pytds.tds_base
@@ -171,5 +195,7 @@ def bulk(port, ca, database, user, table):
 if __name__ == "__main__":
     if sys.argv[1] == "read":
         read(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5], sys.argv[6], sys.argv[7])
+    elif sys.argv[1] == "params":
+        params(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6])
     else:
         bulk(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6])
