@@ -80,6 +80,8 @@ pub struct FileSource {
     batch_rows: usize,
     skip_bad_rows: bool,
     connector: &'static str,
+    /// Bytes per read of a text file (and of its read-ahead).
+    read_block: u64,
 }
 
 impl FileSource {
@@ -150,7 +152,14 @@ impl FileSource {
             batch_rows,
             skip_bad_rows,
             connector: "file",
+            read_block: crate::format::io::DEFAULT_READ_BLOCK,
         })
+    }
+
+    /// Reads text in blocks sized for `settings` (see [`crate::format::io::read_block_for`]).
+    pub fn with_read_block_for(mut self, settings: &ferry_engine::config::JobSettings) -> Self {
+        self.read_block = crate::format::io::read_block_for(settings);
+        self
     }
 
     /// Cuts a splittable text file into byte ranges that start at line boundaries
@@ -409,6 +418,7 @@ impl Source for FileSource {
             part,
             resume,
             tx: tx.clone(),
+            read_block: self.read_block,
         };
         ferry_engine::task::spawn_blocking(move || {
             if let Err(e) = task.run() {
@@ -452,6 +462,7 @@ struct ReadTask {
     part: FilePartition,
     resume: Option<Checkpoint>,
     tx: mpsc::Sender<Result<SourceBatch>>,
+    read_block: u64,
 }
 
 /// The end of a read: the consumer went away.
@@ -574,7 +585,13 @@ impl ReadTask {
         let (from, end, skip_records, line, header) = self.text_start();
         let count = Arc::new(AtomicU64::new(0));
         let raw = Counting {
-            inner: StoreReader::new(self.store.clone(), path, from..end, self.handle.clone()),
+            inner: StoreReader::sized(
+                self.store.clone(),
+                path,
+                from..end,
+                self.handle.clone(),
+                self.read_block,
+            ),
             count: count.clone(),
         };
         let mut reader = compression.reader(raw)?;
@@ -587,7 +604,7 @@ impl ReadTask {
             position: from,
             base_records,
         };
-        let mut buf = vec![0u8; 1 << 20];
+        let mut buf = vec![0u8; (self.read_block as usize).min(1 << 20)];
         let mut filled = 0usize;
         let mut eof = false;
         loop {

@@ -16,6 +16,18 @@ use tokio::runtime::Handle;
 /// Bytes fetched per ranged GET.
 pub const DEFAULT_READ_BLOCK: u64 = 2 << 20;
 
+/// The smallest read block.
+pub const MIN_READ_BLOCK: u64 = 256 << 10;
+
+/// The read block for a job: its readers' blocks (one in use, one read ahead, and the
+/// decoder's buffer of the same size) take about an eighth of the memory budget, between
+/// [`MIN_READ_BLOCK`] and [`DEFAULT_READ_BLOCK`]. They are not charged to the budget, so a
+/// small budget gets small blocks.
+pub fn read_block_for(settings: &ferry_engine::config::JobSettings) -> u64 {
+    let readers = settings.parallel_copies.get() as u64;
+    (settings.max_buffer_bytes / 8 / (3 * readers).max(1)).clamp(MIN_READ_BLOCK, DEFAULT_READ_BLOCK)
+}
+
 /// Deletes `files` from `store`.
 pub async fn delete_listed(
     store: &dyn ObjectStore,
@@ -92,13 +104,24 @@ pub struct StoreReader {
 impl StoreReader {
     /// Reads `range` of `path`. Call from a blocking thread of the runtime `handle`.
     pub fn new(store: Arc<dyn ObjectStore>, path: Path, range: Range<u64>, handle: Handle) -> Self {
+        Self::sized(store, path, range, handle, DEFAULT_READ_BLOCK)
+    }
+
+    /// [`StoreReader::new`], in blocks of `block` bytes.
+    pub fn sized(
+        store: Arc<dyn ObjectStore>,
+        path: Path,
+        range: Range<u64>,
+        handle: Handle,
+        block: u64,
+    ) -> Self {
         let mut reader = Self {
             store,
             path,
             handle,
             next: range.start,
             end: range.end,
-            block: DEFAULT_READ_BLOCK,
+            block: block.max(1),
             current: Bytes::new(),
             ahead: None,
         };
@@ -158,5 +181,32 @@ impl Drop for StoreReader {
         if let Some(ahead) = self.ahead.take() {
             ahead.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_blocks_follow_the_budget_within_their_bounds() {
+        let block = |budget_mib: u64, parallel: usize| {
+            let mut settings = ferry_engine::config::JobSettings::new("j");
+            settings.max_buffer_bytes = budget_mib << 20;
+            settings.parallel_copies = std::num::NonZeroUsize::new(parallel).unwrap();
+            read_block_for(&settings)
+        };
+        // 64 MiB over 4 readers: 64 MiB / 8 / 12 = 699,050 bytes.
+        assert_eq!(block(64, 4), (64 << 20) / 8 / 12);
+        assert_eq!(
+            block(16, 4),
+            MIN_READ_BLOCK,
+            "a small budget: the smallest block"
+        );
+        assert_eq!(
+            block(1024, 1),
+            DEFAULT_READ_BLOCK,
+            "a large one: the default"
+        );
     }
 }
