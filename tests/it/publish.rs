@@ -106,6 +106,28 @@ struct Case<'a> {
     connections: Option<std::path::PathBuf>,
 }
 
+impl<'a> Case<'a> {
+    /// A job `name` that copies the CSV files of `tmp/in/` into directory `out` as CSV
+    /// part files.
+    fn local(tmp: &'a Path, name: &str, out: &Path) -> Case<'a> {
+        let job = tmp.join("job.json");
+        std::fs::write(
+            &job,
+            format!(
+                r#"{{"name": "{name}", "source": {{"type": "file", "path": "{}/", "format": {{"type": "csv"}}}}, "sink": {{"type": "file", "path": "{}/", "format": {{"type": "csv"}}}}}}"#,
+                tmp.join("in").display(),
+                out.display()
+            ),
+        )
+        .unwrap();
+        Case {
+            tmp,
+            job,
+            connections: None,
+        }
+    }
+}
+
 impl Case<'_> {
     /// Runs the job; `crash_at` crashes ferry at that publish step.
     fn run(&self, crash_at: Option<&str>) -> std::process::Output {
@@ -182,21 +204,7 @@ fn crash_between_steps(
 fn a_crash_while_a_directory_is_published_shows_the_old_set_or_the_new_one() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
-    let job = tmp.path().join("job.json");
-    std::fs::write(
-        &job,
-        format!(
-            r#"{{"name": "parts", "source": {{"type": "file", "path": "{}/", "format": {{"type": "csv"}}}}, "sink": {{"type": "file", "path": "{}/", "format": {{"type": "csv"}}}}}}"#,
-            tmp.path().join("in").display(),
-            out.display()
-        ),
-    )
-    .unwrap();
-    let case = Case {
-        tmp: tmp.path(),
-        job,
-        connections: None,
-    };
+    let case = Case::local(tmp.path(), "parts", &out);
     // The directory holds only ferry's files: the set is built beside it and swapped in.
     crash_between_steps(
         &case,
@@ -250,21 +258,7 @@ fn a_crash_while_a_shared_directory_is_published_never_lists_a_mix() {
     // A file that is not ferry's: the directory cannot be swapped, so the files are published
     // one by one and the manifest, removed first and written last, is what a reader trusts.
     std::fs::write(out.join("notes.txt"), "kept").unwrap();
-    let job = tmp.path().join("job.json");
-    std::fs::write(
-        &job,
-        format!(
-            r#"{{"name": "shared", "source": {{"type": "file", "path": "{}/", "format": {{"type": "csv"}}}}, "sink": {{"type": "file", "path": "{}/", "format": {{"type": "csv"}}}}}}"#,
-            tmp.path().join("in").display(),
-            out.display()
-        ),
-    )
-    .unwrap();
-    let case = Case {
-        tmp: tmp.path(),
-        job,
-        connections: None,
-    };
+    let case = Case::local(tmp.path(), "shared", &out);
     crash_between_steps(
         &case,
         &MANIFEST_STEPS,
@@ -350,21 +344,7 @@ fn a_destination_that_is_a_link_stays_a_link() {
     std::fs::create_dir_all(&real).unwrap();
     let link = tmp.path().join("out");
     std::os::unix::fs::symlink(&real, &link).unwrap();
-    let job = tmp.path().join("job.json");
-    std::fs::write(
-        &job,
-        format!(
-            r#"{{"name": "linked", "source": {{"type": "file", "path": "{}/", "format": {{"type": "csv"}}}}, "sink": {{"type": "file", "path": "{}/", "format": {{"type": "csv"}}}}}}"#,
-            tmp.path().join("in").display(),
-            link.display()
-        ),
-    )
-    .unwrap();
-    let case = Case {
-        tmp: tmp.path(),
-        job,
-        connections: None,
-    };
+    let case = Case::local(tmp.path(), "linked", &link);
     for (run, files) in [("one", 3), ("two", 2)] {
         let rows = case.input(run, files);
         case.run_ok();
