@@ -1039,66 +1039,87 @@ fn an_encrypted_password_opens_only_with_the_runtime_s_credential_key() {
     assert!(!out.exists(), "a failed open writes nothing");
 }
 
-#[test]
-fn a_stalled_connection_times_out_and_its_partition_is_read_again() {
-    use crate::support::proxy::Proxy;
-    let pg = server();
-    let db = pg.database("stalled");
-    pg.sql(
-        &db,
-        "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS name FROM generate_series(1, 100000) g",
-    );
-    let proxy = Proxy::start(([127, 0, 0, 1], pg.port).into());
-    let connections = format!(
-        r#"{{"pg": {{"type": "postgres", "host": "127.0.0.1", "port": {}, "user": "postgres", "database": "{db}", "sslmode": "disable", "idle_timeout": "2s"}}}}"#,
-        proxy.port()
-    );
-    let dir = tempfile::tempdir().unwrap();
-    // pg_job retries three times, 50 ms apart.
-    let job = |name: &str| {
-        pg_job(
-            name,
+/// A table `t` of ids 1..=100,000 in database `name`, read through a fault proxy
+/// (`idle_timeout` 2 s) into `<run>.parquet` files, two partitions at once.
+struct ProxiedRead {
+    proxy: crate::support::proxy::Proxy,
+    connections: String,
+    dir: tempfile::TempDir,
+}
+
+impl ProxiedRead {
+    fn start(name: &str) -> ProxiedRead {
+        let pg = server();
+        let db = pg.database(name);
+        pg.sql(
+            &db,
+            "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS name FROM generate_series(1, 100000) g",
+        );
+        let proxy = crate::support::proxy::Proxy::start(([127, 0, 0, 1], pg.port).into());
+        let connections = format!(
+            r#"{{"pg": {{"type": "postgres", "host": "127.0.0.1", "port": {}, "user": "postgres", "database": "{db}", "sslmode": "disable", "idle_timeout": "2s"}}}}"#,
+            proxy.port()
+        );
+        ProxiedRead {
+            proxy,
+            connections,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Runs the read `run` (pg_job retries three times, 50 ms apart).
+    fn run(&self, run: &str) -> ferry_engine::JobReport {
+        let job = pg_job(
+            run,
             r#"{"type": "postgres", "connection": "pg", "table": "t"}"#,
             &format!(
                 r#"{{"type": "file", "path": {}, "format": {{"type": "parquet"}}}}"#,
-                js(&dir.path().join(format!("{name}.parquet")))
+                js(&self.output(run))
             ),
             r#", "parallel_copies": 2"#,
-        )
-    };
+        );
+        run_job_with(&job, &self.connections)
+    }
+
+    fn output(&self, run: &str) -> std::path::PathBuf {
+        self.dir.path().join(format!("{run}.parquet"))
+    }
+
+    /// Checks that run `run` wrote every id once.
+    fn every_row_once(&self, run: &str) {
+        assert_eq!(
+            parquet_ids(&self.output(run)),
+            (1..=100_000).collect::<Vec<i32>>(),
+            "{run}: every row once"
+        );
+    }
+}
+
+#[test]
+fn a_stalled_connection_times_out_and_its_partition_is_read_again() {
+    let read = ProxiedRead::start("stalled");
     // One session goes silent in the middle of its COPY: it is given up after idle_timeout,
     // and its partition is read again from its checkpoint.
-    proxy.stall_after(1_000_000, true);
+    read.proxy.stall_after(1_000_000, true);
     let started = Instant::now();
-    let report = run_job_with(&job("once"), &connections);
+    let report = read.run("once");
     assert_eq!(report.status, JobStatus::Succeeded, "{report}");
-    assert_eq!(proxy.faulted(), 1);
+    assert_eq!(read.proxy.faulted(), 1);
     assert!(report.retries >= 1, "{report}");
-    let mut ids: Vec<i32> = read_parquet(&dir.path().join("once.parquet"))
-        .iter()
-        .flat_map(|b| {
-            use arrow::array::AsArray;
-            b.column(0)
-                .as_primitive::<arrow::datatypes::Int32Type>()
-                .values()
-                .to_vec()
-        })
-        .collect();
-    ids.sort();
-    assert_eq!(ids, (1..=100_000).collect::<Vec<i32>>(), "every row once");
+    read.every_row_once("once");
     assert!(started.elapsed() < Duration::from_secs(60));
 
     // Every session goes silent: the job fails with the timeout named, and writes nothing.
-    proxy.stall_after(1_000_000, false);
+    read.proxy.stall_after(1_000_000, false);
     let started = Instant::now();
-    let report = run_job_with(&job("always"), &connections);
+    let report = read.run("always");
     assert_eq!(report.status, JobStatus::Failed, "{report}");
     let message = &report.error.as_ref().unwrap().message;
     assert!(
         message.contains("sent or took nothing for 2s") && message.contains("idle_timeout"),
         "{message}"
     );
-    assert!(!dir.path().join("always.parquet").exists());
+    assert!(!read.output("always").exists());
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "a stall never hangs the job"
@@ -1123,56 +1144,32 @@ fn parquet_ids(path: &std::path::Path) -> Vec<i32> {
 
 #[test]
 fn a_reset_or_closed_read_is_retried_from_its_checkpoint_and_a_slow_one_finishes() {
-    use crate::support::proxy::{Direction, Fault, Proxy};
-    let pg = server();
-    let db = pg.database("faulted_read");
-    pg.sql(
-        &db,
-        "CREATE TABLE t AS SELECT g AS id, md5(g::text) AS name FROM generate_series(1, 100000) g",
-    );
-    let proxy = Proxy::start(([127, 0, 0, 1], pg.port).into());
-    let connections = format!(
-        r#"{{"pg": {{"type": "postgres", "host": "127.0.0.1", "port": {}, "user": "postgres", "database": "{db}", "sslmode": "disable", "idle_timeout": "2s"}}}}"#,
-        proxy.port()
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let run = |name: &str| {
-        let job = pg_job(
-            name,
-            r#"{"type": "postgres", "connection": "pg", "table": "t"}"#,
-            &format!(
-                r#"{{"type": "file", "path": {}, "format": {{"type": "parquet"}}}}"#,
-                js(&dir.path().join(format!("{name}.parquet")))
-            ),
-            r#", "parallel_copies": 2"#,
-        );
-        run_job_with(&job, &connections)
-    };
+    use crate::support::proxy::{Direction, Fault};
+    let read = ProxiedRead::start("faulted_read");
     // A session reset, or closed by the server's side, in the middle of its COPY: the
     // partition is read again from its checkpoint, and every row arrives once.
     for (name, fault) in [("reset", Fault::Reset), ("closed", Fault::HalfClose)] {
-        let before = proxy.faulted();
-        proxy.fault_after(fault, Direction::FromServer, 1_000_000, true);
-        let report = run(name);
+        let before = read.proxy.faulted();
+        read.proxy
+            .fault_after(fault, Direction::FromServer, 1_000_000, true);
+        let report = read.run(name);
         assert_eq!(report.status, JobStatus::Succeeded, "{name}: {report}");
-        assert_eq!(proxy.faulted(), before + 1, "{name}: the fault happened");
-        assert!(report.retries >= 1, "{name}: {report}");
         assert_eq!(
-            parquet_ids(&dir.path().join(format!("{name}.parquet"))),
-            (1..=100_000).collect::<Vec<i32>>(),
-            "{name}: every row once"
+            read.proxy.faulted(),
+            before + 1,
+            "{name}: the fault happened"
         );
+        assert!(report.retries >= 1, "{name}: {report}");
+        read.every_row_once(name);
     }
     // Every session slowed to 1 MB/s, but never silent for the 2 s idle_timeout: slow is
     // not stalled, and the job finishes without a retry.
-    proxy.fault_after(Fault::Throttle(1_000_000), Direction::FromServer, 0, false);
-    let report = run("slow");
+    read.proxy
+        .fault_after(Fault::Throttle(1_000_000), Direction::FromServer, 0, false);
+    let report = read.run("slow");
     assert_eq!(report.status, JobStatus::Succeeded, "{report}");
     assert_eq!(report.retries, 0, "{report}");
-    assert_eq!(
-        parquet_ids(&dir.path().join("slow.parquet")),
-        (1..=100_000).collect::<Vec<i32>>()
-    );
+    read.every_row_once("slow");
 }
 
 #[test]
