@@ -18,26 +18,7 @@ use arrow::datatypes::{DataType, Date32Type, Decimal128Type, Int32Type, Int64Typ
 use arrow::record_batch::RecordBatch;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ferry_connectors::Connections;
-use tds_peer::{Peer, Value};
-
-const LINEITEM: [(&str, &str, bool); 16] = [
-    ("l_orderkey", "bigint", false),
-    ("l_partkey", "bigint", false),
-    ("l_suppkey", "bigint", false),
-    ("l_linenumber", "int", false),
-    ("l_quantity", "decimal(15,2)", false),
-    ("l_extendedprice", "decimal(15,2)", false),
-    ("l_discount", "decimal(15,2)", false),
-    ("l_tax", "decimal(15,2)", false),
-    ("l_returnflag", "char(1)", false),
-    ("l_linestatus", "char(1)", false),
-    ("l_shipdate", "date", false),
-    ("l_commitdate", "date", false),
-    ("l_receiptdate", "date", false),
-    ("l_shipinstruct", "char(25)", false),
-    ("l_shipmode", "char(10)", false),
-    ("l_comment", "varchar(44)", false),
-];
+use tds_peer::{LINEITEM, Peer, Value};
 
 /// The peer's values of one Arrow cell.
 fn value(array: &dyn Array, row: usize) -> Value {

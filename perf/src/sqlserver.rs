@@ -10,28 +10,9 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{DataType, Date32Type, Decimal128Type, Int32Type, Int64Type};
-use tds_peer::{Peer, Value};
+use tds_peer::{LINEITEM, Peer, Value};
 
 use crate::{Tool, command, ferry_copy, measure, run_interleaved, stats, work_dir, write_job};
-
-const LINEITEM: [(&str, &str, bool); 16] = [
-    ("l_orderkey", "bigint", false),
-    ("l_partkey", "bigint", false),
-    ("l_suppkey", "bigint", false),
-    ("l_linenumber", "int", false),
-    ("l_quantity", "decimal(15,2)", false),
-    ("l_extendedprice", "decimal(15,2)", false),
-    ("l_discount", "decimal(15,2)", false),
-    ("l_tax", "decimal(15,2)", false),
-    ("l_returnflag", "char(1)", false),
-    ("l_linestatus", "char(1)", false),
-    ("l_shipdate", "date", false),
-    ("l_commitdate", "date", false),
-    ("l_receiptdate", "date", false),
-    ("l_shipinstruct", "char(25)", false),
-    ("l_shipmode", "char(10)", false),
-    ("l_comment", "varchar(44)", false),
-];
 
 const PASSWORD: &str = "Perf-pw-1";
 

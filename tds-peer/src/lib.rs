@@ -21,6 +21,27 @@ use std::sync::{Arc, Mutex};
 
 use sql::{Condition, Op, Statement};
 pub use types::{SqlType, Value};
+
+/// TPC-H lineitem's columns as SQL Server types (name, type, nullable), for the tables the
+/// benches and the perf harness put into the peer.
+pub const LINEITEM: [(&str, &str, bool); 16] = [
+    ("l_orderkey", "bigint", false),
+    ("l_partkey", "bigint", false),
+    ("l_suppkey", "bigint", false),
+    ("l_linenumber", "int", false),
+    ("l_quantity", "decimal(15,2)", false),
+    ("l_extendedprice", "decimal(15,2)", false),
+    ("l_discount", "decimal(15,2)", false),
+    ("l_tax", "decimal(15,2)", false),
+    ("l_returnflag", "char(1)", false),
+    ("l_linestatus", "char(1)", false),
+    ("l_shipdate", "date", false),
+    ("l_commitdate", "date", false),
+    ("l_receiptdate", "date", false),
+    ("l_shipinstruct", "char(25)", false),
+    ("l_shipmode", "char(10)", false),
+    ("l_comment", "varchar(44)", false),
+];
 use wire::{Reader, Writer, done, packet};
 
 /// A column of a table.
