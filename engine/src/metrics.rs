@@ -21,6 +21,9 @@ pub const RETRIES_TOTAL: &str = "ferry_retries_total";
 pub const JOBS_TOTAL: &str = "ferry_jobs_total";
 /// Seconds a job ran.
 pub const JOB_DURATION_SECONDS: &str = "ferry_job_duration_seconds";
+/// Copies whose published output did not match what was read (`verify: true`), or could not
+/// be read back. Such a job was counted in `ferry_jobs_total` when its copy finished.
+pub const VERIFY_FAILURES_TOTAL: &str = "ferry_verify_failures_total";
 
 /// Describes every metric to the installed recorder (units and help texts).
 pub fn describe() {
@@ -46,6 +49,11 @@ pub fn describe() {
     describe_counter!(RETRIES_TOTAL, Unit::Count, "retried partitions and outputs");
     describe_counter!(JOBS_TOTAL, Unit::Count, "jobs finished, by status");
     describe_histogram!(JOB_DURATION_SECONDS, Unit::Seconds, "duration of jobs");
+    describe_counter!(
+        VERIFY_FAILURES_TOTAL,
+        Unit::Count,
+        "copies whose output did not verify"
+    );
 }
 
 /// Records a finished job's metrics (the one place that does): its status and duration, rows
