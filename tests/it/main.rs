@@ -8,6 +8,7 @@ mod azure;
 mod cli;
 mod conformance;
 mod files;
+mod memory;
 mod pipeline;
 mod policy;
 mod postgres;
