@@ -17,16 +17,10 @@ use ferry_engine::Encoder;
 use proptest::prelude::*;
 
 use crate::format::csv::{CsvDecoder, CsvDialect, Origin, find_boundaries};
+use crate::fuzz_tests::cases;
 use crate::postgres::decode::CopyDecoder;
 use crate::postgres::encode::{CopyEncoder, Target};
 use crate::postgres::types::PgType;
-
-fn cases() -> u32 {
-    std::env::var("FERRY_FUZZ_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256)
-}
 
 // ---- CSV --------------------------------------------------------------------------------
 

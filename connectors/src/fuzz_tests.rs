@@ -17,7 +17,8 @@ const JOBS: [&str; 4] = [
 const CONNECTIONS: &str = include_str!("../../examples/connections.json");
 const ENVELOPE: &str = r#"{"id": "0000000000001-a-job", "attempt": 1, "job": {"name": "j", "source": {"type": "tpch", "table": "nation"}, "sink": {"type": "file", "path": "x.csv", "format": {"type": "csv"}}}, "signature": {"runtime": "rt-01", "expires_ms": 1, "signature": "AAAA"}}"#;
 
-fn cases() -> u32 {
+/// Cases per property: `FERRY_FUZZ_CASES`, or 256 (the test command).
+pub(crate) fn cases() -> u32 {
     std::env::var("FERRY_FUZZ_CASES")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -357,6 +357,22 @@ fn copy_with_a_policy_file_keeps_the_job_inside_its_roots() {
     );
 }
 
+/// Sends Ctrl-C (SIGINT) to `child` and waits for it; returns its exit code and stderr.
+fn interrupt(child: std::process::Child) -> (Option<i32>, String) {
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = child.wait_with_output().unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
+}
+
 /// Whether process `pid` has a handler for SIGINT installed (its `SigCgt` mask).
 fn catches_sigint(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -400,17 +416,9 @@ fn ctrl_c_while_a_job_is_prepared_ends_it_cleanly() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (code, stderr) = interrupt(child);
     assert_eq!(
-        output.status.code(),
+        code,
         Some(1),
         "ends by its own exit, not by the signal: {stderr}"
     );
@@ -456,16 +464,8 @@ fn ctrl_c_in_the_middle_of_a_copy_publishes_nothing_and_leaves_nothing() {
         assert!(Instant::now() < deadline, "the copy never started writing");
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-INT", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let output = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = interrupt(child);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("cancelling: nothing will be published") && stderr.contains("cancelled"),
         "{stderr}"

@@ -46,21 +46,25 @@ def canonical(value, type_name):
     return str(value)
 
 
+def pytds_connect(port, ca, database, user):
+    import pytds
+
+    return pytds.connect(
+        server="127.0.0.1",
+        port=port,
+        database=database,
+        user=user,
+        password=os.environ["FERRY_IT_MSSQL_PASSWORD"],
+        cafile=ca,
+        validate_host=False,
+        autocommit=True,
+    )
+
+
 def read(client, port, ca, database, user, table):
     password = os.environ["FERRY_IT_MSSQL_PASSWORD"]
     if client == "pytds":
-        import pytds
-
-        conn = pytds.connect(
-            server="127.0.0.1",
-            port=port,
-            database=database,
-            user=user,
-            password=password,
-            cafile=ca,
-            validate_host=False,
-            autocommit=True,
-        )
+        conn = pytds_connect(port, ca, database, user)
     else:
         import pymssql
 
@@ -97,18 +101,7 @@ def read(client, port, ca, database, user, table):
 
 def params(port, ca, database, user, table):
     """A parameterized query: pytds sends it as an RPC request to sp_executesql."""
-    import pytds
-
-    conn = pytds.connect(
-        server="127.0.0.1",
-        port=port,
-        database=database,
-        user=user,
-        password=os.environ["FERRY_IT_MSSQL_PASSWORD"],
-        cafile=ca,
-        validate_host=False,
-        autocommit=True,
-    )
+    conn = pytds_connect(port, ca, database, user)
     cursor = conn.cursor()
     cursor.execute(
         "SELECT id, name FROM %s WHERE id >= %%s AND id < %%s" % table, (2, 5)
@@ -124,16 +117,7 @@ def bulk(port, ca, database, user, table):
     import pytds.tds_base
 
     spec = json.load(sys.stdin)
-    conn = pytds.connect(
-        server="127.0.0.1",
-        port=port,
-        database=database,
-        user=user,
-        password=os.environ["FERRY_IT_MSSQL_PASSWORD"],
-        cafile=ca,
-        validate_host=False,
-        autocommit=True,
-    )
+    conn = pytds_connect(port, ca, database, user)
 
     def value(v, kind):
         if v is None:
