@@ -128,7 +128,7 @@ pub fn build_sink(
 ) -> Result<Arc<dyn Sink>> {
     Ok(match spec {
         SinkSpec::File(s) => Arc::new(s.build(connections.file_root(&s.connection)?, settings)?),
-        SinkSpec::Postgres(s) => Arc::new(s.build(connections.postgres(&s.connection)?)?),
+        SinkSpec::Postgres(s) => Arc::new(s.build(connections.postgres(&s.connection)?, settings)?),
         SinkSpec::AzureBlob(s) => {
             Arc::new(s.build(connections.azure_blob(&s.connection)?, settings)?)
         }

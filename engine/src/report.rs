@@ -398,7 +398,7 @@ fn advise(m: &Measured) -> Vec<String> {
             m.cores
         ),
         Stage::Sink => match m.kinds.1 {
-            "postgres" => "sink-bound: PostgreSQL took the rows slower than they came (one COPY session per job); load several tables in parallel jobs, or drop the table's indexes and triggers during the load".to_string(),
+            "postgres" => "sink-bound: PostgreSQL took the rows slower than they came; mode overwrite (or a new table) loads in parallel_copies sessions, append and truncate in one; drop the table's indexes and triggers during the load, or load several tables in parallel jobs".to_string(),
             "sqlserver" => "sink-bound: SQL Server took the rows slower than they came (one bulk load per job); set table_lock, or load into a heap without indexes".to_string(),
             "azure_blob" => "sink-bound: Azure Blob Storage took the data slower than it came; raise block_size or max_concurrency, or check the network to the account".to_string(),
             _ => "sink-bound: the destination took the data slower than it came; write to a faster disk or store".to_string(),

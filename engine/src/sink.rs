@@ -58,6 +58,12 @@ pub trait PreparedSink: Send + Sync {
     /// How partitions map to outputs.
     fn layout(&self) -> OutputLayout;
 
+    /// What the report should say about how this run writes (how many sessions load a
+    /// table, and why), one line each.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Opens output `output` under a temporary name (afresh for every attempt).
     async fn open(&self, schema: &SchemaRef, output: usize) -> Result<OpenOutput>;
 

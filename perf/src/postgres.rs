@@ -167,6 +167,8 @@ pub fn run(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
         / 1e6;
     server.scalar(db, "DROP TABLE IF EXISTS lineitem_psql")?;
     server.scalar(db, "CREATE TABLE lineitem_psql (LIKE lineitem)")?;
+    server.scalar(db, "DROP TABLE IF EXISTS lineitem_ferry1")?;
+    server.scalar(db, "CREATE TABLE lineitem_ferry1 (LIKE lineitem)")?;
 
     let out = |name: &str| work.join(format!("pg-out-{name}.parquet"));
     let to_parquet = work.join("pg-to-parquet.json");
@@ -181,6 +183,11 @@ pub fn run(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
     write_job(
         &to_pg,
         r#"{"name":"perf-pg-to-pg","source":{"type":"postgres","connection":"pg","table":"lineitem"},"sink":{"type":"postgres","connection":"pg","table":"lineitem_ferry","mode":"overwrite"},"parallel_copies":2,"max_buffer_bytes":"128MiB"}"#,
+    )?;
+    let to_pg_one = work.join("pg-to-pg-one.json");
+    write_job(
+        &to_pg_one,
+        r#"{"name":"perf-pg-to-pg-one","source":{"type":"postgres","connection":"pg","table":"lineitem"},"sink":{"type":"postgres","connection":"pg","table":"lineitem_ferry1","mode":"truncate"},"parallel_copies":2,"max_buffer_bytes":"128MiB"}"#,
     )?;
     let adbc = format!(
         "import adbc_driver_postgresql.dbapi as d, pyarrow.parquet as pq\n\
@@ -222,8 +229,12 @@ pub fn run(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
     ];
     let write_tools: Vec<Tool> = vec![
         (
-            "ferry (parallel_copies 2)".into(),
+            "ferry (parallel_copies 2, overwrite: two load sessions)".into(),
             command(ferry, ferry_copy(&to_pg, &connections), &[]),
+        ),
+        (
+            "ferry (parallel_copies 2, truncate: one load session, FREEZE)".into(),
+            command(ferry, ferry_copy(&to_pg_one, &connections), &[]),
         ),
         (
             "psql binary COPY pipe (one transaction, FREEZE)".into(),

@@ -800,8 +800,9 @@ fn lost_connections_are_retried_without_duplicates() {
     assert!(report.retries >= 1, "{report}");
     assert_same_rows(pg, &db, "big", "copy1", "id, h, pad");
 
-    // The writer's session dies mid-COPY: the load restarts in a new transaction.
-    let killer = terminate_copies(pg.url(&db), "COPY \"copy2\"%", 1);
+    // One of the writers' sessions (an overwrite loads in several, into a load table) dies
+    // mid-COPY: its partition loads again in a new transaction.
+    let killer = terminate_copies(pg.url(&db), "COPY %_ferry_load_%", 1);
     let report = run_job_with(
         &pg_job(
             "lost-write",
@@ -1281,4 +1282,138 @@ fn the_report_advises_on_a_slow_source_and_a_slow_sink() {
         report.advice.len() == 1 && report.advice[0].starts_with("sink-bound: PostgreSQL"),
         "{report}"
     );
+}
+
+/// The load tables (`_ferry_load_*`) in the database.
+fn load_tables(pg: &Postgres, db: &str) -> Vec<Vec<String>> {
+    pg.query(
+        db,
+        "SELECT relname::text FROM pg_class WHERE relname LIKE '\\_ferry\\_load\\_%'",
+    )
+}
+
+#[test]
+fn an_overwrite_loads_in_several_sessions_and_swaps_the_table_in_whole() {
+    let pg = server();
+    let db = pg.database("parload");
+    pg.sql(
+        &db,
+        "CREATE TABLE src AS SELECT g AS id, CASE WHEN g % 7 = 0 THEN NULL ELSE repeat('v', g % 50) END AS v
+           FROM generate_series(1, 200000) g;
+         CREATE TABLE dst (id int8, old text);
+         INSERT INTO dst VALUES (-1, 'before'), (-2, NULL);",
+    );
+    let old = pg.query(
+        &db,
+        "SELECT id::text, coalesce(old, 'NULL') FROM dst ORDER BY id",
+    );
+    let conns = pg.connections(&db, "");
+    let tmp = tempfile::tempdir().unwrap();
+    let job_path = tmp.path().join("job.json");
+    let conns_path = tmp.path().join("connections.json");
+    let job = pg_job(
+        "parload",
+        r#"{"type": "postgres", "connection": "pg", "table": "src"}"#,
+        r#"{"type": "postgres", "connection": "pg", "table": "dst", "mode": "overwrite"}"#,
+        r#", "parallel_copies": 3"#,
+    );
+    std::fs::write(&job_path, &job).unwrap();
+    std::fs::write(&conns_path, &conns).unwrap();
+
+    // Killed after every session committed into the load table, before the swap: the table
+    // is as it was, and the load table holds the run's rows under its own name.
+    let out = crate::support::ferry()
+        .arg("copy")
+        .arg(&job_path)
+        .arg("--connections")
+        .arg(&conns_path)
+        .env("FERRY_TEST_CRASH_AT", "postgres:swap")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("FERRY_TEST_CRASH_AT=postgres:swap"),
+        "ferry did not reach the swap: {stderr}"
+    );
+    assert_eq!(
+        pg.query(
+            &db,
+            "SELECT id::text, coalesce(old, 'NULL') FROM dst ORDER BY id"
+        ),
+        old
+    );
+    let leftovers = load_tables(pg, &db);
+    assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    assert_eq!(
+        pg.count(
+            &db,
+            &format!("SELECT count(*) FROM \"{}\"", leftovers[0][0])
+        ),
+        200_000
+    );
+
+    // The next run drops the dead run's load table, loads in three sessions, swaps.
+    let report = run_job_with(&job, &conns);
+    assert_eq!(report.status, JobStatus::Succeeded, "{report}");
+    assert_eq!(report.partitions, 3, "{report}");
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("loaded by up to 3 sessions")),
+        "{:?}",
+        report.notes
+    );
+    assert_same_rows(pg, &db, "src", "dst", "id, v");
+    assert!(load_tables(pg, &db).is_empty());
+
+    // A query that fails in one partition after others may have loaded: the load table is
+    // dropped and the table keeps the earlier run's rows.
+    let failing = pg_job(
+        "parload-fails",
+        r#"{"type": "postgres", "connection": "pg", "query": "select id, 10 / (id - 150000) as v from src", "partition": {"column": "id", "count": 3}}"#,
+        r#"{"type": "postgres", "connection": "pg", "table": "dst", "mode": "overwrite"}"#,
+        r#", "parallel_copies": 3"#,
+    );
+    let report = run_job_with(&failing, &conns);
+    assert_eq!(report.status, JobStatus::Failed, "{report}");
+    let error = report.error.unwrap();
+    assert!(
+        error.message.contains("division by zero"),
+        "{}",
+        error.message
+    );
+    assert_same_rows(pg, &db, "src", "dst", "id, v");
+    assert!(load_tables(pg, &db).is_empty());
+
+    // A view on the table would fail the swap at the end: the job fails before data moves,
+    // saying why.
+    pg.sql(&db, "CREATE VIEW dst_view AS SELECT id FROM dst");
+    let report = run_job_with(&job, &conns);
+    assert_eq!(report.status, JobStatus::Failed, "{report}");
+    let error = report.error.unwrap();
+    assert!(
+        error.message.contains("cannot be replaced")
+            && error.message.contains("dst_view")
+            && report.rows_written == 0,
+        "{} ({} rows written)",
+        error.message,
+        report.rows_written
+    );
+    assert!(load_tables(pg, &db).is_empty());
+    pg.sql(&db, "DROP VIEW dst_view");
+
+    // Truncate keeps the table, so it loads in one session and the report says why.
+    let truncate = job.replace("overwrite", "truncate");
+    let report = run_job_with(&truncate, &conns);
+    assert_eq!(report.status, JobStatus::Succeeded, "{report}");
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("one session, as mode truncate keeps the table")),
+        "{:?}",
+        report.notes
+    );
+    assert_same_rows(pg, &db, "src", "dst", "id, v");
 }

@@ -70,6 +70,11 @@ impl TableName {
         })
     }
 
+    /// The name's parts, unquoted (`["sales", "Order Lines"]`).
+    pub fn parts(&self) -> &[String] {
+        &self.parts
+    }
+
     /// The name quoted for SQL (`"sales"."Order Lines"`).
     pub fn quoted(&self) -> String {
         quote_qualified(&self.parts)

@@ -114,9 +114,13 @@ impl PostgresSourceSpec {
 
 impl PostgresSinkSpec {
     /// Builds the sink (no I/O yet).
-    pub fn build(&self, connection: &PostgresConnection) -> Result<PostgresSink> {
+    pub fn build(
+        &self,
+        connection: &PostgresConnection,
+        settings: &JobSettings,
+    ) -> Result<PostgresSink> {
         let connector = connection.connector(&self.connection)?;
-        PostgresSink::new(self.clone(), connector)
+        PostgresSink::new(self.clone(), connector, settings)
     }
 }
 

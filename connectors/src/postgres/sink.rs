@@ -1,12 +1,18 @@
-//! The PostgreSQL sink: one transaction per job that runs the pre-copy SQL, empties or
-//! (re)creates the table as the mode asks, streams `COPY ... FROM STDIN (FORMAT binary)`, and
-//! commits only when the whole job has succeeded.
+//! The PostgreSQL sink. Two ways to load, both atomic per job:
 //!
-//! A failed, cancelled or killed job never commits, so the table shows none of its rows (the
-//! server rolls back when the session ends). `truncate` and `overwrite` hold an exclusive lock
-//! on the table until the commit; `append` lets readers and other writers go on. After a
-//! truncate or a create in the same transaction the COPY uses `FREEZE`, which writes the rows
-//! already frozen and saves a later vacuum.
+//! - **One session**: one transaction runs the pre-copy SQL, empties or (re)creates the table
+//!   as the mode asks, streams `COPY ... FROM STDIN (FORMAT binary)`, and commits only when the
+//!   whole job has succeeded. A failed, cancelled or killed job never commits (the server
+//!   rolls back when the session ends). `truncate` holds an exclusive lock on the table until
+//!   the commit; `append` lets readers and other writers go on. After a truncate or a create
+//!   in the same transaction the COPY uses `FREEZE`, which writes the rows already frozen.
+//! - **Several sessions into a new table** (`overwrite`, or a table that does not exist yet,
+//!   with `parallel_copies` above 1 and no pre-copy SQL): `prepare` creates a load table
+//!   beside the target, `_ferry_load_<hash of job and table>`; each partition's COPY loads it
+//!   in a session of its own and commits; the job's commit drops the old table and renames the
+//!   load table in one transaction. Readers see the old table, then the new one, never a part
+//!   (and read the old one during the whole load). A failed run drops the load table; a killed
+//!   run leaves it, and the same job's next run drops it before it starts.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -36,6 +42,19 @@ struct LoadPlan {
     copy: String,
     /// The target columns, in the source's column order.
     targets: Vec<Target>,
+    /// The load table of a load by several sessions.
+    staging: Option<Staging>,
+    /// Why the load runs in one session although the job has parallel copies.
+    single_reason: Option<&'static str>,
+}
+
+/// A load table that several sessions fill and the commit swaps in.
+#[derive(Debug, Clone)]
+struct Staging {
+    /// The load table, quoted and schema-qualified.
+    table: String,
+    /// The statements of the commit's transaction: drop the old table, rename the new.
+    swap: Vec<String>,
 }
 
 /// Writes into a PostgreSQL table.
@@ -43,16 +62,25 @@ pub struct PostgresSink {
     connector: Connector,
     spec: PostgresSinkSpec,
     table: String,
+    /// The job's name: the load table's name derives from it.
+    job: String,
+    parallel_copies: usize,
 }
 
 impl PostgresSink {
     /// A sink for `spec`; nothing is checked until `prepare`.
-    pub fn new(spec: PostgresSinkSpec, connector: Connector) -> Result<Self> {
+    pub fn new(
+        spec: PostgresSinkSpec,
+        connector: Connector,
+        settings: &ferry_engine::config::JobSettings,
+    ) -> Result<Self> {
         let table = spec.table.quoted();
         Ok(Self {
             connector,
             spec,
             table,
+            job: settings.name.clone(),
+            parallel_copies: settings.parallel_copies.get(),
         })
     }
 
@@ -120,6 +148,7 @@ impl Sink for PostgresSink {
             connector: self.connector.clone(),
             table: self.spec.table.to_string(),
             quoted: self.table.clone(),
+            parallel_copies: self.parallel_copies,
             plan: Arc::new(plan),
         }))
     }
@@ -191,23 +220,49 @@ impl PostgresSink {
             .collect();
         check_compatible(&fields, &targets).map_err(|e| e.context(format!("table `{table}`")))?;
 
+        let single_reason = if self.parallel_copies < 2 {
+            None
+        } else if self.spec.pre_copy_sql.is_some() {
+            Some("the pre-copy SQL runs in the load's own transaction")
+        } else if !create {
+            Some(match mode {
+                PostgresWriteMode::Truncate => {
+                    "mode truncate keeps the table itself (its grants, indexes, views)"
+                }
+                _ => "mode append adds to the table in one transaction",
+            })
+        } else {
+            None
+        };
+        let staging = if self.parallel_copies > 1 && single_reason.is_none() {
+            Some(
+                self.create_staging(client, &columns_sql, mode, row.is_some())
+                    .await?,
+            )
+        } else {
+            None
+        };
+
         let mut setup = Vec::new();
-        if let Some(sql) = &self.spec.pre_copy_sql {
-            setup.push(sql.clone());
-        }
-        match mode {
-            PostgresWriteMode::Overwrite => {
-                setup.push(format!("DROP TABLE IF EXISTS {}", self.table));
-                setup.push(create_sql);
+        if staging.is_none() {
+            if let Some(sql) = &self.spec.pre_copy_sql {
+                setup.push(sql.clone());
             }
-            _ if create => setup.push(create_sql),
-            PostgresWriteMode::Truncate => setup.push(format!("TRUNCATE {}", self.table)),
-            PostgresWriteMode::Append => {}
+            match mode {
+                PostgresWriteMode::Overwrite => {
+                    setup.push(format!("DROP TABLE IF EXISTS {}", self.table));
+                    setup.push(create_sql);
+                }
+                _ if create => setup.push(create_sql),
+                PostgresWriteMode::Truncate => setup.push(format!("TRUNCATE {}", self.table)),
+                PostgresWriteMode::Append => {}
+            }
         }
-        let freeze = relkind == "r" && (create || mode == PostgresWriteMode::Truncate);
+        let freeze =
+            staging.is_none() && relkind == "r" && (create || mode == PostgresWriteMode::Truncate);
         let copy = format!(
             "COPY {} ({}) FROM STDIN (FORMAT binary{})",
-            self.table,
+            staging.as_ref().map_or(&self.table, |s| &s.table),
             targets
                 .iter()
                 .map(|t| quote(&t.name))
@@ -219,6 +274,81 @@ impl PostgresSink {
             setup,
             copy,
             targets,
+            staging,
+            single_reason,
+        })
+    }
+
+    /// Creates the load table of a load by several sessions (dropping a dead run's first)
+    /// and works out the commit's swap. `exists`: the target exists now; an overwrite checks
+    /// that it could be dropped, so that a view on it fails the job before data moves.
+    async fn create_staging(
+        &self,
+        client: &Client,
+        columns_sql: &str,
+        mode: PostgresWriteMode,
+        exists: bool,
+    ) -> Result<Staging> {
+        let table = &self.spec.table;
+        let parts = table.parts();
+        let schema = match parts {
+            [.., schema, _] => schema.clone(),
+            _ => client
+                .query_one("SELECT current_schema()::text", &[])
+                .await
+                .map_err(|e| pg_error("cannot read the current schema", e))?
+                .get::<_, Option<String>>(0)
+                .ok_or_else(|| {
+                    Error::invalid_input(format!(
+                        "table `{table}`: no schema of the search_path exists to create it in; qualify the table name"
+                    ))
+                })?,
+        };
+        let name = parts.last().cloned().unwrap_or_default();
+        let hash =
+            twox_hash::XxHash3_64::oneshot(format!("{}\0{}", self.job, self.table).as_bytes());
+        let staging = format!(
+            "{}.{}",
+            quote(&schema),
+            quote(&format!("_ferry_load_{hash:016x}"))
+        );
+        if mode == PostgresWriteMode::Overwrite && exists {
+            // A trial drop, rolled back: a view or a foreign key on the table would fail the
+            // swap at the very end. A busy table (lock wait) is not held up for it.
+            let trial = format!(
+                "BEGIN; SET LOCAL lock_timeout = '5s'; DROP TABLE {}",
+                self.table
+            );
+            let tried = client.batch_execute(&trial).await;
+            let _ = client.batch_execute("ROLLBACK").await;
+            if let Err(e) = tried
+                && e.code() != Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
+            {
+                return Err(pg_error(
+                    &format!("table `{table}` cannot be replaced (mode overwrite drops it)"),
+                    e,
+                ));
+            }
+        }
+        client
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {staging}; CREATE TABLE {staging} ({columns_sql})"
+            ))
+            .await
+            .map_err(|e| {
+                pg_error(
+                    &format!("table `{table}`: cannot create the load table {staging}"),
+                    e,
+                )
+            })?;
+        let mut swap = Vec::new();
+        if mode == PostgresWriteMode::Overwrite {
+            swap.push(format!("DROP TABLE IF EXISTS {}", self.table));
+        }
+        swap.push(format!("ALTER TABLE {staging} RENAME TO {}", quote(&name)));
+        Ok(Staging {
+            table: staging,
+            swap,
         })
     }
 }
@@ -257,14 +387,31 @@ struct PreparedLoad {
     connector: Connector,
     table: String,
     quoted: String,
+    parallel_copies: usize,
     plan: Arc<LoadPlan>,
 }
 
 #[async_trait::async_trait]
 impl PreparedSink for PreparedLoad {
     fn layout(&self) -> OutputLayout {
-        // One COPY in one transaction: the whole job commits or nothing does.
-        OutputLayout::Single
+        match self.plan.staging {
+            // One session per partition into the load table.
+            Some(_) => OutputLayout::PerPartition,
+            // One COPY in one transaction: the whole job commits or nothing does.
+            None => OutputLayout::Single,
+        }
+    }
+
+    fn notes(&self) -> Vec<String> {
+        let table = &self.table;
+        match (&self.plan.staging, self.plan.single_reason) {
+            (Some(staging), _) => vec![format!(
+                "table `{table}`: loaded by up to {} sessions at once into {}, swapped in at the commit",
+                self.parallel_copies, staging.table
+            )],
+            (None, Some(why)) => vec![format!("table `{table}`: loaded by one session, as {why}")],
+            (None, None) => Vec::new(),
+        }
     }
 
     async fn open(&self, _schema: &SchemaRef, output: usize) -> Result<OpenOutput> {
@@ -294,12 +441,28 @@ impl PreparedSink for PreparedLoad {
                 client,
                 sink: Box::pin(sink),
                 bytes: 0,
+                commit_at_finish: plan.staging.is_some(),
             }),
         })
     }
 
     async fn commit(&self, staged: Vec<Box<dyn StagedOutput>>) -> Result<Committed> {
         ferry_engine::sink::publish_all(staged).await?;
+        if let Some(staging) = &self.plan.staging {
+            ferry_engine::sink::crash_point("postgres:swap");
+            let table = &self.table;
+            let client = self.connector.connect().await?;
+            let swap = format!("BEGIN; {}; COMMIT", staging.swap.join("; "));
+            if let Err(e) = client.batch_execute(&swap).await {
+                let _ = client.batch_execute("ROLLBACK").await;
+                return Err(pg_error(
+                    &format!(
+                        "table `{table}`: swapping in the loaded table failed; the table is as it was"
+                    ),
+                    e,
+                ));
+            }
+        }
         Ok(Committed {
             outputs: vec![self.quoted.clone()],
             removed: vec![],
@@ -308,6 +471,18 @@ impl PreparedSink for PreparedLoad {
 
     async fn abort(&self, staged: Vec<Box<dyn StagedOutput>>) -> Result<()> {
         ferry_engine::sink::discard_all(staged).await;
+        if let Some(staging) = &self.plan.staging {
+            let dropped = async {
+                let client = self.connector.connect().await?;
+                client
+                    .batch_execute(&format!("DROP TABLE IF EXISTS {}", staging.table))
+                    .await
+                    .map_err(|e| pg_error("cannot drop the load table", e))
+            };
+            if let Err(e) = dropped.await {
+                tracing::warn!(table = %staging.table, error = %e, "could not drop the load table; the job's next run drops it");
+            }
+        }
         Ok(())
     }
 }
@@ -329,6 +504,8 @@ struct PostgresWriter {
     client: Client,
     sink: Pin<Box<CopyInSink<Bytes>>>,
     bytes: u64,
+    /// A session of a load by several: it commits into the load table when its COPY ends.
+    commit_at_finish: bool,
 }
 
 #[async_trait::async_trait]
@@ -357,10 +534,21 @@ impl OutputWriter for PostgresWriter {
                     .map_err(|e| pg_error(&format!("table `{table}`: COPY failed"), e))
             })
             .await?;
+        let client = if self.commit_at_finish {
+            self.client.batch_execute("COMMIT").await.map_err(|e| {
+                pg_error(
+                    &format!("table `{table}`: committing into the load table failed"),
+                    e,
+                )
+            })?;
+            None
+        } else {
+            Some(self.client)
+        };
         Ok(Box::new(OpenTransaction {
             output: self.output,
             table,
-            client: self.client,
+            client,
             bytes: self.bytes,
         }))
     }
@@ -371,11 +559,12 @@ impl OutputWriter for PostgresWriter {
     }
 }
 
-/// A COPY that has finished in a transaction waiting for the commit: it owns the session.
+/// A COPY that has finished in a transaction waiting for the commit: it owns the session
+/// (none when it loaded a load table and committed there; the swap publishes it).
 struct OpenTransaction {
     output: usize,
     table: String,
-    client: Client,
+    client: Option<Client>,
     bytes: u64,
 }
 
@@ -397,7 +586,10 @@ impl StagedOutput for OpenTransaction {
 
     async fn publish(self: Box<Self>) -> Result<Vec<String>> {
         let table = &self.table;
-        self.client.batch_execute("COMMIT").await.map_err(|e| {
+        let Some(client) = self.client else {
+            return Ok(Vec::new());
+        };
+        client.batch_execute("COMMIT").await.map_err(|e| {
             pg_error(
                 &format!("table `{table}`: the commit failed; nothing was loaded"),
                 e,
@@ -408,7 +600,9 @@ impl StagedOutput for OpenTransaction {
 
     async fn discard(self: Box<Self>) -> Result<()> {
         // Ending the session rolls back too; an explicit ROLLBACK ends it promptly.
-        let _ = self.client.batch_execute("ROLLBACK").await;
+        if let Some(client) = self.client {
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
         Ok(())
     }
 }

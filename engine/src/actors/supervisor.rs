@@ -172,6 +172,7 @@ async fn copy(
         .store(partitions.len() as u64, Relaxed);
     if let Ok(mut notes) = ctx.progress.notes.lock() {
         *notes = ctx.source.notes(&partitions);
+        notes.extend(sink.notes());
     }
     ctx.progress
         .input_bytes_total
