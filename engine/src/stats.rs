@@ -125,6 +125,13 @@ pub struct JobProgress {
     /// Nanoseconds readers waited for room in the job's memory budget (part of the source
     /// stage's time blocked downstream).
     pub budget_wait_ns: AtomicU64,
+    /// Times an encoder flushed early (a Parquet row group ended before its row limit)
+    /// because it held its share of the budget, and the rows those flushes wrote.
+    pub early_flushes: AtomicU64,
+    /// See `early_flushes`.
+    pub early_flush_rows: AtomicU64,
+    /// Bytes an encoder may hold before it flushes (its share of the budget).
+    pub encoder_share: AtomicU64,
     /// What tuning advice is measured against: `parallel_copies`, `max_buffer_bytes`.
     pub settings: std::sync::OnceLock<(u64, u64)>,
     source: StageClock,

@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 
 mod azure;
+mod memory;
 mod postgres;
 mod sqlserver;
 mod worker;
@@ -34,6 +35,8 @@ enum Scenario {
     Worker(Binary),
     /// PostgreSQL -> Parquet and PostgreSQL -> PostgreSQL: ferry vs ADBC, ConnectorX, psql.
     Postgres(Lineitem),
+    /// Peak RSS of four workloads at 16, 64 and 256 MiB budgets against budget + 64 MiB.
+    Memory(Runs),
     /// SQL Server (the TDS test peer) -> Parquet and Parquet -> SQL Server.
     Sqlserver(Lineitem),
     /// The TDS test peer holding lineitem, in its own process for the `sqlserver` scenario.
@@ -57,6 +60,16 @@ struct Lineitem {
     scale: f64,
     /// Runs of each tool; the table shows min, median and max.
     #[arg(long, default_value_t = 3)]
+    runs: usize,
+    #[command(flatten)]
+    binary: Binary,
+}
+
+/// A scenario run several times.
+#[derive(Args)]
+struct Runs {
+    /// Runs of each job; the table shows min, median and max.
+    #[arg(long, default_value_t = 2)]
     runs: usize,
     #[command(flatten)]
     binary: Binary,
@@ -356,6 +369,7 @@ fn main() -> Result<()> {
         Scenario::Postgres(s) => postgres::run(s.scale, s.runs, &s.binary.ferry),
         Scenario::Azure(s) => azure::run(s.scale, s.runs, &s.binary.ferry),
         Scenario::Worker(b) => worker::run(&b.ferry),
+        Scenario::Memory(r) => memory::run(r.runs, &r.binary.ferry),
         Scenario::Sqlserver(s) => sqlserver::run(s.scale, s.runs, &s.binary.ferry),
         Scenario::SqlserverPeer(p) => sqlserver::serve(&p),
     }

@@ -204,6 +204,14 @@ pub fn run(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
     );
     let psql = server.psql_line(db);
     let floor = format!("{psql} -c 'COPY lineitem TO STDOUT (FORMAT binary)' > /dev/null");
+    // Two sessions, each a half of the table's pages (a TID range scan), in parallel.
+    let half: u64 = server
+        .scalar(db, "SELECT pg_relation_size('lineitem') / 8192 / 2")?
+        .parse()?;
+    let floor2 = format!(
+        "{psql} -c \"COPY (SELECT * FROM lineitem WHERE ctid < '({half},0)') TO STDOUT (FORMAT binary)\" > /dev/null & \
+         {psql} -c \"COPY (SELECT * FROM lineitem WHERE ctid >= '({half},0)') TO STDOUT (FORMAT binary)\" > /dev/null; wait"
+    );
     let pipe = format!(
         "{psql} -c 'COPY lineitem TO STDOUT (FORMAT binary)' | {psql} -1 -c 'TRUNCATE lineitem_psql' -c 'COPY lineitem_psql FROM STDIN (FORMAT binary, FREEZE)'"
     );
@@ -225,6 +233,10 @@ pub fn run(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
         (
             "read floor: psql COPY TO STDOUT (binary) > /dev/null".into(),
             command(&sh, vec!["-c".into(), floor], &[]),
+        ),
+        (
+            "read floor: two psql COPY TO STDOUT (binary) sessions in parallel > /dev/null".into(),
+            command(&sh, vec!["-c".into(), floor2], &[]),
         ),
     ];
     let write_tools: Vec<Tool> = vec![

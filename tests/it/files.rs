@@ -535,6 +535,42 @@ fn tpch_generator_to_csv_and_parquet_agree() {
     assert_eq!(keys(&parquet), keys(&from_csv));
 }
 
+#[test]
+fn a_small_budget_ends_row_groups_early_and_the_report_says_so() {
+    let tmp = TempDir::new().unwrap();
+    let tpch = r#"{"type":"tpch","table":"orders","scale_factor":0.1}"#.to_string();
+    let row_groups = |p: &Path| -> Vec<i64> {
+        let file = std::fs::File::open(p).unwrap();
+        let reader = parquet::file::reader::SerializedFileReader::new(file).unwrap();
+        use parquet::file::reader::FileReader;
+        let meta = reader.metadata();
+        meta.row_groups().iter().map(|g| g.num_rows()).collect()
+    };
+    let early = |report: &ferry_engine::JobReport| {
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("row groups ended early"))
+    };
+    // The default budget: one row group of all 150,000 rows, no note.
+    let roomy = tmp.path().join("roomy.parquet");
+    let report = run_ok(&job("roomy", tpch.clone(), file(&roomy, PARQUET), ""));
+    assert_eq!(row_groups(&roomy), [150_000], "{report}");
+    assert!(!early(&report), "{:?}", report.notes);
+    // A 4 MiB budget: the writer may hold 1 MiB, so row groups end early, and say so.
+    let tight = tmp.path().join("tight.parquet");
+    let report = run_ok(&job(
+        "tight",
+        tpch,
+        file(&tight, PARQUET),
+        r#","parallel_copies":1,"max_buffer_bytes":"4MiB""#,
+    ));
+    let groups = row_groups(&tight);
+    assert!(groups.len() > 2, "{groups:?}");
+    assert_eq!(groups.iter().sum::<i64>(), 150_000);
+    assert!(early(&report), "{:?}", report.notes);
+}
+
 /// A 1 MiB tmpfs mounted at `dir` for the test (unmounted when dropped), or `None` with the
 /// reason printed when this user may not mount (the fault needs root or a user namespace).
 struct SmallDisk(std::path::PathBuf);

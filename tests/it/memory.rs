@@ -79,9 +79,10 @@ fn a_copy_of_twenty_times_its_budget_stays_within_its_memory_bound() {
     let peak_mib =
         peak_rss_kib(ferry().arg("copy").arg(&job), &tmp.path().join("ferry.log")) / 1024;
     // The bound this build keeps today (docs/operations.md, "Memory"; perf/results/
-    // memory-heaptrack.md): the unoptimised test build peaks at the budget plus about
-    // 97 MiB here (113-114 MiB over three runs), so the bound is the budget plus 128 MiB.
-    // Issue 16's target is the budget plus 64 MiB; this test catches a regression on the way.
+    // memory.md): the unoptimised test build peaks at the budget plus about 92 MiB here
+    // (108 MiB), most of it glibc's arenas and the idle process (26 MiB), so the bound is the
+    // budget plus 128 MiB. The target, budget plus 64 MiB, is met from 64 MiB budgets up in the
+    // release build; this test catches a regression of the data's share.
     let bound = (budget >> 20) + 128;
     assert!(
         peak_mib <= bound,

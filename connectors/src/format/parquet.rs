@@ -115,7 +115,9 @@ impl ParquetEncoder {
     }
 
     fn take(&mut self) -> Option<Bytes> {
-        let buf = std::mem::take(self.writer.as_mut()?.inner_mut());
+        let mut buf = std::mem::take(self.writer.as_mut()?.inner_mut());
+        // A chunk keeps its allocation until the sink has written it: no slack in it.
+        buf.shrink_to_fit();
         (!buf.is_empty()).then(|| Bytes::from(buf))
     }
 
@@ -142,7 +144,12 @@ impl Encoder for ParquetEncoder {
     }
 
     fn flush(&mut self) -> Result<Option<Bytes>> {
-        self.writer()?.flush().map_err(parquet_error)?;
+        let writer = self.writer()?;
+        // The encoded row group is at most what the writer holds: room for it at once, not
+        // by doubling (which held up to twice the row group, and kept the slack in the chunk).
+        let room = writer.memory_size();
+        writer.inner_mut().reserve(room);
+        writer.flush().map_err(parquet_error)?;
         Ok(self.take())
     }
 

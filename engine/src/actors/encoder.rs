@@ -6,6 +6,7 @@
 //! making) and passes the rest on with the encoded chunk.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::Ordering::Relaxed;
 
 use actix::{Actor, Handler, SyncContext};
 
@@ -65,10 +66,9 @@ fn encode_output(msg: EncodeOutput) -> StageExit {
         let Some(item) = item else { break };
         held.merge(item.reservation);
         pending_rows += item.batch.num_rows() as u64;
-        progress.rows_encoded.fetch_add(
-            item.batch.num_rows() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        progress
+            .rows_encoded
+            .fetch_add(item.batch.num_rows() as u64, Relaxed);
         let (encoded, busy) = timed(|| {
             if let Some(figures) = &figures {
                 figures
@@ -78,7 +78,10 @@ fn encode_output(msg: EncodeOutput) -> StageExit {
             }
             let mut out = encoder.encode(&item.batch)?;
             if out.is_none() && encoder.buffered_bytes() > max_buffered {
+                let rows = encoder.buffered_rows();
                 out = encoder.flush()?;
+                progress.early_flushes.fetch_add(1, Relaxed);
+                progress.early_flush_rows.fetch_add(rows, Relaxed);
             }
             Ok::<_, crate::Error>(out)
         });

@@ -131,6 +131,11 @@ async fn run_job(job: Job, progress: Arc<JobProgress>, cancel: CancellationToken
         Ok((committed, figures)) => (Ok(committed), figures),
         Err(e) => (Err(e), None),
     };
+    if let Some(note) = early_flush_note(&progress)
+        && let Ok(mut notes) = progress.notes.lock()
+    {
+        notes.push(note);
+    }
     let outcome = RunOutcome {
         job: name.clone(),
         kinds: (source_name, sink_name),
@@ -151,6 +156,18 @@ async fn run_job(job: Job, progress: Arc<JobProgress>, cancel: CancellationToken
         Some(e) => tracing::info!(job = %name, error = %e.message, "job failed"),
     }
     report
+}
+
+/// What the report says when encoders ended row groups early to stay within the budget.
+fn early_flush_note(progress: &JobProgress) -> Option<String> {
+    let flushes = progress.early_flushes.load(Relaxed);
+    (flushes > 0).then(|| {
+        format!(
+            "row groups ended early {flushes} times, at about {} rows each, when an encoder held its share of max_buffer_bytes ({:.1} MiB); a larger budget makes larger row groups",
+            progress.early_flush_rows.load(Relaxed) / flushes,
+            progress.encoder_share.load(Relaxed) as f64 / 1048576.0
+        )
+    })
 }
 
 /// Prepares, copies every output, checks the row accounting and commits; on any failure,
@@ -186,9 +203,14 @@ async fn copy(
     let slots = Arc::new(Semaphore::new(parallel));
     let encoders_wanted = parallel.min(outputs.len().max(1));
     let encoders = SyncArbiter::start(encoders_wanted, ChunkEncoder::default);
-    // Each encoder may keep this much buffered (a row group) before it must flush: half the
-    // budget shared among the outputs that can run at once, so readers always find room.
-    let max_buffered = (ctx.settings.max_buffer_bytes / 2 / encoders_wanted as u64) as usize;
+    // Each encoder may keep this much buffered (a row group) before it must flush: a quarter
+    // of the budget shared among the outputs that can run at once. A flush builds the encoded
+    // row group beside the buffers it encodes (up to as large again), so the encoders hold at
+    // most half the budget, and readers always find the other half.
+    let max_buffered = (ctx.settings.max_buffer_bytes / 4 / encoders_wanted as u64) as usize;
+    ctx.progress
+        .encoder_share
+        .store(max_buffered as u64, Relaxed);
 
     let mut results = futures::stream::iter(outputs.into_iter().enumerate())
         .map(|(index, parts)| {
