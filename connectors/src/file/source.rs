@@ -21,6 +21,7 @@ use futures::StreamExt;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::{ArrowReaderBuilder, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
@@ -419,6 +420,7 @@ impl Source for FileSource {
             resume,
             tx: tx.clone(),
             read_block: self.read_block,
+            local: self.connector == "file",
         };
         ferry_engine::task::spawn_blocking(move || {
             if let Err(e) = task.run() {
@@ -463,6 +465,8 @@ struct ReadTask {
     resume: Option<Checkpoint>,
     tx: mpsc::Sender<Result<SourceBatch>>,
     read_block: u64,
+    /// The store is the local file system (object path `a/b` is the file `/a/b`).
+    local: bool,
 }
 
 /// The end of a read: the consumer went away.
@@ -643,36 +647,67 @@ impl ReadTask {
         }
     }
 
+    /// The reader of a Parquet partition: its row groups, projection, batch size and resume
+    /// offset; returns it with the partition's row count.
+    fn configure<T>(
+        &self,
+        builder: ArrowReaderBuilder<T>,
+        first: usize,
+        count: usize,
+        offset: u64,
+    ) -> (ArrowReaderBuilder<T>, u64) {
+        let total_rows: u64 = builder.metadata().row_groups()[first..first + count]
+            .iter()
+            .map(|g| g.num_rows() as u64)
+            .sum();
+        let mask = match &self.projection {
+            Some(indices) => {
+                ProjectionMask::roots(builder.parquet_schema(), indices.iter().copied())
+            }
+            None => ProjectionMask::all(),
+        };
+        let builder = builder
+            .with_row_groups((first..first + count).collect())
+            .with_projection(mask)
+            .with_batch_size(self.batch_rows)
+            .with_offset(offset as usize);
+        (builder, total_rows)
+    }
+
     fn read_parquet(&self) -> Result<()> {
         let file = &self.part.file;
         let PartSpec::Blocks { first, count } = self.part.part else {
             return Err(Error::internal("parquet partition without row groups"));
         };
         let offset = self.resume.map_or(0, |c| c.records);
-        let (mut stream, total_rows) = self.handle.block_on(async {
-            let builder = parquet_builder(&self.store, file).await?;
-            let total_rows: u64 = builder.metadata().row_groups()[first..first + count]
-                .iter()
-                .map(|g| g.num_rows() as u64)
-                .sum();
-            let mask = match &self.projection {
-                Some(indices) => {
-                    ProjectionMask::roots(builder.parquet_schema(), indices.iter().copied())
-                }
-                None => ProjectionMask::all(),
-            };
-            builder
-                .with_row_groups((first..first + count).collect())
-                .with_projection(mask)
-                .with_batch_size(self.batch_rows)
-                .with_offset(offset as usize)
-                .build()
-                .map(|stream| (stream, total_rows))
-                .map_err(|e| Error::invalid_input(format!("{}: {e}", file.label)))
-        })?;
+        let invalid =
+            |e: parquet::errors::ParquetError| Error::invalid_input(format!("{}: {e}", file.label));
+        // A local file is read a page at a time (the synchronous reader pulls each page from
+        // the file as it decodes); the asynchronous reader fetches a whole row group's column
+        // chunks first, which holds a large row group in memory outside the budget.
+        let (mut batches, total_rows): (Box<dyn Iterator<Item = _>>, u64) = if self.local {
+            let opened = std::fs::File::open(format!("/{}", file.path))
+                .map_err(|e| Error::io(format!("open {}", file.label), e))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(opened).map_err(|e| {
+                Error::invalid_input(format!("{}: cannot read parquet metadata: {e}", file.label))
+            })?;
+            let (builder, total_rows) = self.configure(builder, first, count, offset);
+            (Box::new(builder.build().map_err(invalid)?), total_rows)
+        } else {
+            let builder = self.handle.block_on(parquet_builder(&self.store, file))?;
+            let (builder, total_rows) = self.configure(builder, first, count, offset);
+            let mut stream = builder.build().map_err(invalid)?;
+            let handle = self.handle.clone();
+            let batches = std::iter::from_fn(move || {
+                handle
+                    .block_on(stream.next())
+                    .map(|b| b.map_err(arrow::error::ArrowError::from))
+            });
+            (Box::new(batches), total_rows)
+        };
         let mut records = offset;
         let share = file.size / (count.max(1) as u64);
-        while let Some(batch) = self.handle.block_on(stream.next()) {
+        for batch in &mut batches {
             let batch = batch
                 .map_err(|e| Error::data(format!("{}: {e}", file.label)).with_retryable(true))?;
             records += batch.num_rows() as u64;
