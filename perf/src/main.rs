@@ -249,7 +249,7 @@ fn write_job(path: &Path, body: &str) -> Result<()> {
 fn csv_to_parquet(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
     let work = work_dir()?;
     let venv = PathBuf::from("perf/.venv");
-    ensure_venv(&venv, &["duckdb", "pyarrow"])?;
+    ensure_venv(&venv, &["duckdb", "pyarrow", "polars"])?;
     let csv = work.join(format!("lineitem-sf{scale}.csv"));
     if !csv.exists() {
         let job = work.join("generate.json");
@@ -291,6 +291,11 @@ fn csv_to_parquet(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
         "import pyarrow.csv as c, pyarrow.parquet as pq\nr = c.open_csv('{}')\nw = pq.ParquetWriter('{}', r.schema, compression='snappy')\nfor b in r: w.write_batch(b)\nw.close()",
         csv.display(),
         out("pyarrow").display()
+    );
+    let polars = format!(
+        "import polars as pl\npl.scan_csv('{}').sink_parquet('{}', compression='snappy')",
+        csv.display(),
+        out("polars").display()
     );
     let tools: Vec<Tool> = vec![
         (
@@ -336,6 +341,10 @@ fn csv_to_parquet(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
                     c
                 }
             }),
+        ),
+        (
+            "polars (streaming: scan_csv + sink_parquet)".into(),
+            command(&python(&venv), vec!["-c".into(), polars], &[]),
         ),
     ];
     let results = run_interleaved(&tools, runs)?;

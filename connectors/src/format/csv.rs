@@ -136,6 +136,9 @@ pub struct CsvDecoder {
     // Parser position.
     at_record_start: bool,
     at_field_start: bool,
+    /// The last field ended at a delimiter that the fast path consumed (csv_core did not see
+    /// it), so the record has one more field, empty if the data ends here.
+    fast_delimited: bool,
     field_quoted: bool,
     field_newlines: u64,
     pending_cr: bool,
@@ -182,6 +185,7 @@ impl CsvDecoder {
             record_first_field: 0,
             at_record_start: true,
             at_field_start: true,
+            fast_delimited: false,
             field_quoted: false,
             field_newlines: 0,
             pending_cr: false,
@@ -252,8 +256,37 @@ impl CsvDecoder {
             if self.at_field_start {
                 self.field_quoted = input[pos] == self.dialect.quote as u8;
                 self.at_field_start = false;
+                // An unquoted field whose end is in this input is taken as it stands (csv_core
+                // reads such a field literally too), found with memchr instead of csv_core's
+                // byte-at-a-time state machine; quoted fields and fields cut by the end of the
+                // input go to csv_core.
+                if !self.field_quoted
+                    && let Some(i) =
+                        memchr::memchr3(self.dialect.delimiter as u8, b'\n', b'\r', &input[pos..])
+                {
+                    self.data[len..len + i].copy_from_slice(&input[pos..pos + i]);
+                    len += i;
+                    let terminator = input[pos + i];
+                    pos += i + 1;
+                    self.end_field(len);
+                    // csv_core did not see this field end: start it afresh (a quoted field
+                    // reads the same from there), and remember a delimiter it did not see.
+                    self.parser.reset();
+                    self.fast_delimited = terminator == self.dialect.delimiter as u8;
+                    if !self.fast_delimited {
+                        if let Err(e) = self.end_record(ncols) {
+                            self.data.truncate(len);
+                            return Err(e);
+                        }
+                        len = self.data_len_after_rollback(len);
+                        self.line += 1;
+                        self.pending_cr = terminator == b'\r';
+                    }
+                    continue;
+                }
             }
             let rest = &input[pos..];
+            self.fast_delimited = false;
             let (result, nin, nout) = self.parser.read_field(rest, &mut self.data[len..]);
             if self.field_quoted {
                 self.field_newlines +=
@@ -316,6 +349,13 @@ impl CsvDecoder {
             return Ok(());
         }
         let ncols = self.schema.fields().len();
+        if self.fast_delimited && !self.at_record_start {
+            // The data ends right after a delimiter: the record's last field is empty.
+            self.fast_delimited = false;
+            let len = self.data.len();
+            self.end_field(len);
+            self.end_record(ncols)?;
+        }
         loop {
             let mut out = [0u8; 0];
             let (result, _, _) = self.parser.read_field(&[], &mut out);
