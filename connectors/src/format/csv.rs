@@ -1047,6 +1047,17 @@ mod tests {
         batch_rows: usize,
         skip: bool,
     ) -> Result<(Vec<RecordBatch>, Vec<SkippedRow>, u64)> {
+        decode_in_pieces(text, schema, dialect, batch_rows, skip, 3)
+    }
+
+    fn decode_in_pieces(
+        text: &[u8],
+        schema: SchemaRef,
+        dialect: CsvDialect,
+        batch_rows: usize,
+        skip: bool,
+        piece_len: usize,
+    ) -> Result<(Vec<RecordBatch>, Vec<SkippedRow>, u64)> {
         let origin = Origin {
             file: "t.csv".into(),
             first_line: 1,
@@ -1055,8 +1066,8 @@ mod tests {
         let mut d = CsvDecoder::new(schema, dialect, origin, batch_rows, skip);
         let mut out = Vec::new();
         let mut skipped = Vec::new();
-        // Feed in small pieces to cross every boundary.
-        for piece in text.chunks(3) {
+        // Feed in pieces (small ones cross every boundary).
+        for piece in text.chunks(piece_len) {
             let mut rest = piece;
             while !rest.is_empty() {
                 let n = d.decode(rest)?;
@@ -1083,6 +1094,50 @@ mod tests {
                 .map(|(n, t)| Field::new(*n, t.clone(), true))
                 .collect::<Vec<_>>(),
         ))
+    }
+
+    #[test]
+    fn unquoted_fields_read_the_same_whole_or_in_pieces() {
+        // Unquoted fields (the memchr path) beside quoted ones (csv_core), a quote inside an
+        // unquoted field (literal), CR, LF and CRLF ends, and data that ends right after a
+        // delimiter: the last field is then an empty one (NULL).
+        let text = b"a,b,c\r1,x\"y,\"q,1\"\n2,,\"\"\r\n\"3\",z,\n4,w,";
+        let s = schema(&[
+            ("a", DataType::Int64),
+            ("b", DataType::Utf8),
+            ("c", DataType::Utf8),
+        ]);
+        for piece_len in [1, 2, 3, 7, text.len()] {
+            let (batches, skipped, records) = decode_in_pieces(
+                text,
+                s.clone(),
+                CsvDialect::default(),
+                100,
+                false,
+                piece_len,
+            )
+            .unwrap();
+            assert!(skipped.is_empty());
+            assert_eq!(records, 4, "pieces of {piece_len}");
+            let batch = arrow::compute::concat_batches(&s, &batches).unwrap();
+            let a = batch.column(0).as_primitive::<arrow::datatypes::Int64Type>();
+            assert_eq!(a.values().to_vec(), [1, 2, 3, 4], "pieces of {piece_len}");
+            let b = batch.column(1).as_string::<i32>();
+            let c = batch.column(2).as_string::<i32>();
+            let cells = |col: &arrow::array::StringArray| -> Vec<Option<String>> {
+                col.iter().map(|v| v.map(str::to_string)).collect()
+            };
+            assert_eq!(
+                cells(b),
+                [Some("x\"y".into()), None, Some("z".into()), Some("w".into())],
+                "pieces of {piece_len}"
+            );
+            assert_eq!(
+                cells(c),
+                [Some("q,1".into()), Some(String::new()), None, None],
+                "pieces of {piece_len}"
+            );
+        }
     }
 
     #[test]
