@@ -1120,7 +1120,9 @@ mod tests {
             assert!(skipped.is_empty());
             assert_eq!(records, 4, "pieces of {piece_len}");
             let batch = arrow::compute::concat_batches(&s, &batches).unwrap();
-            let a = batch.column(0).as_primitive::<arrow::datatypes::Int64Type>();
+            let a = batch
+                .column(0)
+                .as_primitive::<arrow::datatypes::Int64Type>();
             assert_eq!(a.values().to_vec(), [1, 2, 3, 4], "pieces of {piece_len}");
             let b = batch.column(1).as_string::<i32>();
             let c = batch.column(2).as_string::<i32>();
@@ -1129,7 +1131,12 @@ mod tests {
             };
             assert_eq!(
                 cells(b),
-                [Some("x\"y".into()), None, Some("z".into()), Some("w".into())],
+                [
+                    Some("x\"y".into()),
+                    None,
+                    Some("z".into()),
+                    Some("w".into())
+                ],
                 "pieces of {piece_len}"
             );
             assert_eq!(
