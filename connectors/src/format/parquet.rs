@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 /// Default rows per row group.
 pub const DEFAULT_ROW_GROUP_ROWS: usize = 1024 * 1024;
 
+/// Bytes a column's dictionary page may reach before the column falls back to plain pages.
+pub const DICTIONARY_PAGE_LIMIT: usize = 256 * 1024;
+
 /// Compression codec of Parquet pages.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -42,6 +45,11 @@ pub fn writer_properties(codec: ParquetCodec, row_group_rows: usize) -> Result<W
     };
     Ok(WriterProperties::builder()
         .set_compression(compression)
+        // A column whose dictionary outgrows 256 KiB falls back to plain pages four times
+        // sooner than arrow's 1 MiB default: less interning of values that do not repeat,
+        // and plain pages compress as well. lineitem SF 1 CSV -> Parquet: 1.11x faster and
+        // 0.97x the bytes (perf/results/csv-to-parquet-sf1.md).
+        .set_dictionary_page_size_limit(DICTIONARY_PAGE_LIMIT)
         .set_max_row_group_row_count(Some(row_group_rows.max(1)))
         .set_created_by(format!("ferry {}", env!("CARGO_PKG_VERSION")))
         .build())
