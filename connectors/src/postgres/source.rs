@@ -11,7 +11,6 @@ use std::sync::Arc;
 use arrow::datatypes::{Schema, SchemaRef};
 use bytes::{Bytes, BytesMut};
 use ferry_engine::{BatchStream, Checkpoint, Error, Partition, Result, Source, SourceBatch};
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc};
 use tokio_postgres::Client;
@@ -462,9 +461,10 @@ async fn read_copy(
             .map_err(|e| pg_error(&format!("{where_}: COPY failed"), e))?;
         futures::pin_mut!(stream);
         let mut chunk = BytesMut::with_capacity(CHUNK_BYTES + 64 * 1024);
+        let mut watch = connector.idle_watch();
         loop {
             let next = connector
-                .within_idle(&where_, async { Ok(stream.next().await) })
+                .next_within_idle(&mut watch, &mut stream, &where_)
                 .await?;
             let Some(message) = next else { break };
             let message = message.map_err(|e| pg_error(&format!("{where_}: reading COPY data failed"), e))?;
