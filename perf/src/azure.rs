@@ -86,6 +86,25 @@ impl Azurite {
     }
 }
 
+impl Azurite {
+    /// Writes `path`: the connection `pg` of `pg_connections` and the connection `az` to this
+    /// Azurite (its key from `FERRY_PERF_AZURITE_KEY`); returns `path`.
+    pub(crate) fn connections_with(&self, pg_connections: &Path, path: &Path) -> Result<PathBuf> {
+        let pg_json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(pg_connections)?)?;
+        write_job(
+            path,
+            &serde_json::json!({
+                "pg": pg_json["pg"],
+                "az": {"type": "azure_blob", "account": ACCOUNT, "endpoint": self.endpoint(), "allow_http": true,
+                       "auth": {"type": "shared_key", "key": {"env": "FERRY_PERF_AZURITE_KEY"}}}
+            })
+            .to_string(),
+        )?;
+        Ok(path.to_path_buf())
+    }
+}
+
 impl Drop for Azurite {
     fn drop(&mut self) {
         let _ = Command::new("scripts/azurite.sh")
@@ -119,18 +138,8 @@ pub fn run(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
         azurite.container(c)?;
     }
     let (pg, _db, pg_connections) = lineitem_server(&work, scale, ferry)?;
-    let pg_json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&pg_connections)?)?;
-    let connections = work.join("az-connections.json");
-    write_job(
-        &connections,
-        &serde_json::json!({
-            "pg": pg_json["pg"],
-            "az": {"type": "azure_blob", "account": ACCOUNT, "endpoint": azurite.endpoint(), "allow_http": true,
-                   "auth": {"type": "shared_key", "key": {"env": "FERRY_PERF_AZURITE_KEY"}}}
-        })
-        .to_string(),
-    )?;
+    let connections =
+        azurite.connections_with(&pg_connections, &work.join("az-connections.json"))?;
     let upload_dir = work.join("az-upload");
     std::fs::create_dir_all(&upload_dir)?;
     let link = upload_dir.join("lineitem.parquet");

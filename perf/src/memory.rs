@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::azure::{ACCOUNT, Azurite, KEY};
+use crate::azure::{Azurite, KEY};
 use crate::postgres::lineitem_server;
 use crate::{Tool, command, ferry_copy, measure, run_interleaved, stats, work_dir, write_job};
 
@@ -41,18 +41,8 @@ pub fn run(runs: usize, ferry: &Path) -> Result<()> {
     let (pg, db, pg_connections) = lineitem_server(&work, 1.0, ferry)?;
     let azurite = Azurite::start(work.join("azurite-memory"))?;
     azurite.container("memory")?;
-    let pg_json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&pg_connections)?)?;
-    let connections = work.join("memory-connections.json");
-    write_job(
-        &connections,
-        &serde_json::json!({
-            "pg": pg_json["pg"],
-            "az": {"type": "azure_blob", "account": ACCOUNT, "endpoint": azurite.endpoint(), "allow_http": true,
-                   "auth": {"type": "shared_key", "key": {"env": "FERRY_PERF_AZURITE_KEY"}}}
-        })
-        .to_string(),
-    )?;
+    let connections =
+        azurite.connections_with(&pg_connections, &work.join("memory-connections.json"))?;
     let out = work.join("memory-out");
     let workloads: Vec<(&str, String, String)> = vec![
         (

@@ -1284,6 +1284,15 @@ fn the_report_advises_on_a_slow_source_and_a_slow_sink() {
     );
 }
 
+/// Fails unless one of the report's notes contains `text`.
+fn assert_noted(report: &ferry_engine::JobReport, text: &str) {
+    assert!(
+        report.notes.iter().any(|n| n.contains(text)),
+        "no note with {text:?}: {:?}",
+        report.notes
+    );
+}
+
 /// The load tables (`_ferry_load_*`) in the database.
 fn load_tables(pg: &Postgres, db: &str) -> Vec<Vec<String>> {
     pg.query(
@@ -1356,14 +1365,7 @@ fn an_overwrite_loads_in_several_sessions_and_swaps_the_table_in_whole() {
     let report = run_job_with(&job, &conns);
     assert_eq!(report.status, JobStatus::Succeeded, "{report}");
     assert_eq!(report.partitions, 3, "{report}");
-    assert!(
-        report
-            .notes
-            .iter()
-            .any(|n| n.contains("loaded by up to 3 sessions")),
-        "{:?}",
-        report.notes
-    );
+    assert_noted(&report, "loaded by up to 3 sessions");
     assert_same_rows(pg, &db, "src", "dst", "id, v");
     assert!(load_tables(pg, &db).is_empty());
 
@@ -1407,13 +1409,6 @@ fn an_overwrite_loads_in_several_sessions_and_swaps_the_table_in_whole() {
     let truncate = job.replace("overwrite", "truncate");
     let report = run_job_with(&truncate, &conns);
     assert_eq!(report.status, JobStatus::Succeeded, "{report}");
-    assert!(
-        report
-            .notes
-            .iter()
-            .any(|n| n.contains("one session, as mode truncate keeps the table")),
-        "{:?}",
-        report.notes
-    );
+    assert_noted(&report, "one session, as mode truncate keeps the table");
     assert_same_rows(pg, &db, "src", "dst", "id, v");
 }
