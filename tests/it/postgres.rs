@@ -1353,6 +1353,17 @@ fn an_overwrite_loads_in_several_sessions_and_swaps_the_table_in_whole() {
     );
     let leftovers = load_tables(pg, &db);
     assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+    let comment = pg.query(
+        &db,
+        &format!(
+            "SELECT obj_description('\"{}\"'::regclass, 'pg_class')",
+            leftovers[0][0]
+        ),
+    );
+    assert!(
+        comment[0][0].starts_with("ferry: load of table dst by job parload, started "),
+        "{comment:?}"
+    );
     assert_eq!(
         pg.count(
             &db,
@@ -1368,6 +1379,14 @@ fn an_overwrite_loads_in_several_sessions_and_swaps_the_table_in_whole() {
     assert_noted(&report, "loaded by up to 3 sessions");
     assert_same_rows(pg, &db, "src", "dst", "id, v");
     assert!(load_tables(pg, &db).is_empty());
+    assert_eq!(
+        pg.query(
+            &db,
+            "SELECT coalesce(obj_description('dst'::regclass, 'pg_class'), 'none')"
+        ),
+        [vec!["none".to_string()]],
+        "the swapped-in table keeps no load comment"
+    );
 
     // A query that fails in one partition after others may have loaded: the load table is
     // dropped and the table keeps the earlier run's rows.

@@ -29,7 +29,7 @@ use tokio_postgres::{Client, CopyInSink};
 
 use super::connect::{Connector, pg_error};
 use super::encode::{CopyEncoder, Target, check_compatible};
-use super::ident::quote;
+use super::ident::{literal, quote};
 use super::types::{PG_TYPE_KEY, columns_of, sql_type_for};
 use super::{PostgresSinkSpec, PostgresWriteMode};
 
@@ -330,9 +330,18 @@ impl PostgresSink {
                 ));
             }
         }
+        // The comment tells whoever finds a killed run's load table what it is; the swap
+        // removes it.
+        let started = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let comment = literal(&format!(
+            "ferry: load of table {table} by job {}, started {started}; the job's next run drops it, and it may be dropped when that job is not running",
+            self.job
+        ));
         client
             .batch_execute(&format!(
-                "DROP TABLE IF EXISTS {staging}; CREATE TABLE {staging} ({columns_sql})"
+                "DROP TABLE IF EXISTS {staging}; CREATE TABLE {staging} ({columns_sql}); COMMENT ON TABLE {staging} IS {comment}"
             ))
             .await
             .map_err(|e| {
@@ -345,6 +354,7 @@ impl PostgresSink {
         if mode == PostgresWriteMode::Overwrite {
             swap.push(format!("DROP TABLE IF EXISTS {}", self.table));
         }
+        swap.push(format!("COMMENT ON TABLE {staging} IS NULL"));
         swap.push(format!("ALTER TABLE {staging} RENAME TO {}", quote(&name)));
         Ok(Staging {
             table: staging,
