@@ -479,7 +479,7 @@ fn read_file(path: &std::path::Path, parquet: bool) -> Result<usize, String> {
                 &shown,
                 &format,
                 &settings,
-                false,
+                true,
             )
             .await?;
             let mut rows = 0;

@@ -11,8 +11,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::postgres::lineitem_server;
 use crate::{
-    Tool, command, ensure_venv, ferry_copy, measure, python, run_interleaved, stats, work_dir,
-    write_job,
+    Tool, command, ensure_venv, ferry_copy, lineitem_file, python, run_interleaved, stats,
+    work_dir, write_job,
 };
 
 pub(crate) const ACCOUNT: &str = "devstoreaccount1";
@@ -120,18 +120,7 @@ pub fn run(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
     let venv = PathBuf::from("perf/.venv");
     ensure_venv(&venv, &["azure-storage-blob"])?;
     // The file to upload: lineitem as one Parquet file, made by ferry once.
-    let parquet = work.join(format!("lineitem-sf{scale}.parquet"));
-    if !parquet.exists() {
-        let job = work.join("az-generate.json");
-        write_job(
-            &job,
-            &format!(
-                r#"{{"name":"perf-az-generate","source":{{"type":"tpch","table":"lineitem","scale_factor":{scale}}},"sink":{{"type":"file","path":"{}","format":{{"type":"parquet"}}}},"parallel_copies":1}}"#,
-                parquet.display()
-            ),
-        )?;
-        measure(Command::new(ferry).arg("copy").arg(&job))?;
-    }
+    let parquet = lineitem_file(&work, scale, "parquet", ferry)?;
     let file_mb = std::fs::metadata(&parquet)?.len() as f64 / 1e6;
     let azurite = Azurite::start(work.join("azurite"))?;
     for c in ["upload", "direct", "staged", "staging"] {

@@ -246,22 +246,30 @@ fn write_job(path: &Path, body: &str) -> Result<()> {
     std::fs::write(path, body).with_context(|| format!("write {}", path.display()))
 }
 
+/// `lineitem` at `scale` as one file of `format` (csv or parquet) in the work directory,
+/// made by ferry's generator once.
+fn lineitem_file(work: &Path, scale: f64, format: &str, ferry: &Path) -> Result<PathBuf> {
+    let path = work.join(format!("lineitem-sf{scale}.{format}"));
+    if !path.exists() {
+        let job = work.join(format!("generate-{format}-{scale}.json"));
+        write_job(
+            &job,
+            &format!(
+                r#"{{"name":"perf-generate","source":{{"type":"tpch","table":"lineitem","scale_factor":{scale}}},"sink":{{"type":"file","path":"{}","format":{{"type":"{format}"}}}},"parallel_copies":2}}"#,
+                path.display()
+            ),
+        )?;
+        eprintln!("generating {}", path.display());
+        measure(Command::new(ferry).arg("copy").arg(&job))?;
+    }
+    Ok(path)
+}
+
 fn csv_to_parquet(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
     let work = work_dir()?;
     let venv = PathBuf::from("perf/.venv");
     ensure_venv(&venv, &["duckdb", "pyarrow", "polars"])?;
-    let csv = work.join(format!("lineitem-sf{scale}.csv"));
-    if !csv.exists() {
-        let job = work.join("generate.json");
-        write_job(
-            &job,
-            &format!(
-                r#"{{"name":"perf-generate","source":{{"type":"tpch","table":"lineitem","scale_factor":{scale}}},"sink":{{"type":"file","path":"{}","format":{{"type":"csv"}}}},"parallel_copies":2}}"#,
-                csv.display()
-            ),
-        )?;
-        measure(Command::new(ferry).arg("copy").arg(&job))?;
-    }
+    let csv = lineitem_file(&work, scale, "csv", ferry)?;
     let csv_bytes = std::fs::metadata(&csv)?.len();
     let out = |name: &str| work.join(format!("out-{name}.parquet"));
     let ferry_job = work.join("ferry.json");

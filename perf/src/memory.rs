@@ -3,35 +3,17 @@
 //! 64 MiB. CSV lineitem SF 5 -> Parquet, PostgreSQL lineitem SF 1 -> Parquet, Parquet SF 1
 //! -> PostgreSQL (overwrite), CSV SF 1 -> Parquet blobs in Azurite.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 
 use crate::azure::{Azurite, KEY};
 use crate::postgres::lineitem_server;
-use crate::{Tool, command, ferry_copy, measure, run_interleaved, stats, work_dir, write_job};
+use crate::{
+    Tool, command, ferry_copy, lineitem_file, run_interleaved, stats, work_dir, write_job,
+};
 
 const BUDGETS_MIB: [u64; 3] = [16, 64, 256];
-
-/// `lineitem` at `scale` as one file of `format` (csv or parquet) in the work directory,
-/// made by ferry's generator once.
-fn lineitem_file(work: &Path, scale: f64, format: &str, ferry: &Path) -> Result<PathBuf> {
-    let path = work.join(format!("lineitem-sf{scale}.{format}"));
-    if !path.exists() {
-        let job = work.join(format!("generate-{format}-{scale}.json"));
-        write_job(
-            &job,
-            &format!(
-                r#"{{"name":"perf-generate","source":{{"type":"tpch","table":"lineitem","scale_factor":{scale}}},"sink":{{"type":"file","path":"{}","format":{{"type":"{format}"}}}},"parallel_copies":2}}"#,
-                path.display()
-            ),
-        )?;
-        eprintln!("generating {}", path.display());
-        measure(Command::new(ferry).arg("copy").arg(&job))?;
-    }
-    Ok(path)
-}
 
 pub fn run(runs: usize, ferry: &Path) -> Result<()> {
     let work = work_dir()?;

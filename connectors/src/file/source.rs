@@ -83,9 +83,17 @@ pub struct FileSource {
     connector: &'static str,
     /// Bytes per read of a text file (and of its read-ahead).
     read_block: u64,
+    /// The store is the local file system (object path `a/b` is the file `/a/b`).
+    local: bool,
 }
 
 impl FileSource {
+    /// Marks the store as the local file system, whose files can be read directly.
+    pub fn with_local_files(mut self, local: bool) -> Self {
+        self.local = local;
+        self
+    }
+
     /// Names the store in reports and metrics (`azure_blob`); default `file`.
     pub fn with_connector(mut self, connector: &'static str) -> Self {
         self.connector = connector;
@@ -154,6 +162,7 @@ impl FileSource {
             skip_bad_rows,
             connector: "file",
             read_block: crate::format::io::DEFAULT_READ_BLOCK,
+            local: false,
         })
     }
 
@@ -349,9 +358,11 @@ async fn parquet_builder(
         .with_file_size(file.size);
     ParquetRecordBatchStreamBuilder::new(reader)
         .await
-        .map_err(|e| {
-            Error::invalid_input(format!("{}: cannot read parquet metadata: {e}", file.label))
-        })
+        .map_err(|e| metadata_error(file, e))
+}
+
+fn metadata_error(file: &InputFile, e: parquet::errors::ParquetError) -> Error {
+    Error::invalid_input(format!("{}: cannot read parquet metadata: {e}", file.label))
 }
 
 async fn ipc_footer(
@@ -420,7 +431,7 @@ impl Source for FileSource {
             resume,
             tx: tx.clone(),
             read_block: self.read_block,
-            local: self.connector == "file",
+            local: self.local,
         };
         ferry_engine::task::spawn_blocking(move || {
             if let Err(e) = task.run() {
@@ -688,9 +699,8 @@ impl ReadTask {
         let (mut batches, total_rows): (Box<dyn Iterator<Item = _>>, u64) = if self.local {
             let opened = std::fs::File::open(format!("/{}", file.path))
                 .map_err(|e| Error::io(format!("open {}", file.label), e))?;
-            let builder = ParquetRecordBatchReaderBuilder::try_new(opened).map_err(|e| {
-                Error::invalid_input(format!("{}: cannot read parquet metadata: {e}", file.label))
-            })?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(opened)
+                .map_err(|e| metadata_error(file, e))?;
             let (builder, total_rows) = self.configure(builder, first, count, offset);
             (Box::new(builder.build().map_err(invalid)?), total_rows)
         } else {
