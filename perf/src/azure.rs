@@ -11,8 +11,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::postgres::lineitem_server;
 use crate::{
-    Tool, command, ensure_venv, ferry_copy, lineitem_file, python, run_interleaved, stats,
-    work_dir, write_job,
+    Tool, command, ensure_venv, ferry_copy, lineitem_file, peer_versions, python, run_interleaved,
+    stats, work_dir, write_job,
 };
 
 pub(crate) const ACCOUNT: &str = "devstoreaccount1";
@@ -118,7 +118,8 @@ impl Drop for Azurite {
 pub fn run(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
     let work = work_dir()?;
     let venv = PathBuf::from("perf/.venv");
-    ensure_venv(&venv, &["azure-storage-blob"])?;
+    let peers = ["azure-storage-blob"];
+    ensure_venv(&venv, &peers)?;
     // The file to upload: lineitem as one Parquet file, made by ferry once.
     let parquet = lineitem_file(&work, scale, "parquet", ferry)?;
     let file_mb = std::fs::metadata(&parquet)?.len() as f64 / 1e6;
@@ -216,8 +217,9 @@ pub fn run(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
     let mut table = format!(
         "# Azure Blob Storage (Azurite), TPC-H lineitem SF {scale}\n\n\
          Azurite 3 (the emulator, Node.js, in-memory metadata, blobs on local disk) on the same 2 cores; {runs} runs each, all interleaved in one run; \
-         wall time and peak RSS of the whole client process.\n\n\
-         ## Upload of one {file_mb:.0} MB Parquet file\n\n| tool | time min / median / max (s) | MB/s (median) | peak RSS median (MiB) | vs SDK |\n| --- | --- | --- | --- | --- |\n"
+         wall time and peak RSS of the whole client process. Peers: {}.\n\n\
+         ## Upload of one {file_mb:.0} MB Parquet file\n\n| tool | time min / median / max (s) | MB/s (median) | peak RSS median (MiB) | vs SDK |\n| --- | --- | --- | --- | --- |\n",
+        peer_versions(&peers)
     );
     let sdk_median = stats(&results[1].1, |r| r.secs).1;
     for (name, runs) in &results[..2] {

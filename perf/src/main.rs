@@ -144,7 +144,38 @@ fn python(venv: &Path) -> PathBuf {
     venv.join("bin/python")
 }
 
-/// Makes the private venv and installs the Python `packages` that it lacks.
+/// The peers' versions, pinned so that tables made on different days compare: what pip
+/// installs on the day moved DuckDB's CSV -> Parquet time from 6.07 s to 3.49 s once.
+const PEERS: &[(&str, &str)] = &[
+    ("duckdb", "2.0.1"),
+    ("pyarrow", "26.0.1"),
+    ("polars", "2.1.0"),
+    ("adbc-driver-postgresql", "1.13.0"),
+    ("connectorx", "0.4.6"),
+    ("azure-storage-blob", "12.31.1"),
+];
+
+/// `name==version` of a peer in [`PEERS`].
+fn pinned(name: &str) -> Result<String> {
+    PEERS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(n, v)| format!("{n}=={v}"))
+        .with_context(|| format!("{name} is not in PEERS"))
+}
+
+/// The pinned versions of `names`, for a results table ("duckdb 2.0.1, polars 2.1.0").
+fn peer_versions(names: &[&str]) -> String {
+    names
+        .iter()
+        .filter_map(|name| PEERS.iter().find(|(n, _)| n == name))
+        .map(|(n, v)| format!("{n} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Makes the private venv and installs the Python `packages` that it lacks, each at its
+/// version in [`PEERS`].
 fn ensure_venv(venv: &Path, packages: &[&str]) -> Result<()> {
     if !python(venv).exists()
         && !Command::new("python3")
@@ -155,18 +186,20 @@ fn ensure_venv(venv: &Path, packages: &[&str]) -> Result<()> {
     {
         bail!("could not create the venv {}", venv.display());
     }
-    let missing: Vec<&str> = packages
-        .iter()
-        .copied()
-        .filter(|p| {
-            !Command::new(python(venv))
-                .args(["-m", "pip", "show", "-q", p])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .collect();
+    let mut missing = Vec::new();
+    for p in packages {
+        let want = pinned(p)?;
+        let have = Command::new(python(venv))
+            .args(["-m", "pip", "show", p])
+            .stderr(std::process::Stdio::null())
+            .output()?;
+        let version = String::from_utf8_lossy(&have.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("Version: ").map(str::to_string));
+        if version.as_deref() != want.split("==").nth(1) {
+            missing.push(want);
+        }
+    }
     if missing.is_empty() {
         return Ok(());
     }
@@ -268,7 +301,8 @@ fn lineitem_file(work: &Path, scale: f64, format: &str, ferry: &Path) -> Result<
 fn csv_to_parquet(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
     let work = work_dir()?;
     let venv = PathBuf::from("perf/.venv");
-    ensure_venv(&venv, &["duckdb", "pyarrow", "polars"])?;
+    let peers = ["duckdb", "pyarrow", "polars"];
+    ensure_venv(&venv, &peers)?;
     let csv = lineitem_file(&work, scale, "csv", ferry)?;
     let csv_bytes = std::fs::metadata(&csv)?.len();
     let out = |name: &str| work.join(format!("out-{name}.parquet"));
@@ -357,8 +391,9 @@ fn csv_to_parquet(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
     ];
     let results = run_interleaved(&tools, runs)?;
     let mut table = format!(
-        "# CSV -> Parquet (snappy), TPC-H lineitem SF {scale}\n\nInput: {:.0} MB CSV. {runs} runs each, interleaved; wall time and peak RSS of the whole process.\n\n| tool | time min / median / max (s) | MB/s (median) | peak RSS median (MiB) | vs DuckDB |\n| --- | --- | --- | --- | --- |\n",
-        csv_bytes as f64 / 1e6
+        "# CSV -> Parquet (snappy), TPC-H lineitem SF {scale}\n\nInput: {:.0} MB CSV. {runs} runs each, interleaved; wall time and peak RSS of the whole process. Peers: {}.\n\n| tool | time min / median / max (s) | MB/s (median) | peak RSS median (MiB) | vs DuckDB |\n| --- | --- | --- | --- | --- |\n",
+        csv_bytes as f64 / 1e6,
+        peer_versions(&peers)
     );
     let duck_median = stats(&results[2].1, |r| r.secs).1;
     for (name, runs) in &results {

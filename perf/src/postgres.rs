@@ -8,8 +8,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    Run, Tool, command, ensure_venv, ferry_copy, measure, python, run_interleaved, stats, work_dir,
-    write_job,
+    Run, Tool, command, ensure_venv, ferry_copy, measure, peer_versions, python, run_interleaved,
+    stats, work_dir, write_job,
 };
 
 /// A private server for the run; stopped when dropped.
@@ -158,7 +158,8 @@ pub(crate) fn lineitem_server(
 pub fn run(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
     let work = work_dir()?;
     let venv = PathBuf::from("perf/.venv");
-    ensure_venv(&venv, &["pyarrow", "adbc-driver-postgresql", "connectorx"])?;
+    let peers = ["pyarrow", "adbc-driver-postgresql", "connectorx"];
+    ensure_venv(&venv, &peers)?;
     let (server, db, connections) = lineitem_server(&work, scale, ferry)?;
     let rows: u64 = (6_001_215.0 * scale) as u64;
     let table_mb: f64 = server
@@ -267,8 +268,10 @@ pub fn run(scale: f64, runs: usize, ferry: &Path) -> Result<()> {
 
     let mut table = format!(
         "# PostgreSQL, TPC-H lineitem SF {scale}\n\n{rows} rows, {table_mb:.0} MB on disk in PostgreSQL 15 on the same machine (loopback). \
-         {runs} runs each, all tools interleaved in one run; wall time and peak RSS of the whole client process (for pipes, the largest process).\n\n\
-         ## postgres -> Parquet (snappy)\n\n| tool | time min / median / max (s) | rows/s (median) | peak RSS median (MiB) | vs ferry |\n| --- | --- | --- | --- | --- |\n"
+         {runs} runs each, all tools interleaved in one run; wall time and peak RSS of the whole client process (for pipes, the largest process). \
+         Peers: {}.\n\n\
+         ## postgres -> Parquet (snappy)\n\n| tool | time min / median / max (s) | rows/s (median) | peak RSS median (MiB) | vs ferry |\n| --- | --- | --- | --- | --- |\n",
+        peer_versions(&peers)
     );
     let row = |table: &mut String, name: &str, runs: &[Run], base: f64| {
         let (lo, med, hi) = stats(runs, |r| r.secs);
