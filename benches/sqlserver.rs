@@ -136,7 +136,13 @@ fn sqlserver(c: &mut Criterion) {
                 .await
                 .unwrap();
                 let partition = source.plan(1).await.unwrap().remove(0);
-                let mut stream = source.open(&partition, None).unwrap();
+                let mut stream = source
+                    .open(
+                        &partition,
+                        None,
+                        &ferry_engine::channel::ByteBudget::unbounded(),
+                    )
+                    .unwrap();
                 let mut rows = 0;
                 while let Some(batch) = stream.next().await {
                     rows += batch.unwrap().batch.num_rows();

@@ -14,7 +14,11 @@ pub fn lineitem_batches() -> Vec<RecordBatch> {
         use futures::StreamExt;
         let partition = source.plan(1).await.unwrap().remove(0);
         source
-            .open(&partition, None)
+            .open(
+                &partition,
+                None,
+                &ferry_engine::channel::ByteBudget::unbounded(),
+            )
             .unwrap()
             .map(|b| b.unwrap().batch)
             .collect()

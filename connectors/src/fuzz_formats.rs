@@ -484,7 +484,12 @@ fn read_file(path: &std::path::Path, parquet: bool) -> Result<usize, String> {
             .await?;
             let mut rows = 0;
             for partition in ferry_engine::Source::plan(&source, 2).await? {
-                let mut stream = ferry_engine::Source::open(&source, &partition, None)?;
+                let mut stream = ferry_engine::Source::open(
+                    &source,
+                    &partition,
+                    None,
+                    &ferry_engine::channel::ByteBudget::unbounded(),
+                )?;
                 while let Some(batch) = stream.next().await {
                     rows += batch?.batch.num_rows();
                 }

@@ -4,10 +4,12 @@
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::{RecordBatch, RecordBatchReader};
-use ferry_engine::{BatchStream, Checkpoint, Error, Partition, Result, Source, SourceBatch};
+use ferry_engine::channel::ByteBudget;
+use ferry_engine::{
+    BatchStream, Charge, Checkpoint, Error, Partition, Result, Source, SourceBatch, read_ahead,
+};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 use tpchgen::generators as g;
 use tpchgen_arrow as ta;
 
@@ -133,11 +135,16 @@ impl Source for TpchSource {
             .collect()
     }
 
-    fn open(&self, partition: &Partition, resume: Option<Checkpoint>) -> Result<BatchStream> {
+    fn open(
+        &self,
+        partition: &Partition,
+        resume: Option<Checkpoint>,
+        budget: &ByteBudget,
+    ) -> Result<BatchStream> {
         let (part, parts): (usize, usize) = partition.decode()?;
         let (table, sf, batch_rows) = (self.spec.table, self.spec.scale_factor, self.batch_rows);
         let skip = resume.map_or(0, |c| c.records);
-        let (tx, mut rx) = mpsc::channel::<Result<SourceBatch>>(2);
+        let (ahead, mut rx) = read_ahead(budget, 2);
         ferry_engine::task::spawn_blocking(move || {
             let (_, batches) = generate(table, sf, part as i32, parts as i32, batch_rows);
             let mut records = 0u64;
@@ -145,8 +152,7 @@ impl Source for TpchSource {
                 let batch = match batch {
                     Ok(batch) => batch,
                     Err(e) => {
-                        let _ =
-                            tx.blocking_send(Err(Error::internal(format!("tpch generator: {e}"))));
+                        ahead.blocking_fail(Error::internal(format!("tpch generator: {e}")));
                         return;
                     }
                 };
@@ -171,8 +177,9 @@ impl Source for TpchSource {
                     checkpoint,
                     skipped: vec![],
                     input_bytes: 0,
+                    charge: Charge::default(),
                 };
-                if tx.blocking_send(Ok(item)).is_err() {
+                if !ahead.blocking_send(item) {
                     return;
                 }
             }

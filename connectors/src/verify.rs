@@ -187,6 +187,9 @@ async fn read_back(
     outputs: &[String],
 ) -> Result<Figures> {
     let parallel = settings.parallel_copies.get();
+    // Read back within the job's own budget.
+    let budget = ferry_engine::channel::ByteBudget::new(settings.max_buffer_bytes);
+    let budget = &budget;
     let mut parts = Vec::new();
     for source_spec in read_back_specs(spec, outputs, schema) {
         let source = crate::registry::build_source(&source_spec, connections, settings).await?;
@@ -198,9 +201,10 @@ async fn read_back(
     let mut read = futures::stream::iter(parts)
         .map(|(source, partition)| async move {
             let mut figures = Figures::new(schema);
-            let mut stream = source.open(&partition, None)?;
-            while let Some(batch) = stream.next().await {
-                let batch = by_name(&batch?.batch, schema)?;
+            let mut stream = source.open(&partition, None, budget)?;
+            while let Some(item) = stream.next().await {
+                let item = item?;
+                let batch = by_name(&item.batch, schema)?;
                 figures = ferry_engine::task::spawn_blocking(move || {
                     figures.add(&batch).map(|()| figures)
                 })

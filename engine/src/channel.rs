@@ -1,8 +1,9 @@
 //! Backpressure: bounded channels between stages and a byte budget per job.
 //!
-//! A batch takes a [`Reservation`] of the budget for its memory size when it is read and the
-//! reservation travels with it, through the encoder (which keeps what it buffers) to the sink
-//! writer, which drops it once the bytes are written. A slow sink therefore slows the reader:
+//! A batch takes a [`Reservation`] of the budget for its memory size when it is built (in a
+//! source's [`ReadAhead`](crate::source::ReadAhead)) or read, and the reservation travels
+//! with it, through the encoder (which keeps what it buffers) to the sink writer, which drops
+//! it once the bytes are written. A slow sink therefore slows the reader:
 //! memory never grows with the size of the data. As in Vector's limited queue, an item larger
 //! than the whole budget still passes, alone, instead of deadlocking.
 
@@ -31,6 +32,11 @@ impl ByteBudget {
         }
     }
 
+    /// A budget too large to bind, for reads outside a job (verification, benches, tests).
+    pub fn unbounded() -> Self {
+        Self::new(u64::MAX)
+    }
+
     /// The whole budget in bytes.
     pub fn total_bytes(&self) -> u64 {
         u64::from(self.units) * UNIT
@@ -55,6 +61,28 @@ impl ByteBudget {
             // The semaphore is never closed; an empty reservation is still correct.
             Err(_) => Reservation::empty(),
         }
+    }
+
+    /// Makes `held` cover `bytes` (at most the whole budget): keeps what it holds when that is
+    /// enough and gives back any excess; else takes the difference if it is free now, and
+    /// otherwise gives `held` back and waits for the whole amount in one request, so that
+    /// no one holds part of the budget while waiting for more (two such holders could
+    /// wait for each other forever).
+    ///
+    /// # Cancel safety
+    /// Cancel safe in that a cancelled call holds nothing: `held` is then given back.
+    pub async fn top_up(&self, mut held: Reservation, bytes: usize) -> Reservation {
+        let need = u64::from(self.units_for(bytes)) * UNIT;
+        if held.bytes() >= need {
+            held.shrink_to(need as usize);
+            return held;
+        }
+        if let Some(more) = self.try_reserve((need - held.bytes()) as usize) {
+            held.merge(more);
+            return held;
+        }
+        drop(held);
+        self.reserve(bytes).await
     }
 
     /// Reserves `bytes` if they are free now.
@@ -168,6 +196,41 @@ mod tests {
         assert_eq!(budget.available_bytes(), 14 * 1024);
         let all = r.split(1 << 30);
         assert_eq!((r.bytes(), all.bytes()), (0, 2 * 1024));
+    }
+
+    #[tokio::test]
+    async fn top_up_takes_what_is_missing_or_waits_holding_nothing() {
+        let budget = ByteBudget::new(16 * 1024);
+        let held = budget.reserve(4 * 1024).await;
+        let held = budget.top_up(held, 6 * 1024).await;
+        assert_eq!(held.bytes(), 6 * 1024);
+        let held = budget.top_up(held, 1024).await;
+        assert_eq!(held.bytes(), 1024, "the excess goes back");
+        assert_eq!(budget.available_bytes(), 15 * 1024);
+        let all = budget.top_up(held, 1 << 30).await;
+        assert_eq!(all.bytes(), 16 * 1024, "at most the whole budget");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_holders_that_both_need_more_do_not_wait_for_each_other() {
+        // Each holds half of the budget and needs three quarters: had they kept their halves
+        // while waiting, neither would ever get the quarter it lacks.
+        let budget = ByteBudget::new(16 * 1024);
+        let grow = |held: Reservation| {
+            let budget = budget.clone();
+            crate::task::spawn(async move { budget.top_up(held, 12 * 1024).await })
+        };
+        let a = grow(budget.reserve(8 * 1024).await);
+        let b = grow(budget.reserve(8 * 1024).await);
+        let deadline = std::time::Duration::from_secs(60);
+        let first = tokio::time::timeout(deadline, a)
+            .await
+            .expect("a waited forever");
+        assert_eq!(first.unwrap().bytes(), 12 * 1024);
+        let second = tokio::time::timeout(deadline, b)
+            .await
+            .expect("b waited forever");
+        assert_eq!(second.unwrap().bytes(), 12 * 1024);
     }
 
     #[tokio::test(start_paused = true)]

@@ -6,7 +6,7 @@
 //!
 //!   SourceReader ──RecordBatch──> ChunkEncoder ──Bytes──> SinkWriter ──finish──> StagedOutput
 //!    (async I/O)   bounded chan    (CPU thread)  bounded   (async I/O)
-//!        └── reserves byte budget ─────────── travels with the data ──── released when written
+//!        └── byte budget reserved as batches are built ── travels with the data ── released when written
 //!
 //! all outputs staged ──> row accounting checked ──> PreparedSink::commit (the only publish)
 //! any failure        ──> kill switch stops every stage ──> PreparedSink::abort (nothing published)
@@ -44,7 +44,10 @@ pub use report::{JobReport, JobStatus};
 pub use sink::{
     Committed, OpenOutput, OutputLayout, OutputWriter, PreparedSink, Sink, StagedOutput,
 };
-pub use source::{BatchStream, Checkpoint, Partition, SkippedRow, Source, SourceBatch};
+pub use source::{
+    BatchStream, Charge, Checkpoint, Partition, ReadAhead, SkippedRow, Source, SourceBatch,
+    read_ahead,
+};
 pub use stats::{JobProgress, ProgressSnapshot, Stage};
 pub use tokio_util::sync::CancellationToken;
 

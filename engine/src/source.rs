@@ -2,12 +2,15 @@
 //! record batches, resumable from a checkpoint.
 
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tokio::sync::mpsc;
 
+use crate::channel::{ByteBudget, Reservation};
 use crate::error::{Error, Result};
 
 /// A lazily produced stream of batches; dropping it cancels the work behind it.
@@ -94,6 +97,19 @@ pub struct SourceBatch {
     pub skipped: Vec<SkippedRow>,
     /// Bytes of input consumed for this batch (for progress), if known.
     pub input_bytes: u64,
+    /// What this batch already holds of the job's budget: [`ReadAhead`] charges batches
+    /// before they wait in a source's queue; the reader charges the rest.
+    pub charge: Charge,
+}
+
+/// The part of the job's budget a batch holds, and how long its source waited for it.
+#[derive(Debug, Default)]
+pub struct Charge {
+    /// Bytes held.
+    pub reservation: Reservation,
+    /// Time the source spent waiting for the budget for this batch (so that the report
+    /// counts it as waiting for the budget, not as reading).
+    pub waited: Duration,
 }
 
 impl SourceBatch {
@@ -113,8 +129,16 @@ pub trait Source: Send + Sync + 'static {
     /// `parallelism` is how many partitions will run at once: a hint for how finely to split.
     async fn plan(&self, parallelism: usize) -> Result<Vec<Partition>>;
 
-    /// Opens a partition as a lazy stream, after `resume` when given.
-    fn open(&self, partition: &Partition, resume: Option<Checkpoint>) -> Result<BatchStream>;
+    /// Opens a partition as a lazy stream, after `resume` when given. What the source builds
+    /// ahead of the reader (batches in a queue, the batch being built) is charged to `budget`,
+    /// through [`ReadAhead`]; anything else it holds must be bounded by a constant that does
+    /// not grow with the data, the batch size or the row width.
+    fn open(
+        &self,
+        partition: &Partition,
+        resume: Option<Checkpoint>,
+        budget: &ByteBudget,
+    ) -> Result<BatchStream>;
 
     /// The connector name, for metrics labels and reports (`file`, `postgres`).
     fn connector(&self) -> &'static str;
@@ -124,5 +148,149 @@ pub trait Source: Send + Sync + 'static {
     fn notes(&self, partitions: &[Partition]) -> Vec<String> {
         let _ = partitions;
         Vec::new()
+    }
+}
+
+/// The sending half of a source's read-ahead queue, for sources that build batches on a task
+/// or thread of their own. Every batch is charged to the job's budget before it waits in the
+/// queue, and the batch being built is charged too, by an estimate (the size of the one
+/// before) reserved before the source starts it. A source that runs ahead of the reader
+/// therefore waits for the budget as the reader does: a slow sink slows it, and what it
+/// holds counts against `max_buffer_bytes` whatever the batch size or row width.
+#[derive(Debug)]
+pub struct ReadAhead {
+    tx: mpsc::Sender<Result<SourceBatch>>,
+    budget: ByteBudget,
+    /// Held for the batch being built, and the time waited for it.
+    next: std::sync::Mutex<Charge>,
+}
+
+/// A read-ahead queue of `capacity` batches charged to `budget`, and its receiving end.
+pub fn read_ahead(
+    budget: &ByteBudget,
+    capacity: usize,
+) -> (ReadAhead, mpsc::Receiver<Result<SourceBatch>>) {
+    let (tx, rx) = mpsc::channel(capacity);
+    let ahead = ReadAhead {
+        tx,
+        budget: budget.clone(),
+        next: std::sync::Mutex::new(Charge::default()),
+    };
+    (ahead, rx)
+}
+
+impl ReadAhead {
+    /// Charges `batch` (what was held for it, topped up to its size), queues it, and holds
+    /// as much again for the next batch before returning. False when the reader has gone:
+    /// the source should stop.
+    pub async fn send(&self, mut batch: SourceBatch) -> bool {
+        let size = batch.batch.get_array_memory_size();
+        let held = self.take_next();
+        let waiting = Instant::now();
+        let reservation = tokio::select! {
+            r = self.budget.top_up(held.reservation, size) => r,
+            _ = self.tx.closed() => return false,
+        };
+        batch.charge.reservation.merge(reservation);
+        batch.charge.waited += held.waited + waiting.elapsed();
+        if self.tx.send(Ok(batch)).await.is_err() {
+            return false;
+        }
+        let waiting = Instant::now();
+        let reservation = tokio::select! {
+            r = self.budget.reserve(size) => r,
+            _ = self.tx.closed() => return false,
+        };
+        *self.next.lock().unwrap_or_else(|e| e.into_inner()) = Charge {
+            reservation,
+            waited: waiting.elapsed(),
+        };
+        true
+    }
+
+    /// [`send`](Self::send) from a blocking thread.
+    pub fn blocking_send(&self, batch: SourceBatch) -> bool {
+        futures::executor::block_on(self.send(batch))
+    }
+
+    /// Queues an error: the stream's last item.
+    pub async fn fail(&self, error: Error) {
+        drop(self.take_next());
+        let _ = self.tx.send(Err(error)).await;
+    }
+
+    /// [`fail`](Self::fail) from a blocking thread.
+    pub fn blocking_fail(&self, error: Error) {
+        futures::executor::block_on(self.fail(error))
+    }
+
+    /// Whether the reader has gone.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    fn take_next(&self) -> Charge {
+        std::mem::take(&mut *self.next.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use arrow::array::Int64Array;
+
+    use super::*;
+
+    fn batch(rows: usize) -> SourceBatch {
+        let values = Int64Array::from_iter_values(0..rows as i64);
+        SourceBatch {
+            batch: RecordBatch::try_from_iter([("v", Arc::new(values) as _)]).unwrap(),
+            checkpoint: Checkpoint {
+                records: rows as u64,
+                position: None,
+                line: None,
+            },
+            skipped: vec![],
+            input_bytes: 0,
+            charge: Charge::default(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_source_reads_ahead_only_as_far_as_the_budget_lets_it() {
+        let size = batch(1024).batch.get_array_memory_size();
+        let charged = size.next_multiple_of(1024);
+        // Room for two batches and a half; the queue itself would take eight.
+        let budget = ByteBudget::new((size * 5 / 2) as u64);
+        let (ahead, mut rx) = read_ahead(&budget, 8);
+        let producer =
+            crate::task::spawn_blocking(move || while ahead.blocking_send(batch(1024)) {});
+        let settle = || tokio::time::sleep(Duration::from_millis(200));
+        settle().await;
+        // The first batch went out charged, the estimate for the second was held, the second
+        // went out on it, and the estimate for the third waits: two batches fill the budget.
+        assert_eq!(rx.len(), 2, "batches queued while no one read");
+
+        let first = rx.recv().await.unwrap().unwrap();
+        assert_eq!(
+            first.charge.reservation.bytes() as usize,
+            charged,
+            "a queued batch carries its charge"
+        );
+        settle().await;
+        assert_eq!(rx.len(), 1, "a batch taken but still held keeps its charge");
+        drop(first);
+        settle().await;
+        assert_eq!(rx.len(), 2, "a batch dropped makes room for one more");
+
+        drop(rx);
+        producer.await.unwrap();
+        assert_eq!(
+            budget.available_bytes(),
+            budget.total_bytes(),
+            "all given back"
+        );
     }
 }

@@ -571,6 +571,31 @@ fn a_small_budget_ends_row_groups_early_and_the_report_says_so() {
     assert!(early(&report), "{:?}", report.notes);
 }
 
+#[test]
+fn a_budget_too_small_for_the_batches_is_advised_to_grow() {
+    // TPC-H lineitem in batches of 65,536 rows (about 10 MB each) through a 1 MiB budget, four
+    // partitions at once: each batch takes the whole budget, so the readers wait for it in turn
+    // (inside the source, which charges what it builds ahead) while the encoders idle.
+    let tmp = TempDir::new().unwrap();
+    let tpch = r#"{"type":"tpch","table":"lineitem","scale_factor":0.1}"#.to_string();
+    let out = tmp.path().join("starved");
+    let report = run_ok(&job(
+        "starved",
+        tpch,
+        dir(&out, PARQUET),
+        r#","parallel_copies":4,"batch_rows":65536,"max_buffer_bytes":"1MiB""#,
+    ));
+    // TPC-H's lineitem at scale factor 0.1 has 600,572 rows.
+    let rows: usize = read_parquet(&out).iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 600_572, "{report}");
+    assert!(
+        report.advice.len() == 1
+            && report.advice[0].starts_with("budget-starved")
+            && report.advice[0].contains("1MiB"),
+        "{report}"
+    );
+}
+
 /// A 1 MiB tmpfs mounted at `dir` for the test (unmounted when dropped), or `None` with the
 /// reason printed when this user may not mount (the fault needs root or a user namespace).
 struct SmallDisk(std::path::PathBuf);

@@ -14,8 +14,10 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
+use ferry_engine::channel::ByteBudget;
 use ferry_engine::{
-    BatchStream, Checkpoint, Error, Partition, Result, SkippedRow, Source, SourceBatch,
+    BatchStream, Charge, Checkpoint, Error, Partition, ReadAhead, Result, SkippedRow, Source,
+    SourceBatch, read_ahead,
 };
 use futures::StreamExt;
 use object_store::path::Path;
@@ -416,9 +418,15 @@ impl Source for FileSource {
             .collect()
     }
 
-    fn open(&self, partition: &Partition, resume: Option<Checkpoint>) -> Result<BatchStream> {
+    fn open(
+        &self,
+        partition: &Partition,
+        resume: Option<Checkpoint>,
+        budget: &ByteBudget,
+    ) -> Result<BatchStream> {
         let part: FilePartition = partition.decode()?;
-        let (tx, rx) = mpsc::channel(2);
+        let (ahead, rx) = read_ahead(budget, 2);
+        let ahead = Arc::new(ahead);
         let task = ReadTask {
             store: self.store.clone(),
             format: self.format.clone(),
@@ -429,13 +437,13 @@ impl Source for FileSource {
             handle: Handle::current(),
             part,
             resume,
-            tx: tx.clone(),
+            ahead: ahead.clone(),
             read_block: self.read_block,
             local: self.local,
         };
         ferry_engine::task::spawn_blocking(move || {
             if let Err(e) = task.run() {
-                let _ = tx.blocking_send(Err(e));
+                ahead.blocking_fail(e);
             }
         });
         Ok(tokio_stream_from(rx))
@@ -474,7 +482,7 @@ struct ReadTask {
     handle: Handle,
     part: FilePartition,
     resume: Option<Checkpoint>,
-    tx: mpsc::Sender<Result<SourceBatch>>,
+    ahead: Arc<ReadAhead>,
     read_block: u64,
     /// The store is the local file system (object path `a/b` is the file `/a/b`).
     local: bool,
@@ -512,7 +520,11 @@ impl ReadTask {
     }
 
     fn send(&self, batch: SourceBatch) -> std::result::Result<(), Closed> {
-        self.tx.blocking_send(Ok(batch)).map_err(|_| Closed)
+        if self.ahead.blocking_send(batch) {
+            Ok(())
+        } else {
+            Err(Closed)
+        }
     }
 
     /// Sends a batch of a binary format (no skipped rows, no line numbers).
@@ -533,6 +545,7 @@ impl ReadTask {
             checkpoint,
             skipped: vec![],
             input_bytes,
+            charge: Charge::default(),
         })
     }
 
@@ -885,6 +898,7 @@ impl Emit {
             checkpoint,
             skipped,
             input_bytes,
+            charge: Charge::default(),
         })
     }
 }

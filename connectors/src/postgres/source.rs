@@ -4,13 +4,20 @@
 //! Per partition, an async task reads the COPY stream and gathers its messages into chunks of
 //! [`CHUNK_BYTES`] (forwarding each small message alone is slow), and a blocking task decodes
 //! the chunks into Arrow batches. Both are joined by bounded channels; dropping the batch
-//! stream stops both and closes the session.
+//! stream stops both and closes the session. Decoded batches (and the one being decoded) are
+//! charged to the job's budget ([`ReadAhead`]); the chunks in flight are bounded by
+//! [`CHUNK_QUEUE`] chunks of about [`CHUNK_BYTES`] each (a chunk ends after the COPY message,
+//! one row, that crosses [`CHUNK_BYTES`]).
 
 use std::sync::Arc;
 
 use arrow::datatypes::{Schema, SchemaRef};
 use bytes::{Bytes, BytesMut};
-use ferry_engine::{BatchStream, Checkpoint, Error, Partition, Result, Source, SourceBatch};
+use ferry_engine::channel::ByteBudget;
+use ferry_engine::{
+    BatchStream, Charge, Checkpoint, Error, Partition, ReadAhead, Result, Source, SourceBatch,
+    read_ahead,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc};
 use tokio_postgres::Client;
@@ -24,6 +31,9 @@ use crate::ranges::{boundaries, range_filters};
 
 /// COPY data is handed to the decoder in chunks of about this size.
 pub const CHUNK_BYTES: usize = 512 * 1024;
+
+/// Chunks that may wait for the decoder, per partition.
+pub const CHUNK_QUEUE: usize = 4;
 
 /// What is read: a table (by oid and quoted name, with its relkind) or a query.
 #[derive(Debug, Clone)]
@@ -393,15 +403,20 @@ impl Source for PostgresSource {
             .collect()
     }
 
-    fn open(&self, partition: &Partition, resume: Option<Checkpoint>) -> Result<BatchStream> {
+    fn open(
+        &self,
+        partition: &Partition,
+        resume: Option<Checkpoint>,
+        budget: &ByteBudget,
+    ) -> Result<BatchStream> {
         let plan: PartitionPlan = partition.decode()?;
         let copy = format!(
             "COPY ({}) TO STDOUT (FORMAT binary)",
             self.select(plan.filter.as_deref())
         );
         let skip = resume.map(|c| c.records).unwrap_or(0);
-        let (chunk_tx, chunk_rx) = mpsc::channel::<Result<Bytes>>(4);
-        let (batch_tx, batch_rx) = mpsc::channel::<Result<SourceBatch>>(2);
+        let (chunk_tx, chunk_rx) = mpsc::channel::<Result<Bytes>>(CHUNK_QUEUE);
+        let (ahead, batch_rx) = read_ahead(budget, 2);
         let where_ = format!("postgres source, {partition}");
         // The stream owns the read: dropping it aborts the read, which ends the session.
         let reading = ferry_engine::task::spawn(read_copy(
@@ -418,9 +433,7 @@ impl Source for PostgresSource {
             self.batch_rows,
             skip,
         );
-        ferry_engine::task::spawn_blocking(move || {
-            decode_chunks(decoder, chunk_rx, batch_tx, where_)
-        });
+        ferry_engine::task::spawn_blocking(move || decode_chunks(decoder, chunk_rx, ahead, where_));
         Ok(ferry_engine::task::owning_stream(batch_rx, reading))
     }
 
@@ -499,7 +512,7 @@ fn decode_error(where_: &str, e: DecodeError) -> Error {
 fn decode_chunks(
     mut decoder: CopyDecoder,
     mut rx: mpsc::Receiver<Result<Bytes>>,
-    tx: mpsc::Sender<Result<SourceBatch>>,
+    ahead: ReadAhead,
     where_: String,
 ) {
     let mut pending = BytesMut::new();
@@ -516,12 +529,13 @@ fn decode_chunks(
                     },
                     skipped: vec![],
                     input_bytes: std::mem::take(input_bytes),
+                    charge: Charge::default(),
                 };
-                tx.blocking_send(Ok(item)).is_ok()
+                ahead.blocking_send(item)
             }
             Ok(None) => true,
             Err(e) => {
-                let _ = tx.blocking_send(Err(decode_error(&where_, e)));
+                ahead.blocking_fail(decode_error(&where_, e));
                 false
             }
         }
@@ -530,7 +544,7 @@ fn decode_chunks(
         let chunk = match chunk {
             Ok(c) => c,
             Err(e) => {
-                let _ = tx.blocking_send(Err(e));
+                ahead.blocking_fail(e);
                 return;
             }
         };
@@ -547,7 +561,7 @@ fn decode_chunks(
             let decoded = match decoder.decode(&data[at..]) {
                 Ok(d) => d,
                 Err(e) => {
-                    let _ = tx.blocking_send(Err(decode_error(&where_, e)));
+                    ahead.blocking_fail(decode_error(&where_, e));
                     return;
                 }
             };
@@ -563,11 +577,13 @@ fn decode_chunks(
     }
     if !decoder.finished() {
         // The channel closed without an error and without the end marker: the session ended.
-        if !tx.is_closed() {
-            let _ = tx.blocking_send(Err(Error::store(format!(
-                "{where_}: the COPY stream ended before its end marker (connection lost?)"
-            ))
-            .with_retryable(true)));
+        if !ahead.is_closed() {
+            ahead.blocking_fail(
+                Error::store(format!(
+                    "{where_}: the COPY stream ended before its end marker (connection lost?)"
+                ))
+                .with_retryable(true),
+            );
         }
         return;
     }

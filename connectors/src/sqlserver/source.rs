@@ -10,10 +10,13 @@ use std::sync::Arc;
 
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
-use ferry_engine::{BatchStream, Checkpoint, Error, Partition, Result, Source, SourceBatch};
+use ferry_engine::channel::ByteBudget;
+use ferry_engine::{
+    BatchStream, Charge, Checkpoint, Error, Partition, ReadAhead, Result, Source, SourceBatch,
+    read_ahead,
+};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
 
 use super::connect::{Connector, SqlClient, sql_error};
 use super::types::{ColumnBuilder, MsType, OFFSET_OF_KEY, arrow_field, offset_field};
@@ -384,7 +387,12 @@ impl Source for SqlServerSource {
             .collect()
     }
 
-    fn open(&self, partition: &Partition, resume: Option<Checkpoint>) -> Result<BatchStream> {
+    fn open(
+        &self,
+        partition: &Partition,
+        resume: Option<Checkpoint>,
+        budget: &ByteBudget,
+    ) -> Result<BatchStream> {
         let plan: PartitionPlan = partition.decode()?;
         let skip = resume.map(|c| c.records).unwrap_or(0);
         let where_ = format!("sqlserver source {}, {partition}", self.from);
@@ -409,11 +417,11 @@ impl Source for SqlServerSource {
             skip,
             where_,
         };
-        let (tx, rx) = mpsc::channel::<Result<SourceBatch>>(2);
+        let (ahead, rx) = read_ahead(budget, 2);
         // The stream owns the read: dropping it aborts the read, which closes the session.
         let reading = ferry_engine::task::spawn(async move {
-            if let Err(e) = read.run(&tx).await {
-                let _ = tx.send(Err(e)).await;
+            if let Err(e) = read.run(&ahead).await {
+                ahead.fail(e).await;
             }
         });
         Ok(ferry_engine::task::owning_stream(rx, reading))
@@ -451,7 +459,7 @@ struct Read {
 }
 
 impl Read {
-    async fn run(self, tx: &mpsc::Sender<Result<SourceBatch>>) -> Result<()> {
+    async fn run(self, ahead: &ReadAhead) -> Result<()> {
         let mut client = self.connector.connect().await?;
         let mut rows = client
             .simple_query(&self.sql)
@@ -490,7 +498,7 @@ impl Read {
             in_batch += 1;
             if in_batch == self.batch_rows {
                 let batch = self.finish(&mut builders, position)?;
-                if tx.send(Ok(batch)).await.is_err() {
+                if !ahead.send(batch).await {
                     return Ok(());
                 }
                 builders = new_builders();
@@ -499,7 +507,7 @@ impl Read {
         }
         if in_batch > 0 {
             let batch = self.finish(&mut builders, position)?;
-            let _ = tx.send(Ok(batch)).await;
+            ahead.send(batch).await;
         }
         Ok(())
     }
@@ -523,6 +531,7 @@ impl Read {
                 line: None,
             },
             skipped: vec![],
+            charge: Charge::default(),
         })
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorContext, ActorFutureExt, AsyncContext, Context, WrapFuture};
 use futures::{FutureExt, StreamExt};
@@ -84,7 +84,7 @@ async fn read_partition(
         (ctx.source.connector(), ctx.sink.connector()),
     );
     'attempts: loop {
-        let mut stream = match ctx.source.open(&partition, checkpoint) {
+        let mut stream = match ctx.source.open(&partition, checkpoint, &ctx.budget) {
             Ok(stream) => stream,
             Err(e) => return (StageExit::Failure(e.context(&partition)), counts),
         };
@@ -94,8 +94,19 @@ async fn read_partition(
                 _ = cancel.cancelled() => return (StageExit::Killed, counts),
                 next = stream.next() => next,
             };
-            clock.busy(started.elapsed());
-            let batch = match next {
+            let read_for = started.elapsed();
+            // The part of the read a source spent waiting for the budget (it charges what it
+            // reads ahead) counts as waiting for the budget, as the reader's own wait does.
+            let source_waited = match &next {
+                Some(Ok(batch)) => batch.charge.waited.min(read_for),
+                _ => Duration::ZERO,
+            };
+            clock.busy(read_for - source_waited);
+            clock.wait_output(source_waited);
+            ctx.progress
+                .budget_wait_ns
+                .fetch_add(source_waited.as_nanos() as u64, Relaxed);
+            let mut batch = match next {
                 None => return (StageExit::Success, counts),
                 Some(Ok(batch)) => batch,
                 Some(Err(e)) => {
@@ -128,7 +139,7 @@ async fn read_partition(
             let waiting = Instant::now();
             let reservation = tokio::select! {
                 _ = cancel.cancelled() => return (StageExit::Killed, counts),
-                r = ctx.budget.reserve(batch.batch.get_array_memory_size()) => r,
+                r = ctx.budget.top_up(std::mem::take(&mut batch.charge.reservation), batch.batch.get_array_memory_size()) => r,
             };
             ctx.progress
                 .budget_wait_ns

@@ -8,7 +8,8 @@
 //! - checkpoints count the records consumed so far, and resuming a partition from any
 //!   checkpoint it handed out yields exactly the rest of that partition;
 //! - dropping a stream after its first batch leaves no task, blocking work or server session
-//!   running (counted, not assumed).
+//!   running (counted, not assumed), and gives back every byte of the budget it was opened
+//!   with (what it read ahead was charged there).
 //!
 //! Sink promises:
 //! - nothing is visible before the commit, while outputs are written or once they are
@@ -27,6 +28,7 @@ use arrow::record_batch::RecordBatch;
 use arrow::util::display::{ArrayFormatter, FormatOptions};
 use futures::StreamExt;
 
+use crate::channel::ByteBudget;
 use crate::error::Result;
 use crate::sink::{OutputLayout, PreparedSink, Sink, StagedOutput};
 use crate::source::{Checkpoint, Partition, Source};
@@ -109,7 +111,7 @@ async fn read_partition(
     resume: Option<Checkpoint>,
 ) -> Read {
     let mut stream = source
-        .open(partition, resume)
+        .open(partition, resume, &ByteBudget::unbounded())
         .unwrap_or_else(|e| panic!("{store}: cannot open {partition}: {e}"));
     let mut read = Read {
         rows: Vec::new(),
@@ -191,12 +193,20 @@ where
     // Dropping a stream after its first batch leaves nothing running.
     let tasks_before = live.running();
     let sessions_before = checks.sessions.as_ref().map(aside);
+    let budget = ByteBudget::new(256 * 1024);
     rt.block_on(async {
         let mut stream = source
-            .open(&partitions[0], None)
+            .open(&partitions[0], None, &budget)
             .unwrap_or_else(|e| panic!("{store}: cannot open {}: {e}", partitions[0]));
         match stream.next().await {
-            Some(Ok(_)) => {}
+            Some(Ok(first)) => {
+                assert!(
+                    first.charge.reservation.bytes() <= budget.total_bytes(),
+                    "{store}: a batch held more than the whole budget"
+                );
+                // Let the source read ahead as far as the budget lets it.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             Some(Err(e)) => panic!("{store}: first batch: {e}"),
             None => panic!("{store}: {} yielded no batch", partitions[0]),
         }
@@ -207,6 +217,16 @@ where
                 Instant::now() < deadline,
                 "{store}: {} task(s) or blocking closure(s) still run {SETTLE:?} after the stream was dropped",
                 live.running() - tasks_before
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The count may have included work of an earlier read that was ending: wait for the
+        // budget as well, within the same time.
+        while budget.available_bytes() < budget.total_bytes() {
+            assert!(
+                Instant::now() < deadline,
+                "{store}: {} bytes of the budget the stream was opened with are still held {SETTLE:?} after it was dropped",
+                budget.total_bytes() - budget.available_bytes()
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

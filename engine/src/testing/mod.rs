@@ -15,12 +15,13 @@ use arrow::ipc::writer::StreamWriter;
 use arrow::record_batch::RecordBatch;
 use bytes::Bytes;
 
+use crate::channel::ByteBudget;
 use crate::encode::Encoder;
 use crate::error::{Error, Result};
 use crate::sink::{
     Committed, OpenOutput, OutputLayout, OutputWriter, PreparedSink, Sink, StagedOutput,
 };
-use crate::source::{BatchStream, Checkpoint, Partition, Source, SourceBatch};
+use crate::source::{BatchStream, Charge, Checkpoint, Partition, Source, SourceBatch};
 
 /// Counts batches produced by [`MemorySource`] and chunks written by [`MemorySink`] (one per
 /// batch with the IPC encoder), and the largest difference seen: the batches in flight.
@@ -115,7 +116,13 @@ impl Source for MemorySource {
             .collect()
     }
 
-    fn open(&self, partition: &Partition, resume: Option<Checkpoint>) -> Result<BatchStream> {
+    fn open(
+        &self,
+        partition: &Partition,
+        resume: Option<Checkpoint>,
+        _budget: &ByteBudget,
+    ) -> Result<BatchStream> {
+        // Lazy: nothing is built ahead of the reader, so the reader charges every batch.
         self.opens.fetch_add(1, SeqCst);
         let index: usize = partition.decode()?;
         let batches = self.partitions[index].clone();
@@ -157,6 +164,7 @@ impl Source for MemorySource {
                     },
                     skipped: vec![],
                     input_bytes: 0,
+                    charge: Charge::default(),
                     batch,
                 }))
             });
