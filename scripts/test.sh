@@ -4,9 +4,10 @@
 # support code (a private PostgreSQL cluster on a free loopback port).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# A cold run takes about 4.5 GB for the build (target/), 1.5 GB for the servers and clients it
-# installs, and up to 1 GB in the temporary directory while tests run. Say so up front when the
-# disk is short: tests that run out of it fail far from the cause.
+# A cold run takes about 4.5 GB for the build (target/; 3.7 GB without incremental caches, as
+# .ci/run builds), 1.5 GB for the servers and clients it installs, and up to 1 GB in the
+# temporary directory while tests run. Say so up front when the disk is short: tests that run
+# out of it fail far from the cause.
 free_mib() { df -Pm "$1" 2>/dev/null | awk 'NR == 2 { print $4 }'; }
 for need in "${CARGO_TARGET_DIR:-$(pwd)}:7000" "${TMPDIR:-/tmp}:1500"; do
     dir=${need%:*} want=${need##*:} have=$(free_mib "${need%:*}")

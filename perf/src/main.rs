@@ -16,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 mod azure;
 mod memory;
 mod postgres;
+mod sharing;
 mod sqlserver;
 mod worker;
 
@@ -39,6 +40,8 @@ enum Scenario {
     Memory(Runs),
     /// SQL Server (the TDS test peer) -> Parquet and Parquet -> SQL Server.
     Sqlserver(Lineitem),
+    /// One node running eight CSV -> Parquet jobs four at a time: encoding capped at the cores or not.
+    Sharing(Runs),
     /// The TDS test peer holding lineitem, in its own process for the `sqlserver` scenario.
     #[command(hide = true)]
     SqlserverPeer(sqlserver::PeerArgs),
@@ -422,6 +425,7 @@ fn main() -> Result<()> {
         Scenario::Azure(s) => azure::run(s.scale, s.runs, &s.binary.ferry),
         Scenario::Worker(b) => worker::run(&b.ferry),
         Scenario::Memory(r) => memory::run(r.runs, &r.binary.ferry),
+        Scenario::Sharing(r) => sharing::run(r.runs, &r.binary.ferry),
         Scenario::Sqlserver(s) => sqlserver::run(s.scale, s.runs, &s.binary.ferry),
         Scenario::SqlserverPeer(p) => sqlserver::serve(&p),
     }

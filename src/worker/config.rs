@@ -3,6 +3,7 @@
 //! ```toml
 //! node = "etl-01"                 # default: the host name
 //! max_concurrent_jobs = 4
+//! encode_threads = 2              # cap on batches encoded at once by all jobs; default: none
 //! connections = "connections.json"
 //! grace_period = "30s"            # how long SIGTERM waits for running jobs
 //! admin_address = "127.0.0.1:9181"  # status page, /metrics, /api (loopback by default)
@@ -72,6 +73,9 @@ pub struct WorkerConfig {
     /// Jobs this node runs at once.
     #[serde(default = "default_max_jobs")]
     pub max_concurrent_jobs: usize,
+    /// A cap on the batches the node encodes at once, shared by all its jobs (default: none).
+    #[serde(default)]
+    pub encode_threads: Option<usize>,
     /// The connections file the jobs name connections from.
     #[serde(default)]
     pub connections: Option<PathBuf>,
@@ -358,6 +362,12 @@ pub fn load(path: &Path) -> Result<Loaded> {
         .map_err(|e| Error::io(format!("cannot read {}", path.display()), e))?;
     let config: WorkerConfig =
         toml::from_str(&text).map_err(|e| Error::config(format!("{}: {e}", path.display())))?;
+    if config.encode_threads == Some(0) {
+        return Err(Error::config(format!(
+            "{}: `encode_threads` must be at least 1 (leave it out for no cap)",
+            path.display()
+        )));
+    }
     if config.max_concurrent_jobs == 0 {
         return Err(Error::config(format!(
             "{}: `max_concurrent_jobs` must be at least 1",
@@ -532,5 +542,19 @@ mod tests {
         std::fs::write(&path, config.replace("\"json\"", "\"xml\"")).unwrap();
         let err = load(&path).err().unwrap().to_string();
         assert!(err.contains("`text` or `json`"), "{err}");
+    }
+
+    #[test]
+    fn encode_threads_are_optional_and_at_least_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        let channel = "[channel]\ntype = \"local\"\npath = \"spool\"\n";
+        std::fs::write(&path, channel).unwrap();
+        assert_eq!(load(&path).unwrap().config.encode_threads, None);
+        std::fs::write(&path, format!("encode_threads = 3\n{channel}")).unwrap();
+        assert_eq!(load(&path).unwrap().config.encode_threads, Some(3));
+        std::fs::write(&path, format!("encode_threads = 0\n{channel}")).unwrap();
+        let err = load(&path).err().unwrap().to_string();
+        assert!(err.contains("`encode_threads` must be at least 1"), "{err}");
     }
 }

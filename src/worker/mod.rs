@@ -147,9 +147,17 @@ pub fn run(loaded: config::Loaded) -> u8 {
                 )
             })?;
         tracing::info!(node = %loaded.node, admin = %bound, "admin server listening");
+        let encode_slots = loaded
+            .config
+            .encode_threads
+            .map(ferry_engine::encode::EncodeSlots::new);
+        if let Some(slots) = &encode_slots {
+            tracing::info!(node = %loaded.node, encode_threads = slots.slots(), "the node's jobs encode at most this many batches at once");
+        }
         let runner = Arc::new(runner::EngineRunner {
             connections,
             policy,
+            encode_slots,
         });
         if loaded.verifier.is_none() {
             tracing::warn!(node = %loaded.node, "no [trust]: this node runs unsigned jobs, so whoever can write its channel can run jobs here (see docs/security.md)");

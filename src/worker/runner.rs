@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use ferry_connectors::{Connections, JobFile, NodePolicy};
 use ferry_engine::config::{CommitGate, JobSettings};
+use ferry_engine::encode::EncodeSlots;
 use ferry_engine::{JobControl, JobReport, Result};
 use futures::future::BoxFuture;
 
@@ -42,6 +43,8 @@ pub struct EngineRunner {
     pub connections: Arc<Connections>,
     /// What jobs may do on the node.
     pub policy: Arc<NodePolicy>,
+    /// The node's cap on encoding, shared by all its jobs (`encode_threads`), if any.
+    pub encode_slots: Option<EncodeSlots>,
 }
 
 impl JobRunner for EngineRunner {
@@ -69,6 +72,7 @@ impl JobRunner for EngineRunner {
     ) -> BoxFuture<'static, Vec<JobReport>> {
         let connections = self.connections.clone();
         let name = settings.name.clone();
+        settings.encode_slots = self.encode_slots.clone();
         let (done, reports) = tokio::sync::oneshot::channel();
         let arbiter = actix::Arbiter::new();
         let spawned = arbiter.spawn_fn(move || {

@@ -205,6 +205,13 @@ impl Runtime {
         connections_file: &str,
     ) -> Node {
         let config = self.path().join(format!("{name}.toml"));
+        // Every node named `c` caps its encoding at one batch at a time (`encode_threads`), so
+        // the multi-node tests also run jobs through a cap shared by a node's jobs.
+        let encode = if name == "c" {
+            "encode_threads = 1\n"
+        } else {
+            ""
+        };
         let connections =
             if self.kind == Kind::Local && !self.path().join(connections_file).exists() {
                 String::new()
@@ -214,7 +221,7 @@ impl Runtime {
         std::fs::write(
             &config,
             format!(
-                "node = \"{name}\"\nmax_concurrent_jobs = {max_jobs}\ngrace_period = \"60s\"\n\
+                "node = \"{name}\"\nmax_concurrent_jobs = {max_jobs}\n{encode}grace_period = \"60s\"\n\
                  admin_address = \"127.0.0.1:0\"\nadmin_token_file = \"admin-token\"\n\
                  state_dir = \"state-{name}\"\n{connections}{channel_toml}{}",
                 self.policy_toml

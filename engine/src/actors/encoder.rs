@@ -2,7 +2,8 @@
 //!
 //! Each [`EncodeOutput`] command occupies one thread of the pool until its input channel
 //! closes, so encoding of different outputs runs in parallel and never blocks the async
-//! runtime. The encoder keeps the budget of what it buffers (a Parquet row group in the
+//! runtime. Where the node caps encoding, the CPU work itself (each batch, flush and footer)
+//! runs in one of its [`EncodeSlots`](crate::encode::EncodeSlots), shared by all its jobs. The encoder keeps the budget of what it buffers (a Parquet row group in the
 //! making) and passes the rest on with the encoded chunk.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -12,6 +13,7 @@ use actix::{Actor, Handler, SyncContext};
 
 use super::messages::{ChunkItem, EncodeOutput, StageExit, panic_message};
 use crate::channel::Reservation;
+use crate::encode::EncodeSlots;
 use crate::stats::{Stage, timed};
 
 /// An encoder thread of the pool.
@@ -44,6 +46,7 @@ fn encode_output(msg: EncodeOutput) -> StageExit {
         progress,
         cancel,
         figures,
+        slots,
     } = msg;
     let clock = progress.clock(Stage::Encode);
     let mut held = Reservation::empty();
@@ -69,7 +72,9 @@ fn encode_output(msg: EncodeOutput) -> StageExit {
         progress
             .rows_encoded
             .fetch_add(item.batch.num_rows() as u64, Relaxed);
+        // The wait for a slot counts as busy: the stage is bound by the node's cap.
         let (encoded, busy) = timed(|| {
+            let _slot = slots.as_ref().map(EncodeSlots::take);
             if let Some(figures) = &figures {
                 figures
                     .lock()
@@ -105,7 +110,10 @@ fn encode_output(msg: EncodeOutput) -> StageExit {
     if cancel.is_cancelled() {
         return StageExit::Killed;
     }
-    let (finished, busy) = timed(|| encoder.finish());
+    let (finished, busy) = timed(|| {
+        let _slot = slots.as_ref().map(EncodeSlots::take);
+        encoder.finish()
+    });
     clock.busy(busy);
     match finished {
         Ok(Some(bytes)) => {
@@ -122,4 +130,103 @@ fn encode_output(msg: EncodeOutput) -> StageExit {
         Err(e) => return StageExit::Failure(e),
     }
     StageExit::Success
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use std::time::Duration;
+
+    use arrow::array::Int64Array;
+    use arrow::record_batch::RecordBatch;
+    use bytes::Bytes;
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::actors::messages::BatchItem;
+    use crate::encode::Encoder;
+    use crate::stats::JobProgress;
+
+    /// Counts how many encoders work at the same moment.
+    struct Probe {
+        now: Arc<AtomicUsize>,
+        most: Arc<AtomicUsize>,
+    }
+
+    impl Encoder for Probe {
+        fn encode(&mut self, batch: &RecordBatch) -> crate::Result<Option<Bytes>> {
+            let now = self.now.fetch_add(1, SeqCst) + 1;
+            self.most.fetch_max(now, SeqCst);
+            std::thread::sleep(Duration::from_millis(5));
+            self.now.fetch_sub(1, SeqCst);
+            Ok(Some(Bytes::from(vec![0; batch.num_rows()])))
+        }
+
+        fn finish(&mut self) -> crate::Result<Option<Bytes>> {
+            Ok(None)
+        }
+    }
+
+    /// Two outputs (of two jobs, say) encoded on two threads through `slots`: the most
+    /// batches encoded at one moment.
+    fn most_at_once(slots: Option<EncodeSlots>) -> usize {
+        let (now, most) = (Arc::default(), Arc::<AtomicUsize>::default());
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (batch_tx, batch_rx) = mpsc::channel(64);
+                let (chunk_tx, mut chunk_rx) = mpsc::channel(64);
+                let batch = RecordBatch::try_from_iter([(
+                    "v",
+                    Arc::new(Int64Array::from_iter_values(0..10)) as _,
+                )])
+                .unwrap();
+                for _ in 0..20 {
+                    batch_tx
+                        .try_send(BatchItem {
+                            batch: batch.clone(),
+                            reservation: Reservation::empty(),
+                        })
+                        .unwrap_or_else(|_| panic!("queue full"));
+                }
+                drop(batch_tx);
+                let msg = EncodeOutput {
+                    input: batch_rx,
+                    output: chunk_tx,
+                    encoder: Box::new(Probe {
+                        now: Arc::clone(&now),
+                        most: Arc::clone(&most),
+                    }),
+                    max_buffered: 1 << 20,
+                    progress: JobProgress::new(),
+                    cancel: CancellationToken::new(),
+                    figures: None,
+                    slots: slots.clone(),
+                };
+                std::thread::spawn(move || {
+                    let exit = encode_output(msg);
+                    let mut rows = 0;
+                    while let Ok(chunk) = chunk_rx.try_recv() {
+                        rows += chunk.rows;
+                    }
+                    (exit.is_success(), rows)
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap(), (true, 200), "every row encoded once");
+        }
+        most.load(SeqCst)
+    }
+
+    #[test]
+    fn encoders_of_different_outputs_share_the_slots() {
+        assert_eq!(
+            most_at_once(Some(EncodeSlots::new(1))),
+            1,
+            "one slot: one at a time"
+        );
+        assert_eq!(most_at_once(None), 2, "no cap: both at once");
+    }
 }

@@ -59,6 +59,8 @@ pub struct EncodeOutput {
     pub cancel: CancellationToken,
     /// The attempt's verification figures, when the job verifies.
     pub figures: Option<std::sync::Arc<std::sync::Mutex<crate::verify::Figures>>>,
+    /// The node's cap on encoding, taken a batch at a time, if it sets one.
+    pub slots: Option<crate::encode::EncodeSlots>,
 }
 
 /// How a stage ended, like a process exit status.

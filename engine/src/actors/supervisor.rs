@@ -425,6 +425,7 @@ async fn run_output(
         progress: ctx.progress.clone(),
         cancel: token.clone(),
         figures: figures.clone(),
+        slots: ctx.settings.encode_slots.clone(),
     });
     let readers = join_all(
         partitions

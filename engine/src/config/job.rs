@@ -148,6 +148,9 @@ pub struct JobSettings {
     pub max_backoff: Duration,
     /// Asked right before the output is published (none outside a worker node).
     pub commit_gate: Option<CommitGate>,
+    /// The node's cap on batches encoded at once, shared with its other jobs (none outside a
+    /// worker node, or when the node sets no `encode_threads`).
+    pub encode_slots: Option<crate::encode::EncodeSlots>,
     /// The local paths the job may touch, and the mode of the files it creates.
     pub local: std::sync::Arc<super::LocalFiles>,
     /// Whether the job's figures are computed for verification.
@@ -205,6 +208,7 @@ impl JobSettings {
             initial_backoff: DEFAULT_INITIAL_BACKOFF.0,
             max_backoff: DEFAULT_MAX_BACKOFF.0,
             commit_gate: None,
+            encode_slots: None,
             local: Default::default(),
             verify: false,
         }
@@ -294,6 +298,7 @@ impl<Src, Snk, Stg> JobSpec<Src, Snk, Stg> {
             initial_backoff: self.retry.initial_backoff.0,
             max_backoff: self.retry.max_backoff.0,
             commit_gate: None,
+            encode_slots: None,
             local: Default::default(),
             verify: self.verify,
         })
