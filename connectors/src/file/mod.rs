@@ -243,7 +243,7 @@ pub async fn open_files(
         settings.fault_tolerance.skip_incompatible_rows,
     )
     .await
-    .map(|source| source.with_read_block_for(settings).with_local_files(local))
+    .map(|source| source.with_sizes_for(settings).with_local_files(local))
 }
 
 /// Resolves a job path against a `file` connection's root (or, under a node policy, its

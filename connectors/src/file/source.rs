@@ -81,6 +81,8 @@ pub struct FileSource {
     /// Column indices read from Parquet files (projection), if not all.
     projection: Option<Vec<usize>>,
     batch_rows: usize,
+    /// Input bytes that end a CSV batch before `batch_rows`.
+    batch_bytes: usize,
     skip_bad_rows: bool,
     connector: &'static str,
     /// Bytes per read of a text file (and of its read-ahead).
@@ -161,6 +163,7 @@ impl FileSource {
             schema,
             projection,
             batch_rows,
+            batch_bytes: usize::MAX,
             skip_bad_rows,
             connector: "file",
             read_block: crate::format::io::DEFAULT_READ_BLOCK,
@@ -168,9 +171,11 @@ impl FileSource {
         })
     }
 
-    /// Reads text in blocks sized for `settings` (see [`crate::format::io::read_block_for`]).
-    pub fn with_read_block_for(mut self, settings: &ferry_engine::config::JobSettings) -> Self {
+    /// Reads text in blocks sized for `settings` (see [`crate::format::io::read_block_for`]),
+    /// and ends CSV batches at its [`batch_bytes`](ferry_engine::config::JobSettings::batch_bytes).
+    pub fn with_sizes_for(mut self, settings: &ferry_engine::config::JobSettings) -> Self {
         self.read_block = crate::format::io::read_block_for(settings);
+        self.batch_bytes = settings.batch_bytes();
         self
     }
 
@@ -433,6 +438,7 @@ impl Source for FileSource {
             schema: self.schema.clone(),
             projection: self.projection.clone(),
             batch_rows: self.batch_rows,
+            batch_bytes: self.batch_bytes,
             skip_bad_rows: self.skip_bad_rows,
             handle: Handle::current(),
             part,
@@ -478,6 +484,7 @@ struct ReadTask {
     schema: SchemaRef,
     projection: Option<Vec<usize>>,
     batch_rows: usize,
+    batch_bytes: usize,
     skip_bad_rows: bool,
     handle: Handle,
     part: FilePartition,
@@ -593,7 +600,8 @@ impl ReadTask {
                     self.batch_rows,
                     self.skip_bad_rows,
                 )
-                .with_declared_schema(c.schema.is_some()),
+                .with_declared_schema(c.schema.is_some())
+                .with_max_batch_bytes(self.batch_bytes),
             )),
             _ => Text::Jsonl(Box::new(JsonlDecoder::new(
                 self.schema.clone(),

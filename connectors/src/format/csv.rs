@@ -122,6 +122,8 @@ pub struct CsvDecoder {
     parser: Reader,
     origin: Origin,
     batch_rows: usize,
+    /// Field bytes of complete records after which the batch is full, below `batch_rows`.
+    max_batch_bytes: usize,
     skip_bad_rows: bool,
     /// Whether the schema was declared (`format.schema`) rather than inferred: the hint of a
     /// bad value differs.
@@ -158,6 +160,13 @@ impl CsvDecoder {
         self
     }
 
+    /// Ends batches once their complete records hold `bytes` of field data, even before
+    /// `batch_rows` (at least one record a batch).
+    pub fn with_max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.max_batch_bytes = bytes.max(1);
+        self
+    }
+
     /// A decoder for one partition.
     pub fn new(
         schema: SchemaRef,
@@ -175,6 +184,7 @@ impl CsvDecoder {
             parser,
             origin,
             batch_rows: batch_rows.max(1),
+            max_batch_bytes: usize::MAX,
             skip_bad_rows,
             schema_declared: false,
             started: false,
@@ -210,7 +220,13 @@ impl CsvDecoder {
 
     /// Whether a full batch is ready to [`CsvDecoder::flush`].
     pub fn batch_full(&self) -> bool {
-        self.lines.len() >= self.batch_rows
+        let rows = self.lines.len();
+        rows >= self.batch_rows
+            || (rows > 0
+                && self
+                    .ends
+                    .get(rows * self.schema.fields().len() - 1)
+                    .is_some_and(|&end| end >= self.max_batch_bytes))
     }
 
     /// Consumes bytes until the input is used up or a batch is full; returns the bytes
@@ -1063,7 +1079,16 @@ mod tests {
             first_line: 1,
             skip_header: true,
         };
-        let mut d = CsvDecoder::new(schema, dialect, origin, batch_rows, skip);
+        let d = CsvDecoder::new(schema, dialect, origin, batch_rows, skip);
+        feed_in_pieces(d, text, piece_len)
+    }
+
+    /// Feeds `text` to `d` in pieces of `piece_len`, flushing every full batch.
+    fn feed_in_pieces(
+        mut d: CsvDecoder,
+        text: &[u8],
+        piece_len: usize,
+    ) -> Result<(Vec<RecordBatch>, Vec<SkippedRow>, u64)> {
         let mut out = Vec::new();
         let mut skipped = Vec::new();
         // Feed in pieces (small ones cross every boundary).
@@ -1094,6 +1119,69 @@ mod tests {
                 .map(|(n, t)| Field::new(*n, t.clone(), true))
                 .collect::<Vec<_>>(),
         ))
+    }
+
+    #[test]
+    fn batches_end_at_their_byte_limit_before_their_row_limit() {
+        // 100 records of `i` and a 10-byte name: 11-13 bytes of fields each.
+        let mut text = b"id,name\n".to_vec();
+        for i in 0..100 {
+            text.extend_from_slice(format!("{i},name-{i:05}\n").as_bytes());
+        }
+        let schema = schema(&[("id", DataType::Int64), ("name", DataType::Utf8)]);
+        let field_bytes = |batch: &RecordBatch, row: usize| {
+            let ids = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .unwrap();
+            ids.value(row).to_string().len() + 10
+        };
+        for piece_len in [text.len(), 7, 1] {
+            let origin = Origin {
+                file: "t.csv".into(),
+                first_line: 1,
+                skip_header: true,
+            };
+            let d = CsvDecoder::new(schema.clone(), CsvDialect::default(), origin, 1000, false)
+                .with_max_batch_bytes(100);
+            let (batches, _, records) = feed_in_pieces(d, &text, piece_len).unwrap();
+            assert_eq!(records, 100);
+            let mut next = 0;
+            for (i, batch) in batches.iter().enumerate() {
+                let ids = batch
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<arrow::array::Int64Array>()
+                    .unwrap();
+                for id in ids.values() {
+                    assert_eq!(*id, next, "rows in order, each once");
+                    next += 1;
+                }
+                let bytes: usize = (0..batch.num_rows()).map(|r| field_bytes(batch, r)).sum();
+                let last = field_bytes(batch, batch.num_rows() - 1);
+                if i + 1 < batches.len() {
+                    assert!(
+                        bytes >= 100 && bytes - last < 100,
+                        "batch {i} ends at the first record that reaches 100 bytes: {bytes}"
+                    );
+                }
+            }
+            assert_eq!(next, 100);
+            // The batch sizes the rule gives, from the input's own field lengths.
+            let mut expected = vec![0usize];
+            let mut bytes = 0;
+            for i in 0..100 {
+                *expected.last_mut().unwrap() += 1;
+                bytes += i.to_string().len() + 10;
+                if bytes >= 100 && i < 99 {
+                    expected.push(0);
+                    bytes = 0;
+                }
+            }
+            let sizes: Vec<usize> = batches.iter().map(|b| b.num_rows()).collect();
+            assert_eq!(sizes, expected, "piece length {piece_len}");
+        }
     }
 
     #[test]

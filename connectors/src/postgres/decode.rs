@@ -31,7 +31,7 @@ pub const EPOCH_DAYS: i32 = 10_957;
 pub const EPOCH_MICROS: i64 = 946_684_800_000_000;
 
 /// A batch ends after this many bytes of input even if it has fewer than `batch_rows` rows,
-/// so that wide rows do not make huge batches.
+/// so that wide rows do not make huge batches (a job's budget may set a lower limit).
 pub const MAX_BATCH_BYTES: usize = 16 << 20;
 
 /// One column's builder and conversion.
@@ -464,8 +464,10 @@ pub struct CopyDecoder {
     columns: Vec<Column>,
     batch_rows: usize,
     rows: usize,
-    /// Input bytes of the rows in the builders (a batch also ends at [`MAX_BATCH_BYTES`]).
+    /// Input bytes of the rows in the builders (a batch also ends at `max_batch_bytes`).
     batch_bytes: usize,
+    /// At most [`MAX_BATCH_BYTES`].
+    max_batch_bytes: usize,
     header_done: bool,
     /// Tuples still to skip (resuming after a checkpoint).
     skip: u64,
@@ -495,6 +497,13 @@ pub struct DecodeError {
 }
 
 impl CopyDecoder {
+    /// Ends batches after `bytes` of input (at most [`MAX_BATCH_BYTES`]; at least one row a
+    /// batch), even before `batch_rows`.
+    pub fn with_max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.max_batch_bytes = bytes.clamp(1, MAX_BATCH_BYTES);
+        self
+    }
+
     /// A decoder for columns of `types` (in the schema's order), skipping the first `skip`
     /// rows.
     pub fn new(schema: SchemaRef, types: Vec<PgType>, batch_rows: usize, skip: u64) -> Self {
@@ -506,6 +515,7 @@ impl CopyDecoder {
             batch_rows,
             rows: 0,
             batch_bytes: 0,
+            max_batch_bytes: MAX_BATCH_BYTES,
             header_done: false,
             skip,
             position: 0,
@@ -560,7 +570,10 @@ impl CopyDecoder {
             self.header_done = true;
         }
         let ncols = self.columns.len();
-        while !self.finished && self.rows < self.batch_rows && self.batch_bytes < MAX_BATCH_BYTES {
+        while !self.finished
+            && self.rows < self.batch_rows
+            && self.batch_bytes < self.max_batch_bytes
+        {
             let rest = &buf[at..];
             if rest.len() < 2 {
                 break;
@@ -618,7 +631,7 @@ impl CopyDecoder {
         }
         Ok(Decoded {
             consumed: at,
-            batch_full: self.rows >= self.batch_rows || self.batch_bytes >= MAX_BATCH_BYTES,
+            batch_full: self.rows >= self.batch_rows || self.batch_bytes >= self.max_batch_bytes,
         })
     }
 

@@ -108,7 +108,13 @@ impl PostgresSourceSpec {
         settings: &JobSettings,
     ) -> Result<PostgresSource> {
         let connector = connection.connector(&self.connection)?;
-        PostgresSource::new(self, connector, settings.batch_rows.get()).await
+        PostgresSource::new(
+            self,
+            connector,
+            settings.batch_rows.get(),
+            settings.batch_bytes(),
+        )
+        .await
     }
 }
 

@@ -64,6 +64,8 @@ pub struct PostgresSource {
     partition: Option<PartitionSpec>,
     use_snapshot: bool,
     batch_rows: usize,
+    /// Input bytes that end a batch before `batch_rows`.
+    batch_bytes: usize,
     /// The session that exported the snapshot; it must stay open while partitions read.
     exporter: Mutex<Option<Client>>,
 }
@@ -192,6 +194,7 @@ impl PostgresSource {
         spec: &PostgresSourceSpec,
         connector: Connector,
         batch_rows: usize,
+        batch_bytes: usize,
     ) -> Result<Self> {
         let client = connector.connect().await?;
         let (relation, columns) = resolve(&client, &connector, spec).await?;
@@ -224,6 +227,7 @@ impl PostgresSource {
             partition: spec.partition.clone(),
             use_snapshot: spec.snapshot,
             batch_rows,
+            batch_bytes,
             exporter: Mutex::new(None),
         })
     }
@@ -432,7 +436,8 @@ impl Source for PostgresSource {
             self.types.clone(),
             self.batch_rows,
             skip,
-        );
+        )
+        .with_max_batch_bytes(self.batch_bytes);
         ferry_engine::task::spawn_blocking(move || decode_chunks(decoder, chunk_rx, ahead, where_));
         Ok(ferry_engine::task::owning_stream(batch_rx, reading))
     }

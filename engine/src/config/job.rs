@@ -213,6 +213,16 @@ impl JobSettings {
             verify: false,
         }
     }
+
+    /// Input bytes after which a source that can (CSV, PostgreSQL) ends a batch even before
+    /// `batch_rows`: a sixth of the budget over `parallel_copies`, between 1 MiB and 16 MiB.
+    /// Each running partition holds about three batches (being built, queued, being
+    /// encoded), so wide rows or a large `batch_rows` still leave half the budget to the
+    /// encoders instead of making the partitions take turns for it.
+    pub fn batch_bytes(&self) -> usize {
+        let share = self.max_buffer_bytes / 6 / self.parallel_copies.get() as u64;
+        share.clamp(1 << 20, 16 << 20) as usize
+    }
 }
 
 /// A deserialization error with the path of the field it is about (`parallel_copies:
@@ -308,6 +318,19 @@ impl<Src, Snk, Stg> JobSpec<Src, Snk, Stg> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_bytes_are_a_sixth_of_each_partition_s_share_within_bounds() {
+        let mut s = JobSettings::new("j");
+        let sized = |s: &JobSettings| s.batch_bytes() as u64;
+        s.max_buffer_bytes = 256 << 20;
+        s.parallel_copies = 4.try_into().unwrap();
+        assert_eq!(sized(&s), (256 << 20) / 24);
+        s.max_buffer_bytes = 16 << 20;
+        assert_eq!(sized(&s), 1 << 20, "at least 1 MiB");
+        s.max_buffer_bytes = 8 << 30;
+        assert_eq!(sized(&s), 16 << 20, "at most 16 MiB");
+    }
 
     type Spec = JobSpec<serde_json::Value, serde_json::Value, serde_json::Value>;
 
