@@ -222,11 +222,10 @@ impl CsvDecoder {
     pub fn batch_full(&self) -> bool {
         let rows = self.lines.len();
         rows >= self.batch_rows
-            || (rows > 0
-                && self
-                    .ends
-                    .get(rows * self.schema.fields().len() - 1)
-                    .is_some_and(|&end| end >= self.max_batch_bytes))
+            || (rows * self.schema.fields().len())
+                .checked_sub(1)
+                .and_then(|last| self.ends.get(last))
+                .is_some_and(|&end| end >= self.max_batch_bytes)
     }
 
     /// Consumes bytes until the input is used up or a batch is full; returns the bytes
