@@ -4,6 +4,7 @@
 //! machine's cores (one pool of slots for all jobs). Wall time until the eighth report, and the
 //! node's peak RSS (VmHWM, polled).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,10 +21,8 @@ fn run_node(ferry: &Path, csv: &Path, work: &Path, threads: Option<usize>) -> Re
     let _ = std::fs::remove_dir_all(&dir);
     for sub in ["spool", "state"] {
         std::fs::create_dir_all(dir.join(sub))?;
-        Command::new("chmod")
-            .arg("700")
-            .arg(dir.join(sub))
-            .status()?;
+        // The node refuses a spool or state directory that other users can reach.
+        std::fs::set_permissions(dir.join(sub), std::fs::Permissions::from_mode(0o700))?;
     }
     let config = dir.join("ferry.toml");
     let encode = threads.map_or(String::new(), |n| format!("encode_threads = {n}\n"));

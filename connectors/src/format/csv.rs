@@ -1073,13 +1073,17 @@ mod tests {
         skip: bool,
         piece_len: usize,
     ) -> Result<(Vec<RecordBatch>, Vec<SkippedRow>, u64)> {
-        let origin = Origin {
+        let d = CsvDecoder::new(schema, dialect, origin(), batch_rows, skip);
+        feed_in_pieces(d, text, piece_len)
+    }
+
+    /// The tests' file: `t.csv` from line 1, with its header.
+    fn origin() -> Origin {
+        Origin {
             file: "t.csv".into(),
             first_line: 1,
             skip_header: true,
-        };
-        let d = CsvDecoder::new(schema, dialect, origin, batch_rows, skip);
-        feed_in_pieces(d, text, piece_len)
+        }
     }
 
     /// Feeds `text` to `d` in pieces of `piece_len`, flushing every full batch.
@@ -1137,12 +1141,7 @@ mod tests {
             ids.value(row).to_string().len() + 10
         };
         for piece_len in [text.len(), 7, 1] {
-            let origin = Origin {
-                file: "t.csv".into(),
-                first_line: 1,
-                skip_header: true,
-            };
-            let d = CsvDecoder::new(schema.clone(), CsvDialect::default(), origin, 1000, false)
+            let d = CsvDecoder::new(schema.clone(), CsvDialect::default(), origin(), 1000, false)
                 .with_max_batch_bytes(100);
             let (batches, _, records) = feed_in_pieces(d, &text, piece_len).unwrap();
             assert_eq!(records, 100);

@@ -3,8 +3,9 @@
 //! Each [`EncodeOutput`] command occupies one thread of the pool until its input channel
 //! closes, so encoding of different outputs runs in parallel and never blocks the async
 //! runtime. Where the node caps encoding, the CPU work itself (each batch, flush and footer)
-//! runs in one of its [`EncodeSlots`](crate::encode::EncodeSlots), shared by all its jobs. The encoder keeps the budget of what it buffers (a Parquet row group in the
-//! making) and passes the rest on with the encoded chunk.
+//! runs in one of its [`EncodeSlots`](crate::encode::EncodeSlots), shared by all its jobs.
+//! The encoder keeps the budget of what it buffers (a Parquet row group in the making) and
+//! passes the rest on with the encoded chunk.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::Ordering::Relaxed;
