@@ -43,21 +43,26 @@ fn decode_csv(c: &mut Criterion) {
                 skip_header: true,
             };
             let mut d = CsvDecoder::new(schema.clone(), CsvDialect::default(), origin, 8192, false);
-            let mut rest = &csv[..];
             let mut rows = 0;
-            loop {
-                let n = d.decode(rest).unwrap();
-                rest = &rest[n..];
-                if rest.is_empty() {
-                    d.decode(&[]).unwrap();
-                }
-                if (d.batch_full() || rest.is_empty())
-                    && let Some((batch, _)) = d.flush().unwrap()
-                {
-                    rows += batch.num_rows();
-                }
-                if rest.is_empty() {
-                    break;
+            // In blocks of 1 MiB, as the file source reads.
+            for (i, block) in csv.chunks(1 << 20).enumerate() {
+                let last = (i + 1) << 20 >= csv.len();
+                let mut rest = block;
+                loop {
+                    let n = d.decode(rest).unwrap();
+                    rest = &rest[n..];
+                    let at_end = last && rest.is_empty();
+                    if at_end {
+                        d.decode(&[]).unwrap();
+                    }
+                    if (d.batch_full() || at_end)
+                        && let Some((batch, _)) = d.flush().unwrap()
+                    {
+                        rows += batch.num_rows();
+                    }
+                    if rest.is_empty() {
+                        break;
+                    }
                 }
             }
             assert_eq!(rows, 60_175);

@@ -31,6 +31,9 @@ struct CsvField {
     quoted: bool,
 }
 
+/// Rows of text columns, `None` for NULL.
+type TextRows = Vec<Vec<Option<String>>>;
+
 /// A CSV file to write: dialect, rows, line ends, where a parallel read splits it.
 #[derive(Debug, Clone)]
 struct CsvCase {
@@ -99,7 +102,15 @@ fn csv_case() -> impl Strategy<Value = CsvCase> {
 
 impl CsvCase {
     fn bytes(&self) -> Vec<u8> {
+        self.bytes_with(&[]).0
+    }
+
+    /// The file, with each row changed as `ragged` says (0 or absent: as it is; 1: without
+    /// its last field; 2: with an extra field), and the line each row starts on.
+    fn bytes_with(&self, ragged: &[u8]) -> (Vec<u8>, Vec<u64>) {
         let mut out = Vec::new();
+        let mut lines = Vec::new();
+        let mut line = 2;
         if self.bom {
             out.extend_from_slice(b"\xEF\xBB\xBF");
         }
@@ -111,11 +122,20 @@ impl CsvCase {
         );
         out.push(b'\n');
         for (i, row) in self.rows.iter().enumerate() {
-            for (j, f) in row.iter().enumerate() {
+            lines.push(line);
+            let fields = match ragged.get(i) {
+                Some(1) => &row[..row.len() - 1],
+                _ => &row[..],
+            };
+            for (j, f) in fields.iter().enumerate() {
                 if j > 0 {
                     out.push(self.delimiter);
                 }
-                if f.quoted {
+                // A line break inside a quoted field counts as one line (a CR alone does not).
+                line += f.text.bytes().filter(|&b| b == b'\n').count() as u64;
+                // A row cut to one empty field would be a blank line: quote it.
+                let alone = fields.len() == 1 && f.text.is_empty();
+                if f.quoted || alone {
                     out.push(b'"');
                     out.extend_from_slice(f.text.replace('"', "\"\"").as_bytes());
                     out.push(b'"');
@@ -123,11 +143,16 @@ impl CsvCase {
                     out.extend_from_slice(f.text.as_bytes());
                 }
             }
+            if ragged.get(i) == Some(&2) {
+                out.push(self.delimiter);
+                out.extend_from_slice(b"extra");
+            }
             if i + 1 < self.rows.len() || self.final_newline {
                 out.extend_from_slice(if self.crlf[i] { b"\r\n" } else { b"\n" });
             }
+            line += 1;
         }
-        out
+        (out, lines)
     }
 
     fn schema(&self) -> SchemaRef {
@@ -168,31 +193,44 @@ impl CsvCase {
             first_line: 1,
             skip_header: from_start,
         };
-        let mut decoder = CsvDecoder::new(
+        let decoder = CsvDecoder::new(
             self.schema(),
             self.dialect(),
             origin,
             self.batch_rows,
             false,
         );
+        Ok(self.feed(decoder, bytes)?.0)
+    }
+
+    /// Feeds `bytes` to `decoder` `self.feed` bytes at a time; the rows it read and the
+    /// locations of the rows it skipped.
+    fn feed(
+        &self,
+        mut decoder: CsvDecoder,
+        bytes: &[u8],
+    ) -> ferry_engine::Result<(TextRows, Vec<String>)> {
         let mut batches = Vec::new();
+        let mut skipped = Vec::new();
         for piece in bytes.chunks(self.feed) {
             let mut rest = piece;
             while !rest.is_empty() {
                 let n = decoder.decode(rest)?;
                 rest = &rest[n..];
                 if decoder.batch_full()
-                    && let Some((b, _)) = decoder.flush()?
+                    && let Some((b, s)) = decoder.flush()?
                 {
                     batches.push(b);
+                    skipped.extend(s.into_iter().map(|s| s.location));
                 }
             }
         }
         decoder.decode(&[])?;
-        if let Some((b, _)) = decoder.flush()? {
+        if let Some((b, s)) = decoder.flush()? {
             batches.push(b);
+            skipped.extend(s.into_iter().map(|s| s.location));
         }
-        Ok(text_rows(&batches))
+        Ok((text_rows(&batches), skipped))
     }
 }
 
@@ -553,6 +591,42 @@ proptest! {
             start = cut;
         }
         prop_assert_eq!(&pieces, &whole, "split reads equal the whole read");
+    }
+
+    #[test]
+    fn csv_skips_rows_with_a_wrong_field_count_and_names_their_lines(
+        (case, ragged) in csv_case().prop_flat_map(|case| {
+            let rows = case.rows.len();
+            // One field fewer only where that leaves a field (a row of one empty field would
+            // be a blank line, which is no record at all).
+            let fewer = case.columns > 1;
+            let kinds = if fewer { prop_oneof![4 => Just(0u8), 1 => Just(1u8), 1 => Just(2u8)].boxed() }
+                else { prop_oneof![4 => Just(0u8), 1 => Just(2u8)].boxed() };
+            (Just(case), proptest::collection::vec(kinds, rows))
+        }),
+        max_batch_bytes in 1usize..64,
+    ) {
+        let (bytes, lines) = case.bytes_with(&ragged);
+        let origin = Origin { file: "fuzz.csv".into(), first_line: 1, skip_header: true };
+        let decoder = CsvDecoder::new(case.schema(), case.dialect(), origin, case.batch_rows, true)
+            .with_max_batch_bytes(max_batch_bytes);
+        let (rows, skipped) =
+            case.feed(decoder, &bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let expected: Vec<Vec<Option<String>>> = case
+            .expected()
+            .into_iter()
+            .zip(&ragged)
+            .filter(|(_, r)| **r == 0)
+            .map(|(row, _)| row)
+            .collect();
+        prop_assert_eq!(&rows, &expected);
+        let expected_skipped: Vec<String> = lines
+            .iter()
+            .zip(&ragged)
+            .filter(|(_, r)| **r != 0)
+            .map(|(line, _)| format!("fuzz.csv:{line}"))
+            .collect();
+        prop_assert_eq!(&skipped, &expected_skipped, "skipped rows named by their lines");
     }
 
     #[test]

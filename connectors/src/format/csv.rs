@@ -129,8 +129,10 @@ pub struct CsvDecoder {
     /// bad value differs.
     schema_declared: bool,
     started: bool,
-    // Fields of the complete records of the batch, then of the record being read.
+    // Fields of the complete records of the batch, then of the record being read: the first
+    // `data_len` bytes of `data` (which keeps its length, so that room is zeroed only once).
     data: Vec<u8>,
+    data_len: usize,
     ends: Vec<usize>,
     quoted: Vec<bool>,
     lines: Vec<u64>,
@@ -189,6 +191,7 @@ impl CsvDecoder {
             schema_declared: false,
             started: false,
             data: Vec::new(),
+            data_len: 0,
             ends: Vec::new(),
             quoted: Vec::new(),
             lines: Vec::new(),
@@ -224,8 +227,9 @@ impl CsvDecoder {
         rows >= self.batch_rows
             || (rows * self.schema.fields().len())
                 .checked_sub(1)
-                .and_then(|last| self.ends.get(last))
-                .is_some_and(|&end| end >= self.max_batch_bytes)
+                // `last` fields before it are each followed by one byte that is not data.
+                .and_then(|last| Some(self.ends.get(last)? - last))
+                .is_some_and(|field_bytes| field_bytes >= self.max_batch_bytes)
     }
 
     /// Consumes bytes until the input is used up or a batch is full; returns the bytes
@@ -243,9 +247,11 @@ impl CsvDecoder {
             return Ok(0);
         }
         let ncols = self.schema.fields().len();
-        // Output never exceeds input: make room once, trim at the end.
-        let mut len = self.data.len();
-        self.data.resize(len + input.len() - pos, 0);
+        // Output never exceeds input: make room once.
+        let mut len = self.data_len;
+        if self.data.len() < len + input.len() - pos {
+            self.data.resize(len + input.len() - pos, 0);
+        }
         while pos < input.len() && !self.batch_full() {
             if self.at_record_start {
                 while pos < input.len() {
@@ -271,33 +277,14 @@ impl CsvDecoder {
             if self.at_field_start {
                 self.field_quoted = input[pos] == self.dialect.quote as u8;
                 self.at_field_start = false;
-                // An unquoted field whose end is in this input is taken as it stands (csv_core
-                // reads such a field literally too), found with memchr instead of csv_core's
-                // byte-at-a-time state machine; quoted fields and fields cut by the end of the
-                // input go to csv_core.
-                if !self.field_quoted
-                    && let Some(i) =
-                        memchr::memchr3(self.dialect.delimiter as u8, b'\n', b'\r', &input[pos..])
-                {
-                    self.data[len..len + i].copy_from_slice(&input[pos..pos + i]);
-                    len += i;
-                    let terminator = input[pos + i];
-                    pos += i + 1;
-                    self.end_field(len);
-                    // csv_core did not see this field end: start it afresh (a quoted field
-                    // reads the same from there), and remember a delimiter it did not see.
-                    self.parser.reset();
-                    self.fast_delimited = terminator == self.dialect.delimiter as u8;
-                    if !self.fast_delimited {
-                        if let Err(e) = self.end_record(ncols) {
-                            self.data.truncate(len);
-                            return Err(e);
-                        }
-                        len = self.data_len_after_rollback(len);
-                        self.line += 1;
-                        self.pending_cr = terminator == b'\r';
+                if !self.field_quoted {
+                    // Unquoted fields that end in this input are taken as they stand (csv_core
+                    // reads such fields literally too), many at a time; the rest goes to csv_core.
+                    let used = self.read_unquoted(&input[pos..], &mut len, ncols)?;
+                    if used > 0 {
+                        pos += used;
+                        continue;
                     }
-                    continue;
                 }
             }
             let rest = &input[pos..];
@@ -312,15 +299,15 @@ impl CsvDecoder {
             match result {
                 ReadFieldResult::InputEmpty => {}
                 ReadFieldResult::OutputFull => {
-                    self.data.truncate(len);
+                    self.data_len = len;
                     return Err(Error::internal("csv output buffer full"));
                 }
                 ReadFieldResult::Field { record_end } => {
-                    self.end_field(len);
+                    self.end_field(&mut len);
                     if record_end {
                         let terminator = if nin > 0 { rest[nin - 1] } else { 0 };
                         if let Err(e) = self.end_record(ncols) {
-                            self.data.truncate(len);
+                            self.data_len = len;
                             return Err(e);
                         }
                         len = self.data_len_after_rollback(len);
@@ -337,21 +324,91 @@ impl CsvDecoder {
                 ReadFieldResult::End => break,
             }
         }
-        self.data.truncate(len);
+        self.data_len = len;
         Ok(pos)
+    }
+
+    /// Reads the unquoted fields at the start of `input` that end in it, straight into the
+    /// batch: one memchr pass finds where they end and one copy moves them, each with the byte
+    /// that ended it (in `data` every field is followed by one such byte, so a field starts
+    /// one byte after the previous one ends). Stops before a quoted field, a field that the
+    /// input cuts, a blank line, after a CR (the record-start loop reads what follows), after a
+    /// record that was rejected or was the header, and when the batch is full. Returns the bytes
+    /// consumed; `len` becomes the data length.
+    fn read_unquoted(&mut self, input: &[u8], len: &mut usize, ncols: usize) -> Result<usize> {
+        let delimiter = self.dialect.delimiter as u8;
+        let quote = self.dialect.quote as u8;
+        let base = *len;
+        let mut used = 0;
+        let mut outcome = Ok(());
+        for end in memchr::memchr3_iter(delimiter, b'\n', b'\r', input) {
+            self.ends.push(base + end);
+            self.quoted.push(false);
+            used = end + 1;
+            let terminator = input[end];
+            let next = input.get(used).copied();
+            if terminator == delimiter {
+                // csv_core does not see this delimiter: if the data ends here, the record has
+                // one more, empty field.
+                self.fast_delimited = true;
+                if next == Some(quote) {
+                    break;
+                }
+                continue;
+            }
+            self.fast_delimited = false;
+            self.line += 1;
+            let rows = self.lines.len();
+            outcome = self.end_record(ncols);
+            if outcome.is_err() || self.lines.len() == rows || self.batch_full() {
+                self.pending_cr = terminator == b'\r';
+                break;
+            }
+            match next {
+                Some(b) if terminator == b'\n' && b != quote && b != b'\n' && b != b'\r' => {
+                    self.at_record_start = false;
+                    self.record_line = self.line;
+                    self.record_first_field = self.ends.len();
+                }
+                _ => {
+                    self.pending_cr = terminator == b'\r';
+                    break;
+                }
+            }
+        }
+        self.data[base..base + used].copy_from_slice(&input[..used]);
+        *len = self.data_len_after_rollback(base + used);
+        if let Err(e) = outcome {
+            self.data_len = *len;
+            return Err(e);
+        }
+        if used > 0 {
+            // csv_core did not see these fields: the next one starts afresh (a quoted field
+            // reads the same from there).
+            self.parser.reset();
+            self.at_field_start = true;
+        }
+        Ok(used)
     }
 
     /// The data length once a rejected record was rolled back (ends are the truth).
     fn data_len_after_rollback(&self, len: usize) -> usize {
         if self.at_record_start {
-            self.ends.last().copied().unwrap_or(0)
+            self.ends.last().map_or(0, |end| end + 1)
         } else {
             len
         }
     }
 
-    fn end_field(&mut self, len: usize) {
-        self.ends.push(len);
+    /// Ends the field whose data ends at `len`, and writes the byte that follows it.
+    fn end_field(&mut self, len: &mut usize) {
+        self.ends.push(*len);
+        if *len < self.data.len() {
+            self.data[*len] = self.dialect.delimiter as u8;
+        } else {
+            self.data.push(self.dialect.delimiter as u8);
+        }
+        *len += 1;
         self.quoted.push(self.field_quoted);
         self.line += self.field_newlines;
         self.field_newlines = 0;
@@ -367,9 +424,11 @@ impl CsvDecoder {
         if self.fast_delimited && !self.at_record_start {
             // The data ends right after a delimiter: the record's last field is empty.
             self.fast_delimited = false;
-            let len = self.data.len();
-            self.end_field(len);
+            let mut len = self.data_len;
+            self.end_field(&mut len);
+            self.data_len = len;
             self.end_record(ncols)?;
+            self.data_len = self.data_len_after_rollback(len);
         }
         loop {
             let mut out = [0u8; 0];
@@ -381,10 +440,12 @@ impl CsvDecoder {
                         self.record_line = self.line;
                         self.record_first_field = self.ends.len();
                     }
-                    let len = self.data.len();
-                    self.end_field(len);
+                    let mut len = self.data_len;
+                    self.end_field(&mut len);
+                    self.data_len = len;
                     if record_end {
                         self.end_record(ncols)?;
+                        self.data_len = self.data_len_after_rollback(len);
                     }
                 }
                 ReadFieldResult::End | ReadFieldResult::InputEmpty => break,
@@ -447,10 +508,11 @@ impl CsvDecoder {
         // Fields of a record in progress stay for the next batch.
         let in_progress = self.ends.len() - rows * self.schema.fields().len();
         let complete_fields = self.ends.len() - in_progress;
+        // Each field is followed by one byte in `data`.
         let complete_data = if complete_fields == 0 {
             0
         } else {
-            self.ends[complete_fields - 1]
+            self.ends[complete_fields - 1] + 1
         };
         let mut bad = vec![false; rows];
         let mut reasons: Vec<(usize, String)> = Vec::new();
@@ -458,7 +520,7 @@ impl CsvDecoder {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
         for (col, field) in self.schema.fields().iter().enumerate() {
             let column = Column {
-                data: &self.data,
+                data: &self.data[..complete_data],
                 text: text.as_ref().ok().copied(),
                 ends: &self.ends,
                 quoted: &self.quoted,
@@ -497,7 +559,8 @@ impl CsvDecoder {
             batch = filter_record_batch(&batch, &keep)?;
         }
         // Move the record in progress to the front.
-        self.data.drain(..complete_data);
+        self.data.copy_within(complete_data..self.data_len, 0);
+        self.data_len -= complete_data;
         self.ends.drain(..complete_fields);
         for end in &mut self.ends {
             *end -= complete_data;
@@ -524,7 +587,7 @@ struct Column<'a> {
 impl<'a> Column<'a> {
     fn span(&self, row: usize) -> (usize, usize, bool) {
         let i = row * self.ncols + self.col;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        let start = if i == 0 { 0 } else { self.ends[i - 1] + 1 };
         (start, self.ends[i], self.quoted[i])
     }
 
@@ -634,8 +697,18 @@ impl<'a> Column<'a> {
             DataType::UInt32 => primitive!(UInt32Type, "is not a uint32"),
             DataType::UInt64 => primitive!(UInt64Type, "is not a uint64"),
             DataType::Float32 => primitive!(Float32Type, "is not a number"),
-            DataType::Float64 => primitive!(Float64Type, "is not a number"),
-            DataType::Date32 => primitive!(Date32Type, "is not a date (YYYY-MM-DD)"),
+            DataType::Float64 => {
+                let mut b = PrimitiveBuilder::<Float64Type>::with_capacity(self.rows);
+                let what = "is not a number";
+                self.each_value(name, bad, |v| put!(b, v, |s| parse_f64(s), what));
+                Arc::new(b.finish())
+            }
+            DataType::Date32 => {
+                let mut b = PrimitiveBuilder::<Date32Type>::with_capacity(self.rows);
+                let what = "is not a date (YYYY-MM-DD)";
+                self.each_value(name, bad, |v| put!(b, v, |s| parse_date(s), what));
+                Arc::new(b.finish())
+            }
             DataType::Timestamp(TimeUnit::Second, _) => {
                 primitive!(TimestampSecondType, "is not a timestamp")
             }
@@ -686,6 +759,77 @@ fn shorten(s: &str) -> String {
         end -= 1;
     }
     format!("{}...", &s[..end])
+}
+
+/// Parses a float: plain decimals of at most 15 digits (`-123.45`) directly, as one exact
+/// division that IEEE 754 rounds correctly (Clinger's fast path), any other text as arrow does.
+pub fn parse_f64(s: &str) -> Option<f64> {
+    const POWERS: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let bytes = s.as_bytes();
+    let (negative, digits) = match bytes.first() {
+        Some(b'-') => (true, &bytes[1..]),
+        _ => (false, bytes),
+    };
+    let mut mantissa = 0u64;
+    let mut count = 0;
+    let mut fraction = None;
+    for (i, &b) in digits.iter().enumerate() {
+        match b {
+            b'0'..=b'9' if count < 15 => {
+                mantissa = mantissa * 10 + u64::from(b - b'0');
+                count += 1;
+            }
+            b'.' if fraction.is_none() && i > 0 && i + 1 < digits.len() => {
+                fraction = Some(digits.len() - i - 1);
+            }
+            _ => return Float64Type::parse(s),
+        }
+    }
+    if count == 0 {
+        return Float64Type::parse(s);
+    }
+    // At most 15 digits: the mantissa and 10^fraction are exact doubles.
+    let value = mantissa as f64 / POWERS[fraction.unwrap_or(0)];
+    Some(if negative { -value } else { value })
+}
+
+/// Parses a date as days since 1970-01-01: `YYYY-MM-DD` directly (the form nearly every file
+/// uses), any other text as arrow does.
+pub fn parse_date(s: &str) -> Option<i32> {
+    if let &[y0, y1, y2, y3, b'-', m0, m1, b'-', d0, d1] = s.as_bytes() {
+        let digits = [y0, y1, y2, y3, m0, m1, d0, d1].map(|c| c.wrapping_sub(b'0') as u32);
+        if digits.iter().all(|&d| d < 10) {
+            let [y0, y1, y2, y3, m0, m1, d0, d1] = digits;
+            let year = (y0 * 1000 + y1 * 100 + y2 * 10 + y3) as i32;
+            let (month, day) = (m0 * 10 + m1, d0 * 10 + d1);
+            if (1..=12).contains(&month) && day >= 1 && day <= days_in_month(year, month) {
+                return Some(days_from_civil(year, month, day));
+            }
+        }
+    }
+    Date32Type::parse(s)
+}
+
+fn days_in_month(year: i32, month: u32) -> u32 {
+    match month {
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to a valid proleptic Gregorian date (Howard Hinnant's
+/// `days_from_civil`, years from March so that the leap day comes last).
+fn days_from_civil(year: i32, month: u32, day: u32) -> i32 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year.rem_euclid(400) as u32;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era as i32 - 719_468
 }
 
 /// Parses a boolean as PostgreSQL does.
@@ -1122,6 +1266,73 @@ mod tests {
                 .map(|(n, t)| Field::new(*n, t.clone(), true))
                 .collect::<Vec<_>>(),
         ))
+    }
+
+    #[test]
+    fn floats_parse_as_arrow_parses_them() {
+        use proptest::prelude::*;
+        let texts = "-?[0-9]{0,17}(\\.[0-9]{0,17})?|[-+]?[0-9.eE]{1,8}|[-+]?(inf|NaN|infinity)";
+        proptest!(ProptestConfig::with_cases(20_000), |(text in texts)| {
+            let ours = parse_f64(&text);
+            let arrow = Float64Type::parse(&text);
+            prop_assert_eq!(ours.map(f64::to_bits), arrow.map(f64::to_bits), "{}", text);
+            if let Some(v) = ours.filter(|v| v.is_finite()) {
+                // And the standard library's correctly rounded reading agrees.
+                prop_assert_eq!(Some(v.to_bits()), text.parse::<f64>().ok().map(f64::to_bits));
+            }
+        });
+        for text in [
+            "999999999999999.9",
+            "0.000000000000001",
+            "-0.0",
+            "123456789012345",
+            "1.",
+            ".5",
+        ] {
+            assert_eq!(
+                parse_f64(text).map(f64::to_bits),
+                Float64Type::parse(text).map(f64::to_bits),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn dates_parse_as_arrow_parses_them() {
+        // Every day of 1890-2110, and the month ends and impossible days of every year from
+        // 0000 to 9999, against arrow's parser (which goes through chrono).
+        let mut checked = 0;
+        for year in 0..=9999 {
+            let days: &[u32] = if (1890..=2110).contains(&year) {
+                &[
+                    0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+                    22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 99,
+                ]
+            } else {
+                &[0, 1, 28, 29, 30, 31, 32]
+            };
+            for month in 0..=13 {
+                for &day in days {
+                    let text = format!("{year:04}-{month:02}-{day:02}");
+                    assert_eq!(parse_date(&text), Date32Type::parse(&text), "{text}");
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 1_000_000);
+        assert_eq!(parse_date("1970-01-01"), Some(0));
+        assert_eq!(parse_date("2000-03-01"), Some(11_017));
+        assert_eq!(parse_date("1969-12-31"), Some(-1));
+        // Other forms are arrow's.
+        for text in [
+            "2020-1-5",
+            "+2020-01-05",
+            "2020-01-05T00:00:00",
+            " 2020-01-05",
+            "2020/01/05",
+        ] {
+            assert_eq!(parse_date(text), Date32Type::parse(text), "{text}");
+        }
     }
 
     #[test]
