@@ -104,6 +104,77 @@ impl CsvDialect {
     }
 }
 
+/// Positions of the delimiter, LF and CR bytes in a slice, found eight bytes at a time (short
+/// fields make a search call per field cost more than the search).
+struct Terminators<'a> {
+    input: &'a [u8],
+    delimiter: u64,
+    /// Start of the word in `mask`.
+    word: usize,
+    /// One high bit per terminator byte of that word.
+    mask: u64,
+}
+
+impl<'a> Terminators<'a> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+
+    fn new(input: &'a [u8], delimiter: u8) -> Self {
+        let mut terminators = Self {
+            input,
+            delimiter: Self::ONES * u64::from(delimiter),
+            word: 0,
+            mask: 0,
+        };
+        terminators.mask = terminators.mask_at(0);
+        terminators
+    }
+
+    /// The high bit of each byte of `word` that equals the byte repeated in `pattern`
+    /// (exact: no carries between bytes).
+    fn equal(word: u64, pattern: u64) -> u64 {
+        let x = word ^ pattern;
+        !(((x & !Self::HIGH) + !Self::HIGH) | x) & Self::HIGH
+    }
+
+    fn mask_at(&self, at: usize) -> u64 {
+        let (word, valid) = match self.input.get(at..at + 8) {
+            Some(word) => (
+                u64::from_le_bytes(word.try_into().expect("8 bytes")),
+                u64::MAX,
+            ),
+            None => {
+                // The last, short word: padded, and the padding masked out.
+                let rest = &self.input[at.min(self.input.len())..];
+                let mut bytes = [0u8; 8];
+                bytes[..rest.len()].copy_from_slice(rest);
+                (u64::from_le_bytes(bytes), (1u64 << (8 * rest.len())) - 1)
+            }
+        };
+        let mask = Self::equal(word, self.delimiter)
+            | Self::equal(word, Self::ONES * u64::from(b'\n'))
+            | Self::equal(word, Self::ONES * u64::from(b'\r'));
+        mask & valid
+    }
+}
+
+impl Iterator for Terminators<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        while self.mask == 0 {
+            self.word += 8;
+            if self.word >= self.input.len() {
+                return None;
+            }
+            self.mask = self.mask_at(self.word);
+        }
+        let at = self.word + (self.mask.trailing_zeros() / 8) as usize;
+        self.mask &= self.mask - 1;
+        Some(at)
+    }
+}
+
 /// The location of the partition being decoded, for messages.
 #[derive(Debug, Clone)]
 pub struct Origin {
@@ -341,7 +412,7 @@ impl CsvDecoder {
         let base = *len;
         let mut used = 0;
         let mut outcome = Ok(());
-        for end in memchr::memchr3_iter(delimiter, b'\n', b'\r', input) {
+        for end in Terminators::new(input, delimiter) {
             self.ends.push(base + end);
             self.quoted.push(false);
             used = end + 1;
@@ -1295,6 +1366,32 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn terminators_are_every_delimiter_and_line_break() {
+        use proptest::prelude::*;
+        let bytes = proptest::collection::vec(
+            prop_oneof![
+                Just(b','),
+                Just(b'\n'),
+                Just(b'\r'),
+                Just(0u8),
+                Just(0x80u8),
+                any::<u8>()
+            ],
+            0..70,
+        );
+        proptest!(ProptestConfig::with_cases(3_000), |(input in bytes, delimiter in prop_oneof![Just(b','), Just(0u8), Just(b'\t'), any::<u8>()])| {
+            let found: Vec<usize> = Terminators::new(&input, delimiter).collect();
+            let expected: Vec<usize> = input
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| **b == delimiter || **b == b'\n' || **b == b'\r')
+                .map(|(i, _)| i)
+                .collect();
+            prop_assert_eq!(found, expected);
+        });
     }
 
     #[test]
