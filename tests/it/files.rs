@@ -717,3 +717,84 @@ fn a_destination_that_is_a_mount_point_is_published_in_place() {
         "no sibling left beside the mount point"
     );
 }
+
+#[test]
+fn wide_rows_end_batches_by_bytes_in_parquet_and_json_lines() {
+    // 300 rows of 32 KiB each (9.4 MiB), read with a 12 MiB budget by one partition: batches
+    // end at a sixth of the budget (2 MiB) of payload, not at the 8,192 rows of `batch_rows`.
+    use std::sync::Arc;
+
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::record_batch::RecordBatch;
+
+    const ROWS: usize = 300;
+    const LIMIT: usize = 2 << 20;
+    let payload = |i: usize| format!("{i:08}").repeat(4096);
+    let tmp = TempDir::new().unwrap();
+    let ids = Int64Array::from_iter_values(0..ROWS as i64);
+    let payloads = StringArray::from_iter_values((0..ROWS).map(payload));
+    let batch = RecordBatch::try_from_iter([
+        ("id", Arc::new(ids) as arrow::array::ArrayRef),
+        ("payload", Arc::new(payloads) as arrow::array::ArrayRef),
+    ])
+    .unwrap();
+    let parquet = tmp.path().join("wide.parquet");
+    let mut writer = parquet::arrow::ArrowWriter::try_new(
+        std::fs::File::create(&parquet).unwrap(),
+        batch.schema(),
+        None,
+    )
+    .unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    let jsonl = tmp.path().join("wide.jsonl");
+    let mut f = std::fs::File::create(&jsonl).unwrap();
+    for i in 0..ROWS {
+        writeln!(f, r#"{{"id":{i},"payload":"{}"}}"#, payload(i)).unwrap();
+    }
+    drop(f);
+
+    for (input, format) in [
+        (&parquet, r#"{"type":"parquet"}"#),
+        (&jsonl, r#"{"type":"jsonl"}"#),
+    ] {
+        let out = tmp.path().join(format!("{}.arrow", input.display()));
+        run_ok(&job(
+            "wide",
+            file(input, format),
+            file(&out, r#"{"type":"arrow_ipc"}"#),
+            r#","parallel_copies":1,"max_buffer_bytes":"12MiB""#,
+        ));
+        let reader =
+            arrow::ipc::reader::FileReader::try_new(std::fs::File::open(&out).unwrap(), None)
+                .unwrap();
+        let mut next = 0i64;
+        let mut sizes = Vec::new();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let payloads = batch.column(1).as_string::<i32>();
+            for (r, id) in batch
+                .column(0)
+                .as_primitive::<arrow::datatypes::Int64Type>()
+                .values()
+                .iter()
+                .enumerate()
+            {
+                assert_eq!(*id, next, "{format}: rows in order, each once");
+                assert_eq!(payloads.value(r), payload(next as usize));
+                next += 1;
+            }
+            sizes.push(payloads.value_data().len());
+        }
+        assert_eq!(next, ROWS as i64, "{format}");
+        let row = payload(0).len();
+        let (last, full) = sizes.split_last().unwrap();
+        assert!(
+            !full.is_empty()
+                && full.iter().chain([last]).all(|&s| s < LIMIT + row)
+                && full.iter().all(|&s| s > LIMIT / 2),
+            "{format}: batches of about {LIMIT} payload bytes, not one of {}: {sizes:?}",
+            ROWS * row
+        );
+    }
+}

@@ -25,6 +25,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ArrowReaderBuilder, ParquetRecordBatchReaderBuilder};
 use parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
+use parquet::file::metadata::RowGroupMetaData;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
@@ -81,7 +82,7 @@ pub struct FileSource {
     /// Column indices read from Parquet files (projection), if not all.
     projection: Option<Vec<usize>>,
     batch_rows: usize,
-    /// Input bytes that end a CSV batch before `batch_rows`.
+    /// Input bytes that end a CSV, JSON lines or Parquet batch before `batch_rows`.
     batch_bytes: usize,
     skip_bad_rows: bool,
     connector: &'static str,
@@ -172,7 +173,8 @@ impl FileSource {
     }
 
     /// Reads text in blocks sized for `settings` (see [`crate::format::io::read_block_for`]),
-    /// and ends CSV batches at its [`batch_bytes`](ferry_engine::config::JobSettings::batch_bytes).
+    /// and ends CSV, JSON lines and Parquet batches at its
+    /// [`batch_bytes`](ferry_engine::config::JobSettings::batch_bytes).
     pub fn with_sizes_for(mut self, settings: &ferry_engine::config::JobSettings) -> Self {
         self.read_block = crate::format::io::read_block_for(settings);
         self.batch_bytes = settings.batch_bytes();
@@ -603,13 +605,16 @@ impl ReadTask {
                 .with_declared_schema(c.schema.is_some())
                 .with_max_batch_bytes(self.batch_bytes),
             )),
-            _ => Text::Jsonl(Box::new(JsonlDecoder::new(
-                self.schema.clone(),
-                self.batch_rows,
-                self.skip_bad_rows,
-                label.clone(),
-                line,
-            )?)),
+            _ => Text::Jsonl(Box::new(
+                JsonlDecoder::new(
+                    self.schema.clone(),
+                    self.batch_rows,
+                    self.skip_bad_rows,
+                    label.clone(),
+                    line,
+                )?
+                .with_max_batch_bytes(self.batch_bytes),
+            )),
         })
     }
 
@@ -698,12 +703,30 @@ impl ReadTask {
             }
             None => ProjectionMask::all(),
         };
+        let batch_rows =
+            self.parquet_batch_rows(&builder.metadata().row_groups()[first..first + count]);
         let builder = builder
             .with_row_groups((first..first + count).collect())
             .with_projection(mask)
-            .with_batch_size(self.batch_rows)
+            .with_batch_size(batch_rows)
             .with_offset(offset as usize);
         (builder, total_rows)
+    }
+
+    /// Rows per Parquet batch: `batch_rows`, fewer where the widest of the row groups' rows
+    /// (their uncompressed bytes per row, all columns, dictionaries not expanded) would make a
+    /// batch pass `batch_bytes`.
+    fn parquet_batch_rows(&self, groups: &[RowGroupMetaData]) -> usize {
+        let widest = groups
+            .iter()
+            .filter(|g| g.num_rows() > 0)
+            .map(|g| (g.total_byte_size().max(0) as u64).div_ceil(g.num_rows() as u64))
+            .max()
+            .unwrap_or(0);
+        match (self.batch_bytes as u64).checked_div(widest) {
+            Some(rows) => (rows.min(self.batch_rows as u64) as usize).max(1),
+            None => self.batch_rows,
+        }
     }
 
     fn read_parquet(&self) -> Result<()> {

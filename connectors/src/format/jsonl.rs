@@ -18,6 +18,8 @@ pub struct JsonlDecoder {
     schema: SchemaRef,
     decoder: Decoder,
     batch_rows: usize,
+    /// Bytes of pending lines after which the batch is full, below `batch_rows`.
+    max_batch_bytes: usize,
     skip_bad_rows: bool,
     file: Arc<str>,
     /// Complete lines fed since the last flush.
@@ -43,6 +45,7 @@ impl JsonlDecoder {
             decoder: Self::decoder(&schema, batch_rows)?,
             schema,
             batch_rows: batch_rows.max(1),
+            max_batch_bytes: usize::MAX,
             skip_bad_rows,
             file,
             pending: Vec::new(),
@@ -51,6 +54,13 @@ impl JsonlDecoder {
             rows: 0,
             records: 0,
         })
+    }
+
+    /// Ends batches once their lines hold `bytes` of text, even before `batch_rows` (at least
+    /// one line a batch).
+    pub fn with_max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.max_batch_bytes = bytes.max(1);
+        self
     }
 
     fn decoder(schema: &SchemaRef, batch_rows: usize) -> Result<Decoder> {
@@ -73,6 +83,7 @@ impl JsonlDecoder {
     /// Whether a full batch is buffered.
     pub fn batch_full(&self) -> bool {
         self.rows >= self.batch_rows
+            || (self.rows > 0 && self.pending.len() >= self.max_batch_bytes)
     }
 
     /// Feeds complete lines (the input must end with a newline, or be the end of the data).
@@ -249,6 +260,39 @@ mod tests {
         assert_eq!(skipped.len(), 1);
         assert_eq!(skipped[0].location, "t.jsonl:3");
         assert_eq!(d.records(), 3);
+    }
+
+    #[test]
+    fn batches_end_at_their_byte_limit_before_their_row_limit() {
+        // Lines of 20-40 bytes, a limit of 100 bytes: each batch ends with the first line that
+        // brings it to 100 bytes or more.
+        let lines: Vec<String> = (0..50)
+            .map(|i| format!("{{\"a\":{i},\"b\":\"{}\"}}\n", "x".repeat(i % 20)))
+            .collect();
+        let text = lines.concat();
+        let mut d = JsonlDecoder::new(schema(), 1000, false, "t.jsonl".into(), 1)
+            .unwrap()
+            .with_max_batch_bytes(100);
+        let mut rest = text.as_bytes();
+        let mut sizes = Vec::new();
+        while !rest.is_empty() {
+            rest = &rest[d.feed_lines(rest)..];
+            if let Some((batch, _)) = d.flush().unwrap() {
+                sizes.push(batch.num_rows());
+            }
+        }
+        let mut expected = vec![0usize];
+        let mut bytes = 0;
+        for (i, line) in lines.iter().enumerate() {
+            *expected.last_mut().unwrap() += 1;
+            bytes += line.len();
+            if bytes >= 100 && i + 1 < lines.len() {
+                expected.push(0);
+                bytes = 0;
+            }
+        }
+        assert_eq!(sizes, expected);
+        assert_eq!(sizes.iter().sum::<usize>(), 50);
     }
 
     #[test]

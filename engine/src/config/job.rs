@@ -214,11 +214,11 @@ impl JobSettings {
         }
     }
 
-    /// Input bytes after which a source that can (CSV, PostgreSQL) ends a batch even before
-    /// `batch_rows`: a sixth of the budget over `parallel_copies`, between 1 MiB and 16 MiB.
-    /// Each running partition holds about three batches (being built, queued, being
-    /// encoded), so wide rows or a large `batch_rows` still leave half the budget to the
-    /// encoders instead of making the partitions take turns for it.
+    /// Input bytes after which a source that can (CSV, JSON lines, Parquet, PostgreSQL) ends a
+    /// batch even before `batch_rows`: a sixth of the budget over `parallel_copies`, between
+    /// 1 MiB and 16 MiB. Each running partition holds about three batches (being built,
+    /// queued, being encoded), so wide rows or a large `batch_rows` still leave half the
+    /// budget to the encoders instead of making the partitions take turns for it.
     pub fn batch_bytes(&self) -> usize {
         let share = self.max_buffer_bytes / 6 / self.parallel_copies.get() as u64;
         share.clamp(1 << 20, 16 << 20) as usize
