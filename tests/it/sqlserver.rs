@@ -1575,3 +1575,61 @@ fn physical_partitions_read_every_row_once_on_both_sides_of_each_boundary() {
     let (ok, text) = copy(&server, dir.path(), job);
     assert!(!ok && text.contains("a `query` has none"), "{text}");
 }
+
+#[test]
+fn wide_rows_end_batches_by_bytes() {
+    // 300 rows of 16 KiB of text each (4.7 MiB), read with a 12 MiB budget by one partition:
+    // batches end at a sixth of the budget (2 MiB) of values, not at the 8,192 rows of
+    // `batch_rows`.
+    const ROWS: usize = 300;
+    const LIMIT: usize = 2 << 20;
+    let payload = |i: usize| format!("{i:08}").repeat(2048);
+    let server = TestServer::start();
+    server.peer.create_table(
+        "dbo.wide",
+        &[("id", "bigint", false), ("payload", "nvarchar(max)", true)],
+    );
+    server.peer.insert(
+        "dbo.wide",
+        (0..ROWS)
+            .map(|i| vec![Value::Int(i as i64), Value::Text(payload(i))])
+            .collect(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("wide.arrow");
+    let job = serde_json::json!({"name": "wide", "parallel_copies": 1, "max_buffer_bytes": "12MiB",
+        "source": {"type": "sqlserver", "connection": "mssql", "table": "wide"},
+        "sink": {"type": "file", "path": out, "format": {"type": "arrow_ipc"}}});
+    let (ok, text) = copy(&server, dir.path(), job);
+    assert!(ok, "{text}");
+    let reader =
+        arrow::ipc::reader::FileReader::try_new(std::fs::File::open(&out).unwrap(), None).unwrap();
+    let mut next = 0i64;
+    let mut sizes = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let payloads = batch.column(1).as_string::<i32>();
+        for (r, id) in batch
+            .column(0)
+            .as_primitive::<Int64Type>()
+            .values()
+            .iter()
+            .enumerate()
+        {
+            assert_eq!(*id, next, "rows in order, each once");
+            assert_eq!(payloads.value(r), payload(next as usize));
+            next += 1;
+        }
+        sizes.push(payloads.value_data().len());
+    }
+    assert_eq!(next, ROWS as i64);
+    let row = payload(0).len();
+    let (last, full) = sizes.split_last().unwrap();
+    assert!(
+        !full.is_empty()
+            && full.iter().chain([last]).all(|&s| s < LIMIT + row)
+            && full.iter().all(|&s| s > LIMIT / 2),
+        "batches of about {LIMIT} bytes of values, not one of {}: {sizes:?}",
+        ROWS * row
+    );
+}

@@ -250,7 +250,13 @@ impl SqlServerSourceSpec {
         settings: &JobSettings,
     ) -> Result<SqlServerSource> {
         let connector = connection.connector(&self.connection)?;
-        SqlServerSource::new(self, connector, settings.batch_rows.get()).await
+        SqlServerSource::new(
+            self,
+            connector,
+            settings.batch_rows.get(),
+            settings.batch_bytes(),
+        )
+        .await
     }
 }
 

@@ -19,7 +19,7 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::connect::{Connector, SqlClient, sql_error};
-use super::types::{ColumnBuilder, MsType, OFFSET_OF_KEY, arrow_field, offset_field};
+use super::types::{ColumnBuilder, MsType, OFFSET_OF_KEY, arrow_field, offset_field, value_bytes};
 use super::{Partitioning, ReadTarget, SqlServerSourceSpec, quote, string_literal};
 use crate::ranges::{boundaries, range_filters, range_filters_left};
 
@@ -45,6 +45,8 @@ pub struct SqlServerSource {
     /// The table, quoted, for a physical split.
     table: Option<String>,
     batch_rows: usize,
+    /// Bytes of values after which a batch ends before `batch_rows`.
+    batch_bytes: usize,
 }
 
 impl std::fmt::Debug for SqlServerSource {
@@ -78,6 +80,7 @@ impl SqlServerSource {
         spec: &SqlServerSourceSpec,
         connector: Connector,
         batch_rows: usize,
+        batch_bytes: usize,
     ) -> Result<Self> {
         let mut client = connector.connect().await?;
         let (select_all, from, table) = match spec.target()? {
@@ -222,6 +225,7 @@ impl SqlServerSource {
             partition: spec.partition.clone(),
             table,
             batch_rows: batch_rows.max(1),
+            batch_bytes: batch_bytes.max(1),
         })
     }
 
@@ -414,6 +418,7 @@ impl Source for SqlServerSource {
             schema: self.schema.clone(),
             types: self.types.clone(),
             batch_rows: self.batch_rows,
+            batch_bytes: self.batch_bytes,
             skip,
             where_,
         };
@@ -454,6 +459,8 @@ struct Read {
     schema: SchemaRef,
     types: Vec<MsType>,
     batch_rows: usize,
+    /// Bytes of values after which a batch ends before `batch_rows`.
+    batch_bytes: usize,
     skip: u64,
     where_: String,
 }
@@ -475,6 +482,7 @@ impl Read {
         let mut builders = new_builders();
         let mut position = 0u64;
         let mut in_batch = 0usize;
+        let mut bytes = 0usize;
         while let Some(row) = rows
             .try_next()
             .await
@@ -488,6 +496,7 @@ impl Read {
                 let Some(builder) = builders.get_mut(i) else {
                     break;
                 };
+                bytes += value_bytes(&value);
                 builder.append(value).map_err(|why| {
                     Error::data(format!(
                         "{}, row {position}, column `{}`: {why}",
@@ -496,13 +505,14 @@ impl Read {
                 })?;
             }
             in_batch += 1;
-            if in_batch == self.batch_rows {
+            if in_batch == self.batch_rows || bytes >= self.batch_bytes {
                 let batch = self.finish(&mut builders, position)?;
                 if !ahead.send(batch).await {
                     return Ok(());
                 }
                 builders = new_builders();
                 in_batch = 0;
+                bytes = 0;
             }
         }
         if in_batch > 0 {

@@ -245,6 +245,17 @@ pub enum ColumnBuilder {
     Offset(Box<ColumnBuilder>, Int16Builder),
 }
 
+/// The bytes a value adds to a batch: the text's or the bytes' length for variable-length
+/// values, 16 for the others (none is wider).
+pub fn value_bytes(value: &ColumnData<'_>) -> usize {
+    match value {
+        ColumnData::String(Some(s)) => s.len(),
+        ColumnData::Binary(Some(b)) => b.len(),
+        ColumnData::Xml(Some(x)) => x.as_ref().as_ref().len(),
+        _ => 16,
+    }
+}
+
 impl ColumnBuilder {
     /// A builder for `ty` with room for `rows`.
     pub fn new(ty: MsType, rows: usize) -> Self {

@@ -214,9 +214,9 @@ impl JobSettings {
         }
     }
 
-    /// Input bytes after which a source that can (CSV, JSON lines, Parquet, PostgreSQL) ends a
-    /// batch even before `batch_rows`: a sixth of the budget over `parallel_copies`, between
-    /// 1 MiB and 16 MiB. Each running partition holds about three batches (being built,
+    /// Input bytes after which a source that can (CSV, JSON lines, Parquet, PostgreSQL, SQL
+    /// Server) ends a batch even before `batch_rows`: a sixth of the budget over
+    /// `parallel_copies`, between 1 MiB and 16 MiB. Each running partition holds about three batches (being built,
     /// queued, being encoded), so wide rows or a large `batch_rows` still leave half the
     /// budget to the encoders instead of making the partitions take turns for it.
     pub fn batch_bytes(&self) -> usize {
