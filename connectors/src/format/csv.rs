@@ -400,20 +400,26 @@ impl CsvDecoder {
     }
 
     /// Reads the unquoted fields at the start of `input` that end in it, straight into the
-    /// batch: one memchr pass finds where they end and one copy moves them, each with the byte
-    /// that ended it (in `data` every field is followed by one such byte, so a field starts
-    /// one byte after the previous one ends). Stops before a quoted field, a field that the
-    /// input cuts, a blank line, after a CR (the record-start loop reads what follows), after a
-    /// record that was rejected or was the header, and when the batch is full. Returns the bytes
-    /// consumed; `len` becomes the data length.
+    /// batch: one scan finds where they end and a copy per run of lines moves them, each with
+    /// the byte that ended it (in `data` every field is followed by one such byte, so a field
+    /// starts one byte after the previous one ends; a CRLF's LF is left out). Stops before a
+    /// quoted field, a field that the input cuts, a blank line, after a CR that no LF follows
+    /// in this input (the record-start loop reads what follows), after a record that was
+    /// rejected or was the header, and when the batch is full. Returns the bytes consumed;
+    /// `len` becomes the data length.
     fn read_unquoted(&mut self, input: &[u8], len: &mut usize, ncols: usize) -> Result<usize> {
         let delimiter = self.dialect.delimiter as u8;
         let quote = self.dialect.quote as u8;
-        let base = *len;
-        let mut used = 0;
+        // `input[region..used]` goes to `data[base..]`; a CRLF's LF is no data, so the region
+        // starts again after it.
+        let (mut region, mut base, mut used) = (0, *len, 0);
+        let mut lf_of_crlf = usize::MAX;
         let mut outcome = Ok(());
         for end in Terminators::new(input, delimiter) {
-            self.ends.push(base + end);
+            if end == lf_of_crlf {
+                continue;
+            }
+            self.ends.push(base + end - region);
             self.quoted.push(false);
             used = end + 1;
             let terminator = input[end];
@@ -435,20 +441,29 @@ impl CsvDecoder {
                 self.pending_cr = terminator == b'\r';
                 break;
             }
-            match next {
-                Some(b) if terminator == b'\n' && b != quote && b != b'\n' && b != b'\r' => {
+            if terminator == b'\r' {
+                if next != Some(b'\n') {
+                    // A CR alone, or the input ends before its LF: the record-start loop reads on.
+                    self.pending_cr = true;
+                    break;
+                }
+                self.data[base..base + used - region].copy_from_slice(&input[region..used]);
+                base += used - region;
+                used += 1;
+                region = used;
+                lf_of_crlf = end + 1;
+            }
+            match input.get(used) {
+                Some(&b) if b != quote && b != b'\n' && b != b'\r' => {
                     self.at_record_start = false;
                     self.record_line = self.line;
                     self.record_first_field = self.ends.len();
                 }
-                _ => {
-                    self.pending_cr = terminator == b'\r';
-                    break;
-                }
+                _ => break,
             }
         }
-        self.data[base..base + used].copy_from_slice(&input[..used]);
-        *len = self.data_len_after_rollback(base + used);
+        self.data[base..base + used - region].copy_from_slice(&input[region..used]);
+        *len = self.data_len_after_rollback(base + used - region);
         if let Err(e) = outcome {
             self.data_len = *len;
             return Err(e);
