@@ -175,6 +175,22 @@ impl Iterator for Terminators<'_> {
     }
 }
 
+/// A run of input copied into the decoder's buffer: `input[region..]` goes to `data[base..]`.
+struct Run {
+    region: usize,
+    base: usize,
+}
+
+impl Run {
+    /// Copies `input[region..until]` and moves the run past it.
+    fn copy_to(&mut self, data: &mut [u8], input: &[u8], until: usize) {
+        let n = until - self.region;
+        data[self.base..self.base + n].copy_from_slice(&input[self.region..until]);
+        self.base += n;
+        self.region = until;
+    }
+}
+
 /// The location of the partition being decoded, for messages.
 #[derive(Debug, Clone)]
 pub struct Origin {
@@ -348,14 +364,12 @@ impl CsvDecoder {
             if self.at_field_start {
                 self.field_quoted = input[pos] == self.dialect.quote as u8;
                 self.at_field_start = false;
-                if !self.field_quoted {
-                    // Unquoted fields that end in this input are taken as they stand (csv_core
-                    // reads such fields literally too), many at a time; the rest goes to csv_core.
-                    let used = self.read_unquoted(&input[pos..], &mut len, ncols)?;
-                    if used > 0 {
-                        pos += used;
-                        continue;
-                    }
+                // Fields that end in this input and need no unescaping are taken many at a
+                // time; the rest goes to csv_core.
+                let used = self.read_fields(&input[pos..], &mut len, ncols)?;
+                if used > 0 {
+                    pos += used;
+                    continue;
                 }
             }
             let rest = &input[pos..];
@@ -399,28 +413,50 @@ impl CsvDecoder {
         Ok(pos)
     }
 
-    /// Reads the unquoted fields at the start of `input` that end in it, straight into the
-    /// batch: one scan finds where they end and a copy per run of lines moves them, each with
-    /// the byte that ended it (in `data` every field is followed by one such byte, so a field
-    /// starts one byte after the previous one ends; a CRLF's LF is left out). Stops before a
-    /// quoted field, a field that the input cuts, a blank line, after a CR that no LF follows
-    /// in this input (the record-start loop reads what follows), after a record that was
-    /// rejected or was the header, and when the batch is full. Returns the bytes consumed;
+    /// Reads the fields at the start of `input` that end in it and need no unescaping (unquoted
+    /// fields, which csv_core reads literally too, and quoted ones without a quote or escape
+    /// inside), straight into the batch: one scan finds where they end, and a copy per run of
+    /// input moves them, each with the byte that ended it (in `data` every field is followed by
+    /// one such byte, so a field starts one byte after the previous one ends; a CRLF's LF and
+    /// the quotes are left out). Stops before a field csv_core must read (a quoted field with a
+    /// quote or escape inside, or cut by the input), before a blank line, after a CR that no LF
+    /// follows in this input (the record-start loop reads what follows), after a record that
+    /// was rejected or was the header, and when the batch is full. Returns the bytes consumed;
     /// `len` becomes the data length.
-    fn read_unquoted(&mut self, input: &[u8], len: &mut usize, ncols: usize) -> Result<usize> {
+    fn read_fields(&mut self, input: &[u8], len: &mut usize, ncols: usize) -> Result<usize> {
         let delimiter = self.dialect.delimiter as u8;
         let quote = self.dialect.quote as u8;
-        // `input[region..used]` goes to `data[base..]`; a CRLF's LF is no data, so the region
-        // starts again after it.
-        let (mut region, mut base, mut used) = (0, *len, 0);
+        // `input[run.region..used]` goes to `data[run.base..]`.
+        let mut run = Run {
+            region: 0,
+            base: *len,
+        };
+        let mut used = 0;
+        // Terminators before `skip_to` are inside a quoted field (its line breaks count as
+        // lines); `lf_of_crlf` is a CRLF's LF (the CR counted the line).
+        let mut skip_to = 0;
         let mut lf_of_crlf = usize::MAX;
+        let mut quoted = false;
+        if input.first() == Some(&quote) {
+            match self.quoted_field(input, 0, &mut run) {
+                Some(after) => (skip_to, quoted) = (after, true),
+                None => return Ok(0),
+            }
+        }
         let mut outcome = Ok(());
         for end in Terminators::new(input, delimiter) {
             if end == lf_of_crlf {
                 continue;
             }
-            self.ends.push(base + end - region);
-            self.quoted.push(false);
+            if end < skip_to {
+                if input[end] == b'\n' {
+                    self.line += 1;
+                }
+                continue;
+            }
+            self.ends.push(run.base + end - run.region);
+            self.quoted.push(quoted);
+            quoted = false;
             used = end + 1;
             let terminator = input[end];
             let next = input.get(used).copied();
@@ -429,7 +465,10 @@ impl CsvDecoder {
                 // one more, empty field.
                 self.fast_delimited = true;
                 if next == Some(quote) {
-                    break;
+                    match self.quoted_field(input, used, &mut run) {
+                        Some(after) => (skip_to, quoted) = (after, true),
+                        None => break,
+                    }
                 }
                 continue;
             }
@@ -447,23 +486,28 @@ impl CsvDecoder {
                     self.pending_cr = true;
                     break;
                 }
-                self.data[base..base + used - region].copy_from_slice(&input[region..used]);
-                base += used - region;
+                run.copy_to(&mut self.data, input, used);
+                lf_of_crlf = used;
                 used += 1;
-                region = used;
-                lf_of_crlf = end + 1;
+                run.region = used;
             }
             match input.get(used) {
-                Some(&b) if b != quote && b != b'\n' && b != b'\r' => {
+                Some(&b) if b != b'\n' && b != b'\r' => {
                     self.at_record_start = false;
                     self.record_line = self.line;
                     self.record_first_field = self.ends.len();
+                    if b == quote {
+                        match self.quoted_field(input, used, &mut run) {
+                            Some(after) => (skip_to, quoted) = (after, true),
+                            None => break,
+                        }
+                    }
                 }
                 _ => break,
             }
         }
-        self.data[base..base + used - region].copy_from_slice(&input[region..used]);
-        *len = self.data_len_after_rollback(base + used - region);
+        run.copy_to(&mut self.data, input, used);
+        *len = self.data_len_after_rollback(run.base);
         if let Err(e) = outcome {
             self.data_len = *len;
             return Err(e);
@@ -473,8 +517,34 @@ impl CsvDecoder {
             // reads the same from there).
             self.parser.reset();
             self.at_field_start = true;
+            self.field_quoted = false;
         }
         Ok(used)
+    }
+
+    /// Takes the quoted field that starts at `input[at]` when its text needs no unescaping
+    /// and a terminator follows its closing quote in this input: copies what precedes it and
+    /// its text, and returns where its terminator is (the caller counts the line breaks in
+    /// its text as it skips them). `None` leaves it to csv_core.
+    fn quoted_field(&mut self, input: &[u8], at: usize, run: &mut Run) -> Option<usize> {
+        let quote = self.dialect.quote as u8;
+        let text = at + 1;
+        let close = text + memchr::memchr(quote, &input[text..])?;
+        let terminator = *input.get(close + 1)?;
+        if terminator != self.dialect.delimiter as u8 && terminator != b'\n' && terminator != b'\r'
+        {
+            return None;
+        }
+        if let Some(escape) = self.dialect.escape
+            && memchr::memchr(escape as u8, &input[text..close]).is_some()
+        {
+            return None;
+        }
+        run.copy_to(&mut self.data, input, at);
+        run.region = text;
+        run.copy_to(&mut self.data, input, close);
+        run.region = close + 1;
+        Some(close + 1)
     }
 
     /// The data length once a rejected record was rolled back (ends are the truth).
@@ -1237,13 +1307,8 @@ pub fn find_boundaries(
                     _ => {
                         // No target in this chunk: count quotes and newlines in bulk.
                         let rest = &chunk[i..];
-                        for j in memchr::memchr2_iter(quote, b'\n', rest) {
-                            if rest[j] == quote {
-                                in_quotes = !in_quotes;
-                            } else {
-                                line += 1;
-                            }
-                        }
+                        line += memchr::memchr_iter(b'\n', rest).count() as u64;
+                        in_quotes ^= memchr::memchr_iter(quote, rest).count() % 2 == 1;
                         i = n;
                         continue;
                     }
@@ -1626,6 +1691,42 @@ mod tests {
                 .iter()
                 .any(|s| s.location == "t.csv:5" && s.reason.contains("has 3 fields"))
         );
+    }
+
+    #[test]
+    fn an_escape_character_reads_as_the_csv_crate_reads_it() {
+        // Quoted fields with and without the escape inside, at the start, middle and end of
+        // records, with LF and CRLF ends.
+        let text = b"a,b,c\n\"x\\\"y\",\"plain\",z\r\nq,\"p\\\\r\",\"\"\n\"1,2\",\"e\\\"\",\"3\"\n";
+        let dialect = CsvDialect {
+            escape: Some('\\'),
+            ..CsvDialect::default()
+        };
+        let expected: Vec<Vec<String>> = csv::ReaderBuilder::new()
+            .escape(Some(b'\\'))
+            .double_quote(false)
+            .from_reader(&text[..])
+            .records()
+            .map(|r| r.unwrap().iter().map(str::to_string).collect())
+            .collect();
+        assert_eq!(expected.len(), 3);
+        let s = schema(&[
+            ("a", DataType::Utf8),
+            ("b", DataType::Utf8),
+            ("c", DataType::Utf8),
+        ]);
+        for piece_len in [text.len(), 5, 1] {
+            let (batches, _, _) =
+                decode_in_pieces(text, s.clone(), dialect.clone(), 10, false, piece_len).unwrap();
+            let rows: Vec<Vec<String>> = (0..batches[0].num_rows())
+                .map(|r| {
+                    (0..3)
+                        .map(|c| batches[0].column(c).as_string::<i32>().value(r).to_string())
+                        .collect()
+                })
+                .collect();
+            assert_eq!(rows, expected, "pieces of {piece_len}");
+        }
     }
 
     #[test]
