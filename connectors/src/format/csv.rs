@@ -1730,6 +1730,23 @@ mod tests {
     }
 
     #[test]
+    fn a_quoted_line_break_after_a_crlf_counts_once() {
+        // Found by the property test: a CRLF's LF followed by a quoted field with a line break
+        // was counted as a line of its own.
+        let text = b"a,b\r\n\"x\ny\",1\r\nbad\n2,3\n";
+        let s = schema(&[("a", DataType::Utf8), ("b", DataType::Utf8)]);
+        for piece_len in [text.len(), 1] {
+            let (batches, skipped, _) =
+                decode_in_pieces(text, s.clone(), CsvDialect::default(), 10, true, piece_len)
+                    .unwrap();
+            assert_eq!(batches[0].num_rows(), 2);
+            assert_eq!(batches[0].column(0).as_string::<i32>().value(0), "x\ny");
+            assert_eq!(skipped.len(), 1);
+            assert_eq!(skipped[0].location, "t.csv:4", "pieces of {piece_len}");
+        }
+    }
+
+    #[test]
     fn custom_dialect_and_null_text() {
         let text = b"a;b\n\\N;'x;y'\n'\\N';\\N\n";
         let dialect = CsvDialect {
