@@ -888,8 +888,15 @@ impl<'a> Column<'a> {
                 Arc::new(b.finish().with_precision_and_scale(*p, *sc)?)
             }
             DataType::Utf8 => {
-                let mut b =
-                    StringBuilder::with_capacity(self.rows, self.data.len() / self.ncols.max(1));
+                // The column's exact text size: no growing (and copying) while it is built,
+                // and the batch charges the budget for what it holds.
+                let bytes = (0..self.rows)
+                    .map(|row| {
+                        let (start, end, _) = self.span(row);
+                        end - start
+                    })
+                    .sum();
+                let mut b = StringBuilder::with_capacity(self.rows, bytes);
                 self.each_value(name, bad, |v| {
                     b.append_option(v);
                     Ok(())
