@@ -1,7 +1,9 @@
 //! CSV: a streaming decoder into Arrow, schema inference, record-boundary splitting, and an
 //! encoder.
 //!
-//! Tokenizing is csv-core's; this module adds what arrow's own CSV reader cannot do:
+//! Fields that need no unescaping (unquoted, or quoted without a quote or escape inside) are
+//! found by one scan of each read block, eight bytes at a time, and copied in runs; csv-core's
+//! state machine reads the others. This module adds what arrow's own CSV reader cannot do:
 //! PostgreSQL's null convention (an unquoted empty field is NULL, a quoted empty field is the
 //! empty string), exact file line numbers for every record (quoted newlines and CRLF
 //! included), and rows that fail to convert either failing the job with file, line, column and
@@ -1579,7 +1581,7 @@ mod tests {
 
     #[test]
     fn unquoted_fields_read_the_same_whole_or_in_pieces() {
-        // Unquoted fields (the memchr path) beside quoted ones (csv_core), a quote inside an
+        // Unquoted fields (the scan) beside quoted ones (the scan, or csv_core), a quote inside an
         // unquoted field (literal), CR, LF and CRLF ends, and data that ends right after a
         // delimiter: the last field is then an empty one (NULL).
         let text = b"a,b,c\r1,x\"y,\"q,1\"\n2,,\"\"\r\n\"3\",z,\n4,w,";
