@@ -7,7 +7,7 @@ use arrow::array::AsArray;
 use arrow::datatypes::DataType;
 use tempfile::TempDir;
 
-use crate::support::{js, read_parquet, run_job, run_ok, tree};
+use crate::support::{assert_batches_end_by_bytes, js, read_parquet, run_job, run_ok, tree};
 
 fn job(name: &str, source: String, sink: String, extra: &str) -> String {
     format!(r#"{{"name":"{name}","source":{source},"sink":{sink}{extra}}}"#)
@@ -765,36 +765,6 @@ fn wide_rows_end_batches_by_bytes_in_parquet_and_json_lines() {
             file(&out, r#"{"type":"arrow_ipc"}"#),
             r#","parallel_copies":1,"max_buffer_bytes":"12MiB""#,
         ));
-        let reader =
-            arrow::ipc::reader::FileReader::try_new(std::fs::File::open(&out).unwrap(), None)
-                .unwrap();
-        let mut next = 0i64;
-        let mut sizes = Vec::new();
-        for batch in reader {
-            let batch = batch.unwrap();
-            let payloads = batch.column(1).as_string::<i32>();
-            for (r, id) in batch
-                .column(0)
-                .as_primitive::<arrow::datatypes::Int64Type>()
-                .values()
-                .iter()
-                .enumerate()
-            {
-                assert_eq!(*id, next, "{format}: rows in order, each once");
-                assert_eq!(payloads.value(r), payload(next as usize));
-                next += 1;
-            }
-            sizes.push(payloads.value_data().len());
-        }
-        assert_eq!(next, ROWS as i64, "{format}");
-        let row = payload(0).len();
-        let (last, full) = sizes.split_last().unwrap();
-        assert!(
-            !full.is_empty()
-                && full.iter().chain([last]).all(|&s| s < LIMIT + row)
-                && full.iter().all(|&s| s > LIMIT / 2),
-            "{format}: batches of about {LIMIT} payload bytes, not one of {}: {sizes:?}",
-            ROWS * row
-        );
+        assert_batches_end_by_bytes(&out, ROWS, payload, LIMIT, format);
     }
 }

@@ -1602,34 +1602,5 @@ fn wide_rows_end_batches_by_bytes() {
         "sink": {"type": "file", "path": out, "format": {"type": "arrow_ipc"}}});
     let (ok, text) = copy(&server, dir.path(), job);
     assert!(ok, "{text}");
-    let reader =
-        arrow::ipc::reader::FileReader::try_new(std::fs::File::open(&out).unwrap(), None).unwrap();
-    let mut next = 0i64;
-    let mut sizes = Vec::new();
-    for batch in reader {
-        let batch = batch.unwrap();
-        let payloads = batch.column(1).as_string::<i32>();
-        for (r, id) in batch
-            .column(0)
-            .as_primitive::<Int64Type>()
-            .values()
-            .iter()
-            .enumerate()
-        {
-            assert_eq!(*id, next, "rows in order, each once");
-            assert_eq!(payloads.value(r), payload(next as usize));
-            next += 1;
-        }
-        sizes.push(payloads.value_data().len());
-    }
-    assert_eq!(next, ROWS as i64);
-    let row = payload(0).len();
-    let (last, full) = sizes.split_last().unwrap();
-    assert!(
-        !full.is_empty()
-            && full.iter().chain([last]).all(|&s| s < LIMIT + row)
-            && full.iter().all(|&s| s > LIMIT / 2),
-        "batches of about {LIMIT} bytes of values, not one of {}: {sizes:?}",
-        ROWS * row
-    );
+    crate::support::assert_batches_end_by_bytes(&out, ROWS, payload, LIMIT, "sqlserver");
 }

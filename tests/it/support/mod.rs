@@ -69,6 +69,47 @@ pub fn read_ipc_dir(dir: &Path) -> Vec<RecordBatch> {
         .collect()
 }
 
+/// Checks an Arrow IPC file of `(id int64, payload utf8)` rows written from `rows` rows whose
+/// payload is `payload(id)`: every row once and in order, in batches that end by bytes (each
+/// below `limit` plus one row of payload, all but the last above half of `limit`, and more
+/// than one). `what` names the case in messages.
+pub fn assert_batches_end_by_bytes(
+    path: &Path,
+    rows: usize,
+    payload: impl Fn(usize) -> String,
+    limit: usize,
+    what: &str,
+) {
+    use arrow::array::AsArray;
+    let reader =
+        arrow::ipc::reader::FileReader::try_new(std::fs::File::open(path).unwrap(), None).unwrap();
+    let mut next = 0usize;
+    let mut sizes = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let ids = batch
+            .column(0)
+            .as_primitive::<arrow::datatypes::Int64Type>();
+        let payloads = batch.column(1).as_string::<i32>();
+        for (r, id) in ids.values().iter().enumerate() {
+            assert_eq!(*id, next as i64, "{what}: rows in order, each once");
+            assert_eq!(payloads.value(r), payload(next), "{what}: row {next}");
+            next += 1;
+        }
+        sizes.push(payloads.value_data().len());
+    }
+    assert_eq!(next, rows, "{what}");
+    let row = payload(0).len();
+    let (last, full) = sizes.split_last().unwrap();
+    assert!(
+        !full.is_empty()
+            && full.iter().chain([last]).all(|&s| s < limit + row)
+            && full.iter().all(|&s| s > limit / 2),
+        "{what}: batches of about {limit} payload bytes, not one of {}: {sizes:?}",
+        rows * row
+    );
+}
+
 /// The rows of `batches` pretty-printed and sorted, to compare content regardless of order.
 pub fn sorted_rows(batches: &[RecordBatch]) -> Vec<String> {
     let text = arrow::util::pretty::pretty_format_batches(batches)
