@@ -1119,11 +1119,11 @@ pub fn infer_type<'a>(values: impl Iterator<Item = &'a str>) -> DataType {
     let classify = |v: &str| {
         if Int64Type::parse(v).is_some() {
             Kind::Int
-        } else if Float64Type::parse(v).is_some() && v.bytes().any(|b| b.is_ascii_digit()) {
+        } else if parse_f64(v).is_some() && v.bytes().any(|b| b.is_ascii_digit()) {
             Kind::Float
         } else if parse_bool(v).is_some() {
             Kind::Bool
-        } else if v.len() == 10 && Date32Type::parse(v).is_some() {
+        } else if v.len() == 10 && parse_date(v).is_some() {
             Kind::Date
         } else if v.len() > 10
             && v.as_bytes()[4] == b'-'
