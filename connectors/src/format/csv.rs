@@ -204,6 +204,14 @@ pub struct Origin {
     pub skip_header: bool,
 }
 
+/// The most field data a decoder holds (its field ends are `u32`): a batch ends at half of it,
+/// and a single record larger than that is an error.
+const MAX_DATA: usize = u32::MAX as usize;
+
+/// What the decoder holds for a field besides its data: the byte that ended it, where it ends
+/// (4) and whether it was quoted (1). Batches of many small fields end sooner.
+pub const FIELD_COST: usize = 6;
+
 /// Streams CSV bytes into record batches of a given schema.
 pub struct CsvDecoder {
     schema: SchemaRef,
@@ -222,7 +230,8 @@ pub struct CsvDecoder {
     // `data_len` bytes of `data` (which keeps its length, so that room is zeroed only once).
     data: Vec<u8>,
     data_len: usize,
-    ends: Vec<usize>,
+    /// Where each field's data ends in `data` (which never exceeds [`MAX_DATA`]).
+    ends: Vec<u32>,
     quoted: Vec<bool>,
     lines: Vec<u64>,
     record_first_field: usize,
@@ -251,10 +260,11 @@ impl CsvDecoder {
         self
     }
 
-    /// Ends batches once their complete records hold `bytes` of field data, even before
-    /// `batch_rows` (at least one record a batch).
+    /// Ends batches once their complete records take `bytes` in the decoder (their field data
+    /// and [`FIELD_COST`] bytes a field), even before `batch_rows` (at least one record a
+    /// batch; at most 2 GiB).
     pub fn with_max_batch_bytes(mut self, bytes: usize) -> Self {
-        self.max_batch_bytes = bytes.max(1);
+        self.max_batch_bytes = bytes.clamp(1, MAX_DATA / 2);
         self
     }
 
@@ -275,7 +285,7 @@ impl CsvDecoder {
             parser,
             origin,
             batch_rows: batch_rows.max(1),
-            max_batch_bytes: usize::MAX,
+            max_batch_bytes: MAX_DATA / 2,
             skip_bad_rows,
             schema_declared: false,
             started: false,
@@ -316,9 +326,12 @@ impl CsvDecoder {
         rows >= self.batch_rows
             || (rows * self.schema.fields().len())
                 .checked_sub(1)
-                // `last` fields before it are each followed by one byte that is not data.
-                .and_then(|last| Some(self.ends.get(last)? - last))
-                .is_some_and(|field_bytes| field_bytes >= self.max_batch_bytes)
+                // The data of the fields up to `last`, each followed by its terminator, and
+                // their ends and flags.
+                .and_then(|last| {
+                    Some(*self.ends.get(last)? as usize + 1 + (last + 1) * (FIELD_COST - 1))
+                })
+                .is_some_and(|held| held >= self.max_batch_bytes)
     }
 
     /// Consumes bytes until the input is used up or a batch is full; returns the bytes
@@ -338,6 +351,15 @@ impl CsvDecoder {
         let ncols = self.schema.fields().len();
         // Output never exceeds input: make room once.
         let mut len = self.data_len;
+        if len + input.len() - pos > MAX_DATA {
+            // `batch_full` ends batches long before this: one record is this large.
+            return Err(Error::data(format!(
+                "{}:{}: a record holds more than {} MiB; check the quoting (a quote that is never closed reads the rest of the file as one field)",
+                self.origin.file,
+                self.record_line,
+                MAX_DATA >> 21
+            )));
+        }
         if self.data.len() < len + input.len() - pos {
             self.data.resize(len + input.len() - pos, 0);
         }
@@ -456,7 +478,7 @@ impl CsvDecoder {
                 }
                 continue;
             }
-            self.ends.push(run.base + end - run.region);
+            self.ends.push((run.base + end - run.region) as u32);
             self.quoted.push(quoted);
             quoted = false;
             used = end + 1;
@@ -552,7 +574,7 @@ impl CsvDecoder {
     /// The data length once a rejected record was rolled back (ends are the truth).
     fn data_len_after_rollback(&self, len: usize) -> usize {
         if self.at_record_start {
-            self.ends.last().map_or(0, |end| end + 1)
+            self.ends.last().map_or(0, |&end| end as usize + 1)
         } else {
             len
         }
@@ -560,7 +582,7 @@ impl CsvDecoder {
 
     /// Ends the field whose data ends at `len`, and writes the byte that follows it.
     fn end_field(&mut self, len: &mut usize) {
-        self.ends.push(*len);
+        self.ends.push(*len as u32);
         if *len < self.data.len() {
             self.data[*len] = self.dialect.delimiter as u8;
         } else {
@@ -670,7 +692,7 @@ impl CsvDecoder {
         let complete_data = if complete_fields == 0 {
             0
         } else {
-            self.ends[complete_fields - 1] + 1
+            self.ends[complete_fields - 1] as usize + 1
         };
         let mut bad = vec![false; rows];
         let mut reasons: Vec<(usize, String)> = Vec::new();
@@ -721,7 +743,7 @@ impl CsvDecoder {
         self.data_len -= complete_data;
         self.ends.drain(..complete_fields);
         for end in &mut self.ends {
-            *end -= complete_data;
+            *end -= complete_data as u32;
         }
         self.quoted.drain(..complete_fields);
         self.record_first_field = self.record_first_field.saturating_sub(complete_fields);
@@ -734,7 +756,7 @@ impl CsvDecoder {
 struct Column<'a> {
     data: &'a [u8],
     text: Option<&'a str>,
-    ends: &'a [usize],
+    ends: &'a [u32],
     quoted: &'a [bool],
     ncols: usize,
     col: usize,
@@ -745,8 +767,12 @@ struct Column<'a> {
 impl<'a> Column<'a> {
     fn span(&self, row: usize) -> (usize, usize, bool) {
         let i = row * self.ncols + self.col;
-        let start = if i == 0 { 0 } else { self.ends[i - 1] + 1 };
-        (start, self.ends[i], self.quoted[i])
+        let start = if i == 0 {
+            0
+        } else {
+            self.ends[i - 1] as usize + 1
+        };
+        (start, self.ends[i] as usize, self.quoted[i])
     }
 
     /// The field's text, or `None` for NULL; `Err` with a reason for invalid UTF-8.
@@ -1523,7 +1549,8 @@ mod tests {
 
     #[test]
     fn batches_end_at_their_byte_limit_before_their_row_limit() {
-        // 100 records of `i` and a 10-byte name: 11-13 bytes of fields each.
+        // 100 records of `i` and a 10-byte name: 11-13 bytes of fields each, and what the
+        // decoder holds for each of the two fields.
         let mut text = b"id,name\n".to_vec();
         for i in 0..100 {
             text.extend_from_slice(format!("{i},name-{i:05}\n").as_bytes());
@@ -1535,7 +1562,7 @@ mod tests {
                 .as_any()
                 .downcast_ref::<arrow::array::Int64Array>()
                 .unwrap();
-            ids.value(row).to_string().len() + 10
+            ids.value(row).to_string().len() + 10 + 2 * FIELD_COST
         };
         for piece_len in [text.len(), 7, 1] {
             let d = CsvDecoder::new(schema.clone(), CsvDialect::default(), origin(), 1000, false)
@@ -1568,7 +1595,7 @@ mod tests {
             let mut bytes = 0;
             for i in 0..100 {
                 *expected.last_mut().unwrap() += 1;
-                bytes += i.to_string().len() + 10;
+                bytes += i.to_string().len() + 10 + 2 * FIELD_COST;
                 if bytes >= 100 && i < 99 {
                     expected.push(0);
                     bytes = 0;
