@@ -13,7 +13,7 @@ use crate::{
     Tool, command, ferry_copy, lineitem_file, run_interleaved, stats, work_dir, write_job,
 };
 
-const BUDGETS_MIB: [u64; 3] = [16, 64, 256];
+const BUDGETS_MIB: [u64; 4] = [16, 64, 128, 256];
 
 pub fn run(runs: usize, ferry: &Path) -> Result<()> {
     let work = work_dir()?;

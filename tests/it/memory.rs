@@ -79,10 +79,11 @@ fn a_copy_of_twenty_times_its_budget_stays_within_its_memory_bound() {
     let peak_mib =
         peak_rss_kib(ferry().arg("copy").arg(&job), &tmp.path().join("ferry.log")) / 1024;
     // The bound this build keeps today (docs/operations.md, "Memory"; perf/results/
-    // memory.md): the unoptimised test build peaks at the budget plus about 92 MiB here
-    // (108 MiB), most of it glibc's arenas and the idle process (26 MiB), so the bound is the
-    // budget plus 128 MiB. The target, budget plus 64 MiB, is met from 64 MiB budgets up in the
-    // release build; this test catches a regression of the data's share.
+    // memory.md): the unoptimised test build peaks at the budget plus about 94 MiB here
+    // (110 MiB; its slower stages hold batches longer than the release build, which peaks at
+    // 75-77 MiB on this data's SF 5 sibling), so the bound is the budget plus 128 MiB. The
+    // target, budget plus 64 MiB, is met by the release build for CSV -> Parquet at every
+    // budget measured; this test catches a regression of the data's share.
     let bound = (budget >> 20) + 128;
     assert!(
         peak_mib <= bound,
