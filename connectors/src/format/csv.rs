@@ -221,6 +221,8 @@ pub struct CsvDecoder {
     batch_rows: usize,
     /// Field bytes of complete records after which the batch is full, below `batch_rows`.
     max_batch_bytes: usize,
+    /// The most field data held at once ([`MAX_DATA`]; smaller in tests).
+    max_data: usize,
     skip_bad_rows: bool,
     /// Whether the schema was declared (`format.schema`) rather than inferred: the hint of a
     /// bad value differs.
@@ -264,7 +266,15 @@ impl CsvDecoder {
     /// and [`FIELD_COST`] bytes a field), even before `batch_rows` (at least one record a
     /// batch; at most 2 GiB).
     pub fn with_max_batch_bytes(mut self, bytes: usize) -> Self {
-        self.max_batch_bytes = bytes.clamp(1, MAX_DATA / 2);
+        self.max_batch_bytes = bytes.clamp(1, self.max_data / 2);
+        self
+    }
+
+    /// Holds at most `bytes` of field data (tests; the real limit is 4 GiB).
+    #[cfg(test)]
+    fn with_max_data(mut self, bytes: usize) -> Self {
+        self.max_data = bytes.min(MAX_DATA);
+        self.max_batch_bytes = self.max_batch_bytes.min(self.max_data / 2);
         self
     }
 
@@ -286,6 +296,7 @@ impl CsvDecoder {
             origin,
             batch_rows: batch_rows.max(1),
             max_batch_bytes: MAX_DATA / 2,
+            max_data: MAX_DATA,
             skip_bad_rows,
             schema_declared: false,
             started: false,
@@ -351,13 +362,13 @@ impl CsvDecoder {
         let ncols = self.schema.fields().len();
         // Output never exceeds input: make room once.
         let mut len = self.data_len;
-        if len + input.len() - pos > MAX_DATA {
+        if len + input.len() - pos > self.max_data {
             // `batch_full` ends batches long before this: one record is this large.
             return Err(Error::data(format!(
                 "{}:{}: a record holds more than {} MiB; check the quoting (a quote that is never closed reads the rest of the file as one field)",
                 self.origin.file,
                 self.record_line,
-                MAX_DATA >> 21
+                self.max_data >> 21
             )));
         }
         if self.data.len() < len + input.len() - pos {
@@ -1545,6 +1556,32 @@ mod tests {
         ] {
             assert_eq!(parse_date(text), Date32Type::parse(text), "{text}");
         }
+    }
+
+    #[test]
+    fn a_record_larger_than_the_decoder_holds_is_an_error_naming_its_line() {
+        // Ten good records, then one whose quote is never closed: with 1,000 bytes of room
+        // the decoder gives up on it (4 GiB outside tests), fed in pieces as a file is read.
+        let mut text = b"id,name\n".to_vec();
+        for i in 0..10 {
+            text.extend_from_slice(format!("{i},x\n").as_bytes());
+        }
+        text.extend_from_slice(b"10,\"");
+        text.extend(std::iter::repeat_n(b'y', 5000));
+        text.extend_from_slice(b"\n11,z\n");
+        let schema = schema(&[("id", DataType::Int64), ("name", DataType::Utf8)]);
+        let d = CsvDecoder::new(schema.clone(), CsvDialect::default(), origin(), 1000, false)
+            .with_max_data(1000);
+        let err = feed_in_pieces(d, &text, 100).unwrap_err().to_string();
+        assert!(err.contains("t.csv:12: a record holds more than"), "{err}");
+        assert!(err.contains("a quote that is never closed"), "{err}");
+        // Closed, the same record fits a decoder with room for it.
+        let closed = [&text[..text.len() - 6], b"\"\n11,z\n"].concat();
+        let d = CsvDecoder::new(schema, CsvDialect::default(), origin(), 1000, false)
+            .with_max_data(20_000);
+        let (batches, _, records) = feed_in_pieces(d, &closed, 100).unwrap();
+        assert_eq!(records, 12);
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 12);
     }
 
     #[test]
