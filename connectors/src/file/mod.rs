@@ -193,7 +193,8 @@ impl FileSinkSpec {
             &settings.name,
             &self.path,
         )
-        .with_file_mode(settings.local.output_mode());
+        .with_file_mode(settings.local.output_mode())
+        .with_write_buffer(sink::write_buffer_for(settings));
         Ok(match sibling {
             Some(sibling) => sink.with_exchange_dir(sibling),
             None => sink,

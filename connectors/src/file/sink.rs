@@ -45,8 +45,19 @@ use ferry_engine::sink::crash_point;
 /// The file naming a directory output's complete set, written last by its commit.
 pub const MANIFEST: &str = "_ferry_manifest.json";
 
-/// Bytes buffered per output before they go to the store in one part.
+/// The most bytes buffered per local output before they go to the store in one part (a job
+/// gets less under a small budget: [`write_buffer_for`]).
 pub const WRITE_BUFFER_BYTES: usize = 8 << 20;
+
+/// The write buffer of each local output for a job: an eighth of the memory budget over
+/// `parallel_copies` (the outputs written at once), between 1 MiB and
+/// [`WRITE_BUFFER_BYTES`]. Not charged to the budget,
+/// so a small budget gets a small buffer.
+pub(crate) fn write_buffer_for(settings: &ferry_engine::config::JobSettings) -> usize {
+    let outputs = settings.parallel_copies.get() as u64;
+    (settings.max_buffer_bytes / 8 / outputs.max(1)).clamp(1 << 20, WRITE_BUFFER_BYTES as u64)
+        as usize
+}
 
 /// What to do when the output already exists.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -113,6 +124,8 @@ pub struct FileSink {
     /// A directory destination's hidden sibling, where a whole set can be built and swapped
     /// in by one rename (local files, when the paths policy allows writing it).
     exchange_dir: Option<PathBuf>,
+    /// Bytes buffered per local output before they are written out.
+    write_buffer: usize,
 }
 
 /// What a directory output's [`MANIFEST`] holds.
@@ -169,7 +182,14 @@ impl FileSink {
             roll: None,
             file_mode: None,
             exchange_dir: None,
+            write_buffer: WRITE_BUFFER_BYTES,
         }
+    }
+
+    /// Buffers `bytes` per local output before writing them out (at least 1 MiB).
+    pub fn with_write_buffer(mut self, bytes: usize) -> Self {
+        self.write_buffer = bytes.max(1 << 20);
+        self
     }
 
     /// Builds a directory destination's outputs in `sibling` (a hidden directory beside it)
@@ -996,7 +1016,7 @@ impl FileSink {
         // Not the output's own extension: globbing the destination must not find it.
         let temporary = temp_dir.join(format!("{}-{name}.partial", self.run));
         let writer =
-            BufWriter::with_capacity(self.store.clone(), temporary.clone(), WRITE_BUFFER_BYTES)
+            BufWriter::with_capacity(self.store.clone(), temporary.clone(), self.write_buffer)
                 .with_max_concurrency(2);
         Ok(Box::new(FileOutputWriter {
             store: self.store.clone(),
@@ -1230,3 +1250,26 @@ const NO_EXCHANGE: [i32; 3] = [
     rustix::io::Errno::XDEV.raw_os_error(),
     rustix::io::Errno::BUSY.raw_os_error(),
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_buffers_follow_the_budget_within_their_bounds() {
+        let buffer = |budget_mib: u64, parallel: usize| {
+            let mut settings = ferry_engine::config::JobSettings::new("j");
+            settings.max_buffer_bytes = budget_mib << 20;
+            settings.parallel_copies = std::num::NonZeroUsize::new(parallel).unwrap();
+            write_buffer_for(&settings)
+        };
+        // 64 MiB over 2 outputs: 64 MiB / 8 / 2 = 4 MiB.
+        assert_eq!(buffer(64, 2), 4 << 20);
+        assert_eq!(
+            buffer(16, 2),
+            1 << 20,
+            "a small budget: the smallest buffer"
+        );
+        assert_eq!(buffer(256, 1), WRITE_BUFFER_BYTES, "a large one: the most");
+    }
+}
