@@ -9,6 +9,7 @@
 // `AsyncFileReader`; it still works, and replacing it is tracked as follow-up work.
 #![allow(deprecated)]
 
+use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
@@ -329,8 +330,6 @@ async fn sample(
     .map_err(|e| Error::internal(format!("sampling task: {e}")))?
 }
 
-use std::io::Read as _;
-
 async fn infer(
     store: &Arc<dyn ObjectStore>,
     file: &InputFile,
@@ -625,14 +624,26 @@ impl ReadTask {
         let compression = self.format.compression_of(&file.label);
         let (from, end, skip_records, line, header) = self.text_start();
         let count = Arc::new(AtomicU64::new(0));
-        let raw = Counting {
-            inner: StoreReader::sized(
+        // A local file is read straight into the decoder's buffer (the kernel reads ahead);
+        // a store's ranged GETs go through a block fetched ahead of the one in use.
+        let inner: Box<dyn Read + Send> = if self.local {
+            let mut opened = std::fs::File::open(format!("/{}", file.path))
+                .map_err(|e| Error::io(format!("open {label}"), e))?;
+            opened
+                .seek(SeekFrom::Start(from))
+                .map_err(|e| Error::io(format!("read {label}"), e))?;
+            Box::new(opened.take(end - from))
+        } else {
+            Box::new(StoreReader::sized(
                 self.store.clone(),
                 path,
                 from..end,
                 self.handle.clone(),
                 self.read_block,
-            ),
+            ))
+        };
+        let raw = Counting {
+            inner,
             count: count.clone(),
         };
         let mut reader = compression.reader(raw)?;
