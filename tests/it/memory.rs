@@ -79,12 +79,13 @@ fn a_copy_of_twenty_times_its_budget_stays_within_its_memory_bound() {
     let peak_mib =
         peak_rss_kib(ferry().arg("copy").arg(&job), &tmp.path().join("ferry.log")) / 1024;
     // The bound this build keeps today (docs/operations.md, "Memory"; perf/results/
-    // memory.md): the unoptimised test build peaks at the budget plus about 94 MiB here
-    // (110 MiB; its slower stages hold batches longer than the release build, which peaks at
-    // 75-77 MiB on this data's SF 5 sibling), so the bound is the budget plus 128 MiB. The
-    // target, budget plus 64 MiB, is met by the release build for CSV -> Parquet at every
-    // budget measured; this test catches a regression of the data's share.
-    let bound = (budget >> 20) + 128;
+    // memory.md): the unoptimised test build peaks at 87-88 MiB here (its slower stages hold
+    // batches longer than the release build, which peaks at 63-64 MiB on this data's SF 5
+    // sibling), so the bound is the budget plus 96 MiB, which leaves room for a slower or
+    // busier machine. The target, budget plus 64 MiB, is met by the release build; this test
+    // catches a regression of the data's share (before jemalloc and the budget-sized write
+    // buffers this build peaked at 108-110 MiB).
+    let bound = (budget >> 20) + 96;
     assert!(
         peak_mib <= bound,
         "peak RSS {peak_mib} MiB over the bound of {bound} MiB for a 16 MiB budget"
