@@ -50,9 +50,8 @@ pub const MANIFEST: &str = "_ferry_manifest.json";
 pub const WRITE_BUFFER_BYTES: usize = 8 << 20;
 
 /// The write buffer of each local output for a job: an eighth of the memory budget over
-/// `parallel_copies` (the outputs written at once), between 1 MiB and
-/// [`WRITE_BUFFER_BYTES`]. Not charged to the budget,
-/// so a small budget gets a small buffer.
+/// `parallel_copies` (the outputs written at once), between 1 MiB and [`WRITE_BUFFER_BYTES`].
+/// Not charged to the budget, so a small budget gets a small buffer.
 pub(crate) fn write_buffer_for(settings: &ferry_engine::config::JobSettings) -> usize {
     let outputs = settings.parallel_copies.get() as u64;
     (settings.max_buffer_bytes / 8 / outputs.max(1)).clamp(1 << 20, WRITE_BUFFER_BYTES as u64)
