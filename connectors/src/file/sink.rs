@@ -1256,11 +1256,8 @@ mod tests {
 
     #[test]
     fn write_buffers_follow_the_budget_within_their_bounds() {
-        let buffer = |budget_mib: u64, parallel: usize| {
-            let mut settings = ferry_engine::config::JobSettings::new("j");
-            settings.max_buffer_bytes = budget_mib << 20;
-            settings.parallel_copies = std::num::NonZeroUsize::new(parallel).unwrap();
-            write_buffer_for(&settings)
+        let buffer = |budget_mib, parallel| {
+            write_buffer_for(&crate::format::io::settings_with(budget_mib, parallel))
         };
         // 64 MiB over 2 outputs: 64 MiB / 8 / 2 = 4 MiB.
         assert_eq!(buffer(64, 2), 4 << 20);

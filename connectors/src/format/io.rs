@@ -28,6 +28,16 @@ pub fn read_block_for(settings: &ferry_engine::config::JobSettings) -> u64 {
     (settings.max_buffer_bytes / 8 / (3 * readers).max(1)).clamp(MIN_READ_BLOCK, DEFAULT_READ_BLOCK)
 }
 
+/// The settings of a job with a budget of `budget_mib` MiB over `parallel` copies (tests of
+/// what follows the budget).
+#[cfg(test)]
+pub(crate) fn settings_with(budget_mib: u64, parallel: usize) -> ferry_engine::config::JobSettings {
+    let mut settings = ferry_engine::config::JobSettings::new("j");
+    settings.max_buffer_bytes = budget_mib << 20;
+    settings.parallel_copies = std::num::NonZeroUsize::new(parallel).expect("at least one copy");
+    settings
+}
+
 /// Deletes `files` from `store`.
 pub async fn delete_listed(
     store: &dyn ObjectStore,
@@ -190,12 +200,7 @@ mod tests {
 
     #[test]
     fn read_blocks_follow_the_budget_within_their_bounds() {
-        let block = |budget_mib: u64, parallel: usize| {
-            let mut settings = ferry_engine::config::JobSettings::new("j");
-            settings.max_buffer_bytes = budget_mib << 20;
-            settings.parallel_copies = std::num::NonZeroUsize::new(parallel).unwrap();
-            read_block_for(&settings)
-        };
+        let block = |budget_mib, parallel| read_block_for(&settings_with(budget_mib, parallel));
         // 64 MiB over 4 readers: 64 MiB / 8 / 12 = 699,050 bytes.
         assert_eq!(block(64, 4), (64 << 20) / 8 / 12);
         assert_eq!(
