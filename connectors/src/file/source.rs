@@ -369,6 +369,12 @@ async fn parquet_builder(
         .map_err(|e| metadata_error(file, e))
 }
 
+/// Opens an input of the local file system, where object path `a/b` is the file `/a/b`.
+fn open_local(file: &InputFile) -> Result<std::fs::File> {
+    std::fs::File::open(format!("/{}", file.path))
+        .map_err(|e| Error::io(format!("open {}", file.label), e))
+}
+
 fn metadata_error(file: &InputFile, e: parquet::errors::ParquetError) -> Error {
     Error::invalid_input(format!("{}: cannot read parquet metadata: {e}", file.label))
 }
@@ -627,8 +633,7 @@ impl ReadTask {
         // A local file is read straight into the decoder's buffer (the kernel reads ahead);
         // a store's ranged GETs go through a block fetched ahead of the one in use.
         let inner: Box<dyn Read + Send> = if self.local {
-            let mut opened = std::fs::File::open(format!("/{}", file.path))
-                .map_err(|e| Error::io(format!("open {label}"), e))?;
+            let mut opened = open_local(file)?;
             opened
                 .seek(SeekFrom::Start(from))
                 .map_err(|e| Error::io(format!("read {label}"), e))?;
@@ -752,8 +757,7 @@ impl ReadTask {
         // the file as it decodes); the asynchronous reader fetches a whole row group's column
         // chunks first, which holds a large row group in memory outside the budget.
         let (mut batches, total_rows): (Box<dyn Iterator<Item = _>>, u64) = if self.local {
-            let opened = std::fs::File::open(format!("/{}", file.path))
-                .map_err(|e| Error::io(format!("open {}", file.label), e))?;
+            let opened = open_local(file)?;
             let builder = ParquetRecordBatchReaderBuilder::try_new(opened)
                 .map_err(|e| metadata_error(file, e))?;
             let (builder, total_rows) = self.configure(builder, first, count, offset);
