@@ -10,15 +10,17 @@
 //! value, or being skipped and reported one by one.
 
 use std::fmt::Write as _;
+use std::ops::Range;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanBuilder, Decimal128Builder, PrimitiveBuilder, StringBuilder};
+use arrow::array::{ArrayRef, BooleanBuilder, PrimitiveBuilder, StringBuilder};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{
-    DataType, Date32Type, Decimal128Type, Field, Float32Type, Float64Type, Int8Type, Int16Type,
-    Int32Type, Int64Type, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
-    TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType, UInt8Type, UInt16Type,
-    UInt32Type, UInt64Type,
+    ArrowPrimitiveType, DataType, Date32Type, Decimal128Type, Field, Float32Type, Float64Type,
+    Int8Type, Int16Type, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit,
+    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+    TimestampSecondType, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+    validate_decimal_precision_and_scale,
 };
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use arrow_cast_parse::Parser;
@@ -708,24 +710,49 @@ impl CsvDecoder {
         let mut bad = vec![false; rows];
         let mut reasons: Vec<(usize, String)> = Vec::new();
         let text = std::str::from_utf8(&self.data[..complete_data]);
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.schema.fields().len());
-        for (col, field) in self.schema.fields().iter().enumerate() {
-            let column = Column {
-                data: &self.data[..complete_data],
-                text: text.as_ref().ok().copied(),
-                ends: &self.ends,
-                quoted: &self.quoted,
-                ncols: self.schema.fields().len(),
-                col,
-                rows,
-                null_value: self.dialect.null_value.as_bytes(),
-            };
-            let array = column.build(field, &mut |row, reason| {
-                if !bad[row] {
-                    bad[row] = true;
-                    reasons.push((row, reason));
+        let ncols = self.schema.fields().len();
+        let column = |col| Column {
+            data: &self.data[..complete_data],
+            text: text.as_ref().ok().copied(),
+            ends: &self.ends,
+            quoted: &self.quoted,
+            ncols,
+            col,
+            null_value: self.dialect.null_value.as_bytes(),
+        };
+        let mut on_bad = |row: usize, reason| {
+            if !bad[row] {
+                bad[row] = true;
+                reasons.push((row, reason));
+            }
+        };
+        let mut builders = (0..ncols)
+            .map(|col| column_builder(self.schema.field(col), &column(col), rows))
+            .collect::<Result<Vec<_>>>()?;
+        for start in (0..rows).step_by(TILE_ROWS) {
+            let tile = start..(start + TILE_ROWS).min(rows);
+            for (col, builder) in builders.iter_mut().enumerate() {
+                builder.append(&column(col), tile.clone(), &mut on_bad);
+            }
+        }
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(ncols);
+        for (col, mut builder) in builders.into_iter().enumerate() {
+            let array = builder.finish();
+            let field = self.schema.field(col);
+            if !field.is_nullable() && array.null_count() > 0 {
+                let column = column(col);
+                for row in 0..rows {
+                    if array.is_null(row) && matches!(column.value(row), Ok(None)) {
+                        on_bad(
+                            row,
+                            format!(
+                                "column `{}` is NULL but the schema does not allow nulls",
+                                field.name()
+                            ),
+                        );
+                    }
                 }
-            })?;
+            }
             columns.push(array);
         }
         reasons.sort_by_key(|(row, _)| *row);
@@ -763,6 +790,11 @@ impl CsvDecoder {
     }
 }
 
+/// Rows converted at a time: every column takes its values from these rows while their fields
+/// are still in L1 cache (a column at a time over a whole batch reads each field's bytes back
+/// from beyond it).
+const TILE_ROWS: usize = 64;
+
 /// One column of the buffered records.
 struct Column<'a> {
     data: &'a [u8],
@@ -771,7 +803,6 @@ struct Column<'a> {
     quoted: &'a [bool],
     ncols: usize,
     col: usize,
-    rows: usize,
     null_value: &'a [u8],
 }
 
@@ -787,6 +818,7 @@ impl<'a> Column<'a> {
     }
 
     /// The field's text, or `None` for NULL; `Err` with a reason for invalid UTF-8.
+    #[inline]
     fn value(&self, row: usize) -> std::result::Result<Option<&'a str>, String> {
         let (start, end, quoted) = self.span(row);
         let bytes = &self.data[start..end];
@@ -801,16 +833,18 @@ impl<'a> Column<'a> {
         }
     }
 
-    /// Gives each row's value (`None` for NULL) to `put`, which appends it or, when it
-    /// cannot take it, appends a NULL and says why; that reason, or a value that is not
+    /// Gives the value of each of `rows` (`None` for NULL) to `put`, which appends it or, when
+    /// it cannot take it, appends a NULL and says why; that reason, or a value that is not
     /// UTF-8, goes to `bad` with the row.
+    #[inline]
     fn each_value(
         &self,
+        rows: Range<usize>,
         name: &str,
         bad: &mut dyn FnMut(usize, String),
         mut put: impl FnMut(Option<&str>) -> std::result::Result<(), String>,
     ) {
-        for row in 0..self.rows {
+        for row in rows {
             let outcome = match self.value(row) {
                 Ok(value) => put(value),
                 Err(reason) => {
@@ -824,131 +858,261 @@ impl<'a> Column<'a> {
         }
     }
 
-    fn build(&self, field: &Field, bad: &mut dyn FnMut(usize, String)) -> Result<ArrayRef> {
-        let name = field.name();
-        let array = self.column(field, bad)?;
-        if !field.is_nullable() && array.null_count() > 0 {
-            for row in 0..self.rows {
-                if array.is_null(row) && matches!(self.value(row), Ok(None)) {
-                    bad(
-                        row,
-                        format!("column `{name}` is NULL but the schema does not allow nulls"),
-                    );
-                }
-            }
+    /// Calls `f` with each of `rows`, where its field's bytes are in `data`, and whether it
+    /// is NULL.
+    #[inline(always)]
+    fn each_span(&self, rows: Range<usize>, mut f: impl FnMut(usize, Range<usize>, bool)) {
+        let mut i = rows.start * self.ncols + self.col;
+        for row in rows {
+            let start = if i == 0 {
+                0
+            } else {
+                self.ends[i - 1] as usize + 1
+            };
+            let end = self.ends[i] as usize;
+            let null = self.data[start..end] == *self.null_value && !self.quoted[i];
+            f(row, start..end, null);
+            i += self.ncols;
         }
-        Ok(array)
     }
 
-    /// The column of `field`, parsed from every row.
-    fn column(&self, field: &Field, bad: &mut dyn FnMut(usize, String)) -> Result<ArrayRef> {
-        let name = field.name();
-        let invalid =
-            |value: &str, what: &str| format!("column `{name}`: `{}` {what}", shorten(value));
-        // Appends value `v` parsed by `parse` (NULL stays NULL; `None` from `parse`: the text
-        // is not `what`).
-        macro_rules! put {
-            ($b:ident, $v:expr, |$s:ident| $parse:expr, $what:expr) => {
-                match $v {
-                    None => {
-                        $b.append_null();
-                        Ok(())
-                    }
-                    Some($s) => match $parse {
-                        Some(x) => {
-                            $b.append_value(x);
-                            Ok(())
-                        }
-                        None => {
-                            $b.append_null();
-                            Err(invalid($s, $what))
-                        }
-                    },
+    /// The sum of the field lengths of the first `rows` rows.
+    fn text_bytes(&self, rows: usize) -> usize {
+        let mut bytes = 0;
+        self.each_span(0..rows, |_, span, _| bytes += span.len());
+        bytes
+    }
+}
+
+/// Why `bytes` of column `name` are not `what`.
+#[cold]
+fn invalid(name: &str, bytes: &[u8], what: &str) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => format!("column `{name}`: `{}` {what}", shorten(text)),
+        Err(e) => format!(
+            "column `{name}` is not valid UTF-8 at byte {}",
+            e.valid_up_to()
+        ),
+    }
+}
+
+/// Builds one column of a batch from its text, a tile of rows at a time.
+trait ColumnBuilder {
+    fn append(
+        &mut self,
+        column: &Column<'_>,
+        rows: Range<usize>,
+        bad: &mut dyn FnMut(usize, String),
+    );
+    fn finish(&mut self) -> ArrayRef;
+}
+
+/// A column of a primitive type, parsed by `parse`; text it does not take is `what`.
+struct Parsed<T: ArrowPrimitiveType, P> {
+    name: String,
+    builder: PrimitiveBuilder<T>,
+    data_type: DataType,
+    parse: P,
+    what: String,
+}
+
+impl<T, P> ColumnBuilder for Parsed<T, P>
+where
+    T: ArrowPrimitiveType,
+    P: Fn(&[u8]) -> Option<T::Native>,
+{
+    fn append(
+        &mut self,
+        column: &Column<'_>,
+        rows: Range<usize>,
+        bad: &mut dyn FnMut(usize, String),
+    ) {
+        column.each_span(rows, |row, span, null| {
+            if null {
+                return self.builder.append_null();
+            }
+            let bytes = &column.data[span];
+            match (self.parse)(bytes) {
+                Some(value) => self.builder.append_value(value),
+                None => {
+                    self.builder.append_null();
+                    bad(row, invalid(&self.name, bytes, &self.what));
                 }
-            };
-        }
-        macro_rules! primitive {
-            ($t:ty, $what:expr) => {{
-                let mut b = PrimitiveBuilder::<$t>::with_capacity(self.rows);
-                self.each_value(name, bad, |v| {
-                    put!(b, v, |s| <$t as Parser>::parse(s), $what)
-                });
-                Arc::new(b.finish().with_data_type(field.data_type().clone())) as ArrayRef
-            }};
-        }
-        Ok(match field.data_type() {
-            DataType::Boolean => {
-                let mut b = BooleanBuilder::with_capacity(self.rows);
-                let what = "is not a boolean (true/false, t/f, yes/no, 1/0)";
-                self.each_value(name, bad, |v| put!(b, v, |s| parse_bool(s), what));
-                Arc::new(b.finish())
             }
-            DataType::Int8 => primitive!(Int8Type, "is not an int8"),
-            DataType::Int16 => primitive!(Int16Type, "is not an int16"),
-            DataType::Int32 => primitive!(Int32Type, "is not an int32"),
-            DataType::Int64 => primitive!(Int64Type, "is not an int64"),
-            DataType::UInt8 => primitive!(UInt8Type, "is not a uint8"),
-            DataType::UInt16 => primitive!(UInt16Type, "is not a uint16"),
-            DataType::UInt32 => primitive!(UInt32Type, "is not a uint32"),
-            DataType::UInt64 => primitive!(UInt64Type, "is not a uint64"),
-            DataType::Float32 => primitive!(Float32Type, "is not a number"),
-            DataType::Float64 => {
-                let mut b = PrimitiveBuilder::<Float64Type>::with_capacity(self.rows);
-                let what = "is not a number";
-                self.each_value(name, bad, |v| put!(b, v, |s| parse_f64(s), what));
-                Arc::new(b.finish())
-            }
-            DataType::Date32 => {
-                let mut b = PrimitiveBuilder::<Date32Type>::with_capacity(self.rows);
-                let what = "is not a date (YYYY-MM-DD)";
-                self.each_value(name, bad, |v| put!(b, v, |s| parse_date(s), what));
-                Arc::new(b.finish())
-            }
-            DataType::Timestamp(TimeUnit::Second, _) => {
-                primitive!(TimestampSecondType, "is not a timestamp")
-            }
-            DataType::Timestamp(TimeUnit::Millisecond, _) => {
-                primitive!(TimestampMillisecondType, "is not a timestamp")
-            }
-            DataType::Timestamp(TimeUnit::Microsecond, _) => {
-                primitive!(TimestampMicrosecondType, "is not a timestamp")
-            }
-            DataType::Timestamp(TimeUnit::Nanosecond, _) => {
-                primitive!(TimestampNanosecondType, "is not a timestamp")
-            }
-            DataType::Decimal128(p, sc) => {
-                let mut b = Decimal128Builder::with_capacity(self.rows);
-                let what = format!("is not a decimal({p},{sc})");
-                let parse = |s: &str| {
-                    arrow::compute::kernels::cast_utils::parse_decimal::<Decimal128Type>(s, *p, *sc)
-                        .ok()
-                };
-                self.each_value(name, bad, |v| put!(b, v, |s| parse(s), &what));
-                Arc::new(b.finish().with_precision_and_scale(*p, *sc)?)
-            }
-            DataType::Utf8 => {
-                // The column's exact text size: no growing (and copying) while it is built,
-                // and the batch charges the budget for what it holds.
-                let bytes = (0..self.rows)
-                    .map(|row| {
-                        let (start, end, _) = self.span(row);
-                        end - start
-                    })
-                    .sum();
-                let mut b = StringBuilder::with_capacity(self.rows, bytes);
-                self.each_value(name, bad, |v| {
-                    b.append_option(v);
+        });
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        Arc::new(self.builder.finish().with_data_type(self.data_type.clone()))
+    }
+}
+
+struct Booleans {
+    name: String,
+    builder: BooleanBuilder,
+}
+
+impl ColumnBuilder for Booleans {
+    fn append(
+        &mut self,
+        column: &Column<'_>,
+        rows: Range<usize>,
+        bad: &mut dyn FnMut(usize, String),
+    ) {
+        let Self { name, builder } = self;
+        column.each_value(rows, name, bad, |value| {
+            match value.map(|s| (s, parse_bool(s))) {
+                None => {
+                    builder.append_null();
                     Ok(())
-                });
-                Arc::new(b.finish())
+                }
+                Some((_, Some(b))) => {
+                    builder.append_value(b);
+                    Ok(())
+                }
+                Some((s, None)) => {
+                    builder.append_null();
+                    Err(invalid(
+                        name,
+                        s.as_bytes(),
+                        "is not a boolean (true/false, t/f, yes/no, 1/0)",
+                    ))
+                }
             }
-            other => {
-                return Err(Error::config(format!(
-                    "csv cannot read column `{name}` as {other}; declare it as one of bool, int, float, utf8, date, timestamp or decimal"
-                )));
+        });
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        Arc::new(self.builder.finish())
+    }
+}
+
+struct Strings {
+    name: String,
+    builder: StringBuilder,
+}
+
+impl ColumnBuilder for Strings {
+    fn append(
+        &mut self,
+        column: &Column<'_>,
+        rows: Range<usize>,
+        bad: &mut dyn FnMut(usize, String),
+    ) {
+        column.each_span(rows, |row, span, null| {
+            if null {
+                return self.builder.append_null();
             }
+            let text = match column.text {
+                // Fields start and end next to an ASCII terminator: on character boundaries.
+                Some(text) => text.get(span.clone()),
+                None => std::str::from_utf8(&column.data[span.clone()]).ok(),
+            };
+            match text {
+                Some(text) => self.builder.append_value(text),
+                None => {
+                    self.builder.append_null();
+                    bad(row, invalid(&self.name, &column.data[span], "is not text"));
+                }
+            }
+        });
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        Arc::new(self.builder.finish())
+    }
+}
+
+/// The builder of `field`'s column for `rows` rows of `column`'s text.
+fn column_builder(
+    field: &Field,
+    column: &Column<'_>,
+    rows: usize,
+) -> Result<Box<dyn ColumnBuilder>> {
+    fn parsed<T: ArrowPrimitiveType>(
+        field: &Field,
+        rows: usize,
+        what: &str,
+        parse: impl Fn(&[u8]) -> Option<T::Native> + 'static,
+    ) -> Box<dyn ColumnBuilder> {
+        Box::new(Parsed {
+            name: field.name().clone(),
+            builder: PrimitiveBuilder::<T>::with_capacity(rows),
+            data_type: field.data_type().clone(),
+            parse,
+            what: what.to_string(),
         })
     }
+    fn arrow<T: ArrowPrimitiveType + Parser>(
+        field: &Field,
+        rows: usize,
+        what: &str,
+    ) -> Box<dyn ColumnBuilder> {
+        parsed::<T>(field, rows, what, arrow_parse::<T>)
+    }
+    fn int<T>(field: &Field, rows: usize, what: &str) -> Box<dyn ColumnBuilder>
+    where
+        T: ArrowPrimitiveType + Parser,
+        T::Native: TryFrom<i64>,
+    {
+        parsed::<T>(field, rows, what, parse_int::<T>)
+    }
+    let name = field.name().clone();
+    Ok(match field.data_type() {
+        DataType::Boolean => Box::new(Booleans {
+            name,
+            builder: BooleanBuilder::with_capacity(rows),
+        }),
+        DataType::Int8 => int::<Int8Type>(field, rows, "is not an int8"),
+        DataType::Int16 => int::<Int16Type>(field, rows, "is not an int16"),
+        DataType::Int32 => int::<Int32Type>(field, rows, "is not an int32"),
+        DataType::Int64 => int::<Int64Type>(field, rows, "is not an int64"),
+        DataType::UInt8 => int::<UInt8Type>(field, rows, "is not a uint8"),
+        DataType::UInt16 => int::<UInt16Type>(field, rows, "is not a uint16"),
+        DataType::UInt32 => int::<UInt32Type>(field, rows, "is not a uint32"),
+        DataType::UInt64 => arrow::<UInt64Type>(field, rows, "is not a uint64"),
+        DataType::Float32 => arrow::<Float32Type>(field, rows, "is not a number"),
+        DataType::Float64 => parsed::<Float64Type>(field, rows, "is not a number", parse_f64),
+        DataType::Date32 => {
+            parsed::<Date32Type>(field, rows, "is not a date (YYYY-MM-DD)", parse_date)
+        }
+        DataType::Timestamp(TimeUnit::Second, _) => {
+            arrow::<TimestampSecondType>(field, rows, "is not a timestamp")
+        }
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            arrow::<TimestampMillisecondType>(field, rows, "is not a timestamp")
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            arrow::<TimestampMicrosecondType>(field, rows, "is not a timestamp")
+        }
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+            arrow::<TimestampNanosecondType>(field, rows, "is not a timestamp")
+        }
+        &DataType::Decimal128(p, s) => {
+            validate_decimal_precision_and_scale::<Decimal128Type>(p, s)?;
+            parsed::<Decimal128Type>(
+                field,
+                rows,
+                &format!("is not a decimal({p},{s})"),
+                move |v| {
+                    let text = std::str::from_utf8(v).ok()?;
+                    arrow::compute::kernels::cast_utils::parse_decimal::<Decimal128Type>(text, p, s)
+                        .ok()
+                },
+            )
+        }
+        // The column's exact text size: no growing (and copying) while it is built, and the
+        // batch charges the budget for what it holds.
+        DataType::Utf8 => Box::new(Strings {
+            name,
+            builder: StringBuilder::with_capacity(rows, column.text_bytes(rows)),
+        }),
+        other => {
+            return Err(Error::config(format!(
+                "csv cannot read column `{name}` as {other}; declare it as one of bool, int, float, utf8, date, timestamp or decimal"
+            )));
+        }
+    })
 }
 
 fn shorten(s: &str) -> String {
@@ -963,69 +1127,143 @@ fn shorten(s: &str) -> String {
     format!("{}...", &s[..end])
 }
 
+/// Parses text as arrow does (`None` for text that is not UTF-8).
+fn arrow_parse<T: Parser>(text: &[u8]) -> Option<T::Native> {
+    std::str::from_utf8(text).ok().and_then(T::parse)
+}
+
+/// Parses an integer: a sign and at most 18 digits directly, any other text (more digits,
+/// surrounding spaces) as arrow does; both reject values out of the type's range.
+pub fn parse_int<T>(text: &[u8]) -> Option<T::Native>
+where
+    T: Parser,
+    T::Native: TryFrom<i64>,
+{
+    let digits = match text.first() {
+        Some(b'-' | b'+') => &text[1..],
+        _ => text,
+    };
+    if digits.is_empty() || digits.len() > 18 {
+        return arrow_parse::<T>(text);
+    }
+    let mut value = 0i64;
+    for &b in digits {
+        let digit = b.wrapping_sub(b'0');
+        if digit > 9 {
+            return arrow_parse::<T>(text);
+        }
+        value = value * 10 + i64::from(digit);
+    }
+    if text[0] == b'-' {
+        value = -value;
+    }
+    T::Native::try_from(value).ok()
+}
+
 /// Parses a float: plain decimals of at most 15 digits (`-123.45`) directly, as one exact
 /// division that IEEE 754 rounds correctly (Clinger's fast path), any other text as arrow does.
-pub fn parse_f64(s: &str) -> Option<f64> {
+pub fn parse_f64(text: &[u8]) -> Option<f64> {
     const POWERS: [f64; 16] = [
         1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
     ];
-    let bytes = s.as_bytes();
-    let (negative, digits) = match bytes.first() {
-        Some(b'-') => (true, &bytes[1..]),
-        _ => (false, bytes),
+    let (negative, digits) = match text.first() {
+        Some(b'-') => (true, &text[1..]),
+        _ => (false, text),
     };
+    // Digits, then optionally a point and more digits (wrapping: more than 15 go to arrow).
     let mut mantissa = 0u64;
-    let mut count = 0;
-    let mut fraction = None;
-    for (i, &b) in digits.iter().enumerate() {
-        match b {
-            b'0'..=b'9' if count < 15 => {
-                mantissa = mantissa * 10 + u64::from(b - b'0');
-                count += 1;
-            }
-            b'.' if fraction.is_none() && i > 0 && i + 1 < digits.len() => {
-                fraction = Some(digits.len() - i - 1);
-            }
-            _ => return Float64Type::parse(s),
+    let mut take_digits = |from: usize| {
+        let mut at = from;
+        while let Some(digit) = digits
+            .get(at)
+            .map(|b| b.wrapping_sub(b'0'))
+            .filter(|&d| d < 10)
+        {
+            mantissa = mantissa.wrapping_mul(10).wrapping_add(u64::from(digit));
+            at += 1;
         }
-    }
-    if count == 0 {
-        return Float64Type::parse(s);
+        at
+    };
+    let point = take_digits(0);
+    let (end, fraction) = match digits.get(point) {
+        Some(b'.') if point > 0 => {
+            let end = take_digits(point + 1);
+            (end, end - point - 1)
+        }
+        _ => (point, 0),
+    };
+    let count = point + fraction;
+    if end != digits.len() || count == 0 || count > 15 || (end > point && fraction == 0) {
+        return arrow_parse::<Float64Type>(text);
     }
     // At most 15 digits: the mantissa and 10^fraction are exact doubles.
-    let value = mantissa as f64 / POWERS[fraction.unwrap_or(0)];
+    let value = mantissa as f64 / POWERS[fraction];
     Some(if negative { -value } else { value })
 }
 
 /// Parses a date as days since 1970-01-01: `YYYY-MM-DD` directly (the form nearly every file
-/// uses), any other text as arrow does.
-pub fn parse_date(s: &str) -> Option<i32> {
-    if let &[y0, y1, y2, y3, b'-', m0, m1, b'-', d0, d1] = s.as_bytes() {
+/// uses; years 1900-2099 by table), any other text as arrow does.
+pub fn parse_date(text: &[u8]) -> Option<i32> {
+    if let &[y0, y1, y2, y3, b'-', m0, m1, b'-', d0, d1] = text {
         let digits = [y0, y1, y2, y3, m0, m1, d0, d1].map(|c| c.wrapping_sub(b'0') as u32);
         if digits.iter().all(|&d| d < 10) {
             let [y0, y1, y2, y3, m0, m1, d0, d1] = digits;
             let year = (y0 * 1000 + y1 * 100 + y2 * 10 + y3) as i32;
             let (month, day) = (m0 * 10 + m1, d0 * 10 + d1);
-            if (1..=12).contains(&month) && day >= 1 && day <= days_in_month(year, month) {
+            if !(1..=12).contains(&month) || day == 0 {
+                return arrow_parse::<Date32Type>(text);
+            }
+            let m = month as usize;
+            if let Some(starts) = usize::try_from(year - TABLE_FIRST_YEAR)
+                .ok()
+                .and_then(|y| MONTH_STARTS.get(y))
+            {
+                let date = starts[m - 1] + day as i32 - 1;
+                return if date < starts[m] {
+                    Some(date)
+                } else {
+                    arrow_parse::<Date32Type>(text)
+                };
+            }
+            if day <= days_in_month(year, month) {
                 return Some(days_from_civil(year, month, day));
             }
         }
     }
-    Date32Type::parse(s)
+    arrow_parse::<Date32Type>(text)
 }
 
-fn days_in_month(year: i32, month: u32) -> u32 {
-    match month {
-        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
+/// The first year of [`MONTH_STARTS`].
+const TABLE_FIRST_YEAR: i32 = 1900;
+
+/// Days from 1970-01-01 to the first day of each month of the years 1900-2099 and of the
+/// January after: a date of those years is one lookup, and its day is valid if it comes
+/// before the next month's first.
+const MONTH_STARTS: [[i32; 13]; 200] = {
+    let mut table = [[0; 13]; 200];
+    let mut y = 0;
+    while y < table.len() {
+        let year = TABLE_FIRST_YEAR + y as i32;
+        let mut m = 0;
+        while m < 12 {
+            table[y][m] = days_from_civil(year, m as u32 + 1, 1);
+            m += 1;
+        }
+        table[y][12] = days_from_civil(year + 1, 1, 1);
+        y += 1;
     }
+    table
+};
+
+fn days_in_month(year: i32, month: u32) -> u32 {
+    const DAYS: [u32; 13] = [0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    DAYS[month as usize] + u32::from(month == 2 && leap)
 }
 
 /// Days from 1970-01-01 to a valid proleptic Gregorian date (Howard Hinnant's
 /// `days_from_civil`, years from March so that the leap day comes last).
-fn days_from_civil(year: i32, month: u32, day: u32) -> i32 {
+const fn days_from_civil(year: i32, month: u32, day: u32) -> i32 {
     let year = if month <= 2 { year - 1 } else { year };
     let era = year.div_euclid(400);
     let year_of_era = year.rem_euclid(400) as u32;
@@ -1156,11 +1394,11 @@ pub fn infer_type<'a>(values: impl Iterator<Item = &'a str>) -> DataType {
     let classify = |v: &str| {
         if Int64Type::parse(v).is_some() {
             Kind::Int
-        } else if parse_f64(v).is_some() && v.bytes().any(|b| b.is_ascii_digit()) {
+        } else if parse_f64(v.as_bytes()).is_some() && v.bytes().any(|b| b.is_ascii_digit()) {
             Kind::Float
         } else if parse_bool(v).is_some() {
             Kind::Bool
-        } else if v.len() == 10 && parse_date(v).is_some() {
+        } else if v.len() == 10 && parse_date(v.as_bytes()).is_some() {
             Kind::Date
         } else if v.len() > 10
             && v.as_bytes()[4] == b'-'
@@ -1470,7 +1708,7 @@ mod tests {
         use proptest::prelude::*;
         let texts = "-?[0-9]{0,17}(\\.[0-9]{0,17})?|[-+]?[0-9.eE]{1,8}|[-+]?(inf|NaN|infinity)";
         proptest!(ProptestConfig::with_cases(20_000), |(text in texts)| {
-            let ours = parse_f64(&text);
+            let ours = parse_f64(text.as_bytes());
             let arrow = Float64Type::parse(&text);
             prop_assert_eq!(ours.map(f64::to_bits), arrow.map(f64::to_bits), "{}", text);
             if let Some(v) = ours.filter(|v| v.is_finite()) {
@@ -1487,10 +1725,71 @@ mod tests {
             ".5",
         ] {
             assert_eq!(
-                parse_f64(text).map(f64::to_bits),
+                parse_f64(text.as_bytes()).map(f64::to_bits),
                 Float64Type::parse(text).map(f64::to_bits),
                 "{text}"
             );
+        }
+    }
+
+    #[test]
+    fn integers_parse_as_arrow_parses_them() {
+        use proptest::prelude::*;
+        fn agree<T>(text: &str) -> std::result::Result<(), TestCaseError>
+        where
+            T: Parser,
+            T::Native: TryFrom<i64> + PartialEq + std::fmt::Debug,
+        {
+            prop_assert_eq!(parse_int::<T>(text.as_bytes()), T::parse(text), "{}", text);
+            Ok(())
+        }
+        let texts = "[-+]?[0-9]{0,20}|[-+0-9. e]{1,6}";
+        proptest!(ProptestConfig::with_cases(20_000), |(text in texts)| {
+            agree::<Int8Type>(&text)?;
+            agree::<Int16Type>(&text)?;
+            agree::<Int32Type>(&text)?;
+            agree::<Int64Type>(&text)?;
+            agree::<UInt8Type>(&text)?;
+            agree::<UInt32Type>(&text)?;
+        });
+        for text in [
+            "",
+            "-",
+            "+",
+            "-0",
+            "+0",
+            "127",
+            "128",
+            "-128",
+            "-129",
+            "255",
+            "256",
+            "-1",
+            "2147483647",
+            "2147483648",
+            "-2147483648",
+            "-2147483649",
+            "4294967295",
+            "4294967296",
+            "999999999999999999",
+            "-999999999999999999",
+            "9223372036854775807",
+            "9223372036854775808",
+            "-9223372036854775808",
+            "-9223372036854775809",
+            "00000000000000000000001",
+            " 1",
+            "1 ",
+            "1.0",
+            "1e3",
+        ] {
+            agree::<Int8Type>(text).unwrap();
+            agree::<Int16Type>(text).unwrap();
+            agree::<Int32Type>(text).unwrap();
+            agree::<Int64Type>(text).unwrap();
+            agree::<UInt8Type>(text).unwrap();
+            agree::<UInt16Type>(text).unwrap();
+            agree::<UInt32Type>(text).unwrap();
         }
     }
 
@@ -1537,15 +1836,19 @@ mod tests {
             for month in 0..=13 {
                 for &day in days {
                     let text = format!("{year:04}-{month:02}-{day:02}");
-                    assert_eq!(parse_date(&text), Date32Type::parse(&text), "{text}");
+                    assert_eq!(
+                        parse_date(text.as_bytes()),
+                        Date32Type::parse(&text),
+                        "{text}"
+                    );
                     checked += 1;
                 }
             }
         }
         assert!(checked > 1_000_000);
-        assert_eq!(parse_date("1970-01-01"), Some(0));
-        assert_eq!(parse_date("2000-03-01"), Some(11_017));
-        assert_eq!(parse_date("1969-12-31"), Some(-1));
+        assert_eq!(parse_date("1970-01-01".as_bytes()), Some(0));
+        assert_eq!(parse_date("2000-03-01".as_bytes()), Some(11_017));
+        assert_eq!(parse_date("1969-12-31".as_bytes()), Some(-1));
         // Other forms are arrow's.
         for text in [
             "2020-1-5",
@@ -1554,7 +1857,11 @@ mod tests {
             " 2020-01-05",
             "2020/01/05",
         ] {
-            assert_eq!(parse_date(text), Date32Type::parse(text), "{text}");
+            assert_eq!(
+                parse_date(text.as_bytes()),
+                Date32Type::parse(text),
+                "{text}"
+            );
         }
     }
 
