@@ -132,8 +132,9 @@ async fn source_endpoint(
 fn sink_endpoint(
     spec: &SinkSpec,
     connections: &Connections,
-    local: &LocalFiles,
+    settings: &JobSettings,
 ) -> Result<(Endpoint, usize, usize)> {
+    let local = &settings.local;
     match spec {
         SinkSpec::File(s) => {
             let dir = s.local_path(connections.file_root(&s.connection)?, local)?;
@@ -160,7 +161,7 @@ fn sink_endpoint(
                     connector: "azure_blob",
                 },
                 s.block_bytes(),
-                s.concurrency(),
+                s.concurrency(settings),
             ))
         }
         SinkSpec::Postgres(_) | SinkSpec::Sqlserver(_) => Err(crate::format::binary_only()),
@@ -409,7 +410,7 @@ async fn copy_all(
 ) -> Result<Committed> {
     validate(spec)?;
     let (source, files) = source_endpoint(&spec.source, connections, &settings.local).await?;
-    let (sink, part_size, concurrency) = sink_endpoint(&spec.sink, connections, &settings.local)?;
+    let (sink, part_size, concurrency) = sink_endpoint(&spec.sink, connections, settings)?;
     let file_mode = (sink.connector == "file").then(|| settings.local.output_mode());
     let options = match spec.sink.format() {
         Some(FormatSpec::Binary(b)) => b.clone(),

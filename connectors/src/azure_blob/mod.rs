@@ -212,7 +212,7 @@ impl AzureBlobSinkSpec {
         .with_publish(
             Publish::CompleteUpload {
                 part_size: self.block_bytes(),
-                concurrency: self.concurrency(),
+                concurrency: self.concurrency(settings),
             },
             "azure_blob",
         )
@@ -266,9 +266,14 @@ impl AzureBlobSinkSpec {
         self.block_size.unwrap_or(DEFAULT_BLOCK_SIZE).bytes() as usize
     }
 
-    /// Blocks in flight per output.
-    pub fn concurrency(&self) -> usize {
-        self.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY)
+    /// Blocks in flight per output: `max_concurrency`, or by default as many as an output's
+    /// share of the job's budget holds, 1 to 4, so that a small budget does not hold five
+    /// 8 MiB blocks an output (16 MiB over 2 copies: 1; 64 MiB and up: 4).
+    pub fn concurrency(&self, settings: &JobSettings) -> usize {
+        self.max_concurrency.unwrap_or_else(|| {
+            let share = settings.max_buffer_bytes / settings.parallel_copies.get() as u64;
+            (share / self.block_bytes() as u64).clamp(1, DEFAULT_MAX_CONCURRENCY as u64) as usize
+        })
     }
 }
 
@@ -569,6 +574,33 @@ mod tests {
             crate::connection::ConnectionSpec::AzureBlob(c) => c,
             other => panic!("not azure_blob: {other:?}"),
         }
+    }
+
+    #[test]
+    fn blocks_in_flight_follow_the_budget_unless_set() {
+        use crate::format::io::settings_with;
+        let sink = |extra: &str| -> AzureBlobSinkSpec {
+            serde_json::from_str(&format!(
+                r#"{{"connection": "az", "container": "out", "path": "p/",
+                    "format": {{"type": "parquet"}}{extra}}}"#
+            ))
+            .unwrap()
+        };
+        let defaults = sink("");
+        // An output's share of the budget over 8 MiB blocks, 1 to 4.
+        assert_eq!(defaults.concurrency(&settings_with(16, 2)), 1);
+        assert_eq!(defaults.concurrency(&settings_with(16, 1)), 2);
+        assert_eq!(defaults.concurrency(&settings_with(32, 2)), 2);
+        assert_eq!(defaults.concurrency(&settings_with(64, 2)), 4);
+        assert_eq!(defaults.concurrency(&settings_with(256, 2)), 4);
+        assert_eq!(defaults.concurrency(&settings_with(1, 8)), 1);
+        // Smaller blocks: more of them fit.
+        let small = sink(r#", "block_size": "2MiB""#);
+        assert_eq!(small.concurrency(&settings_with(16, 2)), 4);
+        assert_eq!(small.concurrency(&settings_with(4, 2)), 1);
+        // What the job says is what it gets.
+        let set = sink(r#", "max_concurrency": 6"#);
+        assert_eq!(set.concurrency(&settings_with(16, 2)), 6);
     }
 
     #[test]
