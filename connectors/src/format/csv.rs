@@ -14,7 +14,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanBuilder, PrimitiveBuilder, StringBuilder};
-use arrow::compute::filter_record_batch;
+use arrow::compute::filter;
 use arrow::datatypes::{
     ArrowPrimitiveType, DataType, Date32Type, Decimal128Type, Field, Float32Type, Float64Type,
     Int8Type, Int16Type, Int32Type, Int64Type, Schema, SchemaRef, TimeUnit,
@@ -740,9 +740,8 @@ impl CsvDecoder {
             let array = builder.finish();
             let field = self.schema.field(col);
             if !field.is_nullable() && array.null_count() > 0 {
-                let column = column(col);
-                for row in 0..rows {
-                    if array.is_null(row) && matches!(column.value(row), Ok(None)) {
+                column(col).each_span(0..rows, |row, _, null| {
+                    if null {
                         on_bad(
                             row,
                             format!(
@@ -751,7 +750,7 @@ impl CsvDecoder {
                             ),
                         );
                     }
-                }
+                });
             }
             columns.push(array);
         }
@@ -767,15 +766,22 @@ impl CsvDecoder {
             self.reject(line, reason, hint)?;
         }
         skipped.append(&mut self.skipped);
-        let mut batch = RecordBatch::try_new_with_options(
-            self.schema.clone(),
-            columns,
-            &RecordBatchOptions::new().with_row_count(Some(rows)),
-        )?;
+        // Rejected rows leave before the batch is made: a column that allows no NULLs holds
+        // them in those rows.
+        let mut kept = rows;
         if bad.iter().any(|b| *b) {
             let keep: arrow::array::BooleanArray = bad.iter().map(|b| Some(!b)).collect();
-            batch = filter_record_batch(&batch, &keep)?;
+            kept = keep.true_count();
+            columns = columns
+                .iter()
+                .map(|column| filter(column, &keep))
+                .collect::<std::result::Result<_, _>>()?;
         }
+        let batch = RecordBatch::try_new_with_options(
+            self.schema.clone(),
+            columns,
+            &RecordBatchOptions::new().with_row_count(Some(kept)),
+        )?;
         // Move the record in progress to the front.
         self.data.copy_within(complete_data..self.data_len, 0);
         self.data_len -= complete_data;
@@ -807,57 +813,6 @@ struct Column<'a> {
 }
 
 impl<'a> Column<'a> {
-    fn span(&self, row: usize) -> (usize, usize, bool) {
-        let i = row * self.ncols + self.col;
-        let start = if i == 0 {
-            0
-        } else {
-            self.ends[i - 1] as usize + 1
-        };
-        (start, self.ends[i] as usize, self.quoted[i])
-    }
-
-    /// The field's text, or `None` for NULL; `Err` with a reason for invalid UTF-8.
-    #[inline]
-    fn value(&self, row: usize) -> std::result::Result<Option<&'a str>, String> {
-        let (start, end, quoted) = self.span(row);
-        let bytes = &self.data[start..end];
-        if !quoted && bytes == self.null_value {
-            return Ok(None);
-        }
-        match self.text {
-            Some(text) => Ok(Some(&text[start..end])),
-            None => std::str::from_utf8(bytes)
-                .map(Some)
-                .map_err(|e| format!("is not valid UTF-8 at byte {}", e.valid_up_to())),
-        }
-    }
-
-    /// Gives the value of each of `rows` (`None` for NULL) to `put`, which appends it or, when
-    /// it cannot take it, appends a NULL and says why; that reason, or a value that is not
-    /// UTF-8, goes to `bad` with the row.
-    #[inline]
-    fn each_value(
-        &self,
-        rows: Range<usize>,
-        name: &str,
-        bad: &mut dyn FnMut(usize, String),
-        mut put: impl FnMut(Option<&str>) -> std::result::Result<(), String>,
-    ) {
-        for row in rows {
-            let outcome = match self.value(row) {
-                Ok(value) => put(value),
-                Err(reason) => {
-                    let _ = put(None);
-                    Err(format!("column `{name}` {reason}"))
-                }
-            };
-            if let Err(why) = outcome {
-                bad(row, why);
-            }
-        }
-    }
-
     /// Calls `f` with each of `rows`, where its field's bytes are in `data`, and whether it
     /// is NULL.
     #[inline(always)]
@@ -959,24 +914,17 @@ impl ColumnBuilder for Booleans {
         rows: Range<usize>,
         bad: &mut dyn FnMut(usize, String),
     ) {
-        let Self { name, builder } = self;
-        column.each_value(rows, name, bad, |value| {
-            match value.map(|s| (s, parse_bool(s))) {
+        column.each_span(rows, |row, span, null| {
+            if null {
+                return self.builder.append_null();
+            }
+            let bytes = &column.data[span];
+            match std::str::from_utf8(bytes).ok().and_then(parse_bool) {
+                Some(value) => self.builder.append_value(value),
                 None => {
-                    builder.append_null();
-                    Ok(())
-                }
-                Some((_, Some(b))) => {
-                    builder.append_value(b);
-                    Ok(())
-                }
-                Some((s, None)) => {
-                    builder.append_null();
-                    Err(invalid(
-                        name,
-                        s.as_bytes(),
-                        "is not a boolean (true/false, t/f, yes/no, 1/0)",
-                    ))
+                    self.builder.append_null();
+                    let what = "is not a boolean (true/false, t/f, yes/no, 1/0)";
+                    bad(row, invalid(&self.name, bytes, what));
                 }
             }
         });
@@ -2046,6 +1994,62 @@ mod tests {
             "{msg}"
         );
         assert!(msg.contains("skip_incompatible_rows"), "{msg}");
+    }
+
+    #[test]
+    fn nulls_in_a_column_that_allows_none_and_bad_booleans_are_rejected_by_row() {
+        // An unquoted empty field is NULL; a quoted one is the empty string.
+        let text = b"id,name,ok\n1,a,true\n2,,yes\n3,\"\",0\n,d,f\n5,e,maybe\n6,f,\n";
+        let s = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, false),
+            Field::new("ok", DataType::Boolean, true),
+        ]));
+        let (batches, skipped, records) =
+            decode_all(text, s.clone(), CsvDialect::default(), 4, true).unwrap();
+        assert_eq!(records, 6);
+        let reasons: Vec<(&str, &str)> = skipped
+            .iter()
+            .map(|s| (s.location.as_str(), s.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (
+                    "t.csv:3",
+                    "column `name` is NULL but the schema does not allow nulls"
+                ),
+                (
+                    "t.csv:5",
+                    "column `id` is NULL but the schema does not allow nulls"
+                ),
+                (
+                    "t.csv:6",
+                    "column `ok`: `maybe` is not a boolean (true/false, t/f, yes/no, 1/0)"
+                ),
+            ]
+        );
+        let batch = arrow::compute::concat_batches(&s, &batches).unwrap();
+        let ids = batch.column(0).as_primitive::<Int64Type>();
+        assert_eq!(ids.values().to_vec(), [1, 3, 6]);
+        let names = batch.column(1).as_string::<i32>();
+        assert_eq!(
+            names.iter().collect::<Vec<_>>(),
+            [Some("a"), Some(""), Some("f")]
+        );
+        let ok = batch.column(2).as_boolean();
+        assert_eq!(
+            ok.iter().collect::<Vec<_>>(),
+            [Some(true), Some(false), None]
+        );
+        // Without skipping, the first such row fails the job naming its line.
+        let err = decode_all(text, s, CsvDialect::default(), 4, false).unwrap_err();
+        let err = err.to_string();
+        assert!(
+            err.contains("t.csv:3")
+                && err.contains("`name` is NULL but the schema does not allow nulls"),
+            "{err}"
+        );
     }
 
     #[test]
