@@ -2053,6 +2053,63 @@ mod tests {
     }
 
     #[test]
+    fn text_of_any_length_reads_back_as_written() {
+        use proptest::prelude::*;
+        // Fields of 0-40 bytes, multi-byte characters included, some quoted, at the end of
+        // the decoder's data and not (batches of 1-7 rows).
+        let field = "([a-z é€😀]{0,12}|[a-z]{13,40})";
+        let rows = proptest::collection::vec((field, field, any::<bool>()), 1..40);
+        proptest!(ProptestConfig::with_cases(300), |(rows in rows, batch_rows in 1usize..8)| {
+            let mut text = String::from("a,b\n");
+            for (a, b, quote) in &rows {
+                if *quote {
+                    text.push_str(&format!("\"{a}\",{b}\n"));
+                } else {
+                    text.push_str(&format!("{a},{b}\n"));
+                }
+            }
+            let s = schema(&[("a", DataType::Utf8), ("b", DataType::Utf8)]);
+            let (batches, skipped, _) =
+                decode_all(text.as_bytes(), s.clone(), CsvDialect::default(), batch_rows, false)
+                    .unwrap();
+            prop_assert!(skipped.is_empty());
+            let batch = arrow::compute::concat_batches(&s, &batches).unwrap();
+            let column = |i: usize| -> Vec<Option<String>> {
+                batch.column(i).as_string::<i32>().iter().map(|v| v.map(str::to_string)).collect()
+            };
+            // An unquoted empty field is NULL, a quoted one the empty string.
+            let expected_a: Vec<Option<String>> = rows
+                .iter()
+                .map(|(a, _, quote)| (*quote || !a.is_empty()).then(|| a.clone()))
+                .collect();
+            let expected_b: Vec<Option<String>> = rows
+                .iter()
+                .map(|(_, b, _)| (!b.is_empty()).then(|| b.clone()))
+                .collect();
+            prop_assert_eq!(column(0), expected_a);
+            prop_assert_eq!(column(1), expected_b);
+        });
+        // Text that is not UTF-8 is rejected by row and column.
+        let text = b"a,b\nok,fine\nbad\xff\xfe,x\nyes,\xc3\n";
+        let s = schema(&[("a", DataType::Utf8), ("b", DataType::Utf8)]);
+        let (batches, skipped, _) =
+            decode_all(text, s.clone(), CsvDialect::default(), 10, true).unwrap();
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        assert_eq!(rows, 1);
+        let reasons: Vec<(&str, &str)> = skipped
+            .iter()
+            .map(|s| (s.location.as_str(), s.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("t.csv:3", "column `a` is not valid UTF-8 at byte 3"),
+                ("t.csv:4", "column `b` is not valid UTF-8 at byte 0"),
+            ]
+        );
+    }
+
+    #[test]
     fn bad_rows_are_skipped_and_reported() {
         let text = b"id,price\n1,2.5\n2,abc\n3\n4,4.5,9\n5,5.5";
         let s = schema(&[("id", DataType::Int64), ("price", DataType::Float64)]);
