@@ -242,6 +242,29 @@ mod tests {
     }
 
     #[test]
+    fn a_null_where_the_schema_allows_none_is_a_bad_line() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, false),
+            Field::new("b", DataType::Utf8, true),
+        ]));
+        let text = b"{\"a\":1,\"b\":\"x\"}\n{\"a\":null,\"b\":\"y\"}\n{\"b\":\"z\"}\n{\"a\":4}\n";
+        let mut d = JsonlDecoder::new(schema.clone(), 100, false, "t.jsonl".into(), 1).unwrap();
+        d.feed_lines(text);
+        let err = d.flush().unwrap_err().to_string();
+        assert!(err.starts_with("t.jsonl:2: "), "{err}");
+
+        let mut d = JsonlDecoder::new(schema, 100, true, "t.jsonl".into(), 1).unwrap();
+        d.feed_lines(text);
+        let (batch, skipped) = d.flush().unwrap().unwrap();
+        assert_eq!(
+            batch.column(0).as_primitive::<Int64Type>().values(),
+            &[1, 4]
+        );
+        let lines: Vec<&str> = skipped.iter().map(|s| s.location.as_str()).collect();
+        assert_eq!(lines, ["t.jsonl:2", "t.jsonl:3"]);
+    }
+
+    #[test]
     fn bad_line_is_named_or_skipped() {
         let text = b"{\"a\":1,\"b\":\"x\"}\n\n{\"a\":\"oops\"}\n{\"a\":3}\n";
         let mut d = JsonlDecoder::new(schema(), 100, false, "t.jsonl".into(), 1).unwrap();
