@@ -862,19 +862,60 @@ trait ColumnBuilder {
     fn finish(&mut self) -> ArrayRef;
 }
 
-/// A column of a primitive type, parsed by `parse`; text it does not take is `what`.
-struct Parsed<T: ArrowPrimitiveType, P> {
+/// What a parsed column appends to: arrow's primitive and boolean builders.
+trait ValueBuilder {
+    type Value;
+    fn put(&mut self, value: Self::Value);
+    fn put_null(&mut self);
+    /// The column built, of `data_type`.
+    fn finish_as(&mut self, data_type: &DataType) -> ArrayRef;
+}
+
+impl<T: ArrowPrimitiveType> ValueBuilder for PrimitiveBuilder<T> {
+    type Value = T::Native;
+
+    fn put(&mut self, value: T::Native) {
+        self.append_value(value);
+    }
+
+    fn put_null(&mut self) {
+        self.append_null();
+    }
+
+    fn finish_as(&mut self, data_type: &DataType) -> ArrayRef {
+        Arc::new(self.finish().with_data_type(data_type.clone()))
+    }
+}
+
+impl ValueBuilder for BooleanBuilder {
+    type Value = bool;
+
+    fn put(&mut self, value: bool) {
+        self.append_value(value);
+    }
+
+    fn put_null(&mut self) {
+        self.append_null();
+    }
+
+    fn finish_as(&mut self, _: &DataType) -> ArrayRef {
+        Arc::new(self.finish())
+    }
+}
+
+/// A column parsed by `parse` into `builder`; text it does not take is `what`.
+struct Parsed<B, P> {
     name: String,
-    builder: PrimitiveBuilder<T>,
+    builder: B,
     data_type: DataType,
     parse: P,
     what: String,
 }
 
-impl<T, P> ColumnBuilder for Parsed<T, P>
+impl<B, P> ColumnBuilder for Parsed<B, P>
 where
-    T: ArrowPrimitiveType,
-    P: Fn(&[u8]) -> Option<T::Native>,
+    B: ValueBuilder,
+    P: Fn(&[u8]) -> Option<B::Value>,
 {
     fn append(
         &mut self,
@@ -884,13 +925,13 @@ where
     ) {
         column.each_span(rows, |row, span, null| {
             if null {
-                return self.builder.append_null();
+                return self.builder.put_null();
             }
             let bytes = &column.data[span];
             match (self.parse)(bytes) {
-                Some(value) => self.builder.append_value(value),
+                Some(value) => self.builder.put(value),
                 None => {
-                    self.builder.append_null();
+                    self.builder.put_null();
                     bad(row, invalid(&self.name, bytes, &self.what));
                 }
             }
@@ -898,40 +939,7 @@ where
     }
 
     fn finish(&mut self) -> ArrayRef {
-        Arc::new(self.builder.finish().with_data_type(self.data_type.clone()))
-    }
-}
-
-struct Booleans {
-    name: String,
-    builder: BooleanBuilder,
-}
-
-impl ColumnBuilder for Booleans {
-    fn append(
-        &mut self,
-        column: &Column<'_>,
-        rows: Range<usize>,
-        bad: &mut dyn FnMut(usize, String),
-    ) {
-        column.each_span(rows, |row, span, null| {
-            if null {
-                return self.builder.append_null();
-            }
-            let bytes = &column.data[span];
-            match std::str::from_utf8(bytes).ok().and_then(parse_bool) {
-                Some(value) => self.builder.append_value(value),
-                None => {
-                    self.builder.append_null();
-                    let what = "is not a boolean (true/false, t/f, yes/no, 1/0)";
-                    bad(row, invalid(&self.name, bytes, what));
-                }
-            }
-        });
-    }
-
-    fn finish(&mut self) -> ArrayRef {
-        Arc::new(self.builder.finish())
+        self.builder.finish_as(&self.data_type)
     }
 }
 
@@ -977,19 +985,32 @@ fn column_builder(
     column: &Column<'_>,
     rows: usize,
 ) -> Result<Box<dyn ColumnBuilder>> {
+    fn parsed_into<B: ValueBuilder + 'static>(
+        field: &Field,
+        builder: B,
+        what: &str,
+        parse: impl Fn(&[u8]) -> Option<B::Value> + 'static,
+    ) -> Box<dyn ColumnBuilder> {
+        Box::new(Parsed {
+            name: field.name().clone(),
+            builder,
+            data_type: field.data_type().clone(),
+            parse,
+            what: what.to_string(),
+        })
+    }
     fn parsed<T: ArrowPrimitiveType>(
         field: &Field,
         rows: usize,
         what: &str,
         parse: impl Fn(&[u8]) -> Option<T::Native> + 'static,
     ) -> Box<dyn ColumnBuilder> {
-        Box::new(Parsed {
-            name: field.name().clone(),
-            builder: PrimitiveBuilder::<T>::with_capacity(rows),
-            data_type: field.data_type().clone(),
+        parsed_into(
+            field,
+            PrimitiveBuilder::<T>::with_capacity(rows),
+            what,
             parse,
-            what: what.to_string(),
-        })
+        )
     }
     fn arrow<T: ArrowPrimitiveType + Parser>(
         field: &Field,
@@ -1007,10 +1028,12 @@ fn column_builder(
     }
     let name = field.name().clone();
     Ok(match field.data_type() {
-        DataType::Boolean => Box::new(Booleans {
-            name,
-            builder: BooleanBuilder::with_capacity(rows),
-        }),
+        DataType::Boolean => parsed_into(
+            field,
+            BooleanBuilder::with_capacity(rows),
+            "is not a boolean (true/false, t/f, yes/no, 1/0)",
+            |bytes| std::str::from_utf8(bytes).ok().and_then(parse_bool),
+        ),
         DataType::Int8 => int::<Int8Type>(field, rows, "is not an int8"),
         DataType::Int16 => int::<Int16Type>(field, rows, "is not an int16"),
         DataType::Int32 => int::<Int32Type>(field, rows, "is not an int32"),
