@@ -874,10 +874,12 @@ trait ValueBuilder {
 impl<T: ArrowPrimitiveType> ValueBuilder for PrimitiveBuilder<T> {
     type Value = T::Native;
 
+    #[inline]
     fn put(&mut self, value: T::Native) {
         self.append_value(value);
     }
 
+    #[inline]
     fn put_null(&mut self) {
         self.append_null();
     }
@@ -890,10 +892,12 @@ impl<T: ArrowPrimitiveType> ValueBuilder for PrimitiveBuilder<T> {
 impl ValueBuilder for BooleanBuilder {
     type Value = bool;
 
+    #[inline]
     fn put(&mut self, value: bool) {
         self.append_value(value);
     }
 
+    #[inline]
     fn put_null(&mut self) {
         self.append_null();
     }
